@@ -1,0 +1,1 @@
+"""bounce-relay's imperative shell: config, SMTP intake, store, delivery, CLI."""

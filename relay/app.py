@@ -1,0 +1,122 @@
+"""Lifecycle of one relay process: store -> committer -> intake -> (delivery).
+
+``Relay`` is an async context manager: entering starts everything in order,
+leaving tears it down in reverse. ``serve`` adds signal handling: SIGTERM and
+SIGINT stop accepting, let sessions in DATA finish their commit, then exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from contextlib import AsyncExitStack
+from types import TracebackType
+
+import structlog
+
+from relay.commit import GroupCommitter
+from relay.config import Config
+from relay.intake import IntakeHandler, start_intake
+from relay.store import Store, create_store
+from relay.store.embedded import EmbeddedPostgres
+
+__all__ = ["Relay", "open_store", "serve"]
+
+log = structlog.get_logger("relay.app")
+
+SHUTDOWN_GRACE_SECONDS = 30.0
+
+
+async def open_store(config: Config, stack: AsyncExitStack, *, dsn: str | None = None,
+                     migrate: bool = True) -> Store:
+    """Connect to ``dsn`` / ``[store] dsn``, or start the embedded server; migrate."""
+    dsn = dsn or config.store.dsn
+    if not dsn:
+        embedded = EmbeddedPostgres(config.store.data_dir)
+        dsn = await asyncio.to_thread(embedded.start)
+        stack.callback(embedded.stop)
+        log.info("store.embedded_started", pgdata=str(embedded.pgdata))
+    store = await create_store(dsn, min_size=config.store.pool_min_size,
+                               max_size=config.store.pool_max_size)
+    stack.push_async_callback(store.close)
+    await store.check_durability()
+    if migrate:
+        applied = await store.migrate()
+        log.info("store.ready", migrations_applied=applied)
+    return store
+
+
+class Relay:
+    """One running relay. ``listen`` overrides ``[smtp] listen`` (tests use port 0)."""
+
+    def __init__(self, config: Config, *, dsn: str | None = None,
+                 listen: tuple[str, int] | None = None) -> None:
+        self.config = config
+        self._dsn = dsn
+        self._listen = listen
+        self._stack = AsyncExitStack()
+        self.store: Store
+        self.handler: IntakeHandler
+        self.server: asyncio.Server
+        self.port = 0
+
+    async def __aenter__(self) -> Relay:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def _start(self) -> None:
+        config = self.config
+        self.store = await open_store(config, self._stack, dsn=self._dsn)
+        committer = GroupCommitter(self.store, max_batch=config.store.commit_batch,
+                                   max_inflight=max(1, config.store.pool_max_size // 2))
+        commit_task = asyncio.create_task(committer.run(), name="intake.committer")
+        self._stack.push_async_callback(_cancel, commit_task)
+        self.handler = IntakeHandler(store=self.store, committer=committer, smtp=config.smtp,
+                                     campaign_header=config.campaign_header)
+        self.server = await start_intake(self.handler, config.smtp, self._listen)
+        self._stack.push_async_callback(self._stop_intake)
+        self.port = self.server.sockets[0].getsockname()[1]
+        log.info("intake.listening", address=self.server.sockets[0].getsockname()[0],
+                 port=self.port)
+
+    async def _stop_intake(self) -> None:
+        """Stop accepting, then give sessions in DATA time to hear their 250."""
+        self.handler.shutting_down = True
+        self.server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SHUTDOWN_GRACE_SECONDS
+        while self.handler.sessions_in_data and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self.handler.sessions_in_data:
+            log.warning("intake.shutdown_cut_sessions", sessions=self.handler.sessions_in_data)
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self._stack.aclose()
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def serve(config: Config) -> None:
+    """Run until SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with Relay(config):
+            await stop.wait()
+            log.info("relay.stopping")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("relay.stopped")

@@ -1,0 +1,157 @@
+"""The ``bounce-relay`` command.
+
+    bounce-relay serve                 run the relay (applies migrations first)
+    bounce-relay check-config          validate config.toml, naming every bad key
+    bounce-relay migrate               apply the database schema
+    bounce-relay hash-password         print a hash for [[smtp.users]] / [admin]
+    bounce-relay suppression list|add  look at / extend the global suppression list
+
+Config comes from --config, else $BOUNCE_RELAY_CONFIG, else ./config.toml.
+Exit codes: 0 ok, 1 the command failed (message on stderr), 2 bad usage or config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+from relay.config import Config, config_path, load_config
+from relay.errors import ConfigErrors, RelayError
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="bounce-relay", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="config file (default: $BOUNCE_RELAY_CONFIG or "
+                                         "./config.toml)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("serve", help="run the relay", formatter_class=fmt)
+    sub.add_parser("check-config", help="validate the config file", formatter_class=fmt)
+    sub.add_parser("migrate", help="apply the database schema", formatter_class=fmt)
+    hp = sub.add_parser("hash-password", help="hash a password (read from stdin or a prompt)",
+                        formatter_class=fmt)
+    hp.add_argument("--stdin", action="store_true", help="read the password from stdin")
+    sup = sub.add_parser("suppression", help="the global suppression list", formatter_class=fmt)
+    sup_sub = sup.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sl = sup_sub.add_parser("list", help="newest first", formatter_class=fmt)
+    sl.add_argument("--search", help="substring of the address")
+    sl.add_argument("--limit", type=int, default=100)
+    sa = sup_sub.add_parser("add", help="suppress an address", formatter_class=fmt)
+    sa.add_argument("address")
+    sa.add_argument("--reason", required=True)
+    return parser
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(config_path(args.config))
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args)
+    print(f"{config.path}: ok ({len(config.rules.routes)} route(s), "
+          f"{len(config.rules.pools)} pool(s), {len(config.rules.retry.rules)} retry rule(s), "
+          f"{len(config.rules.classify_rules)} classify rule(s))")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from relay.app import serve
+    from relay.logging import configure_logging
+
+    config = _load(args)
+    configure_logging(config.log_level)
+    asyncio.run(serve(config))
+    return 0
+
+
+async def _with_store(config: Config, work: Callable[[Any], Awaitable[int]], *,
+                      migrate: bool = True) -> int:
+    from relay.app import open_store
+
+    async with AsyncExitStack() as stack:
+        store = await open_store(config, stack, migrate=migrate)
+        return await work(store)
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from relay.logging import configure_logging
+
+    config = _load(args)
+    configure_logging("warning")
+
+    async def work(store: Any) -> int:
+        applied = await store.migrate()
+        for name in applied:
+            print(f"applied {name}")
+        print("schema is up to date")
+        return 0
+
+    return asyncio.run(_with_store(config, work, migrate=False))
+
+
+def _cmd_hash_password(args: argparse.Namespace) -> int:
+    from relay.passwords import hash_password
+
+    password = sys.stdin.readline().rstrip("\n") if args.stdin else getpass.getpass()
+    if not password:
+        print("bounce-relay: empty password refused", file=sys.stderr)
+        return 1
+    print(hash_password(password))
+    return 0
+
+
+def _cmd_suppression(args: argparse.Namespace) -> int:
+    from policies.addresses import AddressError, normalise_address, validate_address
+    from relay.logging import configure_logging
+
+    config = _load(args)
+    configure_logging("warning")
+
+    async def work(store: Any) -> int:
+        if args.action == "list":
+            for row in await store.list_suppressions(args.search, args.limit):
+                print(f"{row.address}\t{row.source}\t{row.created_at:%Y-%m-%d %H:%M:%S}\t"
+                      f"{row.reason}")
+            return 0
+        try:
+            validate_address(args.address)
+        except AddressError as exc:
+            print(f"bounce-relay: {exc}", file=sys.stderr)
+            return 1
+        key = normalise_address(args.address)
+        added = await store.add_suppression(key, args.reason, "manual")
+        print(f"{key}: {'suppressed' if added else 'already suppressed'}")
+        return 0
+
+    return asyncio.run(_with_store(config, work))
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "serve": _cmd_serve,
+    "check-config": _cmd_check_config,
+    "migrate": _cmd_migrate,
+    "hash-password": _cmd_hash_password,
+    "suppression": _cmd_suppression,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except ConfigErrors as exc:
+        print(f"bounce-relay: {exc}", file=sys.stderr)
+        return 2
+    except RelayError as exc:
+        print(f"bounce-relay: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

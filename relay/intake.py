@@ -1,0 +1,268 @@
+"""SMTP intake (aiosmtpd): who may relay, RCPT suppression check, DATA commit.
+
+The relay's contract with its clients lives here:
+- only clients in ``smtp.allowed_clients`` (or authenticated ones) may relay;
+- a suppressed recipient is refused at RCPT with 550 5.7.1, never queued;
+- "250 queued as <id>" is sent only after the message, one delivery per
+  recipient and the accepted event are committed; any failure answers
+  451 4.3.0 and the client keeps the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import secrets
+import ssl
+from typing import Any
+
+import structlog
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from policies.addresses import AddressError, domain_of, normalise_address, validate_address
+from policies.headers import summarise_headers
+from relay import replies
+from relay.commit import GroupCommitter
+from relay.config import SmtpConfig
+from relay.errors import StoreError
+from relay.passwords import verify_password
+from relay.store import IncomingMessage, Recipient, Store
+
+__all__ = ["IntakeHandler", "RelaySMTP", "start_intake"]
+
+log = structlog.get_logger("relay.intake")
+
+
+def _new_id() -> str:
+    return secrets.token_hex(8).upper()
+
+
+class RelaySMTP(SMTP):  # type: ignore[misc]
+    """aiosmtpd's protocol with our replies for the conditions it answers itself."""
+
+    async def push(self, status: str) -> None:
+        if self.event_handler.shutting_down and status.startswith("220 "):
+            status = replies.SHUTTING_DOWN
+            await super().push(status)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        await super().push(replies.rewrite_builtin(status))
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self.session is not None:
+            self.event_handler.session_closed(self.session)
+        super().connection_lost(error)
+
+
+class IntakeHandler:
+    """aiosmtpd handler hooks; one instance serves every session."""
+
+    def __init__(self, *, store: Store, committer: GroupCommitter, smtp: SmtpConfig,
+                 campaign_header: str) -> None:
+        self.store = store
+        self.committer = committer
+        self.smtp = smtp
+        self.campaign_header = campaign_header
+        self.shutting_down = False
+        self.sessions_in_data = 0
+        self._auth_cache: set[tuple[str, bytes]] = set()
+
+    # -- session bookkeeping ------------------------------------------------------------------
+
+    def _bind(self, session: Session) -> str:
+        session_id: str | None = getattr(session, "relay_session_id", None)
+        if session_id is None:
+            session_id = _new_id()
+            session.relay_session_id = session_id
+            session.relay_accepted = 0
+            session.relay_refused = 0
+            structlog.contextvars.bind_contextvars(session_id=session_id,
+                                                   peer=_peer_ip(session))
+        return session_id
+
+    def session_closed(self, session: Session) -> None:
+        session_id = getattr(session, "relay_session_id", None)
+        if session_id is not None:
+            log.info("intake.session_closed", session_id=session_id, peer=_peer_ip(session),
+                     accepted=session.relay_accepted, refused=session.relay_refused)
+
+    def _may_relay(self, session: Session) -> bool:
+        if session.authenticated:
+            return True
+        if self.smtp.auth_required:
+            return False
+        try:
+            ip = ipaddress.ip_address(_peer_ip(session))
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in self.smtp.allowed_clients)
+
+    def _refusal(self, session: Session) -> str:
+        session.relay_refused += 1
+        log.warning("intake.client_refused", reason="not in allowed_clients")
+        if self.smtp.auth_required:
+            return replies.AUTH_REQUIRED
+        return replies.CLIENT_NOT_ALLOWED.format(peer=_peer_ip(session))
+
+    # -- hooks --------------------------------------------------------------------------------
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        self._bind(session)
+        if not self._may_relay(session):
+            return self._refusal(session)
+        if address not in ("", "<>"):
+            try:
+                validate_address(address)
+            except AddressError as exc:
+                return replies.BAD_SENDER.format(why=exc.why)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return replies.OK
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        self._bind(session)
+        if not self._may_relay(session):
+            return self._refusal(session)
+        if len(envelope.rcpt_tos) >= self.smtp.max_recipients:
+            return replies.TOO_MANY_RECIPIENTS
+        try:
+            address = validate_address(address)
+        except AddressError as exc:
+            return replies.BAD_ADDRESS.format(why=exc.why)
+        key = normalise_address(address)
+        with structlog.contextvars.bound_contextvars(recipient=key):
+            try:
+                reason = await self.store.suppression_reason(key)
+            except StoreError as exc:
+                log.error("intake.store_unavailable", phase="rcpt", error=str(exc),
+                          action="replied 451; the client will retry")
+                return replies.TEMPORARY_FAILURE
+            if reason is not None:
+                return await self._reject_suppressed(session, envelope, address, key, reason)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return replies.RCPT_OK
+
+    async def _reject_suppressed(self, session: Session, envelope: Envelope, address: str,
+                                 key: str, reason: str) -> str:
+        reply = replies.SUPPRESSED.format(address=address, reason=reason)
+        session.relay_refused += 1
+        log.info("intake.rcpt_rejected", reason="suppressed", suppression_reason=reason)
+        try:
+            await self.store.record_rejected_suppressed(
+                envelope.mail_from or "", key, domain_of(key), reply,
+                {"session_id": session.relay_session_id, "peer": _peer_ip(session)})
+        except StoreError as exc:
+            # The refusal itself is right; only its record is missing.
+            log.warning("intake.rejection_not_recorded", error=str(exc))
+        return reply
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self._bind(session)
+        self.sessions_in_data += 1
+        try:
+            return await self._accept(session, envelope)
+        finally:
+            self.sessions_in_data -= 1
+
+    async def _accept(self, session: Session, envelope: Envelope) -> str:
+        queue_id = _new_id()
+        body: bytes = envelope.original_content or b""
+        recipients: dict[str, Recipient] = {}
+        for address in envelope.rcpt_tos:
+            key = normalise_address(address)
+            recipients.setdefault(key, Recipient(address, key, domain_of(key)))
+        summary = summarise_headers(body, self.campaign_header)
+        message = IncomingMessage(
+            queue_id=queue_id, envelope_sender=envelope.mail_from or "",
+            recipients=tuple(recipients.values()), body=body,
+            from_domain=summary.from_domain, message_id=summary.message_id,
+            campaign=summary.campaign, client_address=_peer_ip(session),
+            session_id=session.relay_session_id, smtputf8=bool(envelope.smtp_utf8),
+        )
+        with structlog.contextvars.bound_contextvars(queue_id=queue_id):
+            try:
+                await self.committer.commit(message)
+            except StoreError as exc:
+                log.error("intake.store_unavailable", phase="data", error=str(exc),
+                          action="replied 451; the client keeps the message and retries")
+                return replies.TEMPORARY_FAILURE
+            session.relay_accepted += 1
+            log.info("intake.accepted", sender=message.envelope_sender,
+                     recipients=len(recipients), campaign=message.campaign,
+                     from_domain=message.from_domain, size=len(body))
+        return replies.QUEUED.format(queue_id=queue_id)
+
+    async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, asyncio.CancelledError):
+            raise error
+        log.exception("intake.session_error", error_type=type(error).__name__)
+        return replies.TEMPORARY_FAILURE
+
+    # -- AUTH ---------------------------------------------------------------------------------
+
+    def authenticate(self, server: SMTP, session: Session, envelope: Envelope,
+                     mechanism: str, auth_data: Any) -> AuthResult:
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        login = auth_data.login.decode("utf-8", "replace")
+        password = auth_data.password.decode("utf-8", "replace")
+        digest = hashlib.sha256(auth_data.password).digest()
+        if (login, digest) in self._auth_cache:
+            return AuthResult(success=True, auth_data=login)
+        for user in self.smtp.users:
+            # scrypt is slow on purpose; a verified pair is cached so a busy
+            # client does not pay it on every session.
+            if user.name == login and verify_password(password, user.password_hash):
+                self._auth_cache.add((login, digest))
+                return AuthResult(success=True, auth_data=login)
+        log.warning("intake.auth_failed", login=login)
+        return AuthResult(success=False, handled=False)
+
+
+def _peer_ip(session: Session) -> str:
+    peer = session.peer
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return str(peer)
+
+
+def _tls_context(smtp: SmtpConfig) -> ssl.SSLContext | None:
+    if smtp.tls_cert is None or smtp.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(smtp.tls_cert), str(smtp.tls_key))
+    return context
+
+
+async def start_intake(handler: IntakeHandler, smtp: SmtpConfig,
+                       listen: tuple[str, int] | None = None) -> asyncio.Server:
+    """Listen for SMTP clients; the returned server's sockets tell the bound port."""
+    tls = _tls_context(smtp)
+    loop = asyncio.get_running_loop()
+    host, port = listen or smtp.listen
+
+    def factory() -> SMTP:
+        return RelaySMTP(
+            handler,
+            data_size_limit=smtp.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=smtp.hostname,
+            ident="bounce-relay",
+            tls_context=tls,
+            require_starttls=smtp.require_tls,
+            timeout=smtp.session_timeout.total_seconds(),
+            auth_required=smtp.auth_required,
+            auth_require_tls=True,
+            authenticator=handler.authenticate if smtp.users else None,
+            loop=loop,
+        )
+
+    return await loop.create_server(factory, host, port, reuse_address=True)

@@ -1,0 +1,47 @@
+"""Every reply the relay sends its SMTP clients, in one place.
+
+Texts are generic on purpose: a reply never carries an exception name, a
+host name or SQL (RELIABILITY: a failure inside a session is 451 4.3.0).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BAD_ADDRESS",
+    "CLIENT_NOT_ALLOWED",
+    "OK",
+    "QUEUED",
+    "SUPPRESSED",
+    "TEMPORARY_FAILURE",
+    "TOO_BIG",
+    "TOO_MANY_RECIPIENTS",
+    "rewrite_builtin",
+]
+
+OK = "250 2.1.0 OK"
+RCPT_OK = "250 2.1.5 OK"
+QUEUED = "250 2.0.0 OK queued as {queue_id}"
+BAD_ADDRESS = "501 5.1.3 Bad recipient address syntax: {why}"
+BAD_SENDER = "501 5.1.7 Bad sender address syntax: {why}"
+SUPPRESSED = "550 5.7.1 <{address}> is on the suppression list ({reason}); message not sent"
+CLIENT_NOT_ALLOWED = "550 5.7.1 Relaying denied: client {peer} is not allowed to relay"
+AUTH_REQUIRED = "530 5.7.0 Authentication required"
+TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
+TEMPORARY_FAILURE = "451 4.3.0 Temporary local problem, please try again later"
+SHUTTING_DOWN = "421 4.3.2 Service shutting down, please try again later"
+
+# aiosmtpd answers a few conditions itself without enhanced status codes;
+# rewrite them to the replies DESIGN.md promises.
+_BUILTIN = {
+    "552 Error: message size exceeds fixed maximum message size": TOO_BIG,
+    "552 Error: Too much mail data": TOO_BIG,
+}
+
+
+def rewrite_builtin(status: str) -> str:
+    """Our form of one of aiosmtpd's built-in replies; anything else unchanged."""
+    if status.startswith("500 Error: ("):
+        # aiosmtpd's fallback puts the exception's class and text in the reply.
+        return TEMPORARY_FAILURE
+    return _BUILTIN.get(status, status)

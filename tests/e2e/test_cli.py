@@ -1,0 +1,202 @@
+"""`bounce-relay` as a subprocess: check-config, serve, migrate, two relays at once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from relay.store.migrate import apply_migrations, available_migrations
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None,
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "relay", *args], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, cwd=cwd, timeout=120,
+                          check=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_repo_config_is_valid():
+    """The config.toml shipped in the repo passes check-config unchanged."""
+    result = run_cli("check-config", "--config", str(REPO / "config.toml"))
+    assert result.returncode == 0, result.stderr
+    assert "ok" in result.stdout
+
+
+def test_check_config_names_every_bad_key_and_its_line(tmp_path):
+    """Unknown key, bad duration, bad CIDR and a missing file are each named, with lines."""
+    path = tmp_path / "broken.toml"
+    path.write_text(
+        '[smtp]\n'
+        'listen = "127.0.0.1:2525"\n'
+        'allowed_clients = ["127.0.0.0/8", "10.0.0.300/8"]\n'
+        'tls_cert = "missing-cert.pem"\n'
+        'tls_key = "missing-key.pem"\n'
+        'colour = "blue"\n'
+        '\n'
+        '[retry]\n'
+        'schedule = ["5m", "fortnight"]\n'
+        'max_age = "3 days"\n'
+    )
+    result = run_cli("check-config", "--config", str(path))
+    assert result.returncode == 2
+    err = result.stderr
+    assert "smtp.allowed_clients (line 3)" in err and "bad CIDR" in err
+    assert "smtp.tls_cert (line 4)" in err and "file not found" in err
+    assert "smtp.colour (line 6): unknown key" in err
+    assert "retry.schedule (line 9)" in err and "'fortnight'" in err
+    assert "retry.max_age (line 10)" in err and "bad duration" in err
+
+
+def test_config_location_from_environment(tmp_path):
+    """Without --config, $BOUNCE_RELAY_CONFIG names the file; a missing file is an error."""
+    path = tmp_path / "elsewhere.toml"
+    path.write_text('[smtp]\nlisten = "127.0.0.1:2600"\n')
+    ok = run_cli("check-config", env={"BOUNCE_RELAY_CONFIG": str(path)})
+    assert ok.returncode == 0, ok.stderr
+    missing = run_cli("check-config", env={"BOUNCE_RELAY_CONFIG": str(tmp_path / "nope.toml")})
+    assert missing.returncode == 2
+    assert "not found" in missing.stderr
+
+
+def test_secrets_from_environment(tmp_path):
+    """A value written env:NAME is read from the environment; an unset one is an error."""
+    path = tmp_path / "c.toml"
+    path.write_text('[store]\ndsn = "env:BR_TEST_DSN"\n')
+    unset = run_cli("check-config", "--config", str(path), env={"BR_TEST_DSN": ""})
+    assert unset.returncode == 0
+    env = {k: v for k, v in os.environ.items() if k != "BR_TEST_DSN"}
+    result = subprocess.run([sys.executable, "-m", "relay", "check-config", "--config",
+                             str(path)], capture_output=True, text=True, env=env, check=False)
+    assert result.returncode == 2
+    assert "store.dsn (line 2): environment variable BR_TEST_DSN is not set" in result.stderr
+
+
+def _write_serve_config(tmp_path: Path, port: int, dsn: str = "", name: str = "c.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(
+        f'[smtp]\nlisten = "127.0.0.1:{port}"\nhostname = "relay.test"\n'
+        f'[store]\ndsn = "{dsn}"\ndata_dir = "{tmp_path / "var"}"\n'
+        '[delivery]\nenabled = false\n'
+    )
+    return path
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"relay exited early: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"relay did not listen on {port}")
+
+
+def _serve(config: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "relay", "serve", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _send(port: int) -> str:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.ehlo()
+        client.mail("a@example.com")
+        client.rcpt("b@example.org")
+        code, reply = client.data(b"Subject: t\r\n\r\nhi\r\n")
+    assert code == 250, reply
+    return reply.decode()
+
+
+def _stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    return err
+
+
+@pytest.mark.slow
+def test_serve_with_embedded_postgresql(tmp_path):
+    """The quick start: an empty dsn runs a private PostgreSQL under data_dir; SIGTERM exits 0."""
+    port = free_port()
+    proc = _serve(_write_serve_config(tmp_path, port))
+    try:
+        _wait_for_port(port, proc, timeout=120)
+        reply = _send(port)
+    finally:
+        err = _stop(proc)
+    assert "queued as" in reply
+    assert (tmp_path / "var" / "postgresql" / "PG_VERSION").exists()
+    assert "intake.accepted" in err
+
+
+@pytest.mark.slow
+async def test_two_relays_start_at_once_on_one_fresh_database(pg_server, tmp_path):
+    """Two relays migrating one empty database at once: both come up and both accept mail."""
+    dsn = await pg_server.create_database(migrated=False)
+    try:
+        ports = [free_port(), free_port()]
+        procs = [_serve(_write_serve_config(tmp_path, p, dsn, f"c{p}.toml")) for p in ports]
+        try:
+            for port, proc in zip(ports, procs, strict=True):
+                await asyncio.to_thread(_wait_for_port, port, proc)
+                await asyncio.to_thread(_send, port)
+        finally:
+            for proc in procs:
+                await asyncio.to_thread(_stop, proc)
+        conn = await asyncpg.connect(dsn)
+        try:
+            versions = await conn.fetch("SELECT version FROM schema_migrations ORDER BY 1")
+            assert [v["version"] for v in versions] == [m.version for m in available_migrations()]
+            assert await conn.fetchval("SELECT count(*) FROM messages") == 2
+        finally:
+            await conn.close()
+    finally:
+        await pg_server.drop_database(dsn)
+
+
+async def test_concurrent_migrations_apply_each_file_once(pg_server):
+    """Eight connections migrating at once: the advisory lock lets exactly one apply each file."""
+    dsn = await pg_server.create_database(migrated=False)
+    try:
+        conns = [await asyncpg.connect(dsn) for _ in range(8)]
+        try:
+            applied = await asyncio.gather(*(apply_migrations(c) for c in conns))
+        finally:
+            for c in conns:
+                await c.close()
+        total = [m.version for batch in applied for m in batch]
+        assert sorted(total) == [m.version for m in available_migrations()]
+    finally:
+        await pg_server.drop_database(dsn)
+
+
+def test_migrate_command(pg_server, tmp_path):
+    """`bounce-relay migrate` applies the schema to the configured database."""
+    dsn = asyncio.run(pg_server.create_database(migrated=False))
+    try:
+        config = _write_serve_config(tmp_path, 2525, dsn)
+        result = run_cli("migrate", "--config", str(config))
+        assert result.returncode == 0, result.stderr
+        assert "0001_initial" in result.stdout
+    finally:
+        asyncio.run(pg_server.drop_database(dsn))

@@ -1,0 +1,321 @@
+"""SMTP intake against a real relay on loopback and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
+
+import aiosmtplib
+import asyncpg
+import pytest
+from structlog.contextvars import merge_contextvars
+from structlog.testing import capture_logs
+
+from relay.app import Relay
+from relay.config import Config
+
+MESSAGE = (
+    b"From: Newsletter <news@Mail.Example.COM>\r\n"
+    b"To: someone@example.org\r\n"
+    b"Subject: hello\r\n"
+    b"Message-ID: <abc123@mail.example.com>\r\n"
+    b"X-Campaign-ID: spring-sale\r\n"
+    b"\r\n"
+    b"Hello there.\r\n"
+)
+
+@pytest.fixture
+def start_relay(db_dsn: str, make_config: Callable[..., Config]) -> Callable[..., object]:
+    @asynccontextmanager
+    async def start(extra: str = "") -> AsyncIterator[Relay]:
+        config = make_config(extra + "\n[delivery]\nenabled = false\n")
+        async with Relay(config, dsn=db_dsn, listen=("127.0.0.1", 0)) as relay:
+            yield relay
+
+    return start
+
+
+async def _client(relay: Relay, **kwargs: object) -> aiosmtplib.SMTP:
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=relay.port, start_tls=False, **kwargs)
+    await client.connect()
+    return client
+
+
+async def _db(dsn: str) -> asyncpg.Connection:
+    return await asyncpg.connect(dsn)
+
+
+async def test_three_recipients_stored_with_campaign_and_from_domain(start_relay, db_dsn):
+    """One message to three recipients: one message row, three queued deliveries, one event."""
+    async with start_relay() as relay:
+        client = await _client(relay)
+        errors, reply = await client.sendmail(
+            "sender@mail.example.com", ["a@example.org", "B@Example.ORG", "c@example.net"],
+            MESSAGE)
+        await client.quit()
+    assert errors == {}
+    assert reply.startswith("2.0.0 OK queued as ")
+    queue_id = reply.rsplit(" ", 1)[1]
+    conn = await _db(db_dsn)
+    try:
+        msg = await conn.fetchrow("SELECT * FROM messages WHERE queue_id = $1", queue_id)
+        assert msg["campaign"] == "spring-sale"
+        assert msg["from_domain"] == "mail.example.com"
+        assert msg["message_id"] == "<abc123@mail.example.com>"
+        assert msg["envelope_sender"] == "sender@mail.example.com"
+        assert bytes(msg["body"]) == MESSAGE
+        rows = await conn.fetch(
+            "SELECT recipient, recipient_key, recipient_domain, state FROM deliveries "
+            "WHERE message_id = $1 ORDER BY id", msg["id"])
+        assert [(r["recipient_key"], r["recipient_domain"], r["state"]) for r in rows] == [
+            ("a@example.org", "example.org", "queued"),
+            ("b@example.org", "example.org", "queued"),
+            ("c@example.net", "example.net", "queued"),
+        ]
+        assert rows[1]["recipient"] == "B@Example.ORG"
+        events = await conn.fetch("SELECT type, queue_id, campaign FROM events")
+        assert [(e["type"], e["queue_id"], e["campaign"]) for e in events] == [
+            ("accepted", queue_id, "spring-sale")]
+    finally:
+        await conn.close()
+
+
+async def test_suppressed_recipient_refused_others_accepted(start_relay, db_dsn):
+    """RCPT to a suppressed address (any case) gets 550 5.7.1; the rest are queued."""
+    async with start_relay() as relay:
+        await relay.store.add_suppression("gone@example.org", "user unknown", "manual")
+        client = await _client(relay)
+        await client.ehlo()
+        await client.mail("sender@mail.example.com")
+        ok = await client.rcpt("ok@example.org")
+        with pytest.raises(aiosmtplib.SMTPRecipientRefused) as refused:
+            await client.rcpt("Gone@EXAMPLE.org")
+        data = await client.data(MESSAGE)
+        await client.quit()
+    assert ok.code == 250
+    assert refused.value.code == 550
+    assert refused.value.message.startswith("5.7.1 ")
+    assert "suppression list" in refused.value.message
+    assert data.code == 250
+    conn = await _db(db_dsn)
+    try:
+        keys = [r["recipient_key"] for r in await conn.fetch("SELECT recipient_key FROM deliveries")]
+        assert keys == ["ok@example.org"]
+        event = await conn.fetchrow("SELECT * FROM events WHERE type = 'rejected_suppressed'")
+        assert event["recipient"] == "gone@example.org"
+        assert event["code"] == 550
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def start_relay_with(db_dsn: str, write_config) -> Callable[..., object]:
+    from relay.config import load_config
+
+    @asynccontextmanager
+    async def start(config_text: str) -> AsyncIterator[Relay]:
+        config = load_config(write_config(config_text, replace_base=True))
+        async with Relay(config, dsn=db_dsn, listen=("127.0.0.1", 0)) as relay:
+            yield relay
+
+    return start
+
+
+ONLY_LOCALHOST = """
+[smtp]
+listen = "127.0.0.1:0"
+hostname = "relay.test"
+allowed_clients = ["127.0.0.1/32"]
+[delivery]
+enabled = false
+"""
+
+
+async def test_client_not_allowed_gets_5xx_and_nothing_is_stored(start_relay_with, db_dsn):
+    """Bound to 127.0.0.2 with only 127.0.0.1 allowed: MAIL is refused with 550 5.7.1."""
+    async with start_relay_with(ONLY_LOCALHOST) as relay:
+        outsider = await _client(relay, source_address=("127.0.0.2", 0))
+        await outsider.ehlo()
+        with pytest.raises(aiosmtplib.SMTPSenderRefused) as refused:
+            await outsider.mail("spammer@example.com")
+        await outsider.quit()
+        insider = await _client(relay, source_address=("127.0.0.1", 0))
+        _, reply = await insider.sendmail("a@example.com", ["b@example.org"], MESSAGE)
+        await insider.quit()
+    assert refused.value.code == 550
+    assert "Relaying denied" in refused.value.message
+    assert reply.startswith("2.0.0")
+    conn = await _db(db_dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM messages") == 1
+    finally:
+        await conn.close()
+
+
+@asynccontextmanager
+async def _database_unreachable(dsn: str) -> AsyncIterator[None]:
+    """Refuse new connections to the test database and cut the existing ones."""
+    name = urlsplit(dsn).path.lstrip("/")
+    admin = await asyncpg.connect(dsn.replace(f"/{name}", "/postgres", 1))
+    try:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
+        yield
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()
+
+
+async def test_database_unreachable_answers_451_and_writes_nothing(start_relay, db_dsn):
+    """With the database gone at DATA the client hears 451 4.3.0; no row is half-written."""
+    async with start_relay() as relay:
+        client = await _client(relay)
+        await client.ehlo()
+        await client.mail("sender@example.com")
+        await client.rcpt("rcpt@example.org")
+        async with _database_unreachable(db_dsn):
+            with pytest.raises(aiosmtplib.SMTPDataError) as failed:
+                await client.data(MESSAGE)
+            # RCPT needs the database too (suppression check): 451 as well.
+            await client.rset()
+            await client.mail("sender@example.com")
+            with pytest.raises(aiosmtplib.SMTPRecipientRefused) as rcpt_failed:
+                await client.rcpt("rcpt@example.org")
+        # Once the database is back the relay recovers without a restart.
+        await client.rset()
+        _, reply = await client.sendmail("sender@example.com", ["rcpt@example.org"], MESSAGE)
+        await client.quit()
+    assert failed.value.code == 451
+    assert failed.value.message.startswith("4.3.0 ")
+    assert "asyncpg" not in failed.value.message.lower()
+    assert rcpt_failed.value.code == 451
+    assert reply.startswith("2.0.0")
+    conn = await _db(db_dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM messages") == 1
+        assert await conn.fetchval("SELECT count(*) FROM deliveries") == 1
+        assert await conn.fetchval("SELECT count(*) FROM events") == 1
+    finally:
+        await conn.close()
+
+
+async def test_oversize_message_gets_552(start_relay, db_dsn):
+    """Over max_message_size: 552 5.3.4, whether announced with SIZE or not."""
+    big = MESSAGE + b"x" * (1024 * 1024) + b"\r\n"
+    async with start_relay() as relay:
+        client = await _client(relay)
+        await client.ehlo()
+        assert "size" in client.esmtp_extensions
+        with pytest.raises(aiosmtplib.SMTPSenderRefused) as announced:
+            await client.mail("s@example.com", options=[f"SIZE={len(big)}"])
+        await client.rset()
+        await client.mail("s@example.com")
+        await client.rcpt("r@example.org")
+        with pytest.raises(aiosmtplib.SMTPDataError) as sent:
+            await client.data(big)
+        await client.quit()
+    assert (announced.value.code, announced.value.message[:5]) == (552, "5.3.4")
+    assert (sent.value.code, sent.value.message[:5]) == (552, "5.3.4")
+    conn = await _db(db_dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM messages") == 0
+    finally:
+        await conn.close()
+
+
+async def test_malformed_address_and_too_many_recipients(start_relay):
+    """A malformed RCPT gets 501 5.1.3; past max_recipients 452 4.5.3."""
+    async with start_relay() as relay:
+        client = await _client(relay)
+        await client.ehlo()
+        await client.mail("s@example.com")
+        with pytest.raises(aiosmtplib.SMTPRecipientRefused) as bad:
+            await client.rcpt("not an address@@example")
+        for i in range(50):
+            await client.rcpt(f"r{i}@example.org")
+        with pytest.raises(aiosmtplib.SMTPRecipientRefused) as too_many:
+            await client.rcpt("r50@example.org")
+        await client.quit()
+    assert (bad.value.code, bad.value.message[:5]) == (501, "5.1.3")
+    assert (too_many.value.code, too_many.value.message[:5]) == (452, "4.5.3")
+
+
+async def test_smtputf8_and_8bit_bodies_stored_byte_exact(start_relay, db_dsn):
+    """8BITMIME and SMTPUTF8 are accepted; the stored body is the bytes that were sent."""
+    body = ("From: José <jose@exämple.com>\r\nSubject: ¡hola!\r\n\r\nÜnïcödé \xff\r\n"
+            ).encode("utf-8") + b"raw \xfe\xff bytes\r\n"
+    async with start_relay() as relay:
+        client = await _client(relay)
+        await client.ehlo()
+        assert "8bitmime" in client.esmtp_extensions
+        assert "smtputf8" in client.esmtp_extensions
+        _, reply = await client.sendmail("jösé@exämple.com", ["ünï@exämple.org"], body,
+                                         mail_options=["BODY=8BITMIME", "SMTPUTF8"])
+        await client.quit()
+    conn = await _db(db_dsn)
+    try:
+        row = await conn.fetchrow("SELECT body, smtputf8, from_domain FROM messages")
+        assert bytes(row["body"]) == body
+        assert row["smtputf8"] is True
+        assert row["from_domain"] == "xn--exmple-cua.com"
+        key = await conn.fetchval("SELECT recipient_key FROM deliveries")
+        assert key == "ünï@xn--exmple-cua.org"
+    finally:
+        await conn.close()
+    assert reply.startswith("2.0.0")
+
+
+async def test_fifty_concurrent_clients_every_250_has_its_rows(start_relay, db_dsn):
+    """50 clients x 20 messages at once: each 250's queue id is stored once, with its delivery."""
+
+    async def one_client(n: int, relay: Relay) -> list[str]:
+        client = await _client(relay)
+        ids = []
+        for i in range(20):
+            _, reply = await client.sendmail(f"s{n}@example.com", [f"r{n}.{i}@example.org"],
+                                             MESSAGE)
+            ids.append(reply.rsplit(" ", 1)[1])
+        await client.quit()
+        return ids
+
+    async with start_relay() as relay:
+        results = await asyncio.gather(*(one_client(n, relay) for n in range(50)))
+    queue_ids = [q for ids in results for q in ids]
+    assert len(queue_ids) == 1000
+    assert len(set(queue_ids)) == 1000
+    conn = await _db(db_dsn)
+    try:
+        stored = await conn.fetch(
+            "SELECT m.queue_id, count(d.id) AS n FROM messages m JOIN deliveries d "
+            "ON d.message_id = m.id GROUP BY m.queue_id")
+        assert {r["queue_id"] for r in stored} == set(queue_ids)
+        assert all(r["n"] == 1 for r in stored)
+        assert await conn.fetchval("SELECT count(*) FROM events WHERE type = 'accepted'") == 1000
+    finally:
+        await conn.close()
+
+
+async def test_accepted_message_is_logged_with_queue_id_and_session(start_relay):
+    """The accepted line carries queue id, sender, recipient count, campaign and the session."""
+    with capture_logs(processors=[merge_contextvars]) as logs:
+        async with start_relay() as relay:
+            client = await _client(relay)
+            _, reply = await client.sendmail("s@example.com", ["a@example.org", "b@example.org"],
+                                             MESSAGE)
+            await client.quit()
+            await asyncio.sleep(0.05)  # let the server see the QUIT and close the session
+    queue_id = reply.rsplit(" ", 1)[1]
+    accepted = [e for e in logs if e["event"] == "intake.accepted"]
+    assert len(accepted) == 1
+    line = accepted[0]
+    assert line["queue_id"] == queue_id
+    assert line["sender"] == "s@example.com"
+    assert line["recipients"] == 2
+    assert line["campaign"] == "spring-sale"
+    assert line["session_id"]
+    closed = [e for e in logs if e["event"] == "intake.session_closed"]
+    assert closed and closed[0]["session_id"] == line["session_id"]
+    assert closed[0]["accepted"] == 1
