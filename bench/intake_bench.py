@@ -84,10 +84,15 @@ def _with_db(dsn: str, name: str) -> str:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dsn", default=os.environ.get("BOUNCE_RELAY_TEST_DSN",
-                        "postgresql://postgres@127.0.0.1:5432/postgres"))
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--dsn",
+        default=os.environ.get(
+            "BOUNCE_RELAY_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+    )
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--clients", default="1,50")
     parser.add_argument("--size", type=int, default=2048)
@@ -98,11 +103,12 @@ async def main() -> None:
     relay_port, sink_port = _free_port(), _free_port()
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "bench.toml"
-        config.write_text(f'[smtp]\nlisten = "127.0.0.1:{relay_port}"\nhostname = "bench"\n'
-                          f'[store]\ndsn = "{_with_db(args.dsn, db)}"\npool_max_size = 10\n'
-                          '[delivery]\nenabled = false\n[log]\nlevel = "warning"\n')
-        relay = subprocess.Popen([sys.executable, "-m", "relay", "serve", "--config",
-                                  str(config)])
+        config.write_text(
+            f'[smtp]\nlisten = "127.0.0.1:{relay_port}"\nhostname = "bench"\n'
+            f'[store]\ndsn = "{_with_db(args.dsn, db)}"\npool_max_size = 10\n'
+            '[delivery]\nenabled = false\n[log]\nlevel = "warning"\n'
+        )
+        relay = subprocess.Popen([sys.executable, "-m", "relay", "serve", "--config", str(config)])
         sink = _sink(sink_port)
         try:
             await _wait_port(relay_port)
@@ -110,9 +116,11 @@ async def main() -> None:
             for clients in (int(c) for c in args.clients.split(",")):
                 base = await _load(sink_port, clients, args.messages, args.size)
                 ours = await _load(relay_port, clients, args.messages, args.size)
-                print(f"clients={clients} size={args.size} messages={args.messages} "
-                      f"relay_msgs_per_sec={ours:.0f} bare_sink_msgs_per_sec={base:.0f} "
-                      f"ratio={ours / base:.2f}")
+                print(
+                    f"clients={clients} size={args.size} messages={args.messages} "
+                    f"relay_msgs_per_sec={ours:.0f} bare_sink_msgs_per_sec={base:.0f} "
+                    f"ratio={ours / base:.2f}"
+                )
         finally:
             for proc in (relay, sink):
                 proc.send_signal(signal.SIGTERM)

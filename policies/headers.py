@@ -7,7 +7,7 @@ are accepted: a broken header costs that field, never the message.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from email.parser import BytesHeaderParser
+from email.parser import HeaderParser
 from email.policy import compat32
 from email.utils import getaddresses
 
@@ -15,7 +15,7 @@ from policies.addresses import domain_of
 
 __all__ = ["HeaderSummary", "summarise_headers"]
 
-_PARSER = BytesHeaderParser(policy=compat32)
+_PARSER = HeaderParser(policy=compat32)
 _MAX_FIELD = 998  # RFC 5322 line limit; longer values are truncated, not rejected
 
 
@@ -43,7 +43,9 @@ def _text(value: object) -> str | None:
 
 def summarise_headers(raw: bytes, campaign_header: str) -> HeaderSummary:
     """Parse the header block of ``raw`` (an RFC 5322 message as received)."""
-    headers = _PARSER.parsebytes(_header_block(raw), headersonly=True)
+    # SMTPUTF8 headers are UTF-8 (RFC 6532); anything else undecodable is replaced, not fatal.
+    block = _header_block(raw).decode("utf-8", errors="replace")
+    headers = _PARSER.parsestr(block, headersonly=True)
     from_domain = None
     sender = headers.get("From")
     if sender is not None:

@@ -28,8 +28,9 @@ log = structlog.get_logger("relay.app")
 SHUTDOWN_GRACE_SECONDS = 30.0
 
 
-async def open_store(config: Config, stack: AsyncExitStack, *, dsn: str | None = None,
-                     migrate: bool = True) -> Store:
+async def open_store(
+    config: Config, stack: AsyncExitStack, *, dsn: str | None = None, migrate: bool = True
+) -> Store:
     """Connect to ``dsn`` / ``[store] dsn``, or start the embedded server; migrate."""
     dsn = dsn or config.store.dsn
     if not dsn:
@@ -37,8 +38,9 @@ async def open_store(config: Config, stack: AsyncExitStack, *, dsn: str | None =
         dsn = await asyncio.to_thread(embedded.start)
         stack.callback(embedded.stop)
         log.info("store.embedded_started", pgdata=str(embedded.pgdata))
-    store = await create_store(dsn, min_size=config.store.pool_min_size,
-                               max_size=config.store.pool_max_size)
+    store = await create_store(
+        dsn, min_size=config.store.pool_min_size, max_size=config.store.pool_max_size
+    )
     stack.push_async_callback(store.close)
     await store.check_durability()
     if migrate:
@@ -50,8 +52,9 @@ async def open_store(config: Config, stack: AsyncExitStack, *, dsn: str | None =
 class Relay:
     """One running relay. ``listen`` overrides ``[smtp] listen`` (tests use port 0)."""
 
-    def __init__(self, config: Config, *, dsn: str | None = None,
-                 listen: tuple[str, int] | None = None) -> None:
+    def __init__(
+        self, config: Config, *, dsn: str | None = None, listen: tuple[str, int] | None = None
+    ) -> None:
         self.config = config
         self._dsn = dsn
         self._listen = listen
@@ -72,31 +75,41 @@ class Relay:
     async def _start(self) -> None:
         config = self.config
         self.store = await open_store(config, self._stack, dsn=self._dsn)
-        committer = GroupCommitter(self.store, max_batch=config.store.commit_batch,
-                                   max_inflight=max(1, config.store.pool_max_size // 2))
+        committer = GroupCommitter(
+            self.store,
+            max_batch=config.store.commit_batch,
+            max_inflight=max(1, config.store.pool_max_size // 2),
+        )
         commit_task = asyncio.create_task(committer.run(), name="intake.committer")
         self._stack.push_async_callback(_cancel, commit_task)
-        self.handler = IntakeHandler(store=self.store, committer=committer, smtp=config.smtp,
-                                     campaign_header=config.campaign_header)
+        self.handler = IntakeHandler(
+            store=self.store,
+            committer=committer,
+            smtp=config.smtp,
+            campaign_header=config.campaign_header,
+        )
         self.server = await start_intake(self.handler, config.smtp, self._listen)
         self._stack.push_async_callback(self._stop_intake)
         self.port = self.server.sockets[0].getsockname()[1]
-        log.info("intake.listening", address=self.server.sockets[0].getsockname()[0],
-                 port=self.port)
+        log.info(
+            "intake.listening", address=self.server.sockets[0].getsockname()[0], port=self.port
+        )
 
     async def _stop_intake(self) -> None:
         """Stop accepting, then give sessions in DATA time to hear their 250."""
         self.handler.shutting_down = True
         self.server.close()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + SHUTDOWN_GRACE_SECONDS
-        while self.handler.sessions_in_data and loop.time() < deadline:
-            await asyncio.sleep(0.05)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.handler.wait_data_finished(), SHUTDOWN_GRACE_SECONDS)
         if self.handler.sessions_in_data:
             log.warning("intake.shutdown_cut_sessions", sessions=self.handler.sessions_in_data)
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self._stack.aclose()
 
 

@@ -28,23 +28,35 @@ __all__ = ["main"]
 
 def _parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    parser = argparse.ArgumentParser(prog="bounce-relay", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="config file (default: $BOUNCE_RELAY_CONFIG or "
-                                         "./config.toml)")
+    parser = argparse.ArgumentParser(
+        prog="bounce-relay",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    config_help = "config file (default: $BOUNCE_RELAY_CONFIG, else ./config.toml)"
+    parser.add_argument("--config", help=config_help)
+    # --config is accepted before or after the command; SUPPRESS keeps a
+    # subcommand from resetting what was given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help=config_help)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("serve", help="run the relay", formatter_class=fmt)
-    sub.add_parser("check-config", help="validate the config file", formatter_class=fmt)
-    sub.add_parser("migrate", help="apply the database schema", formatter_class=fmt)
-    hp = sub.add_parser("hash-password", help="hash a password (read from stdin or a prompt)",
-                        formatter_class=fmt)
+
+    def command(name: str, help_text: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, parents=[common], formatter_class=fmt, **kwargs)
+
+    command("serve", "run the relay")
+    command("check-config", "validate the config file")
+    command("migrate", "apply the database schema")
+    hp = command("hash-password", "hash a password (read from stdin or a prompt)")
     hp.add_argument("--stdin", action="store_true", help="read the password from stdin")
-    sup = sub.add_parser("suppression", help="the global suppression list", formatter_class=fmt)
+    sup = command("suppression", "the global suppression list")
     sup_sub = sup.add_subparsers(dest="action", required=True, metavar="ACTION")
-    sl = sup_sub.add_parser("list", help="newest first", formatter_class=fmt)
+    sl = sup_sub.add_parser("list", help="newest first", parents=[common], formatter_class=fmt)
     sl.add_argument("--search", help="substring of the address")
     sl.add_argument("--limit", type=int, default=100)
-    sa = sup_sub.add_parser("add", help="suppress an address", formatter_class=fmt)
+    sa = sup_sub.add_parser(
+        "add", help="suppress an address", parents=[common], formatter_class=fmt
+    )
     sa.add_argument("address")
     sa.add_argument("--reason", required=True)
     return parser
@@ -56,9 +68,11 @@ def _load(args: argparse.Namespace) -> Config:
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args)
-    print(f"{config.path}: ok ({len(config.rules.routes)} route(s), "
-          f"{len(config.rules.pools)} pool(s), {len(config.rules.retry.rules)} retry rule(s), "
-          f"{len(config.rules.classify_rules)} classify rule(s))")
+    print(
+        f"{config.path}: ok ({len(config.rules.routes)} route(s), "
+        f"{len(config.rules.pools)} pool(s), {len(config.rules.retry.rules)} retry rule(s), "
+        f"{len(config.rules.classify_rules)} classify rule(s))"
+    )
     return 0
 
 
@@ -72,8 +86,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _with_store(config: Config, work: Callable[[Any], Awaitable[int]], *,
-                      migrate: bool = True) -> int:
+async def _with_store(
+    config: Config, work: Callable[[Any], Awaitable[int]], *, migrate: bool = True
+) -> int:
     from relay.app import open_store
 
     async with AsyncExitStack() as stack:
@@ -118,8 +133,9 @@ def _cmd_suppression(args: argparse.Namespace) -> int:
     async def work(store: Any) -> int:
         if args.action == "list":
             for row in await store.list_suppressions(args.search, args.limit):
-                print(f"{row.address}\t{row.source}\t{row.created_at:%Y-%m-%d %H:%M:%S}\t"
-                      f"{row.reason}")
+                print(
+                    f"{row.address}\t{row.source}\t{row.created_at:%Y-%m-%d %H:%M:%S}\t{row.reason}"
+                )
             return 0
         try:
             validate_address(args.address)

@@ -26,8 +26,14 @@ _Pending = tuple[IncomingMessage, "asyncio.Future[AcceptedMessage]"]
 
 
 class GroupCommitter:
-    def __init__(self, store: Store, *, max_batch: int = 256, max_inflight: int = 4,
-                 on_commit: Callable[[Sequence[AcceptedMessage]], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_batch: int = 256,
+        max_inflight: int = 4,
+        on_commit: Callable[[Sequence[AcceptedMessage]], None] | None = None,
+    ) -> None:
         self._store = store
         self._max_batch = max_batch
         self._slots = asyncio.Semaphore(max_inflight)

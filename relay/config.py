@@ -54,7 +54,9 @@ def parse_duration(value: str) -> timedelta:
     """ "90s" -> 90 seconds; raise ValueError with the accepted form."""
     match = _DURATION.match(value) if isinstance(value, str) else None
     if not match:
-        raise ValueError(f"bad duration {value!r}: use a number with s, m, h or d, e.g. '30s', '5m'")
+        raise ValueError(
+            f"bad duration {value!r}: use a number with s, m, h or d, e.g. '30s', '5m'"
+        )
     return timedelta(seconds=float(match[1]) * _UNITS[match[2]])
 
 
@@ -142,8 +144,10 @@ class RouteConfig:
     password: str = ""
 
     def matches(self, domain: str) -> bool:
-        return any(d == "*" or d == domain or (d.startswith("*.") and domain.endswith(d[1:]))
-                   for d in self.domains)
+        return any(
+            d in ("*", domain) or (d.startswith("*.") and domain.endswith(d[1:]))
+            for d in self.domains
+        )
 
 
 @dataclass(frozen=True)
@@ -265,17 +269,21 @@ class _Reader:
         full = self.path + key
         self.errors.append(ConfigError(_name(full), why, self.lines.find(full)))
 
-    def get(self, key: str, default: T, convert: Callable[[Any], T]) -> T:
+    def get(self, key: str, default: Any, convert: Callable[[Any], T]) -> T:
+        """``convert(value)``; the default when absent or bad (the error is recorded).
+
+        ``default`` is typed Any: a default of ``()`` or None stands for any T.
+        """
         self.used.add(key)
         if key not in self.data:
-            return default
+            return default  # type: ignore[no-any-return]
         value = self.data[key]
         try:
             value = _resolve_env(value)
             return convert(value)
         except (ValueError, TypeError) as exc:
             self.error((key,), str(exc))
-            return default
+            return default  # type: ignore[no-any-return]
 
     def sub(self, key: str) -> _Reader:
         self.used.add(key)
@@ -442,7 +450,7 @@ def _read_store(r: _Reader, base: Path) -> StoreConfig:
 
 
 def _read_pools(r: _Reader) -> tuple[PoolConfig, ...]:
-    pools = []
+    pools: list[PoolConfig] = []
     for p in r.tables("pools"):
         pool = PoolConfig(
             name=p.get("name", "", _str),
@@ -500,8 +508,20 @@ def _read_match(r: _Reader) -> dict[str, Any]:
     return out
 
 
-def _read_retry_rule(r: _Reader, name: str, match: dict[str, Any],
-                     default_max_age: timedelta | None) -> RetryRule | None:
+_DEFAULT_SCHEDULE = tuple(timedelta(minutes=m) for m in (5, 15, 60, 240, 720))
+
+
+def _read_retry_rule(
+    r: _Reader, name: str, match: dict[str, Any], inherit: RetryRule | None
+) -> RetryRule | None:
+    """One rule; timing and limits it leaves out come from ``inherit`` (the [retry] default)."""
+    schedule: tuple[timedelta, ...] = r.get("schedule", (), _list_of(_duration))
+    interval = r.get("interval", None, _duration)
+    backoff = r.get("backoff", None, _one_of(*[b.value for b in Backoff]))
+    if not schedule and interval is None:
+        schedule = inherit.schedule if inherit else _DEFAULT_SCHEDULE
+        interval = inherit.interval if inherit else None
+        backoff = backoff or (inherit.backoff if inherit else None)
     try:
         return RetryRule.build(
             name,
@@ -510,15 +530,20 @@ def _read_retry_rule(r: _Reader, name: str, match: dict[str, Any],
             codes=match.get("codes", ()),
             domains=match.get("domains", ()),
             text=match.get("text"),
-            schedule=r.get("schedule", (), _list_of(_duration)),
-            interval=r.get("interval", None, _duration),
-            backoff=Backoff(r.get("backoff", "fixed", _one_of(*[b.value for b in Backoff]))),
-            exponent=r.get("exponent", 2.0, _positive_float),
-            random_modifier=r.get("random_modifier", 1.0, _positive_float),
-            max_attempts=r.get("max_attempts", None, _positive_int),
-            max_age=r.get("max_age", default_max_age, _duration),
-            source=SourceChoice(r.get("source", "same_ip",
-                                      _one_of(*[s.value for s in SourceChoice]))),
+            schedule=schedule,
+            interval=interval,
+            backoff=backoff or Backoff.FIXED,
+            exponent=r.get("exponent", inherit.exponent if inherit else 2.0, _positive_float),
+            random_modifier=r.get(
+                "random_modifier", inherit.random_modifier if inherit else 1.0, _positive_float
+            ),
+            max_attempts=r.get(
+                "max_attempts", inherit.max_attempts if inherit else None, _positive_int
+            ),
+            max_age=r.get("max_age", inherit.max_age if inherit else timedelta(days=3), _duration),
+            source=r.get(
+                "source", SourceChoice.SAME_IP.value, _one_of(*[s.value for s in SourceChoice])
+            ),
         )
     except ValueError as exc:
         r.error((), str(exc))
@@ -526,25 +551,24 @@ def _read_retry_rule(r: _Reader, name: str, match: dict[str, Any],
 
 
 def _read_retry(r: _Reader) -> RetryPolicy:
-    default = _read_retry_rule(r, "default", {}, timedelta(days=3))
-    rules = []
+    default = _read_retry_rule(r, "default", {}, None)
+    rules: list[RetryRule] = []
     for t in r.tables("rules"):
         name = t.get("name", "", _str)
         if not name:
             t.error(("name",), "every retry rule needs a name")
-        rule = _read_retry_rule(t, name or f"rule{len(rules)}", _read_match(t),
-                                default.max_age if default else None)
+        rule = _read_retry_rule(t, name or f"rule{len(rules)}", _read_match(t), default)
         t.finish()
         if rule is not None:
             rules.append(rule)
     r.finish()
-    if default is None:
-        default = RetryRule.build("default", schedule=(timedelta(minutes=5),))
+    if default is None:  # its error is recorded; keep reading the rest
+        default = RetryRule.build("default", schedule=_DEFAULT_SCHEDULE)
     return RetryPolicy(default=default, rules=tuple(rules))
 
 
 def _read_classify(r: _Reader) -> tuple[ClassifyRule, ...]:
-    rules = []
+    rules: list[ClassifyRule] = []
     for t in r.tables("rules"):
         name = t.get("name", "", _str)
         match = _read_match(t)
@@ -556,11 +580,18 @@ def _read_classify(r: _Reader) -> tuple[ClassifyRule, ...]:
             t.error(("name",), "every classify rule needs a name")
             continue
         try:
-            rules.append(ClassifyRule.build(
-                name, codes=match["codes"], enhanced=match["enhanced"], domains=match["domains"],
-                text=match["text"], kind=Kind(kind) if kind else None,
-                category=Category(category) if category else None, suppress=suppress,
-            ))
+            rules.append(
+                ClassifyRule.build(
+                    name,
+                    codes=match["codes"],
+                    enhanced=match["enhanced"],
+                    domains=match["domains"],
+                    text=match["text"],
+                    kind=Kind(kind) if kind else None,
+                    category=Category(category) if category else None,
+                    suppress=suppress,
+                )
+            )
         except ValueError as exc:
             t.error((), str(exc))
         if match["categories"]:
@@ -574,10 +605,12 @@ def _read_delivery(r: _Reader) -> DeliveryConfig:
     cfg = DeliveryConfig(
         enabled=r.get("enabled", d.enabled, _bool),
         concurrency=r.get("concurrency", d.concurrency, _positive_int),
-        connections_per_destination=r.get("connections_per_destination",
-                                          d.connections_per_destination, _positive_int),
-        messages_per_connection=r.get("messages_per_connection", d.messages_per_connection,
-                                      _positive_int),
+        connections_per_destination=r.get(
+            "connections_per_destination", d.connections_per_destination, _positive_int
+        ),
+        messages_per_connection=r.get(
+            "messages_per_connection", d.messages_per_connection, _positive_int
+        ),
         connect_timeout=r.get("connect_timeout", d.connect_timeout, _duration),
         command_timeout=r.get("command_timeout", d.command_timeout, _duration),
         data_timeout=r.get("data_timeout", d.data_timeout, _duration),
@@ -618,8 +651,9 @@ def _read(data: dict[str, Any], path: Path, text: str) -> Config:
     retry = _read_retry(root.sub("retry"))
     classify = _read_classify(root.sub("classify"))
     policy = root.sub("policy")
-    suppress_on = SuppressOn(policy.get("suppress_on", "recipient",
-                                        _one_of(*[s.value for s in SuppressOn])))
+    suppress_on = SuppressOn(
+        policy.get("suppress_on", "recipient", _one_of(*[s.value for s in SuppressOn]))
+    )
     policy.finish()
     delivery = _read_delivery(root.sub("delivery"))
     admin = _read_admin(root.sub("admin"))
@@ -632,10 +666,20 @@ def _read(data: dict[str, Any], path: Path, text: str) -> Config:
     root.finish()
     if errors:
         raise ConfigErrors(str(path), errors)
-    rules = Rules(routes=routes, pools=pools, retry=retry, classify_rules=classify,
-                  suppress_on=suppress_on)
-    return Config(path=path, smtp=smtp, store=store, campaign_header=header, delivery=delivery,
-                  admin=admin, rules=rules, dsn_domain=dsn_domain, log_level=level)
+    rules = Rules(
+        routes=routes, pools=pools, retry=retry, classify_rules=classify, suppress_on=suppress_on
+    )
+    return Config(
+        path=path,
+        smtp=smtp,
+        store=store,
+        campaign_header=header,
+        delivery=delivery,
+        admin=admin,
+        rules=rules,
+        dsn_domain=dsn_domain,
+        log_level=level,
+    )
 
 
 def config_path(explicit: str | None = None) -> Path:
@@ -655,6 +699,7 @@ def load_config(path: Path) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         line = re.search(r"line (\d+)", str(exc))
-        raise ConfigErrors(str(path), [ConfigError("(syntax)", str(exc),
-                                                   int(line[1]) if line else None)]) from exc
+        raise ConfigErrors(
+            str(path), [ConfigError("(syntax)", str(exc), int(line[1]) if line else None)]
+        ) from exc
     return _read(data, path.resolve(), text)

@@ -13,8 +13,14 @@ Driver errors stay in ``__cause__``; callers never match on asyncpg types.
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "ConfigErrors", "RelayError", "StoreError", "StoreUnavailable",
-           "UnsafeDatabase"]
+__all__ = [
+    "ConfigError",
+    "ConfigErrors",
+    "RelayError",
+    "StoreError",
+    "StoreUnavailable",
+    "UnsafeDatabase",
+]
 
 
 class RelayError(Exception):

@@ -15,7 +15,9 @@ import hashlib
 import ipaddress
 import secrets
 import ssl
-from typing import Any
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, AnyStr
 
 import structlog
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
@@ -38,13 +40,26 @@ def _new_id() -> str:
     return secrets.token_hex(8).upper()
 
 
-class RelaySMTP(SMTP):  # type: ignore[misc]
+@dataclass
+class SessionState:
+    """What the relay tracks per SMTP connection."""
+
+    session_id: str = field(default_factory=_new_id)
+    peer: str = ""
+    accepted: int = 0
+    refused: int = 0
+
+
+class RelaySMTP(SMTP):
     """aiosmtpd's protocol with our replies for the conditions it answers itself."""
 
-    async def push(self, status: str) -> None:
-        if self.event_handler.shutting_down and status.startswith("220 "):
-            status = replies.SHUTTING_DOWN
+    async def push(self, status: AnyStr) -> None:
+        if isinstance(status, bytes):
             await super().push(status)
+            return
+        if self.event_handler.shutting_down and status.startswith("220 "):
+            # The listener is closing: a connection that slipped in is told to come back.
+            await super().push(replies.SHUTTING_DOWN)
             if self.transport is not None:
                 self.transport.close()
             return
@@ -59,34 +74,45 @@ class RelaySMTP(SMTP):  # type: ignore[misc]
 class IntakeHandler:
     """aiosmtpd handler hooks; one instance serves every session."""
 
-    def __init__(self, *, store: Store, committer: GroupCommitter, smtp: SmtpConfig,
-                 campaign_header: str) -> None:
+    def __init__(
+        self, *, store: Store, committer: GroupCommitter, smtp: SmtpConfig, campaign_header: str
+    ) -> None:
         self.store = store
         self.committer = committer
         self.smtp = smtp
         self.campaign_header = campaign_header
         self.shutting_down = False
         self.sessions_in_data = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._auth_cache: set[tuple[str, bytes]] = set()
+        self._sessions: weakref.WeakKeyDictionary[Session, SessionState] = (
+            weakref.WeakKeyDictionary()
+        )
 
     # -- session bookkeeping ------------------------------------------------------------------
 
-    def _bind(self, session: Session) -> str:
-        session_id: str | None = getattr(session, "relay_session_id", None)
-        if session_id is None:
-            session_id = _new_id()
-            session.relay_session_id = session_id
-            session.relay_accepted = 0
-            session.relay_refused = 0
-            structlog.contextvars.bind_contextvars(session_id=session_id,
-                                                   peer=_peer_ip(session))
-        return session_id
+    def _state(self, session: Session) -> SessionState:
+        """The session's state; the first hook of a connection binds its log context.
+
+        All hooks of one connection run in one task, so the binding stays inside it.
+        """
+        state = self._sessions.get(session)
+        if state is None:
+            state = self._sessions[session] = SessionState(peer=_peer_ip(session))
+            structlog.contextvars.bind_contextvars(session_id=state.session_id, peer=state.peer)
+        return state
 
     def session_closed(self, session: Session) -> None:
-        session_id = getattr(session, "relay_session_id", None)
-        if session_id is not None:
-            log.info("intake.session_closed", session_id=session_id, peer=_peer_ip(session),
-                     accepted=session.relay_accepted, refused=session.relay_refused)
+        state = self._sessions.pop(session, None)
+        if state is not None:
+            log.info(
+                "intake.session_closed",
+                session_id=state.session_id,
+                peer=state.peer,
+                accepted=state.accepted,
+                refused=state.refused,
+            )
 
     def _may_relay(self, session: Session) -> bool:
         if session.authenticated:
@@ -102,7 +128,7 @@ class IntakeHandler:
         return any(ip in net for net in self.smtp.allowed_clients)
 
     def _refusal(self, session: Session) -> str:
-        session.relay_refused += 1
+        self._state(session).refused += 1
         log.warning("intake.client_refused", reason="not in allowed_clients")
         if self.smtp.auth_required:
             return replies.AUTH_REQUIRED
@@ -110,9 +136,15 @@ class IntakeHandler:
 
     # -- hooks --------------------------------------------------------------------------------
 
-    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
-                          address: str, mail_options: list[str]) -> str:
-        self._bind(session)
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        self._state(session)
         if not self._may_relay(session):
             return self._refusal(session)
         if address not in ("", "<>"):
@@ -124,9 +156,15 @@ class IntakeHandler:
         envelope.mail_options.extend(mail_options)
         return replies.OK
 
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
-                          address: str, rcpt_options: list[str]) -> str:
-        self._bind(session)
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        self._state(session)
         if not self._may_relay(session):
             return self._refusal(session)
         if len(envelope.rcpt_tos) >= self.smtp.max_recipients:
@@ -140,8 +178,12 @@ class IntakeHandler:
             try:
                 reason = await self.store.suppression_reason(key)
             except StoreError as exc:
-                log.error("intake.store_unavailable", phase="rcpt", error=str(exc),
-                          action="replied 451; the client will retry")
+                log.error(
+                    "intake.store_unavailable",
+                    phase="rcpt",
+                    error=str(exc),
+                    action="replied 451; the client will retry",
+                )
                 return replies.TEMPORARY_FAILURE
             if reason is not None:
                 return await self._reject_suppressed(session, envelope, address, key, reason)
@@ -149,27 +191,40 @@ class IntakeHandler:
         envelope.rcpt_options.extend(rcpt_options)
         return replies.RCPT_OK
 
-    async def _reject_suppressed(self, session: Session, envelope: Envelope, address: str,
-                                 key: str, reason: str) -> str:
+    async def _reject_suppressed(
+        self, session: Session, envelope: Envelope, address: str, key: str, reason: str
+    ) -> str:
         reply = replies.SUPPRESSED.format(address=address, reason=reason)
-        session.relay_refused += 1
+        state = self._state(session)
+        state.refused += 1
         log.info("intake.rcpt_rejected", reason="suppressed", suppression_reason=reason)
         try:
             await self.store.record_rejected_suppressed(
-                envelope.mail_from or "", key, domain_of(key), reply,
-                {"session_id": session.relay_session_id, "peer": _peer_ip(session)})
+                envelope.mail_from or "",
+                key,
+                domain_of(key),
+                reply,
+                {"session_id": state.session_id, "peer": state.peer},
+            )
         except StoreError as exc:
             # The refusal itself is right; only its record is missing.
             log.warning("intake.rejection_not_recorded", error=str(exc))
         return reply
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        self._bind(session)
+        self._state(session)
         self.sessions_in_data += 1
+        self._idle.clear()
         try:
             return await self._accept(session, envelope)
         finally:
             self.sessions_in_data -= 1
+            if not self.sessions_in_data:
+                self._idle.set()
+
+    async def wait_data_finished(self) -> None:
+        """Return once no session is between end-of-DATA and its reply."""
+        await self._idle.wait()
 
     async def _accept(self, session: Session, envelope: Envelope) -> str:
         queue_id = _new_id()
@@ -180,23 +235,37 @@ class IntakeHandler:
             recipients.setdefault(key, Recipient(address, key, domain_of(key)))
         summary = summarise_headers(body, self.campaign_header)
         message = IncomingMessage(
-            queue_id=queue_id, envelope_sender=envelope.mail_from or "",
-            recipients=tuple(recipients.values()), body=body,
-            from_domain=summary.from_domain, message_id=summary.message_id,
-            campaign=summary.campaign, client_address=_peer_ip(session),
-            session_id=session.relay_session_id, smtputf8=bool(envelope.smtp_utf8),
+            queue_id=queue_id,
+            envelope_sender=envelope.mail_from or "",
+            recipients=tuple(recipients.values()),
+            body=body,
+            from_domain=summary.from_domain,
+            message_id=summary.message_id,
+            campaign=summary.campaign,
+            client_address=_peer_ip(session),
+            session_id=self._state(session).session_id,
+            smtputf8=bool(envelope.smtp_utf8),
         )
         with structlog.contextvars.bound_contextvars(queue_id=queue_id):
             try:
                 await self.committer.commit(message)
             except StoreError as exc:
-                log.error("intake.store_unavailable", phase="data", error=str(exc),
-                          action="replied 451; the client keeps the message and retries")
+                log.error(
+                    "intake.store_unavailable",
+                    phase="data",
+                    error=str(exc),
+                    action="replied 451; the client keeps the message and retries",
+                )
                 return replies.TEMPORARY_FAILURE
-            session.relay_accepted += 1
-            log.info("intake.accepted", sender=message.envelope_sender,
-                     recipients=len(recipients), campaign=message.campaign,
-                     from_domain=message.from_domain, size=len(body))
+            self._state(session).accepted += 1
+            log.info(
+                "intake.accepted",
+                sender=message.envelope_sender,
+                recipients=len(recipients),
+                campaign=message.campaign,
+                from_domain=message.from_domain,
+                size=len(body),
+            )
         return replies.QUEUED.format(queue_id=queue_id)
 
     async def handle_exception(self, error: Exception) -> str:
@@ -207,8 +276,9 @@ class IntakeHandler:
 
     # -- AUTH ---------------------------------------------------------------------------------
 
-    def authenticate(self, server: SMTP, session: Session, envelope: Envelope,
-                     mechanism: str, auth_data: Any) -> AuthResult:
+    def authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
         if not isinstance(auth_data, LoginPassword):
             return AuthResult(success=False, handled=False)
         login = auth_data.login.decode("utf-8", "replace")
@@ -241,8 +311,9 @@ def _tls_context(smtp: SmtpConfig) -> ssl.SSLContext | None:
     return context
 
 
-async def start_intake(handler: IntakeHandler, smtp: SmtpConfig,
-                       listen: tuple[str, int] | None = None) -> asyncio.Server:
+async def start_intake(
+    handler: IntakeHandler, smtp: SmtpConfig, listen: tuple[str, int] | None = None
+) -> asyncio.Server:
     """Listen for SMTP clients; the returned server's sockets tell the bound port."""
     tls = _tls_context(smtp)
     loop = asyncio.get_running_loop()

@@ -19,8 +19,16 @@ _N, _R, _P = 2**14, 8, 1
 def hash_password(password: str) -> str:
     salt = secrets.token_bytes(16)
     key = hashlib.scrypt(password.encode(), salt=salt, n=_N, r=_R, p=_P, dklen=32)
-    return "$".join(["scrypt", str(_N), str(_R), str(_P),
-                     base64.b64encode(salt).decode(), base64.b64encode(key).decode()])
+    return "$".join(
+        [
+            "scrypt",
+            str(_N),
+            str(_R),
+            str(_P),
+            base64.b64encode(salt).decode(),
+            base64.b64encode(key).decode(),
+        ]
+    )
 
 
 def verify_password(password: str, hashed: str) -> bool:
@@ -30,8 +38,9 @@ def verify_password(password: str, hashed: str) -> bool:
         if scheme != "scrypt":
             return False
         salt, key = base64.b64decode(salt_b64), base64.b64decode(key_b64)
-        candidate = hashlib.scrypt(password.encode(), salt=salt, n=int(n), r=int(r), p=int(p),
-                                   dklen=len(key), maxmem=2**27)
+        candidate = hashlib.scrypt(
+            password.encode(), salt=salt, n=int(n), r=int(r), p=int(p), dklen=len(key), maxmem=2**27
+        )
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(candidate, key)

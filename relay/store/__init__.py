@@ -76,8 +76,8 @@ async def _translated(what: str) -> AsyncIterator[None]:
 
 @dataclass(frozen=True)
 class Recipient:
-    address: str        # as the client wrote it
-    key: str            # normalise_address()
+    address: str  # as the client wrote it
+    key: str  # normalise_address()
     domain: str
 
 
@@ -152,8 +152,7 @@ def _clean(text: str | None) -> str | None:
 
 
 async def _init_connection(conn: Any) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads,
-                              schema="pg_catalog")
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
 class Store:
@@ -185,9 +184,18 @@ class Store:
         """Commit messages + deliveries + accepted events in one statement (one commit)."""
         cols: list[list[Any]] = [[] for _ in range(14)]
         for m in batch:
-            row = (m.queue_id, _clean(m.envelope_sender), _clean(m.from_domain),
-                   _clean(m.message_id), _clean(m.campaign), len(m.body), m.body,
-                   m.client_address, m.session_id, m.smtputf8)
+            row = (
+                m.queue_id,
+                _clean(m.envelope_sender),
+                _clean(m.from_domain),
+                _clean(m.message_id),
+                _clean(m.campaign),
+                len(m.body),
+                m.body,
+                m.client_address,
+                m.session_id,
+                m.smtputf8,
+            )
             for i, value in enumerate(row):
                 cols[i].append(value)
             for r in m.recipients:
@@ -202,42 +210,69 @@ class Store:
     async def suppression_reason(self, address_key: str) -> str | None:
         """Why ``address_key`` is suppressed, or None when it is not."""
         async with _translated("suppression check"):
-            reason = await self.pool.fetchval(QUERIES["suppression_reason"], address_key,
-                                              timeout=self.timeout)
+            reason = await self.pool.fetchval(
+                QUERIES["suppression_reason"], address_key, timeout=self.timeout
+            )
         return None if reason is None else str(reason)
 
-    async def record_rejected_suppressed(self, sender: str, recipient: str, domain: str,
-                                         reply: str, detail: dict[str, Any]) -> None:
+    async def record_rejected_suppressed(
+        self, sender: str, recipient: str, domain: str, reply: str, detail: dict[str, Any]
+    ) -> None:
         async with _translated("record rejection"):
-            await self.pool.execute(QUERIES["record_rejected_suppressed"], _clean(sender),
-                                    _clean(recipient), domain, reply, detail,
-                                    timeout=self.timeout)
+            await self.pool.execute(
+                QUERIES["record_rejected_suppressed"],
+                _clean(sender),
+                _clean(recipient),
+                domain,
+                reply,
+                detail,
+                timeout=self.timeout,
+            )
 
-    async def add_suppression(self, address_key: str, reason: str, source: str,
-                              event_id: int | None = None, event_at: datetime | None = None,
-                              profile_status: str = "hard_bounced") -> bool:
+    async def add_suppression(
+        self,
+        address_key: str,
+        reason: str,
+        source: str,
+        event_id: int | None = None,
+        event_at: datetime | None = None,
+        profile_status: str = "hard_bounced",
+    ) -> bool:
         async with _translated("add suppression"):
-            return bool(await self.pool.fetchval(
-                QUERIES["add_suppression"], address_key, reason, source, event_id, event_at,
-                profile_status, timeout=self.timeout))
+            return bool(
+                await self.pool.fetchval(
+                    QUERIES["add_suppression"],
+                    address_key,
+                    reason,
+                    source,
+                    event_id,
+                    event_at,
+                    profile_status,
+                    timeout=self.timeout,
+                )
+            )
 
-    async def list_suppressions(self, search: str | None = None,
-                                limit: int = 100) -> list[SuppressionRow]:
+    async def list_suppressions(
+        self, search: str | None = None, limit: int = 100
+    ) -> list[SuppressionRow]:
         async with _translated("list suppressions"):
-            rows = await self.pool.fetch(QUERIES["list_suppressions"], search, limit,
-                                         timeout=self.timeout)
+            rows = await self.pool.fetch(
+                QUERIES["list_suppressions"], search, limit, timeout=self.timeout
+            )
         return [SuppressionRow(**dict(r)) for r in rows]
 
     async def message_by_queue_id(self, queue_id: str) -> MessageRow | None:
         async with _translated("read message"):
-            row = await self.pool.fetchrow(QUERIES["message_by_queue_id"], queue_id,
-                                           timeout=self.timeout)
+            row = await self.pool.fetchrow(
+                QUERIES["message_by_queue_id"], queue_id, timeout=self.timeout
+            )
         return MessageRow(**dict(row)) if row else None
 
     async def deliveries_of_message(self, message_id: int) -> list[DeliveryRow]:
         async with _translated("read deliveries"):
-            rows = await self.pool.fetch(QUERIES["deliveries_of_message"], message_id,
-                                         timeout=self.timeout)
+            rows = await self.pool.fetch(
+                QUERIES["deliveries_of_message"], message_id, timeout=self.timeout
+            )
         return [DeliveryRow(**dict(r)) for r in rows]
 
     async def count_rows(self) -> dict[str, int]:
@@ -246,13 +281,19 @@ class Store:
         return dict(row)
 
 
-async def create_store(dsn: str, *, min_size: int = 2, max_size: int = 10,
-                       timeout: float = 10.0) -> Store:
+async def create_store(
+    dsn: str, *, min_size: int = 2, max_size: int = 10, timeout: float = 10.0
+) -> Store:
     """Connect a pool to ``dsn``; raise StoreUnavailable when it is not reachable."""
     async with _translated(f"connect to {_redact(dsn)}"):
-        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
-                                         init=_init_connection, timeout=timeout,
-                                         command_timeout=timeout)
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            init=_init_connection,
+            timeout=timeout,
+            command_timeout=timeout,
+        )
     return Store(pool, timeout=timeout)
 
 

@@ -21,10 +21,10 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Start (or join) the server; return its DSN. Blocking: run it in a thread."""
-        import pgserver  # late: only `serve` without a dsn needs it
+        from pgserver import get_server  # type: ignore[attr-defined]  # late: only `serve` without a dsn needs it
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
-        self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+        self._server = get_server(self.pgdata, cleanup_mode="stop")
         return str(self._server.get_uri())
 
     def stop(self) -> None:

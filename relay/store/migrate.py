@@ -60,7 +60,8 @@ async def apply_migrations(conn: Any) -> list[Migration]:
                 await conn.execute(migration.sql)
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                    migration.version, migration.name,
+                    migration.version,
+                    migration.name,
                 )
             log.info("store.migration_applied", version=migration.version, name=migration.name)
             applied_now.append(migration)

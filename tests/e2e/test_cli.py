@@ -20,11 +20,18 @@ from relay.store.migrate import apply_migrations, available_migrations
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None,
-            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "relay", *args], capture_output=True,
-                          text=True, env={**os.environ, **(env or {})}, cwd=cwd, timeout=120,
-                          check=False)
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "relay", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        timeout=120,
+        check=False,
+    )
 
 
 def free_port() -> int:
@@ -44,14 +51,14 @@ def test_check_config_names_every_bad_key_and_its_line(tmp_path):
     """Unknown key, bad duration, bad CIDR and a missing file are each named, with lines."""
     path = tmp_path / "broken.toml"
     path.write_text(
-        '[smtp]\n'
+        "[smtp]\n"
         'listen = "127.0.0.1:2525"\n'
         'allowed_clients = ["127.0.0.0/8", "10.0.0.300/8"]\n'
         'tls_cert = "missing-cert.pem"\n'
         'tls_key = "missing-key.pem"\n'
         'colour = "blue"\n'
-        '\n'
-        '[retry]\n'
+        "\n"
+        "[retry]\n"
         'schedule = ["5m", "fortnight"]\n'
         'max_age = "3 days"\n'
     )
@@ -83,8 +90,13 @@ def test_secrets_from_environment(tmp_path):
     unset = run_cli("check-config", "--config", str(path), env={"BR_TEST_DSN": ""})
     assert unset.returncode == 0
     env = {k: v for k, v in os.environ.items() if k != "BR_TEST_DSN"}
-    result = subprocess.run([sys.executable, "-m", "relay", "check-config", "--config",
-                             str(path)], capture_output=True, text=True, env=env, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "relay", "check-config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert result.returncode == 2
     assert "store.dsn (line 2): environment variable BR_TEST_DSN is not set" in result.stderr
 
@@ -94,7 +106,7 @@ def _write_serve_config(tmp_path: Path, port: int, dsn: str = "", name: str = "c
     path.write_text(
         f'[smtp]\nlisten = "127.0.0.1:{port}"\nhostname = "relay.test"\n'
         f'[store]\ndsn = "{dsn}"\ndata_dir = "{tmp_path / "var"}"\n'
-        '[delivery]\nenabled = false\n'
+        "[delivery]\nenabled = false\n"
     )
     return path
 
@@ -113,8 +125,12 @@ def _wait_for_port(port: int, proc: subprocess.Popen[str], timeout: float = 60) 
 
 
 def _serve(config: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "relay", "serve", "--config", str(config)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "relay", "serve", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _send(port: int) -> str:

@@ -25,8 +25,13 @@ def test_normalise_address(raw, normal):
 
 @pytest.mark.parametrize(
     "address",
-    ["a@b.c", "first.last+tag@example.co.uk", '"with space"@example.com', "x@[192.0.2.1]",
-     "ünï@exämple.org"],
+    [
+        "a@b.c",
+        "first.last+tag@example.co.uk",
+        '"with space"@example.com',
+        "x@[192.0.2.1]",
+        "ünï@exämple.org",
+    ],
 )
 def test_valid_addresses(address):
     """Dot-atoms, quoted local parts, address literals and UTF-8 (SMTPUTF8) are valid."""

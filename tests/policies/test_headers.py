@@ -7,10 +7,12 @@ from policies.headers import summarise_headers
 
 def test_reads_from_domain_message_id_and_campaign():
     """Display names, case and folding do not matter; the body is never read."""
-    raw = (b"From: \"News, Team\" <News@Mail.Example.COM>\r\n"
-           b"Message-ID:\r\n <abc@example.com>\r\n"
-           b"X-Campaign-ID: spring\r\n\r\n"
-           b"From: body@other.example\r\n")
+    raw = (
+        b'From: "News, Team" <News@Mail.Example.COM>\r\n'
+        b"Message-ID:\r\n <abc@example.com>\r\n"
+        b"X-Campaign-ID: spring\r\n\r\n"
+        b"From: body@other.example\r\n"
+    )
     summary = summarise_headers(raw, "X-Campaign-ID")
     assert summary.from_domain == "mail.example.com"
     assert summary.message_id == "<abc@example.com>"

@@ -26,6 +26,7 @@ MESSAGE = (
     b"Hello there.\r\n"
 )
 
+
 @pytest.fixture
 def start_relay(db_dsn: str, make_config: Callable[..., Config]) -> Callable[..., object]:
     @asynccontextmanager
@@ -52,8 +53,8 @@ async def test_three_recipients_stored_with_campaign_and_from_domain(start_relay
     async with start_relay() as relay:
         client = await _client(relay)
         errors, reply = await client.sendmail(
-            "sender@mail.example.com", ["a@example.org", "B@Example.ORG", "c@example.net"],
-            MESSAGE)
+            "sender@mail.example.com", ["a@example.org", "B@Example.ORG", "c@example.net"], MESSAGE
+        )
         await client.quit()
     assert errors == {}
     assert reply.startswith("2.0.0 OK queued as ")
@@ -68,7 +69,9 @@ async def test_three_recipients_stored_with_campaign_and_from_domain(start_relay
         assert bytes(msg["body"]) == MESSAGE
         rows = await conn.fetch(
             "SELECT recipient, recipient_key, recipient_domain, state FROM deliveries "
-            "WHERE message_id = $1 ORDER BY id", msg["id"])
+            "WHERE message_id = $1 ORDER BY id",
+            msg["id"],
+        )
         assert [(r["recipient_key"], r["recipient_domain"], r["state"]) for r in rows] == [
             ("a@example.org", "example.org", "queued"),
             ("b@example.org", "example.org", "queued"),
@@ -77,7 +80,8 @@ async def test_three_recipients_stored_with_campaign_and_from_domain(start_relay
         assert rows[1]["recipient"] == "B@Example.ORG"
         events = await conn.fetch("SELECT type, queue_id, campaign FROM events")
         assert [(e["type"], e["queue_id"], e["campaign"]) for e in events] == [
-            ("accepted", queue_id, "spring-sale")]
+            ("accepted", queue_id, "spring-sale")
+        ]
     finally:
         await conn.close()
 
@@ -101,7 +105,8 @@ async def test_suppressed_recipient_refused_others_accepted(start_relay, db_dsn)
     assert data.code == 250
     conn = await _db(db_dsn)
     try:
-        keys = [r["recipient_key"] for r in await conn.fetch("SELECT recipient_key FROM deliveries")]
+        rows = await conn.fetch("SELECT recipient_key FROM deliveries")
+        keys = [r["recipient_key"] for r in rows]
         assert keys == ["ok@example.org"]
         event = await conn.fetchrow("SELECT * FROM events WHERE type = 'rejected_suppressed'")
         assert event["recipient"] == "gone@example.org"
@@ -162,7 +167,8 @@ async def _database_unreachable(dsn: str) -> AsyncIterator[None]:
     try:
         await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
         await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
+        )
         yield
     finally:
         await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
@@ -204,7 +210,7 @@ async def test_database_unreachable_answers_451_and_writes_nothing(start_relay, 
 
 async def test_oversize_message_gets_552(start_relay, db_dsn):
     """Over max_message_size: 552 5.3.4, whether announced with SIZE or not."""
-    big = MESSAGE + b"x" * (1024 * 1024) + b"\r\n"
+    big = MESSAGE + (b"x" * 998 + b"\r\n") * 1100
     async with start_relay() as relay:
         client = await _client(relay)
         await client.ehlo()
@@ -233,7 +239,7 @@ async def test_malformed_address_and_too_many_recipients(start_relay):
         await client.ehlo()
         await client.mail("s@example.com")
         with pytest.raises(aiosmtplib.SMTPRecipientRefused) as bad:
-            await client.rcpt("not an address@@example")
+            await client.rcpt("bad..dots@example.org")
         for i in range(50):
             await client.rcpt(f"r{i}@example.org")
         with pytest.raises(aiosmtplib.SMTPRecipientRefused) as too_many:
@@ -245,15 +251,20 @@ async def test_malformed_address_and_too_many_recipients(start_relay):
 
 async def test_smtputf8_and_8bit_bodies_stored_byte_exact(start_relay, db_dsn):
     """8BITMIME and SMTPUTF8 are accepted; the stored body is the bytes that were sent."""
-    body = ("From: José <jose@exämple.com>\r\nSubject: ¡hola!\r\n\r\nÜnïcödé \xff\r\n"
-            ).encode("utf-8") + b"raw \xfe\xff bytes\r\n"
+    body = (
+        "From: José <jose@exämple.com>\r\nSubject: ¡hola!\r\n\r\nÜnïcödé \xff\r\n"
+    ).encode() + b"raw \xfe\xff bytes\r\n"
     async with start_relay() as relay:
         client = await _client(relay)
         await client.ehlo()
         assert "8bitmime" in client.esmtp_extensions
         assert "smtputf8" in client.esmtp_extensions
-        _, reply = await client.sendmail("jösé@exämple.com", ["ünï@exämple.org"], body,
-                                         mail_options=["BODY=8BITMIME", "SMTPUTF8"])
+        _, reply = await client.sendmail(
+            "jösé@exämple.com",
+            ["ünï@exämple.org"],
+            body,
+            mail_options=["BODY=8BITMIME", "SMTPUTF8"],
+        )
         await client.quit()
     conn = await _db(db_dsn)
     try:
@@ -275,8 +286,9 @@ async def test_fifty_concurrent_clients_every_250_has_its_rows(start_relay, db_d
         client = await _client(relay)
         ids = []
         for i in range(20):
-            _, reply = await client.sendmail(f"s{n}@example.com", [f"r{n}.{i}@example.org"],
-                                             MESSAGE)
+            _, reply = await client.sendmail(
+                f"s{n}@example.com", [f"r{n}.{i}@example.org"], MESSAGE
+            )
             ids.append(reply.rsplit(" ", 1)[1])
         await client.quit()
         return ids
@@ -290,7 +302,8 @@ async def test_fifty_concurrent_clients_every_250_has_its_rows(start_relay, db_d
     try:
         stored = await conn.fetch(
             "SELECT m.queue_id, count(d.id) AS n FROM messages m JOIN deliveries d "
-            "ON d.message_id = m.id GROUP BY m.queue_id")
+            "ON d.message_id = m.id GROUP BY m.queue_id"
+        )
         assert {r["queue_id"] for r in stored} == set(queue_ids)
         assert all(r["n"] == 1 for r in stored)
         assert await conn.fetchval("SELECT count(*) FROM events WHERE type = 'accepted'") == 1000
@@ -303,8 +316,9 @@ async def test_accepted_message_is_logged_with_queue_id_and_session(start_relay)
     with capture_logs(processors=[merge_contextvars]) as logs:
         async with start_relay() as relay:
             client = await _client(relay)
-            _, reply = await client.sendmail("s@example.com", ["a@example.org", "b@example.org"],
-                                             MESSAGE)
+            _, reply = await client.sendmail(
+                "s@example.com", ["a@example.org", "b@example.org"], MESSAGE
+            )
             await client.quit()
             await asyncio.sleep(0.05)  # let the server see the QUIT and close the session
     queue_id = reply.rsplit(" ", 1)[1]
