@@ -49,7 +49,8 @@ async def _wait_port(port: int, timeout: float = 60) -> None:
 
 
 async def _load(port: int, clients: int, messages: int, size: int) -> float:
-    body = BODY_HEAD + b"x" * max(0, size - len(BODY_HEAD) - 2) + b"\r\n"
+    line = b"x" * 76 + b"\r\n"
+    body = BODY_HEAD + line * max(1, (size - len(BODY_HEAD)) // len(line))
     per_client = messages // clients
 
     async def one(n: int) -> None:
