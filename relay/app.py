@@ -15,11 +15,14 @@ from types import TracebackType
 
 import structlog
 
+from relay.clock import Clock, utc_now
 from relay.commit import GroupCommitter
-from relay.config import Config
+from relay.config import Config, Rules
+from relay.delivery import DeliveryWorker
 from relay.intake import IntakeHandler, start_intake
 from relay.store import Store, create_store
 from relay.store.embedded import EmbeddedPostgres
+from relay.upstream import Upstream
 
 __all__ = ["Relay", "open_store", "serve"]
 
@@ -53,15 +56,23 @@ class Relay:
     """One running relay. ``listen`` overrides ``[smtp] listen`` (tests use port 0)."""
 
     def __init__(
-        self, config: Config, *, dsn: str | None = None, listen: tuple[str, int] | None = None
+        self,
+        config: Config,
+        *,
+        dsn: str | None = None,
+        listen: tuple[str, int] | None = None,
+        clock: Clock = utc_now,
     ) -> None:
         self.config = config
+        self.rules: Rules = config.rules  # swapped whole on reload
         self._dsn = dsn
         self._listen = listen
+        self._clock = clock
         self._stack = AsyncExitStack()
         self.store: Store
         self.handler: IntakeHandler
         self.server: asyncio.Server
+        self.worker: DeliveryWorker | None = None
         self.port = 0
 
     async def __aenter__(self) -> Relay:
@@ -75,10 +86,20 @@ class Relay:
     async def _start(self) -> None:
         config = self.config
         self.store = await open_store(config, self._stack, dsn=self._dsn)
+        if config.delivery.enabled:
+            upstream = Upstream(config.delivery, config.smtp.hostname)
+            self._stack.push_async_callback(upstream.close)
+            self.worker = DeliveryWorker(
+                self.store, upstream, config.delivery, lambda: self.rules, clock=self._clock
+            )
+            worker_task = asyncio.create_task(self.worker.run(), name="delivery.worker")
+            self._stack.push_async_callback(_cancel, worker_task)
         committer = GroupCommitter(
             self.store,
             max_batch=config.store.commit_batch,
             max_inflight=max(1, config.store.pool_max_size // 2),
+            on_commit=self.worker.wake if self.worker else None,
+            clock=self._clock,
         )
         commit_task = asyncio.create_task(committer.run(), name="intake.committer")
         self._stack.push_async_callback(_cancel, commit_task)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
+from relay.clock import Clock, utc_now
 from relay.errors import StoreError, StoreUnavailable
 from relay.store import AcceptedMessage, IncomingMessage, Store
 
@@ -33,6 +34,7 @@ class GroupCommitter:
         max_batch: int = 256,
         max_inflight: int = 4,
         on_commit: Callable[[Sequence[AcceptedMessage]], None] | None = None,
+        clock: Clock = utc_now,
     ) -> None:
         self._store = store
         self._max_batch = max_batch
@@ -40,6 +42,7 @@ class GroupCommitter:
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._on_commit = on_commit
+        self._clock = clock
 
     async def commit(self, message: IncomingMessage) -> AcceptedMessage:
         """Return once ``message`` is durable; raise StoreError when it is not."""
@@ -69,7 +72,7 @@ class GroupCommitter:
     async def _commit(self, batch: list[_Pending]) -> None:
         try:
             try:
-                accepted = await self._store.accept_messages([m for m, _ in batch])
+                accepted = await self._store.accept_messages(self._clock(), [m for m, _ in batch])
             except StoreUnavailable as exc:
                 _fail(batch, exc)
                 return
@@ -94,7 +97,7 @@ class GroupCommitter:
     async def _commit_one(self, item: _Pending) -> None:
         message, future = item
         try:
-            (accepted,) = await self._store.accept_messages([message])
+            (accepted,) = await self._store.accept_messages(self._clock(), [message])
         except StoreError as exc:
             _fail([item], exc)
             return

@@ -142,6 +142,7 @@ class RouteConfig:
     tls: str = "opportunistic"
     username: str = ""
     password: str = ""
+    mx_port: int = 25  # mode "mx": the port MX hosts are contacted on (tests use another)
 
     def matches(self, domain: str) -> bool:
         return any(
@@ -163,6 +164,7 @@ class DeliveryConfig:
     batch: int = 100
     poll_interval: timedelta = timedelta(seconds=1)
     nameservers: tuple[str, ...] = ()
+    dns_port: int = 0  # 0: the resolver's default (53)
 
 
 @dataclass(frozen=True)
@@ -331,6 +333,12 @@ def _positive_int(value: Any) -> int:
     return value
 
 
+def _port(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 65536:
+        raise ValueError(f"must be a port number 1-65535, got {value!r}")
+    return value
+
+
 def _positive_float(value: Any) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
         raise ValueError(f"must be a positive number, got {value!r}")
@@ -483,6 +491,7 @@ def _read_routes(r: _Reader, pools: tuple[PoolConfig, ...]) -> tuple[RouteConfig
             tls=t.get("tls", "opportunistic", _one_of("opportunistic", "required", "off")),
             username=t.get("username", "", _str),
             password=t.get("password", "", _str),
+            mx_port=t.get("mx_port", 25, _port),
         )
         if route.mode in ("smarthost", "static") and not route.hosts:
             t.error(("hosts",), f"mode {route.mode!r} needs at least one host:port")
@@ -618,6 +627,7 @@ def _read_delivery(r: _Reader) -> DeliveryConfig:
         batch=r.get("batch", d.batch, _positive_int),
         poll_interval=r.get("poll_interval", d.poll_interval, _duration),
         nameservers=r.get("nameservers", (), _list_of(_ip)),
+        dns_port=r.get("dns_port", 0, _port),
     )
     r.finish()
     return cfg

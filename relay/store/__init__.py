@@ -14,7 +14,7 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from importlib import resources
 from typing import Any
 
@@ -25,9 +25,12 @@ from relay.store.migrate import apply_migrations
 
 __all__ = [
     "AcceptedMessage",
+    "AppliedOutcomes",
+    "ClaimedDelivery",
     "DeliveryRow",
     "IncomingMessage",
     "MessageRow",
+    "OutcomeRecord",
     "Recipient",
     "Store",
     "SuppressionRow",
@@ -146,6 +149,82 @@ class SuppressionRow:
     event_id: int | None
 
 
+@dataclass(frozen=True)
+class ClaimedDelivery:
+    """A delivery leased to this relay, with what sending it needs (but the body)."""
+
+    id: int
+    message_id: int
+    recipient: str
+    recipient_key: str
+    recipient_domain: str
+    attempts: int
+    first_failure_at: datetime | None
+    lease_token: int
+    last_source_ip: str | None
+    avoid_source_ip: str | None
+    queue_id: str
+    envelope_sender: str
+    from_domain: str | None
+    campaign: str | None
+    smtputf8: bool
+    suppressed: bool
+
+
+@dataclass(frozen=True)
+class OutcomeRecord:
+    """One delivery's result, as the store applies it (see queries.sql apply_outcomes)."""
+
+    delivery_id: int
+    lease_token: int
+    state: str
+    event: str
+    next_attempt_at: datetime | None = None
+    counts_attempt: bool = True
+    non_delivery: bool = False
+    suppress: bool = False
+    suppress_reason: str = ""
+    code: int | None = None
+    enhanced: str | None = None
+    reply_text: str | None = None
+    template: str | None = None
+    category: str | None = None
+    rule: str | None = None
+    synthetic: bool = False
+    source_ip: str | None = None
+    destination: str | None = None
+    avoid_source_ip: str | None = None
+
+
+@dataclass(frozen=True)
+class AppliedOutcomes:
+    applied: int  # rows whose lease still held
+    fenced: int  # rows another relay had taken over: left alone
+    suppressed: int  # addresses newly put on the suppression list
+    cancelled: int  # other queued deliveries cancelled because of those
+
+
+_OUTCOME_COLUMNS = (
+    "delivery_id",
+    "lease_token",
+    "state",
+    "event",
+    "next_attempt_at",
+    "counts_attempt",
+    "non_delivery",
+    "code",
+    "enhanced",
+    "reply_text",
+    "template",
+    "category",
+    "rule",
+    "synthetic",
+    "source_ip",
+    "destination",
+    "avoid_source_ip",
+)
+
+
 def _clean(text: str | None) -> str | None:
     # PostgreSQL text cannot hold NUL; a header with one must not cost the message.
     return None if text is None else text.replace("\x00", "\ufffd")
@@ -180,8 +259,10 @@ class Store:
                 "Turn both on in postgresql.conf and reload the server."
             )
 
-    async def accept_messages(self, batch: Sequence[IncomingMessage]) -> list[AcceptedMessage]:
-        """Commit messages + deliveries + accepted events in one statement (one commit)."""
+    async def accept_messages(
+        self, now: datetime, batch: Sequence[IncomingMessage]
+    ) -> list[AcceptedMessage]:
+        """Commit messages + deliveries (due ``now``) + accepted events in one statement."""
         cols: list[list[Any]] = [[] for _ in range(14)]
         for m in batch:
             row = (
@@ -204,7 +285,9 @@ class Store:
                 cols[12].append(_clean(r.key))
                 cols[13].append(_clean(r.domain))
         async with _translated("accept messages"):
-            rows = await self.pool.fetch(QUERIES["accept_messages"], *cols, timeout=self.timeout)
+            rows = await self.pool.fetch(
+                QUERIES["accept_messages"], *cols, now, timeout=self.timeout
+            )
         return [AcceptedMessage(r["id"], r["queue_id"], r["received_at"]) for r in rows]
 
     async def suppression_reason(self, address_key: str) -> str | None:
@@ -274,6 +357,122 @@ class Store:
                 QUERIES["deliveries_of_message"], message_id, timeout=self.timeout
             )
         return [DeliveryRow(**dict(r)) for r in rows]
+
+    async def claim_due_deliveries(
+        self, owner: str, now: datetime, lease: timedelta, limit: int
+    ) -> list[ClaimedDelivery]:
+        """Lease up to ``limit`` due deliveries (FOR UPDATE SKIP LOCKED)."""
+        async with _translated("claim deliveries"):
+            rows = await self.pool.fetch(
+                QUERIES["claim_due_deliveries"], owner, now, lease, limit, timeout=self.timeout
+            )
+        return sorted((ClaimedDelivery(**dict(r)) for r in rows), key=lambda d: d.id)
+
+    async def message_bodies(self, message_ids: Sequence[int]) -> dict[int, bytes | None]:
+        async with _translated("read bodies"):
+            rows = await self.pool.fetch(
+                QUERIES["message_bodies"], list(message_ids), timeout=self.timeout
+            )
+        return {r["id"]: (bytes(r["body"]) if r["body"] is not None else None) for r in rows}
+
+    async def apply_outcomes(
+        self, now: datetime, outcomes: Sequence[OutcomeRecord]
+    ) -> AppliedOutcomes:
+        """Apply results atomically: states, events, suppressions, cancellations, bodies."""
+        cols = [[getattr(o, c) for o in outcomes] for c in _OUTCOME_COLUMNS]
+        by_id = {o.delivery_id: o for o in outcomes}
+        async with (
+            _translated("apply outcomes"),
+            self.pool.acquire(timeout=self.timeout) as conn,
+            conn.transaction(),
+        ):
+            rows = await conn.fetch(QUERIES["apply_outcomes"], now, *cols, timeout=self.timeout)
+            to_suppress: dict[str, tuple[str, int]] = {}
+            for r in rows:
+                o = by_id[r["delivery_id"]]
+                if o.suppress:
+                    to_suppress.setdefault(r["recipient_key"], (o.suppress_reason, r["event_id"]))
+            added = cancelled = 0
+            if to_suppress:
+                keys = list(to_suppress)
+                counts = await conn.fetchrow(
+                    QUERIES["suppress_recipients"],
+                    now,
+                    keys,
+                    [to_suppress[k][0] for k in keys],
+                    [to_suppress[k][1] for k in keys],
+                    timeout=self.timeout,
+                )
+                added, cancelled = counts["added"], counts["cancelled"]
+            await conn.execute(
+                QUERIES["release_bodies"],
+                list({r["message_id"] for r in rows}),
+                timeout=self.timeout,
+            )
+        return AppliedOutcomes(
+            applied=len(rows),
+            fenced=len(outcomes) - len(rows),
+            suppressed=added,
+            cancelled=cancelled,
+        )
+
+    async def list_deliveries(self, state: str | None, limit: int) -> list[dict[str, Any]]:
+        async with _translated("list deliveries"):
+            rows = await self.pool.fetch(
+                QUERIES["list_deliveries"], state, limit, timeout=self.timeout
+            )
+        return [dict(r) for r in rows]
+
+    async def delivery_by_id(self, delivery_id: int) -> dict[str, Any] | None:
+        async with _translated("read delivery"):
+            row = await self.pool.fetchrow(
+                QUERIES["delivery_by_id"], delivery_id, timeout=self.timeout
+            )
+        return dict(row) if row else None
+
+    async def events_of_delivery(self, delivery_id: int) -> list[dict[str, Any]]:
+        async with _translated("read events"):
+            rows = await self.pool.fetch(
+                QUERIES["events_of_delivery"], delivery_id, timeout=self.timeout
+            )
+        return [dict(r) for r in rows]
+
+    async def retry_delivery_now(self, delivery_id: int, now: datetime) -> bool:
+        async with _translated("retry delivery"):
+            return (
+                await self.pool.fetchval(
+                    QUERIES["retry_delivery_now"], delivery_id, now, timeout=self.timeout
+                )
+                is not None
+            )
+
+    async def purge_delivery(self, delivery_id: int, actor: str, reason: str) -> bool:
+        async with _translated("purge delivery"):
+            return (
+                await self.pool.fetchval(
+                    QUERIES["purge_delivery"], delivery_id, actor, reason, timeout=self.timeout
+                )
+                is not None
+            )
+
+    async def profile(self, address_key: str) -> dict[str, Any] | None:
+        async with _translated("read profile"):
+            row = await self.pool.fetchrow(QUERIES["profile"], address_key, timeout=self.timeout)
+        return dict(row) if row else None
+
+    async def bounces_of_address(self, address_key: str, limit: int = 50) -> list[dict[str, Any]]:
+        async with _translated("read bounces"):
+            rows = await self.pool.fetch(
+                QUERIES["bounces_of_address"], address_key, limit, timeout=self.timeout
+            )
+        return [dict(r) for r in rows]
+
+    async def delivery_counts_of_address(self, address_key: str) -> dict[str, int]:
+        async with _translated("count deliveries"):
+            rows = await self.pool.fetch(
+                QUERIES["delivery_counts_of_address"], address_key, timeout=self.timeout
+            )
+        return {r["state"]: r["n"] for r in rows}
 
     async def count_rows(self) -> dict[str, int]:
         async with _translated("count rows"):

@@ -5,13 +5,15 @@
 -- Store a batch of messages, their deliveries and accepted events in one statement (one commit).
 WITH m AS (
     INSERT INTO messages (queue_id, envelope_sender, from_domain, message_id, campaign, size,
-                          body, client_address, session_id, smtputf8)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                         $6::integer[], $7::bytea[], $8::text[], $9::text[], $10::boolean[])
+                          body, client_address, session_id, smtputf8, received_at)
+    SELECT *, $15::timestamptz FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
+                         $5::text[], $6::integer[], $7::bytea[], $8::text[], $9::text[],
+                         $10::boolean[])
     RETURNING id, queue_id, received_at, campaign, from_domain, envelope_sender
 ), d AS (
-    INSERT INTO deliveries (message_id, recipient, recipient_key, recipient_domain)
-    SELECT m.id, r.recipient, r.recipient_key, r.recipient_domain
+    INSERT INTO deliveries (message_id, recipient, recipient_key, recipient_domain,
+                            next_attempt_at, updated_at)
+    SELECT m.id, r.recipient, r.recipient_key, r.recipient_domain, $15, $15
     FROM unnest($11::text[], $12::text[], $13::text[], $14::text[])
          AS r (queue_id, recipient, recipient_key, recipient_domain)
     JOIN m USING (queue_id)
@@ -77,3 +79,187 @@ SELECT (SELECT count(*) FROM messages) AS messages,
 -- fsync and synchronous_commit: both must be on for a 250 to mean "safe".
 SELECT current_setting('fsync') AS fsync,
        current_setting('synchronous_commit') AS synchronous_commit;
+
+-- claim_due_deliveries --
+-- Lease up to $4 due deliveries to owner $1 at time $2 for $3: queued and due, or inflight with a
+-- lease that ran out (its relay died). SKIP LOCKED lets any number of relays claim side by side.
+WITH queued AS (
+    SELECT id FROM deliveries
+    WHERE state = 'queued' AND next_attempt_at <= $2
+    ORDER BY next_attempt_at, message_id
+    LIMIT $4
+    FOR UPDATE SKIP LOCKED
+), stale AS (
+    SELECT id FROM deliveries
+    WHERE state = 'inflight' AND lease_until < $2
+    ORDER BY lease_until
+    LIMIT $4
+    FOR UPDATE SKIP LOCKED
+), due AS (
+    SELECT id FROM stale UNION ALL SELECT id FROM queued LIMIT $4
+)
+UPDATE deliveries d
+SET state = 'inflight', lease_owner = $1, lease_until = $2 + $3::interval,
+    lease_token = nextval('lease_tokens'), updated_at = $2
+FROM due, messages m
+WHERE d.id = due.id AND m.id = d.message_id
+RETURNING d.id, d.message_id, d.recipient, d.recipient_key, d.recipient_domain, d.attempts,
+          d.first_failure_at, d.lease_token, d.last_source_ip, d.avoid_source_ip,
+          m.queue_id, m.envelope_sender, m.from_domain, m.campaign, m.smtputf8,
+          EXISTS (SELECT 1 FROM suppressions s WHERE s.address = d.recipient_key) AS suppressed;
+
+-- message_bodies --
+-- The bodies of the given messages (NULL once released).
+SELECT id, body FROM messages WHERE id = ANY($1::bigint[]);
+
+-- apply_outcomes --
+-- Finish or reschedule leased deliveries and record one event each; a row whose lease token no
+-- longer matches (another relay took it over) is left alone: fencing.
+WITH o AS (
+    SELECT * FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::timestamptz[],
+                         $7::boolean[], $8::boolean[], $9::integer[], $10::text[], $11::text[],
+                         $12::text[], $13::text[], $14::text[], $15::boolean[], $16::text[],
+                         $17::text[], $18::text[])
+        AS o (delivery_id, lease_token, state, event, next_attempt_at, counts_attempt,
+              non_delivery, code, enhanced, reply_text, template, category, rule, synthetic,
+              source_ip, destination, avoid_source_ip)
+), u AS (
+    UPDATE deliveries d
+    SET state = o.state,
+        attempts = d.attempts + CASE WHEN o.counts_attempt THEN 1 ELSE 0 END,
+        next_attempt_at = coalesce(o.next_attempt_at, d.next_attempt_at),
+        first_failure_at = CASE WHEN o.event = 'soft_bounce'
+                                THEN coalesce(d.first_failure_at, $1) ELSE d.first_failure_at END,
+        lease_until = NULL, lease_owner = NULL, lease_token = NULL,
+        last_source_ip = coalesce(o.source_ip, d.last_source_ip),
+        avoid_source_ip = o.avoid_source_ip,
+        last_code = o.code, last_reply = o.reply_text, updated_at = $1
+    FROM o
+    WHERE d.id = o.delivery_id AND d.lease_token = o.lease_token AND d.state = 'inflight'
+    RETURNING d.id, d.message_id, d.recipient_key, d.recipient_domain, d.attempts
+), e AS (
+    INSERT INTO events (occurred_at, type, message_id, delivery_id, queue_id, campaign,
+                        from_domain, envelope_sender, source_ip, destination, recipient,
+                        recipient_domain, code, enhanced, reply_text, template, category,
+                        attempt, rule, synthetic)
+    SELECT $1, o.event, u.message_id, u.id, m.queue_id, m.campaign, m.from_domain,
+           m.envelope_sender, o.source_ip, o.destination, u.recipient_key, u.recipient_domain,
+           o.code, o.enhanced, o.reply_text, o.template, o.category, u.attempts, o.rule,
+           o.synthetic
+    FROM u JOIN o ON o.delivery_id = u.id JOIN messages m ON m.id = u.message_id
+    RETURNING id, delivery_id
+), nd AS (
+    INSERT INTO events (occurred_at, type, message_id, delivery_id, queue_id, campaign,
+                        from_domain, envelope_sender, source_ip, destination, recipient,
+                        recipient_domain, code, enhanced, reply_text, template, category,
+                        attempt, rule, synthetic)
+    SELECT $1, 'non_delivery', u.message_id, u.id, m.queue_id, m.campaign, m.from_domain,
+           m.envelope_sender, o.source_ip, o.destination, u.recipient_key, u.recipient_domain,
+           o.code, o.enhanced, o.reply_text, o.template, o.category, u.attempts, o.rule,
+           o.synthetic
+    FROM u JOIN o ON o.delivery_id = u.id JOIN messages m ON m.id = u.message_id
+    WHERE o.non_delivery
+)
+SELECT u.id AS delivery_id, u.message_id, u.recipient_key, e.id AS event_id
+FROM u JOIN e ON e.delivery_id = u.id;
+
+-- suppress_recipients --
+-- Hard bounces that suppress: suppression entry (first cause kept), profile hard_bounced, and
+-- every other queued delivery to the address cancelled with a suppressed event.
+WITH s AS (
+    SELECT * FROM unnest($2::text[], $3::text[], $4::bigint[]) AS s (address, reason, event_id)
+), ins AS (
+    INSERT INTO suppressions (address, reason, source, event_id, event_at, created_at)
+    SELECT address, reason, 'hard_bounce', event_id, $1, $1 FROM s
+    ON CONFLICT (address) DO NOTHING
+    RETURNING address
+), p AS (
+    INSERT INTO profiles (address, status, status_changed_at)
+    SELECT address, 'hard_bounced', $1 FROM s
+    ON CONFLICT (address) DO UPDATE SET status = 'hard_bounced', status_changed_at = $1
+    WHERE profiles.status <> 'hard_bounced'
+), c AS (
+    UPDATE deliveries d
+    SET state = 'cancelled', updated_at = $1
+    FROM s
+    WHERE d.recipient_key = s.address AND d.state = 'queued'
+    RETURNING d.id, d.message_id, d.recipient_key, d.recipient_domain, d.attempts
+), ce AS (
+    INSERT INTO events (occurred_at, type, message_id, delivery_id, queue_id, campaign,
+                        from_domain, envelope_sender, recipient, recipient_domain, attempt,
+                        detail)
+    SELECT $1, 'suppressed', c.message_id, c.id, m.queue_id, m.campaign, m.from_domain,
+           m.envelope_sender, c.recipient_key, c.recipient_domain, c.attempts,
+           jsonb_build_object('why', 'recipient suppressed while queued')
+    FROM c JOIN messages m ON m.id = c.message_id
+)
+SELECT (SELECT count(*) FROM ins) AS added, (SELECT count(*) FROM c) AS cancelled;
+
+-- release_bodies --
+-- Drop the bodies of messages whose deliveries are all final.
+UPDATE messages m SET body = NULL
+WHERE m.id = ANY($1::bigint[]) AND m.body IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM deliveries d
+                  WHERE d.message_id = m.id AND d.state IN ('queued', 'inflight'));
+
+-- list_deliveries --
+-- The queue, oldest first, optionally one state.
+SELECT d.id, m.queue_id, d.recipient, d.state, d.attempts, d.next_attempt_at, d.last_code,
+       d.last_reply, m.received_at
+FROM deliveries d JOIN messages m ON m.id = d.message_id
+WHERE ($1::text IS NULL OR d.state = $1)
+ORDER BY d.next_attempt_at, d.id
+LIMIT $2;
+
+-- delivery_by_id --
+-- One delivery with its message's envelope.
+SELECT d.id, m.queue_id, d.recipient, d.recipient_key, d.state, d.attempts, d.next_attempt_at,
+       d.first_failure_at, d.lease_until, d.lease_owner, d.last_source_ip, d.last_code,
+       d.last_reply, m.envelope_sender, m.from_domain, m.campaign, m.received_at
+FROM deliveries d JOIN messages m ON m.id = d.message_id
+WHERE d.id = $1;
+
+-- events_of_delivery --
+-- Every event of one delivery, oldest first.
+SELECT occurred_at, type, attempt, code, enhanced, category, rule, source_ip, destination,
+       reply_text, synthetic
+FROM events WHERE delivery_id = $1 ORDER BY occurred_at, id;
+
+-- retry_delivery_now --
+-- Make a queued delivery due now.
+UPDATE deliveries SET next_attempt_at = $2, updated_at = $2
+WHERE id = $1 AND state = 'queued'
+RETURNING id;
+
+-- purge_delivery --
+-- Cancel a queued delivery by hand, with an audit row.
+WITH c AS (
+    UPDATE deliveries SET state = 'cancelled', updated_at = now()
+    WHERE id = $1 AND state = 'queued'
+    RETURNING id, recipient_key
+), a AS (
+    INSERT INTO admin_audit (actor, action, subject, reason, detail)
+    SELECT $2, 'queue.purge', c.recipient_key, $3, jsonb_build_object('delivery_id', c.id)
+    FROM c
+)
+SELECT id FROM c;
+
+-- profile --
+-- An address's profile row, with its suppression entry when there is one.
+SELECT p.address, p.status, p.status_changed_at, s.reason AS suppression_reason,
+       s.source AS suppression_source, s.created_at AS suppressed_at
+FROM profiles p LEFT JOIN suppressions s ON s.address = p.address
+WHERE p.address = $1;
+
+-- bounces_of_address --
+-- The bounce events of one address, newest first.
+SELECT occurred_at, type, code, enhanced, category, reply_text, source_ip, destination,
+       queue_id, campaign, attempt
+FROM events
+WHERE recipient = $1 AND type IN ('soft_bounce', 'hard_bounce', 'non_delivery')
+ORDER BY occurred_at DESC, id DESC
+LIMIT $2;
+
+-- delivery_counts_of_address --
+-- How many deliveries to one address ended in each state.
+SELECT state, count(*) AS n FROM deliveries WHERE recipient_key = $1 GROUP BY state ORDER BY state;

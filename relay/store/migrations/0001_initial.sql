@@ -33,6 +33,7 @@ CREATE TABLE deliveries (
     lease_owner       text,
     lease_token       bigint,               -- fencing: an update must hold the token it claimed with
     last_source_ip    text,
+    avoid_source_ip   text,                 -- a retry rule with source = "other_ip" set this
     last_code         integer,
     last_reply        text,
     updated_at        timestamptz NOT NULL DEFAULT now(),

@@ -1,0 +1,86 @@
+"""What happens to one delivery after one reply: the decision, as a value.
+
+``decide`` joins classification and the resend rules into the single answer
+the delivery worker applies atomically in the store:
+
+=========  ==============  ==================  =========================================
+verdict    next state      event               also
+=========  ==============  ==================  =========================================
+delivered  delivered       delivered
+hard       bounced         hard_bounce         suppress when the verdict says so
+soft       queued          soft_bounce         next attempt from the matching retry rule
+soft       expired         soft_bounce         + non_delivery (the rule gave up)
+=========  ==============  ==================  =========================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from policies.classify import ClassifyRule, Kind, SuppressOn, Verdict, classify
+from policies.replies import Reply
+from policies.retry import GiveUp, RetryPolicy, SourceChoice, next_attempt, select_rule
+from policies.states import DeliveryState, EventType
+
+__all__ = ["Decision", "decide"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    state: DeliveryState
+    event: EventType
+    verdict: Verdict
+    rule: str | None  # the classify rule or, for soft bounces, the retry rule that decided
+    next_attempt_at: datetime | None = None
+    non_delivery: bool = False
+    give_up_reason: str | None = None
+    other_source_ip: bool = False  # resend from another IP of the pool
+
+    @property
+    def suppress(self) -> bool:
+        return self.state is DeliveryState.BOUNCED and self.verdict.suppress
+
+
+def decide(
+    reply: Reply,
+    recipient_domain: str,
+    *,
+    attempts: int,
+    first_failure_at: datetime | None,
+    now: datetime,
+    retry: RetryPolicy,
+    classify_rules: Sequence[ClassifyRule] = (),
+    suppress_on: SuppressOn = SuppressOn.RECIPIENT,
+    jitter: float = 0.0,
+) -> Decision:
+    """The decision for a delivery whose attempt number ``attempts`` got ``reply`` at ``now``.
+
+    ``first_failure_at`` is the time of the delivery's first soft bounce (None
+    when this is the first); ``jitter`` in [0, 1) feeds random backoffs.
+    """
+    verdict = classify(reply, recipient_domain, rules=classify_rules, suppress_on=suppress_on)
+    if verdict.kind is Kind.DELIVERED:
+        return Decision(DeliveryState.DELIVERED, EventType.DELIVERED, verdict, verdict.rule)
+    if verdict.kind is Kind.HARD:
+        return Decision(DeliveryState.BOUNCED, EventType.HARD_BOUNCE, verdict, verdict.rule)
+    rule = select_rule(retry, reply, verdict, recipient_domain)
+    at = next_attempt(rule, attempts, first_failure_at or now, now, jitter=jitter)
+    if isinstance(at, GiveUp):
+        return Decision(
+            DeliveryState.EXPIRED,
+            EventType.SOFT_BOUNCE,
+            verdict,
+            rule.name,
+            non_delivery=True,
+            give_up_reason=at.reason,
+        )
+    return Decision(
+        DeliveryState.QUEUED,
+        EventType.SOFT_BOUNCE,
+        verdict,
+        rule.name,
+        next_attempt_at=at,
+        other_source_ip=rule.source is SourceChoice.OTHER_IP,
+    )

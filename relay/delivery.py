@@ -1,0 +1,304 @@
+"""Delivery workers: claim due deliveries, send them, apply the verdicts.    ~ Postfix qmgr
+
+One loop claims work (leases in PostgreSQL, so any number of relays share
+the queue), groups the claimed recipients of one message that share a route
+into one SMTP transaction, and runs up to ``[delivery] concurrency`` of them
+at once. Each reply goes through ``policies.outcome.decide`` and the result
+is applied atomically by the store, fenced by the lease token. New messages
+wake the loop straight after their commit; deferred ones are picked up when
+due by a short timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import secrets
+import socket
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+import structlog
+
+from policies.outcome import Decision, decide
+from policies.replies import Reply, synthetic_reply
+from policies.states import DeliveryState, EventType
+from relay.clock import Clock, utc_now
+from relay.config import DeliveryConfig, Rules
+from relay.errors import StoreError
+from relay.routing import SourceIPs, pool_for, route_for
+from relay.store import ClaimedDelivery, OutcomeRecord, Store
+from relay.upstream import Transaction, TransactionResult, Upstream
+
+__all__ = ["DeliveryWorker"]
+
+log = structlog.get_logger("relay.delivery")
+
+Template = Callable[[str], str]
+
+
+def _no_template(text: str) -> str:
+    return text
+
+
+class DeliveryWorker:
+    def __init__(
+        self,
+        store: Store,
+        upstream: Upstream,
+        config: DeliveryConfig,
+        rules: Callable[[], Rules],
+        *,
+        clock: Clock = utc_now,
+        template: Template = _no_template,
+        owner: str | None = None,
+    ) -> None:
+        self.store = store
+        self.upstream = upstream
+        self.config = config
+        self.rules = rules
+        self.clock = clock
+        self.template = template
+        self.owner = owner or f"{socket.gethostname()}:{secrets.token_hex(4)}"
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(config.concurrency)
+        self._active: set[asyncio.Task[None]] = set()
+        self._sources = SourceIPs()
+        self._random = random.Random()
+
+    def wake(self, *_: object) -> None:
+        """Look for due work now (called after each intake commit)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Claim and deliver until cancelled; in-flight transactions finish or are cancelled."""
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._wake.wait(), self.config.poll_interval.total_seconds()
+                    )
+                self._wake.clear()
+                await self._claim_while_due()
+        finally:
+            for task in self._active:
+                task.cancel()
+            await asyncio.gather(*self._active, return_exceptions=True)
+
+    async def drain(self) -> None:
+        """Wait until every transaction started so far has finished (tests, shutdown)."""
+        while self._active:
+            await asyncio.gather(*list(self._active), return_exceptions=True)
+
+    async def run_once(self) -> int:
+        """Claim what is due now, deliver it and wait for the results; how many were claimed."""
+        claimed = await self._claim_while_due()
+        await self.drain()
+        return claimed
+
+    async def _claim_while_due(self) -> int:
+        total = 0
+        while len(self._active) < self.config.concurrency:
+            try:
+                claimed = await self.store.claim_due_deliveries(
+                    self.owner, self.clock(), self.config.lease, self.config.batch
+                )
+            except StoreError as exc:
+                log.warning(
+                    "delivery.claim_failed", error=str(exc), action="retrying at the next poll"
+                )
+                return total
+            if not claimed:
+                return total
+            total += len(claimed)
+            await self._dispatch(claimed)
+        return total
+
+    async def _dispatch(self, claimed: list[ClaimedDelivery]) -> None:
+        try:
+            bodies = await self.store.message_bodies(sorted({d.message_id for d in claimed}))
+        except StoreError as exc:
+            # The leases run out and another pass (or relay) picks them up again.
+            log.warning("delivery.bodies_unavailable", error=str(exc))
+            return
+        rules = self.rules()
+        for group in _group(claimed, rules):
+            await self._slots.acquire()
+            task = asyncio.create_task(
+                self._deliver(group, bodies.get(group[0].message_id), rules),
+                name="delivery.transaction",
+            )
+            self._active.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._active.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery.task_failed", error=repr(task.exception()))
+
+    async def _deliver(
+        self, group: list[ClaimedDelivery], body: bytes | None, rules: Rules
+    ) -> None:
+        first = group[0]
+        with structlog.contextvars.bound_contextvars(
+            message_id=first.queue_id, campaign=first.campaign
+        ):
+            outcomes = [self._cancelled(d) for d in group if d.suppressed]
+            live = [d for d in group if not d.suppressed]
+            if live:
+                result = await self._send(live, body, rules)
+                now = self.clock()
+                for d in live:
+                    reply = result.replies.get(d.recipient) or _no_reply()
+                    outcomes.append(self._outcome(d, reply, result, rules, now))
+            try:
+                applied = await self.store.apply_outcomes(self.clock(), outcomes)
+            except StoreError as exc:
+                log.error(
+                    "delivery.outcome_not_recorded",
+                    error=str(exc),
+                    action="the lease runs out and the delivery is tried again",
+                )
+                return
+            if applied.fenced:
+                log.warning(
+                    "delivery.fenced",
+                    deliveries=applied.fenced,
+                    why="another relay took over after our lease ran out",
+                )
+
+    async def _send(
+        self, live: list[ClaimedDelivery], body: bytes | None, rules: Rules
+    ) -> TransactionResult:
+        first = live[0]
+        route = route_for(rules.routes, first.recipient_domain)
+        if route is None:
+            return _everyone(
+                live,
+                synthetic_reply(
+                    550, "5.4.4", f"no route in config.toml matches {first.recipient_domain}"
+                ),
+            )
+        if body is None:
+            return _everyone(
+                live, synthetic_reply(451, "4.3.0", "message body already released; cannot send")
+            )
+        destinations = await self.upstream.destinations(route, first.recipient_domain)
+        if isinstance(destinations, Reply):
+            return _everyone(live, destinations)
+        pool = pool_for(rules, route, first.from_domain, first.campaign)
+        avoid = {d.avoid_source_ip for d in live if d.avoid_source_ip}
+        source_ip = self._sources.pick(pool, avoid)
+        transaction = Transaction(
+            sender=first.envelope_sender,
+            recipients=tuple(d.recipient for d in live),
+            body=body,
+            smtputf8=first.smtputf8,
+        )
+        return await self.upstream.send(destinations, source_ip, transaction)
+
+    def _outcome(
+        self,
+        d: ClaimedDelivery,
+        reply: Reply,
+        result: TransactionResult,
+        rules: Rules,
+        now: datetime,
+    ) -> OutcomeRecord:
+        decision = decide(
+            reply,
+            d.recipient_domain,
+            attempts=d.attempts + 1,
+            first_failure_at=d.first_failure_at,
+            now=now,
+            retry=rules.retry,
+            classify_rules=rules.classify_rules,
+            suppress_on=rules.suppress_on,
+            jitter=self._random.random(),
+        )
+        _log_decision(d, reply, decision, result)
+        is_bounce = decision.event is not EventType.DELIVERED
+        return OutcomeRecord(
+            delivery_id=d.id,
+            lease_token=d.lease_token,
+            state=decision.state.value,
+            event=decision.event.value,
+            next_attempt_at=decision.next_attempt_at,
+            non_delivery=decision.non_delivery,
+            suppress=decision.suppress,
+            suppress_reason=f"{decision.verdict.category.value}: {_first_line(reply.text)}",
+            code=reply.code or None,
+            enhanced=reply.enhanced,
+            reply_text=reply.text,
+            template=self.template(reply.text) if is_bounce else None,
+            category=decision.verdict.category.value,
+            rule=decision.rule,
+            synthetic=reply.synthetic,
+            source_ip=result.source_ip,
+            destination=result.destination,
+            avoid_source_ip=result.source_ip if decision.other_source_ip else None,
+        )
+
+    @staticmethod
+    def _cancelled(d: ClaimedDelivery) -> OutcomeRecord:
+        log.info("delivery.cancelled", recipient=d.recipient_key, reason="suppressed")
+        return OutcomeRecord(
+            delivery_id=d.id,
+            lease_token=d.lease_token,
+            state=DeliveryState.CANCELLED.value,
+            event=EventType.SUPPRESSED.value,
+            counts_attempt=False,
+        )
+
+
+def _group(claimed: Sequence[ClaimedDelivery], rules: Rules) -> list[list[ClaimedDelivery]]:
+    """Recipients of one message that share a route (and, for MX, a domain) go together."""
+    groups: dict[tuple[int, int, str], list[ClaimedDelivery]] = {}
+    for d in claimed:
+        route = route_for(rules.routes, d.recipient_domain)
+        route_index = rules.routes.index(route) if route is not None else -1
+        per_domain = d.recipient_domain if route is None or route.mode == "mx" else ""
+        groups.setdefault((d.message_id, route_index, per_domain), []).append(d)
+    return list(groups.values())
+
+
+def _everyone(live: list[ClaimedDelivery], reply: Reply) -> TransactionResult:
+    return TransactionResult({d.recipient: reply for d in live})
+
+
+def _no_reply() -> Reply:
+    return synthetic_reply(451, "4.3.0", "no reply recorded for this recipient")
+
+
+def _first_line(text: str) -> str:
+    return text.splitlines()[0][:200] if text else ""
+
+
+def _log_decision(
+    d: ClaimedDelivery, reply: Reply, decision: Decision, result: TransactionResult
+) -> None:
+    event = {
+        EventType.DELIVERED: "delivery.delivered",
+        EventType.HARD_BOUNCE: "delivery.hard_bounce",
+    }.get(
+        decision.event, "delivery.non_delivery" if decision.non_delivery else "delivery.soft_bounce"
+    )
+    log.info(
+        event,
+        delivery_id=d.id,
+        recipient=d.recipient_key,
+        attempt=d.attempts + 1,
+        code=reply.code,
+        enhanced=reply.enhanced,
+        reply=_first_line(reply.text),
+        category=decision.verdict.category.value,
+        rule=decision.rule,
+        suppress=decision.suppress,
+        next_attempt_at=decision.next_attempt_at,
+        source_ip=result.source_ip,
+        destination=result.destination,
+        synthetic=reply.synthetic,
+        give_up=decision.give_up_reason,
+    )

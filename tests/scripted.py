@@ -1,0 +1,161 @@
+"""A scripted upstream SMTP server (aiosmtpd) and a settable clock, for delivery tests.
+
+The test picks what the upstream answers: per recipient and per attempt at
+RCPT, per attempt at DATA, and per connection at the greeting. Unscripted
+steps answer 250. Everything the upstream accepted is kept in ``received``
+with the IP address the connection came from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, AnyStr
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+
+@dataclass
+class Received:
+    sender: str
+    recipients: list[str]
+    body: bytes
+    peer_ip: str
+
+
+class FakeClock:
+    """The relay's clock in tests: starts at real now, moves only when told."""
+
+    def __init__(self) -> None:
+        self.current = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.current
+
+    def advance(self, **delta: float) -> None:
+        self.current += timedelta(**delta)
+
+
+@dataclass
+class _Script:
+    rcpt: dict[str, list[str]] = field(default_factory=dict)
+    data: list[str] = field(default_factory=list)
+    data_for: dict[str, list[str]] = field(default_factory=dict)
+    greetings: list[str] = field(default_factory=list)
+
+
+class _Handler:
+    def __init__(self, upstream: ScriptedUpstream) -> None:
+        self.up = upstream
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        key = address.lower()
+        attempt = self.up.rcpt_attempts.get(key, 0)
+        self.up.rcpt_attempts[key] = attempt + 1
+        self.up.rcpt_seen.append(key)
+        reply = _pick(self.up.script.rcpt.get(key), attempt, "250 2.1.5 OK")
+        if reply.startswith("2"):
+            envelope.rcpt_tos.append(address)
+        return reply
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.up.data_delay:
+            await asyncio.sleep(self.up.data_delay)
+        scripted = next(
+            (
+                self.up.script.data_for[r.lower()]
+                for r in envelope.rcpt_tos
+                if r.lower() in self.up.script.data_for
+            ),
+            self.up.script.data,
+        )
+        attempt = self.up.data_attempts
+        self.up.data_attempts += 1
+        reply = _pick(scripted, attempt, "250 2.0.0 OK accepted")
+        if reply.startswith("2"):
+            self.up.received.append(
+                Received(
+                    envelope.mail_from,
+                    list(envelope.rcpt_tos),
+                    envelope.original_content or b"",
+                    str(session.peer[0]),
+                )
+            )
+        return reply
+
+
+class _ScriptedSMTP(SMTP):
+    upstream: ScriptedUpstream
+
+    async def push(self, status: AnyStr) -> None:
+        if isinstance(status, str) and status.startswith("220 "):
+            self.upstream.connections += 1
+            if self.upstream.script.greetings:
+                greeting = self.upstream.script.greetings.pop(0)
+                if not greeting.startswith("220"):
+                    await super().push(greeting)
+                    if self.transport is not None:
+                        self.transport.close()
+                    return
+        await super().push(status)
+
+
+def _pick(replies: list[str] | None, attempt: int, default: str) -> str:
+    if not replies:
+        return default
+    return replies[min(attempt, len(replies) - 1)]
+
+
+class ScriptedUpstream:
+    """``async with ScriptedUpstream() as up:`` listens on 127.0.0.1:<up.port>."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.port = 0
+        self.script = _Script()
+        self.received: list[Received] = []
+        self.rcpt_attempts: dict[str, int] = {}
+        self.rcpt_seen: list[str] = []
+        self.data_attempts = 0
+        self.data_delay = 0.0
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+
+    def on_rcpt(self, address: str, *replies: str) -> None:
+        """Replies to successive RCPTs for ``address``; the last one repeats."""
+        self.script.rcpt[address.lower()] = list(replies)
+
+    def on_data(self, *replies: str, recipient: str | None = None) -> None:
+        """Replies to successive DATA commands (of transactions containing ``recipient``)."""
+        if recipient is None:
+            self.script.data = list(replies)
+        else:
+            self.script.data_for[recipient.lower()] = list(replies)
+
+    def on_connect(self, *greetings: str) -> None:
+        """Greetings for the next connections (e.g. "421 4.3.2 busy"); then 220."""
+        self.script.greetings = list(greetings)
+
+    def delivered_to(self, address: str) -> list[Received]:
+        return [r for r in self.received if address.lower() in (x.lower() for x in r.recipients)]
+
+    async def __aenter__(self) -> ScriptedUpstream:
+        loop = asyncio.get_running_loop()
+
+        def factory() -> SMTP:
+            proto = _ScriptedSMTP(
+                _Handler(self), hostname="upstream.test", loop=loop, enable_SMTPUTF8=True
+            )
+            proto.upstream = self
+            return proto
+
+        self._server = await loop.create_server(factory, self.host, 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._server is not None:
+            self._server.close()
