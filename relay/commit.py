@@ -91,7 +91,13 @@ class GroupCommitter:
                     future.set_result(by_id[message.queue_id])
             if self._on_commit is not None:
                 self._on_commit(accepted)
+        except Exception as exc:
+            # A bug or an unexpected driver error must never leave a session waiting:
+            # it hears 451 and the client keeps the message.
+            log.exception("intake.commit_failed", size=len(batch))
+            _fail(batch, StoreError(f"commit failed unexpectedly ({type(exc).__name__})"))
         finally:
+            _fail(batch, StoreError("commit abandoned"))  # no-op for settled futures
             self._slots.release()
 
     async def _commit_one(self, item: _Pending) -> None:
@@ -100,6 +106,10 @@ class GroupCommitter:
             (accepted,) = await self._store.accept_messages(self._clock(), [message])
         except StoreError as exc:
             _fail([item], exc)
+            return
+        except Exception:
+            log.exception("intake.commit_failed", size=1)
+            _fail([item], StoreError("commit failed unexpectedly"))
             return
         if not future.done():
             future.set_result(accepted)

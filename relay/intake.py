@@ -35,6 +35,9 @@ __all__ = ["IntakeHandler", "RelaySMTP", "start_intake"]
 
 log = structlog.get_logger("relay.intake")
 
+# Longer than the store's own statement timeout: this only catches a commit that hangs.
+COMMIT_TIMEOUT_SECONDS = 30.0
+
 
 def _new_id() -> str:
     return secrets.token_hex(8).upper()
@@ -248,7 +251,16 @@ class IntakeHandler:
         )
         with structlog.contextvars.bound_contextvars(queue_id=queue_id):
             try:
-                await self.committer.commit(message)
+                await asyncio.wait_for(self.committer.commit(message), COMMIT_TIMEOUT_SECONDS)
+            except TimeoutError:
+                # The commit may still land: the client retries and a duplicate is possible
+                # (at-least-once); silence here would be worse.
+                log.error(
+                    "intake.commit_timeout",
+                    seconds=COMMIT_TIMEOUT_SECONDS,
+                    action="replied 451; the client keeps the message and retries",
+                )
+                return replies.TEMPORARY_FAILURE
             except StoreError as exc:
                 log.error(
                     "intake.store_unavailable",

@@ -57,12 +57,15 @@ _UNAVAILABLE = (
     asyncpg.TooManyConnectionsError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
+    # asyncpg's own state errors after a connection was cut under it.
+    asyncpg.InternalClientError,
 )
 
 
 # SQLSTATE classes that mean "try again later", not "this data is wrong":
-# 08 connection, 40 rollback (serialization/deadlock), 53 resources, 57 operator intervention.
-_UNAVAILABLE_CLASSES = frozenset({"08", "40", "53", "57"})
+# 08 connection, 40 rollback (serialization/deadlock), 53 resources, 55 object not in
+# prerequisite state (e.g. database not accepting connections), 57 operator intervention.
+_UNAVAILABLE_CLASSES = frozenset({"08", "40", "53", "55", "57"})
 
 
 @asynccontextmanager
