@@ -345,11 +345,20 @@ class _ConnectFailed(Exception):
 
 
 def _describe(exc: BaseException) -> str:
+    """A short, stable description: what an operator greps for, not a traceback."""
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(chain) < 5:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    for err in chain:
+        if isinstance(err, ConnectionRefusedError):
+            return "Connection refused"
+        if isinstance(err, TimeoutError | aiosmtplib.SMTPTimeoutError):
+            return "timed out"
+        if isinstance(err, OSError) and err.strerror:
+            return err.strerror
     text = str(exc) or type(exc).__name__
-    if isinstance(exc, ConnectionRefusedError) or "refused" in text.lower():
-        return "Connection refused"
-    if isinstance(exc, TimeoutError | aiosmtplib.SMTPTimeoutError):
-        return "timed out"
     return text.splitlines()[0][:200]
 
 

@@ -249,3 +249,231 @@ async def test_always_451_expires_with_non_delivery(upstream, start_relay, db, c
     ]
     assert {e["rule"] for e in events} == {"three-tries"}
     assert upstream.rcpt_attempts["later@example.org"] == 3
+
+
+async def test_greylisting_rule_matched_by_text(upstream, start_relay, db, clock):
+    """A 451 that says "greylisted" takes the greylisting rule's 30 s step, then delivers."""
+    upstream.on_rcpt(
+        "grey@example.org",
+        "451 4.7.1 <grey@example.org>: Recipient address rejected: Greylisted, "
+        "see http://postgrey.schweikert.ch/help/example.org.html",
+        "250 2.1.5 OK",
+    )
+    async with start_relay(upstream.port) as relay:
+        await send(relay, ["grey@example.org"])
+        await eventually(lambda: _count_events(db, "grey@example.org", "soft_bounce", 1))
+        assert await db.fetchval("SELECT next_attempt_at FROM deliveries") == (
+            clock() + timedelta(seconds=30)
+        )
+        await retry_due(relay, clock, seconds=31)
+        await eventually(in_state(db, "grey@example.org", "delivered"))
+    soft = (await events_of(db, "grey@example.org"))[0]
+    assert (soft["category"], soft["rule"]) == ("greylisted", "greylisting")
+
+
+async def test_mixed_replies_for_three_recipients_in_one_transaction(upstream, start_relay, db):
+    """250 / 550 5.1.1 / 452 at RCPT in one transaction: one DATA for the accepted one."""
+    upstream.on_rcpt("b@example.org", "550 5.1.1 User unknown")
+    upstream.on_rcpt("c@example.org", "452 4.2.2 Mailbox full")
+    async with start_relay(upstream.port) as relay:
+        await send(relay, ["a@example.org", "b@example.org", "c@example.org"])
+        await eventually(in_state(db, "c@example.org", "queued"))
+        await eventually(in_state(db, "b@example.org", "bounced"))
+        await eventually(in_state(db, "a@example.org", "delivered"))
+    assert upstream.connections == 1
+    assert upstream.data_attempts == 1
+    assert [r.recipients for r in upstream.received] == [["a@example.org"]]
+    kinds = {
+        r: (await events_of(db, r))[0]["type"]
+        for r in ("a@example.org", "b@example.org", "c@example.org")
+    }
+    assert kinds == {
+        "a@example.org": "delivered",
+        "b@example.org": "hard_bounce",
+        "c@example.org": "soft_bounce",
+    }
+
+
+async def test_data_reply_applies_to_accepted_recipients(upstream, start_relay, db):
+    """A 554 at DATA bounces every recipient the upstream had accepted at RCPT."""
+    upstream.on_data("554 5.7.1 Message rejected as spam")
+    async with start_relay(upstream.port) as relay:
+        await send(relay, ["a@example.org", "b@example.org"])
+        await eventually(in_state(db, "b@example.org", "bounced"))
+        await eventually(in_state(db, "a@example.org", "bounced"))
+    for r in ("a@example.org", "b@example.org"):
+        [event] = await events_of(db, r)
+        assert (event["code"], event["category"]) == (554, "content_rejected")
+    assert await db.fetchval("SELECT count(*) FROM suppressions") == 0
+
+
+async def test_421_greeting_is_a_soft_bounce_with_the_servers_words(upstream, start_relay, db):
+    """421 at connect: soft, the reply is the server's own (not synthetic)."""
+    upstream.on_connect("421 4.3.2 Too busy, try later")
+    async with start_relay(upstream.port) as relay:
+        await send(relay, ["busy@example.org"])
+        await eventually(lambda: _count_events(db, "busy@example.org", "soft_bounce", 1))
+    [event] = await events_of(db, "busy@example.org")
+    assert event["code"] == 421
+    assert "Too busy" in event["reply_text"]
+    assert event["synthetic"] is False
+    assert await state_of(db, "busy@example.org") == "queued"
+
+
+async def test_connection_refused_is_a_synthetic_soft_bounce(start_relay, db):
+    """Nothing listening: soft bounce, marked synthetic, text names host and error."""
+    async with ScriptedUpstream() as gone:
+        port = gone.port  # closed again below: the port refuses connections
+    async with start_relay(port) as relay:
+        await send(relay, ["nobody@example.org"])
+        await eventually(lambda: _count_events(db, "nobody@example.org", "soft_bounce", 1))
+    [event] = await events_of(db, "nobody@example.org")
+    assert event["synthetic"] is True
+    assert event["category"] == "connection_failed"
+    assert f"127.0.0.1:{port}" in event["reply_text"]
+    assert "refused" in event["reply_text"].lower()
+    assert await db.fetchval("SELECT count(*) FROM suppressions") == 0
+
+
+async def test_address_suppressed_while_queued_is_cancelled_never_sent(
+    upstream, start_relay, db, clock
+):
+    """A hard bounce on message 2 cancels the queued delivery of message 1 to the same address."""
+    upstream.on_rcpt("x@example.org", "451 4.3.0 try later", "550 5.1.1 User unknown")
+    async with start_relay(upstream.port) as relay:
+        first = await send(relay, ["x@example.org"])
+        await eventually(lambda: _count_events(db, "x@example.org", "soft_bounce", 1))
+        await send(relay, ["x@example.org"])
+        await eventually(lambda: _count_events(db, "x@example.org", "hard_bounce", 1))
+        await retry_due(relay, clock, hours=2)
+        await relay.worker.run_once()
+    assert upstream.rcpt_attempts["x@example.org"] == 2
+    rows = await db.fetch(
+        "SELECT m.queue_id, d.state FROM deliveries d JOIN messages m ON m.id = d.message_id "
+        "ORDER BY d.id"
+    )
+    assert (rows[0]["queue_id"], rows[0]["state"]) == (first, "cancelled")
+    assert [r["state"] for r in rows] == ["cancelled", "bounced"]
+    suppressed = await db.fetchrow("SELECT * FROM events WHERE type = 'suppressed'")
+    assert suppressed["queue_id"] == first
+    assert upstream.received == []
+
+
+async def test_claim_rechecks_the_suppression_list(upstream, start_relay, db, clock):
+    """An address suppressed by an administrator while queued is cancelled at claim, not sent."""
+    upstream.on_rcpt("y@example.org", "451 4.3.0 try later", "250 2.1.5 OK")
+    async with start_relay(upstream.port) as relay:
+        await send(relay, ["y@example.org"])
+        await eventually(lambda: _count_events(db, "y@example.org", "soft_bounce", 1))
+        await relay.store.add_suppression("y@example.org", "complaint", "manual")
+        await retry_due(relay, clock, minutes=2)
+        await eventually(in_state(db, "y@example.org", "cancelled"))
+    assert upstream.rcpt_attempts["y@example.org"] == 1
+    assert upstream.received == []
+    types = [e["type"] for e in await events_of(db, "y@example.org")]
+    assert types == ["soft_bounce", "suppressed"]
+
+
+async def test_pool_source_ips_are_recorded_as_the_upstream_saw_them(upstream, start_relay, db):
+    """Pool 127.0.0.2 + 127.0.0.3, round-robin: events record the IP the upstream saw."""
+    async with start_relay(upstream.port, source_ips='"127.0.0.2", "127.0.0.3"') as relay:
+        for n in range(4):
+            await send(relay, [f"p{n}@example.org"])
+            await eventually(in_state(db, f"p{n}@example.org", "delivered"))
+    seen = {r.recipients[0]: r.peer_ip for r in upstream.received}
+    recorded = {
+        r["recipient"]: r["source_ip"]
+        for r in await db.fetch("SELECT recipient, source_ip FROM events WHERE type='delivered'")
+    }
+    assert recorded == seen
+    assert set(seen.values()) == {"127.0.0.2", "127.0.0.3"}
+
+
+async def test_other_ip_rule_resends_from_another_source_ip(upstream, start_relay, db, clock):
+    """A retry rule with source = "other_ip" sends the next attempt from a different pool IP."""
+    upstream.on_rcpt(
+        "blk@example.org", "451 4.7.1 Temporarily deferred due to IP reputation", "250 2.1.5 OK"
+    )
+    extra = """
+    [[retry.rules]]
+    name = "reputation"
+    match = { text = "reputation" }
+    schedule = ["10s"]
+    source = "other_ip"
+    """
+    async with start_relay(upstream.port, extra, source_ips='"127.0.0.2", "127.0.0.3"') as relay:
+        await send(relay, ["blk@example.org"])
+        await eventually(lambda: _count_events(db, "blk@example.org", "soft_bounce", 1))
+        await retry_due(relay, clock, seconds=11)
+        await eventually(in_state(db, "blk@example.org", "delivered"))
+    soft, delivered = await events_of(db, "blk@example.org")
+    assert soft["rule"] == "reputation"
+    assert soft["source_ip"] != delivered["source_ip"]
+    assert upstream.received[0].peer_ip == delivered["source_ip"]
+
+
+async def test_too_many_recipients_go_in_a_new_transaction(upstream, start_relay, db):
+    """452 4.5.3 too many recipients at RCPT: those recipients go in a second transaction."""
+    upstream.on_rcpt("c@example.org", "452 4.5.3 Too many recipients", "250 2.1.5 OK")
+    async with start_relay(upstream.port) as relay:
+        await send(relay, ["a@example.org", "b@example.org", "c@example.org"])
+        for r in ("a@example.org", "b@example.org", "c@example.org"):
+            await eventually(in_state(db, r, "delivered"))
+    assert [sorted(r.recipients) for r in upstream.received] == [
+        ["a@example.org", "b@example.org"],
+        ["c@example.org"],
+    ]
+    assert await db.fetchval("SELECT count(*) FROM events WHERE type = 'soft_bounce'") == 0
+
+
+async def test_connections_are_reused_between_messages(upstream, start_relay, db):
+    """Messages in a row to one destination share one SMTP connection."""
+    async with start_relay(upstream.port) as relay:
+        for n in range(3):
+            await send(relay, [f"r{n}@example.org"])
+            await eventually(in_state(db, f"r{n}@example.org", "delivered"))
+    assert len(upstream.received) == 3
+    assert upstream.connections == 1
+
+
+async def test_lease_fencing_keeps_a_late_worker_from_overwriting(upstream, start_relay, db, clock):
+    """A worker whose lease ran out and was taken over cannot write its result."""
+    async with start_relay(upstream.port, "enabled = false") as relay:
+        await send(relay, ["f@example.org"])
+        store = relay.store
+        [old] = await store.claim_due_deliveries("relay-a", clock(), timedelta(seconds=5), 10)
+        clock.advance(seconds=6)
+        [new] = await store.claim_due_deliveries("relay-b", clock(), timedelta(seconds=5), 10)
+        assert new.id == old.id
+        assert new.lease_token != old.lease_token
+        from relay.store import OutcomeRecord
+
+        late = await store.apply_outcomes(
+            clock(),
+            [
+                OutcomeRecord(
+                    delivery_id=old.id,
+                    lease_token=old.lease_token,
+                    state="bounced",
+                    event="hard_bounce",
+                    suppress=True,
+                    code=550,
+                )
+            ],
+        )
+        assert (late.applied, late.fenced) == (0, 1)
+        current = await store.apply_outcomes(
+            clock(),
+            [
+                OutcomeRecord(
+                    delivery_id=new.id,
+                    lease_token=new.lease_token,
+                    state="delivered",
+                    event="delivered",
+                    code=250,
+                )
+            ],
+        )
+        assert (current.applied, current.fenced) == (1, 0)
+    assert await state_of(db, "f@example.org") == "delivered"
+    assert await db.fetchval("SELECT count(*) FROM suppressions") == 0
