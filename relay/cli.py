@@ -5,6 +5,9 @@
     bounce-relay migrate               apply the database schema
     bounce-relay hash-password         print a hash for [[smtp.users]] / [admin]
     bounce-relay suppression list|add  look at / extend the global suppression list
+    bounce-relay classify REPLY        how a reply is classified and resent (or --jsonl)
+    bounce-relay queue list|show|retry|purge   the delivery queue
+    bounce-relay profile show ADDRESS  an address's status, bounces and deliveries
 
 Config comes from --config, else $BOUNCE_RELAY_CONFIG, else ./config.toml.
 Exit codes: 0 ok, 1 the command failed (message on stderr), 2 bad usage or config.
@@ -20,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
+from policies.states import DeliveryState
 from relay.config import Config, config_path, load_config
 from relay.errors import ConfigErrors, RelayError
 
@@ -58,6 +62,36 @@ def _parser() -> argparse.ArgumentParser:
         "add", help="suppress an address", parents=[common], formatter_class=fmt
     )
     sa.add_argument("address")
+    cl = command("classify", "classify an SMTP reply with the configured rules")
+    cl.add_argument("reply", nargs="?", help='e.g. "452 4.2.2 Mailbox full"')
+    cl.add_argument("--domain", default="", help="recipient domain (rules may match on it)")
+    cl.add_argument("--json", action="store_true", help="print JSON")
+    cl.add_argument(
+        "--jsonl", action="store_true", help='read {"reply": ..., "domain": ...} lines from stdin'
+    )
+    qu = command("queue", "the delivery queue")
+    qu_sub = qu.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ql = qu_sub.add_parser(
+        "list", help="deliveries, soonest due first", parents=[common], formatter_class=fmt
+    )
+    ql.add_argument("--state", choices=[s.value for s in DeliveryState])
+    ql.add_argument("--limit", type=int, default=100)
+    for name, help_text in (
+        ("show", "one delivery and its events"),
+        ("retry", "make a queued delivery due now"),
+        ("purge", "cancel a queued delivery (audited)"),
+    ):
+        action = qu_sub.add_parser(name, help=help_text, parents=[common], formatter_class=fmt)
+        action.add_argument("id", type=int, help="delivery id (from queue list)")
+        if name == "purge":
+            action.add_argument("--reason", required=True)
+            action.add_argument("--actor", default=getpass.getuser())
+    pr = command("profile", "address profiles")
+    pr_sub = pr.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ps = pr_sub.add_parser(
+        "show", help="status, bounces, deliveries", parents=[common], formatter_class=fmt
+    )
+    ps.add_argument("address")
     sa.add_argument("--reason", required=True)
     return parser
 
@@ -150,7 +184,68 @@ def _cmd_suppression(args: argparse.Namespace) -> int:
     return asyncio.run(_with_store(config, work))
 
 
+def _cmd_classify(args: argparse.Namespace) -> int:
+    from relay.commands import classify_lines, classify_one
+
+    rules = _load(args).rules
+    if args.jsonl:
+        return classify_lines(sys.stdin, rules)
+    if not args.reply:
+        print("bounce-relay: classify needs a REPLY argument or --jsonl", file=sys.stderr)
+        return 2
+    classify_one(args.reply, args.domain.lower(), rules, as_json=args.json)
+    return 0
+
+
+def _cmd_queue(args: argparse.Namespace) -> int:
+    from relay import commands
+    from relay.clock import utc_now
+    from relay.logging import configure_logging
+
+    config = _load(args)
+    configure_logging("warning")
+
+    async def work(store: Any) -> int:
+        if args.action == "list":
+            await commands.queue_list(store, args.state, args.limit, sys.stdout)
+            return 0
+        if args.action == "show":
+            found = await commands.queue_show(store, args.id, sys.stdout)
+        elif args.action == "retry":
+            found = await store.retry_delivery_now(args.id, utc_now())
+            if found:
+                print(f"delivery {args.id} is due now")
+        else:
+            found = await store.purge_delivery(args.id, args.actor, args.reason)
+            if found:
+                print(f"delivery {args.id} cancelled (audited as {args.actor})")
+        if not found:
+            print(f"bounce-relay: no queued delivery {args.id}", file=sys.stderr)
+        return 0 if found else 1
+
+    return asyncio.run(_with_store(config, work))
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from relay.commands import profile_show
+    from relay.logging import configure_logging
+
+    config = _load(args)
+    configure_logging("warning")
+
+    async def work(store: Any) -> int:
+        if await profile_show(store, args.address, sys.stdout):
+            return 0
+        print(f"bounce-relay: nothing known about {args.address}", file=sys.stderr)
+        return 1
+
+    return asyncio.run(_with_store(config, work))
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "classify": _cmd_classify,
+    "queue": _cmd_queue,
+    "profile": _cmd_profile,
     "serve": _cmd_serve,
     "check-config": _cmd_check_config,
     "migrate": _cmd_migrate,

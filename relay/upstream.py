@@ -39,15 +39,16 @@ _IDLE_SECONDS = 10.0
 
 @dataclass(frozen=True)
 class Destination:
-    host: str
+    host: str  # what we connect to: a name, or the MX host's address we resolved
     port: int
     tls: str = "opportunistic"
     username: str = ""
     password: str = ""
+    server_name: str = ""  # the MX host name (TLS SNI, the record); "" when host is a name
 
     @property
     def name(self) -> str:
-        return f"{self.host}:{self.port}"
+        return f"{self.server_name or self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -125,24 +126,45 @@ class Upstream:
                 556, "5.1.10", f"DNS: {domain} publishes a null MX (RFC 7505): it accepts no mail"
             )
         hosts = [str(r.exchange).rstrip(".") for r in records if str(r.exchange) != "."]
-        return [Destination(h, port, route.tls) for h in hosts]
+        destinations: list[Destination] = []
+        failure: Reply | None = None
+        for host in hosts:
+            found = await self._addresses(host)
+            if isinstance(found, Reply):
+                failure = failure or found
+                continue
+            destinations += [Destination(ip, port, route.tls, server_name=host) for ip in found]
+        return (
+            destinations
+            or failure
+            or synthetic_reply(451, "4.4.3", f"DNS: no address for any MX host of {domain}")
+        )
+
+    async def _addresses(self, host: str) -> list[str] | Reply:
+        """A and AAAA of ``host`` through our resolver (the one the operator configured)."""
+        addresses: list[str] = []
+        for rdtype in ("A", "AAAA"):
+            try:
+                answer = await self._resolver.resolve(host, rdtype)
+            except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
+                continue
+            except (dns.exception.DNSException, OSError) as exc:
+                return synthetic_reply(
+                    451, "4.4.3", f"DNS: {rdtype} lookup for {host} failed: {_describe(exc)}"
+                )
+            addresses += [r.to_text() for r in answer]
+        return addresses
 
     async def _implicit_mx(
         self, route: RouteConfig, domain: str, port: int
     ) -> list[Destination] | Reply:
-        for rdtype in ("A", "AAAA"):
-            try:
-                await self._resolver.resolve(domain, rdtype)
-                return [Destination(domain, port, route.tls)]
-            except dns.resolver.NoAnswer:
-                continue
-            except dns.resolver.NXDOMAIN:
-                break
-            except (dns.exception.DNSException, OSError) as exc:
-                return synthetic_reply(
-                    451, "4.4.3", f"DNS: address lookup for {domain} failed: {_describe(exc)}"
-                )
-        return synthetic_reply(550, "5.1.2", f"DNS: {domain} has no MX and no address records")
+        """RFC 5321 §5.1: a domain without MX records is its own mail host."""
+        found = await self._addresses(domain)
+        if isinstance(found, Reply):
+            return found
+        if not found:
+            return synthetic_reply(550, "5.1.2", f"DNS: {domain} has no MX and no address records")
+        return [Destination(ip, port, route.tls, server_name=domain) for ip in found]
 
     # -- sending --------------------------------------------------------------------------------
 
@@ -310,7 +332,7 @@ class Upstream:
                 )
             return
         try:
-            await client.starttls()
+            await client.starttls(server_hostname=destination.server_name or destination.host)
         except (aiosmtplib.SMTPException, ssl.SSLError, OSError) as exc:
             raise _ConnectFailed(
                 synthetic_reply(

@@ -13,6 +13,7 @@ import pytest
 
 from relay.app import Relay
 from relay.config import load_config
+from tests.dns_server import ScriptedDNS
 from tests.scripted import FakeClock, ScriptedUpstream
 
 BODY = b"From: News <news@mail.example.com>\r\nX-Campaign-ID: c1\r\nSubject: t\r\n\r\nhello\r\n"
@@ -477,3 +478,100 @@ async def test_lease_fencing_keeps_a_late_worker_from_overwriting(upstream, star
         assert (current.applied, current.fenced) == (1, 0)
     assert await state_of(db, "f@example.org") == "delivered"
     assert await db.fetchval("SELECT count(*) FROM suppressions") == 0
+
+
+@pytest.fixture
+async def dns_server() -> AsyncIterator[ScriptedDNS]:
+    async with ScriptedDNS() as server:
+        yield server
+
+
+def mx_config(upstream_port: int, dns_port: int) -> str:
+    return f"""
+    [smtp]
+    listen = "127.0.0.1:0"
+    hostname = "relay.test"
+    [[routes]]
+    domains = ["*"]
+    mode = "mx"
+    mx_port = {upstream_port}
+    [delivery]
+    nameservers = ["127.0.0.1"]
+    dns_port = {dns_port}
+    connect_timeout = "2s"
+    command_timeout = "5s"
+    """
+
+
+@pytest.fixture
+def start_mx_relay(db_dsn, write_config, clock, dns_server):
+    @asynccontextmanager
+    async def start(upstream_port: int) -> AsyncIterator[Relay]:
+        text = mx_config(upstream_port, dns_server.port)
+        config = load_config(write_config(text, replace_base=True))
+        async with Relay(config, dsn=db_dsn, listen=("127.0.0.1", 0), clock=clock) as relay:
+            yield relay
+
+    return start
+
+
+async def test_mx_route_resolves_mx_then_address(upstream, dns_server, start_mx_relay, db):
+    """MX lookup through the configured nameserver; preference order; the MX host is recorded."""
+    dns_server.add("mx.test", "MX", "20 backup.mx.test.", "10 mail.mx.test.")
+    dns_server.add("mail.mx.test", "A", "127.0.0.1")
+    dns_server.add("backup.mx.test", "A", "127.0.0.9")
+    async with start_mx_relay(upstream.port) as relay:
+        await send(relay, ["someone@mx.test"])
+        await eventually(in_state(db, "someone@mx.test", "delivered"))
+    [event] = await events_of(db, "someone@mx.test")
+    assert event["destination"] == f"mail.mx.test:{upstream.port}"
+
+
+async def test_domain_without_mx_uses_its_address(upstream, dns_server, start_mx_relay, db):
+    """No MX records but an A record: the domain is its own mail host (RFC 5321 §5.1)."""
+    dns_server.add("plain.test", "A", "127.0.0.1")
+    async with start_mx_relay(upstream.port) as relay:
+        await send(relay, ["someone@plain.test"])
+        await eventually(in_state(db, "someone@plain.test", "delivered"))
+
+
+@pytest.mark.parametrize(
+    ("domain", "setup", "state", "category", "suppressed"),
+    [
+        (
+            "nullmx.test",
+            lambda d: d.add("nullmx.test", "MX", "0 ."),
+            "bounced",
+            "domain_not_found",
+            True,
+        ),
+        ("gone.test", lambda d: d.nxdomain.add("gone.test"), "bounced", "domain_not_found", True),
+        (
+            "broken.test",
+            lambda d: d.servfail.add("broken.test"),
+            "queued",
+            "connection_failed",
+            False,
+        ),
+    ],
+)
+async def test_dns_verdicts(
+    upstream, dns_server, start_mx_relay, db, domain, setup, state, category, suppressed
+):
+    """Null MX and NXDOMAIN are definite hard bounces; SERVFAIL is a soft one (our path)."""
+    setup(dns_server)
+    address = f"user@{domain}"
+    async with start_mx_relay(upstream.port) as relay:
+        await send(relay, [address])
+        await eventually(in_state(db, address, state))
+        await eventually(lambda: _has_events(db, address))
+    [event] = await events_of(db, address)
+    assert event["category"] == category
+    assert event["synthetic"] is True
+    count = await db.fetchval("SELECT count(*) FROM suppressions WHERE address = $1", address)
+    assert count == (1 if suppressed else 0)
+    assert upstream.received == []
+
+
+async def _has_events(db: asyncpg.Connection, recipient: str) -> bool:
+    return bool(await events_of(db, recipient))

@@ -1,0 +1,122 @@
+"""classify, queue and profile commands as an operator runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from relay.app import Relay
+from relay.config import load_config
+from tests.relay.test_delivery import delivery_config, eventually, in_state, send
+from tests.scripted import ScriptedUpstream
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "relay", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_classify_shows_kind_category_rule_and_schedule():
+    """A greylisting reply matches the repo config's greylisting rule and shows its times."""
+    result = cli(
+        "classify",
+        "451 4.7.1 Greylisted, try again later",
+        "--json",
+        "--config",
+        str(REPO / "config.toml"),
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert (out["kind"], out["category"], out["suppress"], out["rule"]) == (
+        "soft",
+        "greylisted",
+        False,
+        "greylisting",
+    )
+    assert len(out["next_attempts"]) == 5  # max_attempts 6: attempts 2..6
+
+
+def test_classify_jsonl_reads_stdin_and_reports_bad_lines():
+    """--jsonl: one result per line; a bad line is named and the rest still classified."""
+    lines = "\n".join(
+        [
+            json.dumps({"reply": "550 5.1.1 <a@gmail.com>: user unknown", "domain": "gmail.com"}),
+            "{not json",
+            json.dumps({"reply": "554 5.7.1 blocked using zen.spamhaus.org"}),
+        ]
+    )
+    result = cli("classify", "--jsonl", "--config", str(REPO / "config.toml"), stdin=lines)
+    assert result.returncode == 1
+    first, bad, third = (json.loads(x) for x in result.stdout.splitlines())
+    assert (first["kind"], first["category"], first["suppress"]) == ("hard", "user_unknown", True)
+    assert bad["line"] == 2
+    assert (third["kind"], third["category"], third["suppress"]) == ("hard", "spam_block_ip", False)
+
+
+@pytest.mark.slow
+async def test_queue_and_profile_commands(db_dsn, write_config):
+    """queue list/show/retry/purge and profile show against a relay's database."""
+    async with ScriptedUpstream() as up:
+        up.on_rcpt("soft@example.org", "452 4.2.2 Mailbox full")
+        up.on_rcpt("hard@example.org", "550 5.1.1 User unknown")
+        text = delivery_config(up.port) + f'\n[store]\ndsn = "{db_dsn}"\n'
+        path = write_config(text, replace_base=True)
+        config = load_config(path)
+        async with Relay(config, dsn=db_dsn, listen=("127.0.0.1", 0)) as relay:
+            import asyncpg
+
+            db = await asyncpg.connect(db_dsn)
+            try:
+                await send(relay, ["soft@example.org", "hard@example.org"])
+                await eventually(in_state(db, "hard@example.org", "bounced"))
+                await eventually(in_state(db, "soft@example.org", "queued"))
+                await eventually(lambda: _soft_events(db))
+                delivery_id = await db.fetchval(
+                    "SELECT id FROM deliveries WHERE recipient_key = 'soft@example.org'"
+                )
+            finally:
+                await db.close()
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return cli(*args, "--config", str(path))
+
+    listed = await asyncio.to_thread(run, "queue", "list", "--state", "queued")
+    assert listed.returncode == 0, listed.stderr
+    assert "soft@example.org" in listed.stdout
+    assert "hard@example.org" not in listed.stdout
+    shown = await asyncio.to_thread(run, "queue", "show", str(delivery_id))
+    assert "soft_bounce" in shown.stdout
+    assert "mailbox_full" in shown.stdout
+    retried = await asyncio.to_thread(run, "queue", "retry", str(delivery_id))
+    assert retried.returncode == 0
+    purged = await asyncio.to_thread(
+        run, "queue", "purge", str(delivery_id), "--reason", "test", "--actor", "ops"
+    )
+    assert purged.returncode == 0
+    again = await asyncio.to_thread(run, "queue", "purge", str(delivery_id), "--reason", "x")
+    assert again.returncode == 1
+    profile = await asyncio.to_thread(run, "profile", "show", "Hard@Example.org")
+    assert profile.returncode == 0, profile.stderr
+    assert "hard_bounced" in profile.stdout
+    assert "user_unknown" in profile.stdout
+    suppressions = await asyncio.to_thread(run, "suppression", "list")
+    assert suppressions.stdout.startswith("hard@example.org\thard_bounce")
+    unknown = await asyncio.to_thread(run, "profile", "show", "nobody@example.org")
+    assert unknown.returncode == 1
+
+
+async def _soft_events(db) -> bool:
+    return await db.fetchval("SELECT count(*) FROM events WHERE type = 'soft_bounce'") >= 1
