@@ -293,8 +293,6 @@ class Upstream:
             timeout=cfg.command_timeout.total_seconds(),
             start_tls=False,
             validate_certs=tls == "required",
-            username=destination.username or None,
-            password=destination.password or None,
         )
         where = f"{destination.name} from {source_ip}"
         try:
@@ -321,6 +319,7 @@ class Upstream:
         return _Connection(client, used_ip)
 
     async def _secure(self, client: aiosmtplib.SMTP, destination: Destination, where: str) -> None:
+        await client.ehlo()  # learn the extensions (STARTTLS, AUTH, SIZE, SMTPUTF8)
         if destination.tls == "off":
             return
         if not client.supports_extension("starttls"):

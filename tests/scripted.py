@@ -9,11 +9,12 @@ with the IP address the connection came from.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, AnyStr
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 
 @dataclass
@@ -84,6 +85,8 @@ class _Handler:
                     str(session.peer[0]),
                 )
             )
+            if session.ssl is not None:
+                self.up.tls_sessions += 1
         return reply
 
 
@@ -112,8 +115,18 @@ def _pick(replies: list[str] | None, attempt: int, default: str) -> str:
 class ScriptedUpstream:
     """``async with ScriptedUpstream() as up:`` listens on 127.0.0.1:<up.port>."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        *,
+        tls: ssl.SSLContext | None = None,
+        users: dict[str, str] | None = None,
+    ) -> None:
         self.host = host
+        self.tls = tls
+        self.users = users or {}
+        self.logins: list[str] = []
+        self.tls_sessions = 0
         self.port = 0
         self.script = _Script()
         self.received: list[Received] = []
@@ -145,9 +158,24 @@ class ScriptedUpstream:
     async def __aenter__(self) -> ScriptedUpstream:
         loop = asyncio.get_running_loop()
 
+        def authenticate(
+            server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+        ) -> AuthResult:
+            login = data.login.decode()
+            ok = self.users.get(login) == data.password.decode()
+            if ok:
+                self.logins.append(login)
+            return AuthResult(success=ok)
+
         def factory() -> SMTP:
             proto = _ScriptedSMTP(
-                _Handler(self), hostname="upstream.test", loop=loop, enable_SMTPUTF8=True
+                _Handler(self),
+                hostname="upstream.test",
+                loop=loop,
+                enable_SMTPUTF8=True,
+                tls_context=self.tls,
+                authenticator=authenticate if self.users else None,
+                auth_require_tls=self.tls is not None,
             )
             proto.upstream = self
             return proto

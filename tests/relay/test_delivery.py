@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -10,6 +12,7 @@ from datetime import timedelta
 import aiosmtplib
 import asyncpg
 import pytest
+import trustme
 
 from relay.app import Relay
 from relay.config import load_config
@@ -19,7 +22,9 @@ from tests.scripted import FakeClock, ScriptedUpstream
 BODY = b"From: News <news@mail.example.com>\r\nX-Campaign-ID: c1\r\nSubject: t\r\n\r\nhello\r\n"
 
 
-def delivery_config(port: int, extra: str = "", source_ips: str = '"127.0.0.1"') -> str:
+def delivery_config(
+    port: int, extra: str = "", source_ips: str = '"127.0.0.1"', route_extra: str = ""
+) -> str:
     return f"""
     [smtp]
     listen = "127.0.0.1:0"
@@ -33,6 +38,7 @@ def delivery_config(port: int, extra: str = "", source_ips: str = '"127.0.0.1"')
     domains = ["*"]
     mode = "static"
     hosts = ["127.0.0.1:{port}"]
+    {route_extra}
 
     [retry]
     schedule = ["1m", "5m"]
@@ -575,3 +581,41 @@ async def test_dns_verdicts(
 
 async def _has_events(db: asyncpg.Connection, recipient: str) -> bool:
     return bool(await events_of(db, recipient))
+
+
+async def test_smarthost_with_starttls_and_auth(db_dsn, write_config, clock, db):
+    """A smarthost route: STARTTLS (opportunistic) then AUTH with the route's credentials."""
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    async with ScriptedUpstream(tls=server_ctx, users={"relayuser": "pw"}) as smarthost:
+        text = delivery_config(smarthost.port).replace('mode = "static"', 'mode = "smarthost"')
+        text = text.replace(
+            f'hosts = ["127.0.0.1:{smarthost.port}"]',
+            f'hosts = ["127.0.0.1:{smarthost.port}"]\n    username = "relayuser"'
+            '\n    password = "env:BR_SMARTHOST_PASSWORD"',
+        )
+        os.environ["BR_SMARTHOST_PASSWORD"] = "pw"
+        try:
+            config = load_config(write_config(text, replace_base=True))
+        finally:
+            del os.environ["BR_SMARTHOST_PASSWORD"]
+        async with Relay(config, dsn=db_dsn, listen=("127.0.0.1", 0), clock=clock) as relay:
+            await send(relay, ["viasmarthost@example.org"])
+            await eventually(in_state(db, "viasmarthost@example.org", "delivered"))
+    assert smarthost.logins == ["relayuser"]
+    assert smarthost.tls_sessions == 1
+
+
+async def test_tls_required_but_not_offered_is_soft(upstream, start_relay, db):
+    """tls = "required" and no STARTTLS offered: nothing is sent; a soft tls_required bounce."""
+    async with start_relay(upstream.port, route_extra='tls = "required"') as relay:
+        await send(relay, ["secure@example.org"])
+        await eventually(lambda: _has_events(db, "secure@example.org"))
+    [event] = await events_of(db, "secure@example.org")
+    assert (event["type"], event["category"], event["synthetic"]) == (
+        "soft_bounce",
+        "tls_required",
+        True,
+    )
+    assert upstream.received == []
