@@ -148,7 +148,16 @@ class DeliveryWorker:
             outcomes = [self._cancelled(d) for d in group if d.suppressed]
             live = [d for d in group if not d.suppressed]
             if live:
-                result = await self._send(live, body, rules)
+                try:
+                    result = await self._send(live, body, rules)
+                except Exception as exc:  # a bug or an encoding error: this delivery only
+                    log.exception("delivery.unexpected_error", error_type=type(exc).__name__)
+                    result = _everyone(
+                        live,
+                        synthetic_reply(
+                            451, "4.3.0", f"relay error while sending: {type(exc).__name__}"
+                        ),
+                    )
                 now = self.clock()
                 for d in live:
                     reply = result.replies.get(d.recipient) or _no_reply()

@@ -216,3 +216,38 @@ def test_migrate_command(pg_server, tmp_path):
         assert "0001_initial" in result.stdout
     finally:
         asyncio.run(pg_server.drop_database(dsn))
+
+
+def test_classify_rules_from_config_and_bad_regex_named(tmp_path):
+    """A [[classify.rules]] override changes the verdict; a regex that doesn't compile is named."""
+    path = tmp_path / "rules.toml"
+    path.write_text(
+        "[[classify.rules]]\n"
+        'name = "example-quota-is-permanent"\n'
+        'match = { domain = ["example.org"], text = "quota" }\n'
+        'kind = "hard"\n'
+        'category = "mailbox_disabled"\n'
+        "suppress = true\n"
+    )
+    hit = run_cli(
+        "classify",
+        "452 4.2.2 Over quota",
+        "--domain",
+        "example.org",
+        "--json",
+        "--config",
+        str(path),
+    )
+    miss = run_cli(
+        "classify", "452 4.2.2 Over quota", "--domain", "other.org", "--json", "--config", str(path)
+    )
+    assert hit.returncode == 0, hit.stderr
+    assert '"kind": "hard"' in hit.stdout
+    assert '"rule": "example-quota-is-permanent"' in hit.stdout
+    assert '"kind": "soft"' in miss.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[retry.rules]]\nname = "broken"\nmatch = { text = "(unclosed" }\n')
+    result = run_cli("check-config", "--config", str(bad))
+    assert result.returncode == 2
+    assert "broken" in result.stderr
+    assert "retry.rules[0]" in result.stderr
