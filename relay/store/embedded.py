@@ -8,6 +8,7 @@ the last one to stop shuts it down.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,15 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Start (or join) the server; return its DSN. Blocking: run it in a thread."""
-        from pgserver import get_server  # type: ignore[attr-defined]  # late: only `serve` without a dsn needs it
-
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
-        self._server = get_server(self.pgdata, cleanup_mode="stop")
+        with warnings.catch_warnings():
+            # platformdirs warns (at pgserver's import) when XDG_RUNTIME_DIR is unset, as
+            # under services and in containers, and falls back to /tmp: what we want anyway.
+            warnings.simplefilter("ignore")
+            # Late import: only a relay without a dsn needs the server binaries.
+            from pgserver import get_server  # type: ignore[attr-defined]
+
+            self._server = get_server(self.pgdata, cleanup_mode="stop")
         return str(self._server.get_uri())
 
     def stop(self) -> None:
