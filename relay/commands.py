@@ -16,6 +16,7 @@ from policies.addresses import normalise_address
 from policies.classify import Kind, classify
 from policies.replies import parse_reply
 from policies.retry import preview_schedule, select_rule
+from policies.templates import template_of
 from relay.clock import utc_now
 from relay.config import Rules
 from relay.store import Store
@@ -23,11 +24,7 @@ from relay.store import Store
 __all__ = ["classify_lines", "classify_one", "profile_show", "queue_list", "queue_show"]
 
 
-def _template(text: str) -> str | None:
-    try:
-        from policies.templates import template_of
-    except ImportError:  # pragma: no cover - templates land with the report
-        return None
+def _template(text: str) -> str:
     return template_of(text)
 
 

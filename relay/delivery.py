@@ -24,6 +24,7 @@ import structlog
 from policies.outcome import Decision, decide
 from policies.replies import Reply, synthetic_reply
 from policies.states import DeliveryState, EventType
+from policies.templates import template_of
 from relay.clock import Clock, utc_now
 from relay.config import DeliveryConfig, Rules
 from relay.errors import StoreError
@@ -38,10 +39,6 @@ log = structlog.get_logger("relay.delivery")
 Template = Callable[[str], str]
 
 
-def _no_template(text: str) -> str:
-    return text
-
-
 class DeliveryWorker:
     def __init__(
         self,
@@ -51,7 +48,7 @@ class DeliveryWorker:
         rules: Callable[[], Rules],
         *,
         clock: Clock = utc_now,
-        template: Template = _no_template,
+        template: Template = template_of,
         owner: str | None = None,
     ) -> None:
         self.store = store
