@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import sys
 from collections.abc import Awaitable, Callable
@@ -86,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
         if name == "purge":
             action.add_argument("--reason", required=True)
             action.add_argument("--actor", default=getpass.getuser())
+    _add_report_arguments(command("report", "the bounces report (table, CSV or Excel)"))
     pr = command("profile", "address profiles")
     pr_sub = pr.add_subparsers(dest="action", required=True, metavar="ACTION")
     ps = pr_sub.add_parser(
@@ -94,6 +96,23 @@ def _parser() -> argparse.ArgumentParser:
     ps.add_argument("address")
     sa.add_argument("--reason", required=True)
     return parser
+
+
+def _add_report_arguments(rp: argparse.ArgumentParser) -> None:
+    rp.add_argument(
+        "--from", dest="start", help="start, ISO date or datetime (default: --to - 30d)"
+    )
+    rp.add_argument("--to", dest="end", help="end, exclusive (default: end of this hour)")
+    rp.add_argument("--tz", default="UTC", help="time zone of --from/--to without an offset")
+    rp.add_argument("--campaign", action="append", help="only this campaign (repeatable)")
+    rp.add_argument("--type", dest="kind", default="soft", choices=["soft", "hard", "all"])
+    rp.add_argument("--group-by", default="from-domain", choices=["from-domain", "ip"])
+    rp.add_argument("--top", type=int, help="keep the N largest rows")
+    rp.add_argument(
+        "--format", choices=["table", "csv", "xlsx"], help="default: table on a terminal, else csv"
+    )
+    rp.add_argument("--raw", action="store_true", help="add a sample raw reply per row")
+    rp.add_argument("-o", "--output", help="write to this file")
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -242,7 +261,59 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return asyncio.run(_with_store(config, work))
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from relay import report
+    from relay.logging import configure_logging
+
+    try:
+        flt = report.parse_filter(
+            start=args.start,
+            end=args.end,
+            tz=args.tz,
+            campaigns=args.campaign,
+            kind=args.kind,
+            group_by=args.group_by,
+            top=args.top,
+            raw=args.raw,
+        )
+    except report.ReportError as exc:
+        print(f"bounce-relay report: {exc}", file=sys.stderr)
+        return 2
+    fmt = args.format or ("table" if sys.stdout.isatty() and not args.output else "csv")
+    if fmt == "xlsx" and not args.output and sys.stdout.isatty():
+        print("bounce-relay report: --format xlsx needs -o FILE (or a pipe)", file=sys.stderr)
+        return 2
+    config = _load(args)
+    configure_logging("warning")
+    with contextlib.ExitStack() as files:
+        if fmt == "xlsx":
+            binary = (
+                files.enter_context(open(args.output, "wb")) if args.output else sys.stdout.buffer
+            )
+        else:
+            text = (
+                files.enter_context(open(args.output, "w", encoding="utf-8", newline=""))
+                if args.output
+                else sys.stdout
+            )
+
+        async def work(store: Any) -> int:
+            rows = store.iter_bounce_report(
+                flt.start, flt.end, flt.types, flt.campaigns, flt.group_by, flt.top
+            )
+            if fmt == "xlsx":
+                await report.write_xlsx(rows, flt, binary)
+            elif fmt == "csv":
+                await report.write_csv(rows, flt, text)
+            else:
+                await report.render_table(rows, flt, text)
+            return 0
+
+        return asyncio.run(_with_store(config, work))
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "report": _cmd_report,
     "classify": _cmd_classify,
     "queue": _cmd_queue,
     "profile": _cmd_profile,

@@ -200,6 +200,21 @@ class OutcomeRecord:
 
 
 @dataclass(frozen=True)
+class ReportRow:
+    """One bounces-report row: a group (From domain or source IP) and a bounce text."""
+
+    group: str
+    bounce_text: str
+    amount: int
+    messages: int
+    recipient_domains: int
+    category: str | None
+    first_seen: datetime
+    last_seen: datetime
+    sample: str | None
+
+
+@dataclass(frozen=True)
 class AppliedOutcomes:
     applied: int  # rows whose lease still held
     fenced: int  # rows another relay had taken over: left alone
@@ -395,6 +410,12 @@ class Store:
                 o = by_id[r["delivery_id"]]
                 if o.suppress:
                     to_suppress.setdefault(r["recipient_key"], (o.suppress_reason, r["event_id"]))
+            await conn.execute(
+                QUERIES["roll_up_bounces"],
+                now,
+                [r["event_id"] for r in rows],
+                timeout=self.timeout,
+            )
             added = cancelled = 0
             if to_suppress:
                 keys = list(to_suppress)
@@ -476,6 +497,46 @@ class Store:
                 QUERIES["delivery_counts_of_address"], address_key, timeout=self.timeout
             )
         return {r["state"]: r["n"] for r in rows}
+
+    async def iter_bounce_report(
+        self,
+        start: datetime,
+        end: datetime,
+        types: Sequence[str],
+        campaigns: Sequence[str] | None,
+        group_by: str,
+        top: int | None,
+    ) -> AsyncIterator[ReportRow]:
+        """Stream report rows through a server-side cursor (constant memory)."""
+        async with (
+            _translated("bounces report"),
+            self.pool.acquire(timeout=self.timeout) as conn,
+            conn.transaction(readonly=True),
+        ):
+            # JIT compiles for ~0.4 s before a report that itself takes less.
+            await conn.execute("SET LOCAL jit = off")
+            cursor = conn.cursor(
+                QUERIES["bounce_report"],
+                start,
+                end,
+                list(types),
+                list(campaigns) if campaigns else None,
+                group_by,
+                top,
+                prefetch=2000,
+            )
+            async for r in cursor:
+                yield ReportRow(
+                    r["grp"],
+                    r["template"],
+                    r["amount"],
+                    r["messages"],
+                    r["recipient_domains"],
+                    r["category"],
+                    r["first_seen"],
+                    r["last_seen"],
+                    r["sample"],
+                )
 
     async def count_rows(self) -> dict[str, int]:
         async with _translated("count rows"):

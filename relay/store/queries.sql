@@ -263,3 +263,98 @@ LIMIT $2;
 -- delivery_counts_of_address --
 -- How many deliveries to one address ended in each state.
 SELECT state, count(*) AS n FROM deliveries WHERE recipient_key = $1 GROUP BY state ORDER BY state;
+
+-- roll_up_bounces --
+-- Fold the bounce events just written (occurred_at $1, ids $2) into bounce_rollup.
+WITH b AS (
+    SELECT e.id, e.message_id, e.type, coalesce(e.campaign, '') AS campaign,
+           coalesce(e.from_domain, '') AS from_domain, coalesce(e.source_ip, '') AS source_ip,
+           coalesce(e.template, e.reply_text, '') AS template,
+           decode(md5(coalesce(e.template, e.reply_text, '')), 'hex') AS template_key,
+           e.category, e.reply_text, coalesce(e.recipient_domain, '') AS recipient_domain
+    FROM events e
+    WHERE e.occurred_at = $1 AND e.id = ANY($2::bigint[])
+      AND e.type IN ('soft_bounce', 'hard_bounce')
+), d AS (
+    INSERT INTO recipient_domains (domain)
+    SELECT DISTINCT recipient_domain FROM b ORDER BY 1
+    ON CONFLICT (domain) DO NOTHING
+    RETURNING id, domain
+), dom AS (
+    SELECT id, domain FROM d
+    UNION ALL
+    SELECT r.id, r.domain FROM recipient_domains r WHERE r.domain IN (SELECT recipient_domain FROM b)
+), by_domain AS (
+    INSERT INTO bounce_message_keys (message_id, type, template_key, source_ip)
+    SELECT DISTINCT message_id, type, template_key, '' FROM b WHERE message_id IS NOT NULL
+    ORDER BY 1, 2, 3
+    ON CONFLICT DO NOTHING
+    RETURNING message_id, type, template_key
+), by_ip AS (
+    INSERT INTO bounce_message_keys (message_id, type, template_key, source_ip)
+    SELECT DISTINCT message_id, type, template_key, source_ip FROM b
+    WHERE message_id IS NOT NULL AND source_ip <> ''
+    ORDER BY 1, 2, 3, 4
+    ON CONFLICT DO NOTHING
+    RETURNING message_id, type, template_key, source_ip
+), firsts AS (
+    -- a message counts once per key; credit the first row of b that carries it
+    SELECT DISTINCT ON (b.message_id, b.type, b.template_key) b.id
+    FROM b JOIN by_domain k USING (message_id, type, template_key)
+    ORDER BY b.message_id, b.type, b.template_key, b.id
+), firsts_ip AS (
+    SELECT DISTINCT ON (b.message_id, b.type, b.template_key, b.source_ip) b.id
+    FROM b JOIN by_ip k USING (message_id, type, template_key, source_ip)
+    ORDER BY b.message_id, b.type, b.template_key, b.source_ip, b.id
+)
+INSERT INTO bounce_rollup AS r (hour, type, campaign, from_domain, source_ip, template_key,
+                               template, category, sample, amount, messages_by_domain,
+                               messages_by_ip, domain_ids, first_seen, last_seen)
+SELECT date_trunc('hour', $1::timestamptz AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', b.type,
+       b.campaign, b.from_domain, b.source_ip, b.template_key, min(b.template),
+       min(b.category), min(b.reply_text), count(*),
+       count(*) FILTER (WHERE b.id IN (SELECT id FROM firsts)),
+       count(*) FILTER (WHERE b.id IN (SELECT id FROM firsts_ip)),
+       (SELECT coalesce(array_agg(DISTINCT dom.id ORDER BY dom.id), '{}') FROM dom
+        WHERE dom.domain = ANY(array_agg(b.recipient_domain))),
+       $1, $1
+FROM b
+GROUP BY b.type, b.campaign, b.from_domain, b.source_ip, b.template_key
+-- one lock order for every writer: concurrent batches cannot deadlock on rollup rows
+ORDER BY b.type, b.campaign, b.from_domain, b.source_ip, b.template_key
+ON CONFLICT (hour, type, campaign, from_domain, source_ip, template_key) DO UPDATE
+SET amount = r.amount + EXCLUDED.amount,
+    messages_by_domain = r.messages_by_domain + EXCLUDED.messages_by_domain,
+    messages_by_ip = r.messages_by_ip + EXCLUDED.messages_by_ip,
+    domain_ids = CASE WHEN EXCLUDED.domain_ids <@ r.domain_ids THEN r.domain_ids ELSE
+                 (SELECT array_agg(DISTINCT x ORDER BY x)
+                  FROM unnest(r.domain_ids || EXCLUDED.domain_ids) AS x) END,
+    first_seen = least(r.first_seen, EXCLUDED.first_seen),
+    last_seen = greatest(r.last_seen, EXCLUDED.last_seen);
+
+-- bounce_report --
+-- Report rows from the rollup: period [$1, $2) on whole hours, types $3, campaigns $4 (NULL: all),
+-- grouping $5 ('from-domain' | 'ip'), at most $6 rows (NULL: all), largest amount first.
+WITH f AS (
+    SELECT CASE WHEN $5 = 'ip' THEN source_ip ELSE from_domain END AS grp,
+           CASE WHEN $5 = 'ip' THEN messages_by_ip ELSE messages_by_domain END AS messages,
+           template_key, template, category, sample, amount, domain_ids, first_seen, last_seen
+    FROM bounce_rollup
+    WHERE hour >= $1 AND hour < $2 AND type = ANY($3::text[])
+      AND ($4::text[] IS NULL OR campaign = ANY($4::text[]))
+), g AS (
+    SELECT grp, template_key, min(template) AS template, sum(amount)::bigint AS amount,
+           sum(messages)::bigint AS messages,
+           mode() WITHIN GROUP (ORDER BY category) AS category, min(sample) AS sample,
+           min(first_seen) AS first_seen, max(last_seen) AS last_seen
+    FROM f GROUP BY grp, template_key
+), dd AS (
+    SELECT grp, template_key, count(DISTINCT d)::bigint AS recipient_domains
+    FROM f, unnest(f.domain_ids) AS d
+    GROUP BY grp, template_key
+)
+SELECT g.grp, g.template, g.amount, g.messages, coalesce(dd.recipient_domains, 0) AS recipient_domains,
+       g.category, g.first_seen, g.last_seen, g.sample
+FROM g LEFT JOIN dd USING (grp, template_key)
+ORDER BY g.amount DESC, g.grp, g.template
+LIMIT $6;

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import subprocess
 import sys
@@ -120,3 +122,77 @@ async def test_queue_and_profile_commands(db_dsn, write_config):
 
 async def _soft_events(db) -> bool:
     return await db.fetchval("SELECT count(*) FROM events WHERE type = 'soft_bounce'") >= 1
+
+
+@pytest.mark.slow
+async def test_report_after_a_real_relay_run(db_dsn, write_config):
+    """Mail through the relay to a scripted upstream; the CSV report shows what it answered."""
+    import asyncpg
+
+    async with ScriptedUpstream() as up:
+        for n in range(3):
+            up.on_rcpt(
+                f"full{n}@example.org",
+                f"452 4.2.2 <full{n}@example.org>: Mailbox full, id Q{n}X7AB{n}",
+            )
+        up.on_rcpt("gone@example.net", "550 5.1.1 <gone@example.net>: User unknown")
+        text = delivery_config(up.port) + f'\n[store]\ndsn = "{db_dsn}"\n'
+        path = write_config(text, replace_base=True)
+        async with Relay(load_config(path), dsn=db_dsn, listen=("127.0.0.1", 0)) as relay:
+            db = await asyncpg.connect(db_dsn)
+            try:
+                await send(
+                    relay,
+                    [f"full{n}@example.org" for n in range(3)]
+                    + ["gone@example.net", "ok@example.org"],
+                )
+                await eventually(in_state(db, "gone@example.net", "bounced"))
+                for n in range(3):
+                    await eventually(in_state(db, f"full{n}@example.org", "queued"))
+                await eventually(in_state(db, "ok@example.org", "delivered"))
+            finally:
+                await db.close()
+    result = await asyncio.to_thread(
+        cli, "report", "--type", "all", "--format", "csv", "--config", str(path)
+    )
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [
+        (r["from_domain"], r["amount"], r["messages"], r["recipient_domains"], r["category"])
+        for r in rows
+    ] == [
+        ("mail.example.com", "3", "1", "1", "mailbox_full"),
+        ("mail.example.com", "1", "1", "1", "user_unknown"),
+    ]
+    assert "<email>" in rows[0]["bounce_text"]
+    by_ip = await asyncio.to_thread(
+        cli,
+        "report",
+        "--type",
+        "hard",
+        "--group-by",
+        "ip",
+        "--format",
+        "csv",
+        "--config",
+        str(path),
+    )
+    [hard_row] = list(csv.DictReader(io.StringIO(by_ip.stdout)))
+    assert hard_row["source_ip"] == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--from", "2026-11-03", "--to", "2026-11-02"], "is not before"),
+        (["--from", "last tuesday"], "not an ISO date"),
+        (["--tz", "Nowhere/Land"], "not a known time zone"),
+    ],
+)
+def test_report_bad_filters_exit_2_with_one_line(args, message):
+    """A bad filter is one clear line on stderr and exit 2, no traceback."""
+    result = cli("report", *args, "--config", str(REPO / "config.toml"))
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

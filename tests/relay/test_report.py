@@ -1,0 +1,339 @@
+"""The bounces report over events written through the store's real write path."""
+
+from __future__ import annotations
+
+import csv
+import io
+import zipfile
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import openpyxl
+import pytest
+
+from policies.templates import template_of
+from relay.report import ReportError, parse_filter, render_table, write_csv, write_xlsx
+from relay.store import IncomingMessage, OutcomeRecord, Recipient, Store, create_store
+
+T0 = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
+GMAIL_QUOTA = (
+    "452-4.2.2 The email account that you tried to reach is over quota. Please direct\n"
+    "452-4.2.2 the recipient to\n"
+    "452 4.2.2  https://support.google.com/mail/?p=OverQuotaTemp {id} - gsmtp"
+)
+GMAIL_UNKNOWN = (
+    "550-5.1.1 The email account that you tried to reach does not exist. Please try\n"
+    "550 5.1.1  https://support.google.com/mail/?p=NoSuchUser {id} - gsmtp"
+)
+YAHOO_FULL = "452 4.2.2 Mailbox full for {rcpt}"
+
+
+@pytest.fixture
+async def store(db_dsn: str) -> AsyncIterator[Store]:
+    s = await create_store(db_dsn)
+    yield s
+    await s.close()
+
+
+class Seeder:
+    """Accepts messages and records bounces through claim + apply_outcomes, at chosen times."""
+
+    def __init__(self, store: Store, prefix: str = "Q") -> None:
+        self.store = store
+        self.prefix = prefix
+        self.n = 0
+
+    async def message(
+        self, rcpt: str, campaign: str | None, from_domain: str, at: datetime
+    ) -> None:
+        self.n += 1
+        domain = rcpt.rpartition("@")[2]
+        await self.store.accept_messages(
+            at,
+            [
+                IncomingMessage(
+                    queue_id=f"{self.prefix}{self.n}",
+                    envelope_sender=f"bounces@{from_domain}",
+                    recipients=(Recipient(rcpt, rcpt, domain),),
+                    body=b"Subject: x\r\n\r\nx\r\n",
+                    from_domain=from_domain,
+                    message_id=None,
+                    campaign=campaign,
+                    client_address="127.0.0.1",
+                    session_id="s",
+                    smtputf8=False,
+                )
+            ],
+        )
+
+    async def bounce(self, at: datetime, reply: str, ip: str, kind: str = "soft") -> None:
+        """The one due delivery gets ``reply`` at ``at`` (soft: due again right away)."""
+        [d] = await self.store.claim_due_deliveries("seed", at, timedelta(minutes=5), 1)
+        await self.store.apply_outcomes(
+            at,
+            [
+                OutcomeRecord(
+                    delivery_id=d.id,
+                    lease_token=d.lease_token,
+                    state="queued" if kind == "soft" else "bounced",
+                    event=f"{kind}_bounce",
+                    next_attempt_at=at if kind == "soft" else None,
+                    code=int(reply[:3]),
+                    reply_text=reply,
+                    template=template_of(reply),
+                    category="mailbox_full" if kind == "soft" else "user_unknown",
+                    source_ip=ip,
+                    destination="mx.test:25",
+                )
+            ],
+        )
+
+    async def finish(self, at: datetime) -> None:
+        """Deliver whatever is still due, so the next message's delivery is the only one due."""
+        for d in await self.store.claim_due_deliveries("seed", at, timedelta(minutes=5), 100):
+            await self.store.apply_outcomes(
+                at,
+                [
+                    OutcomeRecord(
+                        delivery_id=d.id,
+                        lease_token=d.lease_token,
+                        state="delivered",
+                        event="delivered",
+                        code=250,
+                        source_ip="127.0.0.9",
+                    )
+                ],
+            )
+
+
+async def seed_standard(store: Store) -> None:
+    """news.example.com via .2: one message resent twice (3 soft), a second one soft once,
+    one hard; shop.example.com via .3: one soft at Yahoo; campaigns A and B."""
+    s = Seeder(store)
+    await s.message("ann@gmail.com", "A", "news.example.com", T0)
+    await s.bounce(T0, GMAIL_QUOTA.format(id="a1si1.1"), "127.0.0.2")
+    await s.bounce(T0 + timedelta(minutes=20), GMAIL_QUOTA.format(id="b2si2.2"), "127.0.0.2")
+    await s.bounce(T0 + timedelta(hours=2), GMAIL_QUOTA.format(id="c3si3.3"), "127.0.0.2")
+    await s.finish(T0 + timedelta(hours=2))
+    await s.message("bob@gmail.com", "A", "news.example.com", T0)
+    await s.bounce(T0 + timedelta(hours=1), GMAIL_QUOTA.format(id="d4si4.4"), "127.0.0.2")
+    await s.finish(T0 + timedelta(hours=1))
+    await s.message("gone@gmail.com", "A", "news.example.com", T0)
+    await s.bounce(T0, GMAIL_UNKNOWN.format(id="e5si5.5"), "127.0.0.2", kind="hard")
+    await s.message("cid@yahoo.com", "B", "shop.example.com", T0)
+    await s.bounce(T0 + timedelta(hours=3), YAHOO_FULL.format(rcpt="cid@yahoo.com"), "127.0.0.3")
+    await s.finish(T0 + timedelta(hours=3))
+
+
+async def rows(store: Store, **kw: object) -> list[tuple[object, ...]]:
+    flt = parse_filter(start=kw.pop("start", "2026-11-02"), end=kw.pop("end", "2026-11-03"), **kw)
+    return [
+        (r.group, r.bounce_text, r.amount, r.messages, r.recipient_domains, r.category)
+        async for r in store.iter_bounce_report(
+            flt.start, flt.end, flt.types, flt.campaigns, flt.group_by, flt.top
+        )
+    ]
+
+
+QUOTA_T = template_of(GMAIL_QUOTA.format(id="z9si9.9"))
+UNKNOWN_T = template_of(GMAIL_UNKNOWN.format(id="z9si9.9"))
+YAHOO_T = template_of(YAHOO_FULL.format(rcpt="x@yahoo.com"))
+
+
+async def test_rows_by_from_domain_count_resends(store):
+    """Soft bounces by From domain: resends count in amount, messages are distinct."""
+    await seed_standard(store)
+    assert await rows(store) == [
+        ("news.example.com", QUOTA_T, 4, 2, 1, "mailbox_full"),
+        ("shop.example.com", YAHOO_T, 1, 1, 1, "mailbox_full"),
+    ]
+
+
+async def test_rows_by_ip(store):
+    """Grouped by the source IP actually used."""
+    await seed_standard(store)
+    assert await rows(store, group_by="ip") == [
+        ("127.0.0.2", QUOTA_T, 4, 2, 1, "mailbox_full"),
+        ("127.0.0.3", YAHOO_T, 1, 1, 1, "mailbox_full"),
+    ]
+
+
+async def test_type_and_campaign_filters(store):
+    """--type hard shows the unknown user only; --campaign B only shop's row; all shows both."""
+    await seed_standard(store)
+    assert await rows(store, kind="hard") == [
+        ("news.example.com", UNKNOWN_T, 1, 1, 1, "user_unknown")
+    ]
+    assert await rows(store, campaigns=["B"]) == [
+        ("shop.example.com", YAHOO_T, 1, 1, 1, "mailbox_full")
+    ]
+    assert len(await rows(store, kind="all")) == 3
+    assert await rows(store, campaigns=["nope"]) == []
+    assert len(await rows(store, kind="all", top=1)) == 1
+
+
+async def test_templates_merge_ids_and_keep_meanings_apart(store):
+    """Four Gmail over-quota replies with different ids are one row; user unknown is another."""
+    await seed_standard(store)
+    texts = [r[1] for r in await rows(store, kind="all")]
+    assert QUOTA_T != UNKNOWN_T
+    assert texts.count(QUOTA_T) == 1
+    assert texts.count(UNKNOWN_T) == 1
+
+
+async def test_period_is_half_open_on_hours(store):
+    """[10:00, 11:00) holds the 10:00 and 10:20 bounces; [11:00, 12:00) the 11:00 one."""
+    await seed_standard(store)
+    assert await rows(store, start="2026-11-02T10:00", end="2026-11-02T11:00") == [
+        ("news.example.com", QUOTA_T, 2, 1, 1, "mailbox_full")
+    ]
+    assert await rows(store, start="2026-11-02T11:00", end="2026-11-02T12:00") == [
+        ("news.example.com", QUOTA_T, 1, 1, 1, "mailbox_full")
+    ]
+    assert await rows(store, start="2026-11-02T09:00", end="2026-11-02T10:00") == []
+
+
+async def test_time_zone_shifts_the_period(store):
+    """--tz Europe/Berlin: 2026-11-02 11:00 local is 10:00 UTC."""
+    await seed_standard(store)
+    berlin = await rows(store, start="2026-11-02T11:00", end="2026-11-02T12:00", tz="Europe/Berlin")
+    assert berlin == [("news.example.com", QUOTA_T, 2, 1, 1, "mailbox_full")]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"start": "2026-11-03", "end": "2026-11-02"}, "is not before"),
+        ({"start": "yesterday", "end": None}, "not an ISO date"),
+        ({"start": None, "end": None, "group_by": "campaign"}, "use from-domain or ip"),
+        ({"start": None, "end": None, "kind": "bogus"}, "use soft, hard or all"),
+        ({"start": None, "end": None, "tz": "Mars/Olympus"}, "not a known time zone"),
+        ({"start": "2026-11-02T10:30", "end": None}, "whole hour"),
+        ({"start": None, "end": None, "top": 0}, "positive"),
+    ],
+)
+def test_bad_filters_say_what_is_wrong(kwargs, message):
+    """Each bad filter raises ReportError naming the problem."""
+    with pytest.raises(ReportError, match=message):
+        parse_filter(**kwargs)
+
+
+PAYLOADS = [
+    '=HYPERLINK("http://evil.example","click")',
+    "=cmd|' /C calc'!A0",
+    "@SUM(1+1)",
+    "+1+2",
+    "-2+3",
+    "\t=1+1",
+]
+
+
+async def seed_hostile(store: Store) -> None:
+    s = Seeder(store, prefix="H")
+    for n, payload in enumerate(PAYLOADS):
+        await s.message(f"u{n}@evil.example", payload, "=evil.example", T0)
+        await s.bounce(T0, f"550 {payload}", "127.0.0.2", kind="hard")
+
+
+async def _report(store: Store, **kw: object) -> tuple[AsyncIterator, object]:
+    flt = parse_filter(start="2026-11-02", end="2026-11-03", **kw)
+    it = store.iter_bounce_report(
+        flt.start, flt.end, flt.types, flt.campaigns, flt.group_by, flt.top
+    )
+    return it, flt
+
+
+async def test_csv_parses_back_and_neutralises_formulas(store):
+    """RFC 4180 with header, no total row; every formula payload starts with a quote."""
+    await seed_standard(store)
+    await seed_hostile(store)
+    it, flt = await _report(store, kind="all", raw=True)
+    out = io.StringIO(newline="")
+    await write_csv(it, flt, out)
+    assert "\r\n" in out.getvalue()
+    parsed = list(csv.reader(io.StringIO(out.getvalue(), newline="")))
+    assert parsed[0] == [
+        "from_domain",
+        "bounce_text",
+        "amount",
+        "messages",
+        "recipient_domains",
+        "category",
+        "first_seen",
+        "last_seen",
+        "sample",
+    ]
+    body = parsed[1:]
+    assert len(body) == 3 + len(PAYLOADS)
+    assert not any(row[0] == "total" for row in body)
+    news = next(r for r in body if r[1] == QUOTA_T)
+    assert news[:6] == ["news.example.com", QUOTA_T, "4", "2", "1", "mailbox_full"]
+    assert news[6] == "2026-11-02 10:00:00"
+    for row in body:
+        for cell in row:
+            assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), cell
+
+
+async def test_xlsx_reads_back_with_types_header_total_and_chart_sheet(store, tmp_path):
+    """Bold frozen header, numbers as numbers, dates as dates, total row, chart sheet;
+    hostile texts are strings that cannot evaluate."""
+    await seed_standard(store)
+    await seed_hostile(store)
+    it, flt = await _report(store, kind="all")
+    path = tmp_path / "report.xlsx"
+    with path.open("wb") as f:
+        await write_xlsx(it, flt, f)
+    book = openpyxl.load_workbook(path)
+    assert book.sheetnames == ["bounces", "by group"]
+    sheet = book["bounces"]
+    header = [c.value for c in sheet[1]]
+    assert header == [
+        "from_domain",
+        "bounce_text",
+        "amount",
+        "messages",
+        "recipient_domains",
+        "category",
+        "first_seen",
+        "last_seen",
+    ]
+    assert sheet["A1"].font.b
+    assert sheet.freeze_panes == "A2"
+    assert sheet.auto_filter.ref is not None
+    values = [[c.value for c in row] for row in sheet.iter_rows(min_row=2)]
+    news = next(v for v in values if v[1] == QUOTA_T)
+    assert news[:6] == ["news.example.com", QUOTA_T, 4, 2, 1, "mailbox_full"]
+    assert news[6] == datetime(2026, 11, 2, 10, 0)
+    total = values[-1]
+    assert total[0] == "total"
+    assert total[2] == 4 + 1 + 1 + len(PAYLOADS)
+    for row in sheet.iter_rows(min_row=2):
+        for cell in row:
+            assert cell.data_type != "f"
+            if isinstance(cell.value, str):
+                assert not cell.value.startswith(("=", "+", "-", "@", "\t")), cell.value
+    chart_sheet = book["by group"]
+    assert chart_sheet["A1"].value == "from_domain"
+    per_group = {r[0].value: r[1].value for r in chart_sheet.iter_rows(min_row=2, max_col=2)}
+    assert per_group == {
+        "'=evil.example": len(PAYLOADS),
+        "news.example.com": 4 + 1,
+        "shop.example.com": 1,
+    }
+    with zipfile.ZipFile(path) as archive:  # openpyxl does not load charts; look inside
+        chart = archive.read("xl/charts/chart1.xml").decode()
+    assert "barChart" in chart
+    assert "'by group'!$B$2:$B$4" in chart
+
+
+async def test_table_has_aligned_columns_and_total(store):
+    """The terminal table: header, rule, rows, rule, total."""
+    await seed_standard(store)
+    it, flt = await _report(store)
+    out = io.StringIO()
+    await render_table(it, flt, out)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("from_domain")
+    assert set(lines[1]) <= {"-", " "}
+    assert lines[-1].startswith("total")
+    assert " 5 " in lines[-1] + " "
