@@ -14,7 +14,7 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
 
@@ -243,6 +243,15 @@ _OUTCOME_COLUMNS = (
 )
 
 
+def _whole_days(start: datetime, end: datetime) -> tuple[datetime, datetime]:
+    """The whole UTC days inside [start, end), or an empty range at ``end``."""
+    first = start.astimezone(UTC)
+    midnight = first.replace(hour=0, minute=0, second=0, microsecond=0)
+    day_from = midnight if midnight == first else midnight + timedelta(days=1)
+    day_to = end.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return (day_from, day_to) if day_from < day_to else (end, end)
+
+
 def _clean(text: str | None) -> str | None:
     # PostgreSQL text cannot hold NUL; a header with one must not cost the message.
     return None if text is None else text.replace("\x00", "\ufffd")
@@ -411,6 +420,12 @@ class Store:
                 if o.suppress:
                     to_suppress.setdefault(r["recipient_key"], (o.suppress_reason, r["event_id"]))
             await conn.execute(
+                QUERIES["intern_recipient_domains"],
+                now,
+                [r["event_id"] for r in rows],
+                timeout=self.timeout,
+            )
+            await conn.execute(
                 QUERIES["roll_up_bounces"],
                 now,
                 [r["event_id"] for r in rows],
@@ -514,7 +529,7 @@ class Store:
             conn.transaction(readonly=True),
         ):
             # JIT compiles for ~0.4 s before a report that itself takes less.
-            await conn.execute("SET LOCAL jit = off")
+            await conn.execute("SET LOCAL jit = off; SET LOCAL work_mem = '64MB'")
             cursor = conn.cursor(
                 QUERIES["bounce_report"],
                 start,
@@ -523,6 +538,7 @@ class Store:
                 list(campaigns) if campaigns else None,
                 group_by,
                 top,
+                *_whole_days(start, end),
                 prefetch=2000,
             )
             async for r in cursor:

@@ -275,15 +275,6 @@ WITH b AS (
     FROM events e
     WHERE e.occurred_at = $1 AND e.id = ANY($2::bigint[])
       AND e.type IN ('soft_bounce', 'hard_bounce')
-), d AS (
-    INSERT INTO recipient_domains (domain)
-    SELECT DISTINCT recipient_domain FROM b ORDER BY 1
-    ON CONFLICT (domain) DO NOTHING
-    RETURNING id, domain
-), dom AS (
-    SELECT id, domain FROM d
-    UNION ALL
-    SELECT r.id, r.domain FROM recipient_domains r WHERE r.domain IN (SELECT recipient_domain FROM b)
 ), by_domain AS (
     INSERT INTO bounce_message_keys (message_id, type, template_key, source_ip)
     SELECT DISTINCT message_id, type, template_key, '' FROM b WHERE message_id IS NOT NULL
@@ -306,23 +297,36 @@ WITH b AS (
     SELECT DISTINCT ON (b.message_id, b.type, b.template_key, b.source_ip) b.id
     FROM b JOIN by_ip k USING (message_id, type, template_key, source_ip)
     ORDER BY b.message_id, b.type, b.template_key, b.source_ip, b.id
+), agg AS (
+    -- per campaign, and (second grouping set) with all campaigns folded together
+    SELECT b.type, coalesce(b.campaign, '') AS campaign, GROUPING(b.campaign) = 1 AS all_campaigns,
+           b.from_domain, b.source_ip, b.template_key,
+           min(b.template) AS template, min(b.category) AS category,
+           min(b.reply_text) AS sample, count(*) AS amount,
+           count(*) FILTER (WHERE b.id IN (SELECT id FROM firsts)) AS messages_by_domain,
+           count(*) FILTER (WHERE b.id IN (SELECT id FROM firsts_ip)) AS messages_by_ip,
+           coalesce(array_agg(DISTINCT dom.id ORDER BY dom.id)
+                    FILTER (WHERE dom.id IS NOT NULL), '{}') AS domain_ids
+    FROM b LEFT JOIN recipient_domains dom ON dom.domain = b.recipient_domain
+    GROUP BY GROUPING SETS ((b.type, b.campaign, b.from_domain, b.source_ip, b.template_key),
+                            (b.type, b.from_domain, b.source_ip, b.template_key))
+), grains AS (
+    SELECT 'hour' AS grain, date_trunc('hour', $1::timestamptz AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+           AS bucket, false AS all_campaigns
+    UNION ALL
+    SELECT 'day', date_trunc('day', $1::timestamptz AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', false
+    UNION ALL
+    SELECT 'day_all', date_trunc('day', $1::timestamptz AT TIME ZONE 'UTC') AT TIME ZONE 'UTC',
+           true
 )
-INSERT INTO bounce_rollup AS r (hour, type, campaign, from_domain, source_ip, template_key,
-                               template, category, sample, amount, messages_by_domain,
-                               messages_by_ip, domain_ids, first_seen, last_seen)
-SELECT date_trunc('hour', $1::timestamptz AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', b.type,
-       b.campaign, b.from_domain, b.source_ip, b.template_key, min(b.template),
-       min(b.category), min(b.reply_text), count(*),
-       count(*) FILTER (WHERE b.id IN (SELECT id FROM firsts)),
-       count(*) FILTER (WHERE b.id IN (SELECT id FROM firsts_ip)),
-       (SELECT coalesce(array_agg(DISTINCT dom.id ORDER BY dom.id), '{}') FROM dom
-        WHERE dom.domain = ANY(array_agg(b.recipient_domain))),
-       $1, $1
-FROM b
-GROUP BY b.type, b.campaign, b.from_domain, b.source_ip, b.template_key
+INSERT INTO bounce_rollup AS r
+SELECT g.grain, g.bucket, a.type, a.campaign, a.from_domain, a.source_ip, a.template_key,
+       a.template, a.category, a.sample, a.amount, a.messages_by_domain, a.messages_by_ip,
+       a.domain_ids, $1, $1
+FROM agg a JOIN grains g USING (all_campaigns)
 -- one lock order for every writer: concurrent batches cannot deadlock on rollup rows
-ORDER BY b.type, b.campaign, b.from_domain, b.source_ip, b.template_key
-ON CONFLICT (hour, type, campaign, from_domain, source_ip, template_key) DO UPDATE
+ORDER BY g.grain, g.bucket, a.type, a.campaign, a.from_domain, a.source_ip, a.template_key
+ON CONFLICT (grain, bucket, type, campaign, from_domain, source_ip, template_key) DO UPDATE
 SET amount = r.amount + EXCLUDED.amount,
     messages_by_domain = r.messages_by_domain + EXCLUDED.messages_by_domain,
     messages_by_ip = r.messages_by_ip + EXCLUDED.messages_by_ip,
@@ -332,29 +336,56 @@ SET amount = r.amount + EXCLUDED.amount,
     first_seen = least(r.first_seen, EXCLUDED.first_seen),
     last_seen = greatest(r.last_seen, EXCLUDED.last_seen);
 
+-- intern_recipient_domains --
+-- Give the recipient domains of the bounce events just written (occurred_at $1, ids $2) ids.
+INSERT INTO recipient_domains (domain)
+SELECT DISTINCT coalesce(recipient_domain, '') FROM events
+WHERE occurred_at = $1 AND id = ANY($2::bigint[]) AND type IN ('soft_bounce', 'hard_bounce')
+ORDER BY 1
+ON CONFLICT (domain) DO NOTHING;
+
 -- bounce_report --
--- Report rows from the rollup: period [$1, $2) on whole hours, types $3, campaigns $4 (NULL: all),
--- grouping $5 ('from-domain' | 'ip'), at most $6 rows (NULL: all), largest amount first.
-WITH f AS (
+-- Report rows from the rollups: period [$1, $2) on whole hours, whole UTC days [$7, $8) of it
+-- read per day, the edge hours per hour; types $3, campaigns $4 (NULL: all), grouping $5
+-- ('from-domain' | 'ip'), at most $6 rows (NULL: all), largest amount first. Only narrow
+-- columns are aggregated; the texts of the rows that survive are looked up at the end.
+WITH r AS (
+    SELECT type, campaign, from_domain, source_ip, template_key, amount, messages_by_domain,
+           messages_by_ip, domain_ids, first_seen, last_seen
+    FROM bounce_rollup
+    WHERE grain = CASE WHEN $4::text[] IS NULL THEN 'day_all' ELSE 'day' END
+      AND bucket >= $7 AND bucket < $8
+    UNION ALL
+    SELECT type, campaign, from_domain, source_ip, template_key, amount, messages_by_domain,
+           messages_by_ip, domain_ids, first_seen, last_seen
+    FROM bounce_rollup
+    WHERE grain = 'hour'
+      AND ((bucket >= $1 AND bucket < least($7, $2)) OR (bucket >= greatest($8, $1) AND bucket < $2))
+), f AS (
     SELECT CASE WHEN $5 = 'ip' THEN source_ip ELSE from_domain END AS grp,
            CASE WHEN $5 = 'ip' THEN messages_by_ip ELSE messages_by_domain END AS messages,
-           template_key, template, category, sample, amount, domain_ids, first_seen, last_seen
-    FROM bounce_rollup
-    WHERE hour >= $1 AND hour < $2 AND type = ANY($3::text[])
-      AND ($4::text[] IS NULL OR campaign = ANY($4::text[]))
+           template_key, amount, domain_ids, first_seen, last_seen
+    FROM r
+    WHERE type = ANY($3::text[]) AND ($4::text[] IS NULL OR campaign = ANY($4::text[]))
 ), g AS (
-    SELECT grp, template_key, min(template) AS template, sum(amount)::bigint AS amount,
-           sum(messages)::bigint AS messages,
-           mode() WITHIN GROUP (ORDER BY category) AS category, min(sample) AS sample,
+    SELECT grp, template_key, sum(amount)::bigint AS amount, sum(messages)::bigint AS messages,
            min(first_seen) AS first_seen, max(last_seen) AS last_seen
     FROM f GROUP BY grp, template_key
 ), dd AS (
-    SELECT grp, template_key, count(DISTINCT d)::bigint AS recipient_domains
-    FROM f, unnest(f.domain_ids) AS d
+    SELECT grp, template_key, count(*)::bigint AS recipient_domains
+    FROM (SELECT DISTINCT grp, template_key, d FROM f, unnest(f.domain_ids) AS d) AS x
     GROUP BY grp, template_key
+), ranked AS (
+    SELECT g.*, coalesce(dd.recipient_domains, 0) AS recipient_domains
+    FROM g LEFT JOIN dd USING (grp, template_key)
+    ORDER BY g.amount DESC, g.grp, g.template_key
+    LIMIT $6
 )
-SELECT g.grp, g.template, g.amount, g.messages, coalesce(dd.recipient_domains, 0) AS recipient_domains,
-       g.category, g.first_seen, g.last_seen, g.sample
-FROM g LEFT JOIN dd USING (grp, template_key)
-ORDER BY g.amount DESC, g.grp, g.template
-LIMIT $6;
+SELECT ranked.grp, t.template, ranked.amount, ranked.messages, ranked.recipient_domains,
+       t.category, ranked.first_seen, ranked.last_seen, t.sample
+FROM ranked
+CROSS JOIN LATERAL (
+    SELECT template, category, sample FROM bounce_rollup
+    WHERE template_key = ranked.template_key LIMIT 1
+) AS t
+ORDER BY ranked.amount DESC, ranked.grp, t.template;

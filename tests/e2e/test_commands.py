@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from policies.templates import template_of
 from relay.app import Relay
 from relay.config import load_config
 from tests.relay.test_delivery import delivery_config, eventually, in_state, send
@@ -164,7 +165,9 @@ async def test_report_after_a_real_relay_run(db_dsn, write_config):
         ("mail.example.com", "3", "1", "1", "mailbox_full"),
         ("mail.example.com", "1", "1", "1", "user_unknown"),
     ]
-    assert "<email>" in rows[0]["bounce_text"]
+    assert rows[0]["bounce_text"] == template_of(
+        "452 4.2.2 <full0@example.org>: Mailbox full, id Q0X7AB0"
+    )
     by_ip = await asyncio.to_thread(
         cli,
         "report",

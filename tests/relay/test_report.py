@@ -193,6 +193,23 @@ async def test_period_is_half_open_on_hours(store):
     assert await rows(store, start="2026-11-02T09:00", end="2026-11-02T10:00") == []
 
 
+async def test_period_across_days_reads_whole_days_and_edge_hours(store):
+    """A period from 22:00 on day 1 to 01:00 on day 3 counts the edge hours exactly."""
+    s = Seeder(store)
+    day1_late = datetime(2026, 11, 1, 22, 30, tzinfo=UTC)
+    day1_before = datetime(2026, 11, 1, 21, 59, tzinfo=UTC)
+    day2 = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
+    day3_early = datetime(2026, 11, 3, 0, 30, tzinfo=UTC)
+    day3_late = datetime(2026, 11, 3, 1, 0, tzinfo=UTC)
+    await s.message("a@yahoo.com", "A", "news.example.com", day1_before)
+    for at in (day1_before, day1_late, day2, day3_early, day3_late):
+        await s.bounce(at, YAHOO_FULL.format(rcpt="a@yahoo.com"), "127.0.0.2")
+    counted = await rows(store, start="2026-11-01T22:00", end="2026-11-03T01:00")
+    assert counted == [("news.example.com", YAHOO_T, 3, 0, 1, "mailbox_full")]
+    everything = await rows(store, start="2026-11-01", end="2026-11-04")
+    assert everything == [("news.example.com", YAHOO_T, 5, 1, 1, "mailbox_full")]
+
+
 async def test_time_zone_shifts_the_period(store):
     """--tz Europe/Berlin: 2026-11-02 11:00 local is 10:00 UTC."""
     await seed_standard(store)

@@ -1,0 +1,195 @@
+"""Bounces report at scale: seed N bounce events through the rollup, time reports and export.
+
+Seeds ``--events`` bounce events spread over ``--days`` (shaped like real traffic: 200
+campaigns, four sending in any hour, each from its own From domain and a pool of four IPs;
+replies depend on the recipient's provider; messages are resent) in a fresh database.
+Each hour's events are folded into the rollup by the store's own ``roll_up_bounces``
+query, the same one the relay runs after every delivery batch. Then it times the 30-day
+report (both groupings, all campaigns and one), and the CSV and XLSX exports in a
+subprocess whose peak RSS it reports.
+
+    python bench/report_bench.py --events 10000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from relay.store import QUERIES, create_store
+from relay.store.migrate import apply_migrations
+
+SEED_HOUR = """
+INSERT INTO events (occurred_at, type, message_id, campaign, from_domain, source_ip,
+                    recipient, recipient_domain, code, reply_text, template, category, attempt)
+SELECT $1::timestamptz,
+       CASE WHEN g % 10 < 7 THEN 'soft_bounce' ELSE 'hard_bounce' END,
+       $2::bigint + g / 3,
+       'campaign-' || (($4::int * 4 + g % 4) % 200),
+       'news' || (($4::int * 4 + g % 4) % 200 % 20) || '.example.com',
+       '10.0.' || (($4::int * 4 + g % 4) % 200 % 20) || '.' || (1 + g / 7 % 4),
+       'u' || g || '@' || p.domain,
+       p.domain,
+       CASE WHEN g % 10 < 7 THEN 452 ELSE 550 END,
+       p.reply || ' id ' || md5(g::text),
+       p.reply || ' id <id>',
+       CASE WHEN g % 10 < 7 THEN 'mailbox_full' ELSE 'user_unknown' END,
+       1 + g % 3
+FROM generate_series(1, $3) AS g
+JOIN LATERAL (
+    SELECT CASE WHEN g % 100 < 40 THEN 'gmail.com' WHEN g % 100 < 60 THEN 'yahoo.com'
+                WHEN g % 100 < 75 THEN 'outlook.com'
+                ELSE 'd' || (g % 2000) || '.example' END AS domain,
+           CASE WHEN g % 100 < 40 THEN 'gmail reply ' || (g % 7)
+                WHEN g % 100 < 60 THEN 'yahoo reply ' || (g % 5)
+                WHEN g % 100 < 75 THEN 'outlook reply ' || (g % 6)
+                ELSE 'postfix reply ' || (g % 40) END AS reply
+) AS p ON true
+RETURNING id
+"""
+
+
+def _with_db(dsn: str, name: str) -> str:
+    return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
+
+
+async def seed(dsn: str, events: int, days: int, end: datetime) -> float:
+    conn = await asyncpg.connect(dsn)
+    await apply_migrations(conn)
+    hours = days * 24
+    per_hour = events // hours
+    start = time.perf_counter()
+    rolled = 0.0
+    for h in range(hours):
+        at = end - timedelta(hours=hours - h) + timedelta(minutes=17)
+        async with conn.transaction():
+            ids = [r["id"] for r in await conn.fetch(SEED_HOUR, at, h * per_hour // 3, per_hour, h)]
+            t = time.perf_counter()
+            await conn.execute(QUERIES["intern_recipient_domains"], at, ids)
+            await conn.execute(QUERIES["roll_up_bounces"], at, ids)
+            rolled += time.perf_counter() - t
+        if h % 24 == 23:
+            await conn.execute("ANALYZE")  # what autovacuum does for a running relay
+        if h % 48 == 0:
+            print(f"  seeded {h * per_hour:,} events", file=sys.stderr, flush=True)
+    await conn.execute("ANALYZE")
+    rollup_rows = await conn.fetchval(
+        "SELECT string_agg(grain || '=' || n, ' ') FROM "
+        "(SELECT grain, count(*) AS n FROM bounce_rollup GROUP BY grain ORDER BY grain) AS x"
+    )
+    await conn.close()
+    total = time.perf_counter() - start
+    print(
+        f"seeded events={hours * per_hour} rollup_rows={rollup_rows} seconds={total:.0f} "
+        f"rollup_us_per_event={rolled / (hours * per_hour) * 1e6:.1f}"
+    )
+    return total
+
+
+async def time_reports(dsn: str, end: datetime) -> None:
+    store = await create_store(dsn)
+    start = end - timedelta(days=30)
+    for group_by in ("from-domain", "ip"):
+        for campaigns in (None, ["campaign-7"]):
+            times, n = [], 0
+            for _ in range(5):
+                t = time.perf_counter()
+                n = len(
+                    [
+                        r
+                        async for r in store.iter_bounce_report(
+                            start, end, ("soft_bounce",), campaigns, group_by, None
+                        )
+                    ]
+                )
+                times.append(time.perf_counter() - t)
+            times.sort()
+            print(
+                f"report period=30d group_by={group_by} campaigns={campaigns or 'all'} "
+                f"type=soft rows={n} median_ms={times[2] * 1000:.0f} best_ms={times[0] * 1000:.0f}"
+            )
+    await store.close()
+
+
+def time_export(dsn: str, start: datetime, end: datetime) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "c.toml"
+        config.write_text(f'[store]\ndsn = "{dsn}"\n')
+        for fmt in ("csv", "xlsx"):
+            out = Path(tmp) / f"report.{fmt}"
+            t = time.perf_counter()
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "relay",
+                    "report",
+                    "--config",
+                    str(config),
+                    "--from",
+                    start.isoformat(),
+                    "--to",
+                    end.isoformat(),
+                    "--type",
+                    "all",
+                    "--raw",
+                    "--format",
+                    fmt,
+                    "-o",
+                    str(out),
+                ],
+                check=True,
+            )
+            rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+            lines = sum(1 for _ in out.open("rb")) if fmt == "csv" else "-"
+            print(
+                f"export format={fmt} lines={lines} seconds={time.perf_counter() - t:.1f} "
+                f"peak_rss_mb_so_far={rss:.0f} size_mb={out.stat().st_size / 1e6:.1f}"
+            )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--dsn",
+        default=os.environ.get(
+            "BOUNCE_RELAY_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+    )
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
+    args = parser.parse_args()
+    name = f"br_report_bench_{secrets.token_hex(3)}"
+    admin = await asyncpg.connect(args.dsn)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    dsn = _with_db(args.dsn, name)
+    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    try:
+        await seed(dsn, args.events, args.days, end)
+        await time_reports(dsn, end)
+        time_export(dsn, end - timedelta(days=args.days), end)
+    finally:
+        if not args.keep:
+            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        else:
+            print(f"kept database {name}")
+        await admin.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
