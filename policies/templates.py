@@ -1,28 +1,44 @@
 """Bounce-text templates: one row in the bounces report per provider reply.
 
-The bounces report groups bounce texts by template: the reply with everything
-that changes from one bounce to the next masked, so that Gmail's "NoSuchUser"
-is one row however many session ids, and Outlook's "Access denied" one row
-however many front-end host names and timestamps, it carried.
-``template_of(text)`` runs once per bounce event, on the hot path, so every
-pattern is compiled once and the words are masked in a single regex pass
-(about 20 µs a reply on the test corpus, 40 µs for Gmail's four-line ones).
+The bounces report groups bounces by the template of their bounce text: the
+provider's reply with what changes from one bounce to the next masked or
+dropped, so that one provider's same reply is one row however many ids,
+hosts, timestamps or recipients it carried, and however a gateway, a bounce
+format or a corpus decorated it; and two different replies are two rows.
+``template_of(text)`` runs once per bounce event, on the hot path: every
+pattern is compiled once and the words are masked in one regex pass (about
+25 µs a reply on the test corpus, 50 for Gmail's four-line ones, 200 for a
+700-character Exchange dump).
 
 What a template is
 ==================
 
-``"<code> <enhanced> <words>"`` on one line:
+The reply's words, as the provider wrote them, after four steps:
 
-* the reply code and the enhanced status code (RFC 3463) once, at the start,
-  as ``policies.replies`` reads them; continuation prefixes ("550-5.1.1 ")
-  are dropped from every line, Postfix-joined or not, and whitespace is
-  collapsed. An enhanced code that the server put later in the text ("553
-  ... - 5.7.1 [BL23]") stays where it was. Codes are never masked: "550
-  5.5.0" and "550 5.7.1" with the same words are two templates, because the
-  codes are part of what the server said and what ``classify`` reads;
-* the server's words, kept: masking works by the *shape* of a token, never
-  by a list of known replies, and the template must still read as the
-  provider's message.
+1. *read*: reply code and enhanced code (RFC 3463) as ``policies.replies``
+   reads them, continuation prefixes ("550-5.1.1 ") dropped from every line,
+   Postfix-joined or not, whitespace collapsed;
+2. *mask* every variable value by its shape (table below);
+3. *drop* what decorates a reply rather than says it: session stamps at the
+   edges (below), the recipient echoed in front ("<a@b>:", "[a@b]:",
+   "<a@b>...", or an empty ": "), Yahoo's "delivery error: dd" and a
+   sub-code after the reply code ("554 30 Sorry"), an "Error:" label, a code
+   quoted again at the start, a CamelCase tag at the end ("(UserSearch)"),
+   the final punctuation; the first word is capitalised and "overquota" is
+   "over quota". An address *in* the sentence stays ("<email> is no longer
+   valid");
+4. *families*: where one provider words one reply several ways (Gmail's
+   rewordings and Temp/Perm topics, Postfix's table names, a resolver's
+   answer), the family's template (``policies.template_families``).
+
+The codes are not in the template. The same reply comes as 550 and as 450
+(Postfix's ``soft_bounce``, Sendmail's full mailbox), with an enhanced code
+or without, or with another one (La Poste's 5.5.0 and 5.7.1): the words are
+the reply, and a bounce record keeps its codes in their own columns. Only a
+reply that is nothing but an RFC 5321 stock text ("Requested action not
+taken: mailbox unavailable") keeps its codes in front ("550 5.1.1 ..."):
+those words say nothing of who sent them, the codes do. So does a reply
+without words.
 
 Masks
 =====
@@ -30,97 +46,58 @@ Masks
 ========================  ==========  =========================================
 shape                     becomes     notes
 ========================  ==========  =========================================
-URL                       kept        scheme, host and path name the provider's
-                                      help page and are kept (host lowercased,
-                                      a lone "/" path dropped); see below.
+URL                       kept        scheme, host and path name the help page
+                                      (host lowercased, a lone "/" dropped)
                           <url>       only when "<...>" is glued into it
 address                   <email>     "<a@b>" too, brackets included
 date / time               <date>      ISO 8601, "2023/11/23 18:59:46 GMT",
                                       RFC 5322, ctime, bare "hh:mm:ss"
 IPv4, IPv6                <ip>        also redacted "x.xx.xx.xx", "#.#.#.#"
-DNS name                  <domain>    any name whose last label is letters of
-                                      one case: recipient and sender domains,
-                                      Microsoft front-ends
-                                      (AM0PR01MB1234.eurprd01.prod...), DNSBL
-                                      zones; "#.eop-nam12..." (redacted) too
-token mixing letters      <id>        queue ids, Gmail's "y3si675602plr.1",
-and digits in one run                 base64/hex blobs, vendor tags "(S843)",
-                                      "OFR_416"
-number                    <n>         counts, sizes, durations, ports; a
-                                      unit glued to it stays: "<n>MB"
+DNS name                  <domain>    last label letters of one case, masked
+                                      whole (front ends differ in letters)
+token mixing letters      <id>        queue ids, "y3si675602plr.1", base64 and
+and digits in one run                 hex blobs, vendor tags "(S843)"
+vendor reason tag         OFR_<n>     "OFR_416", "OFR005_505", "ofr_506": the
+                                      letters name the provider and stay
+number                    <n>         counts, sizes, ports; a unit glued to it
+                                      stays: "<n>MB"
 ========================  ==========  =========================================
 
-A DNS name is masked whole, not digit by digit: Microsoft's front-end names
-differ in their letters too (BN8NAM12FT054 vs QE2FRA04FT039), so masking only
-the digits would still give one row per front end. What is *not* masked:
+Not masked: enhanced codes and RFC numbers in the text, a reply code quoted
+from another server ("said: 550 ..."), words that carry a digit by nature
+("IPv6", "8-bit", "AP-NORTHEAST-1", "AUP#In-1310"), and tokens of letters
+only, however random they look (that would need a dictionary).
 
-* enhanced codes inside the text ("(#5.1.1 - chkuser)", "[#4.16.1]") and
-  RFC numbers ("RFC 5322"): they are the message;
-* a reply code quoted from another server when it is clearly one ("said: 550
-  ...", "<421 4.4.2 ...>", a code followed by an enhanced code);
-* words that carry a digit by nature: "IPv6", "POP3" (letters then one
-  digit), and names with a number hyphenated to a word: "8-bit",
-  "AP-NORTHEAST-1", Spectrum's "AUP#In-1310" (``classify`` reads that one);
-* tokens of letters only, however random they look ("tnmpmscs"): telling a
-  random word from a real one needs a dictionary, and a missed mask only
-  costs an extra row.
-
-URLs
-====
-
-A help page is identified by host and path, and often by its query: Gmail
-puts the topic in ``?p=NoSuchUser``, Microsoft in ``?LinkID=526655``, QQ in
-``?subtype=1&&id=20022&&no=1000725``. So a query value is kept when it is a
-word or a short number, and masked when it has the shape of a per-message
-value: an IP (``?ip=192.0.2.1``), an address, a date, a number of ten or more
-digits, or an opaque token of twelve or more characters that mixes letters
-and digits in one run (mail.ru's ``?c=7y4ytdHb...``). Path segments and the
-fragment follow the same rule (``/query/ip/<ip>``; ``HT204137`` is an Apple
-article and stays). Rewriting gateways are undone first, so that a bounce
-that passed one groups with one that did not: Proofpoint URL Defense v2
-(``urldefense.proofpoint.com/v2/url?u=...``) and v3
-(``urldefense.com/v3/__<url>__;...``), and Microsoft Safe Links
-(``*.safelinks.protection.outlook.com/?url=...``).
-
-The host is kept even when a provider moves its help pages: Yahoo's
-"see https://postmaster.yahooinc.com/error-codes" and the older
-"...postmaster.verizonmedia.com/..." are two templates, because telling a
-moved page from another provider's page would take a list of providers. A
-domain-shaped path segment ("/help/example.com") is not masked either: it
-cannot be told from a file name ("/answer.py").
+A URL keeps a query value that is a word or a short number (the topic:
+Gmail's ``?p=NoSuchUser``) and masks one shaped like a per-message value (an
+IP, an address, a date, ten or more digits, an opaque token of twelve or
+more characters mixing letters and digits); path segments and the fragment
+alike. Rewriting gateways are undone first (Proofpoint URL Defense v2 and
+v3, Microsoft Safe Links). A moved help page is named by its current host
+and a query value naming a reason inside a topic (QQ's ``no=``) is masked:
+both lists are in ``template_families``.
 
 Stamps
 ======
 
 Servers decorate a reply with diagnostics about the session: Gmail's
-"[192.0.2.1 12]" before the words and its session id before "- gsmtp",
-Microsoft's "(S3140)", "AS(234349959)" and "[<front end> <timestamp> <id>]"
-after them, a queue id after the codes (Orange's "6FdDrBrGcZfMe"), Yahoo's
-"- mta1061.mail.ne1.yahoo.com". Some copies of a reply carry them and some
-do not (a gateway trims them, a corpus redacts them), so a masked stamp
-would still split one reply into two rows. A stamp is therefore *dropped*,
-and only at the edges of the words:
-
-* at the start (after a reply code only: without one, what the stamp hid
-  could read as a code): a bracketed group that holds nothing but masked
-  values, "#" redactions or upper-case tokens of 8+ characters, or a bare
-  ``<id>``;
-* at the end: such a bracketed group, possibly tagged ("AS(<n>)"); a
-  parenthesised one also before the final full stop ("unavailable
-  (S2017062302)."), but not a square-bracketed one, which ends a sentence
-  there ("please try again later from [<ip>]."); an ``<id>`` after the last
-  sentence's full stop ("Invalid recipient. OFR_416"); "- <domain>"; and
-  every ``<id>`` before a server signature ("- gsmtp", "- nsmtp", which is
-  kept).
-
-The same values inside a sentence are part of it and stay as placeholders:
-"messages from [<ip>] weren't sent", "queued as <id>". Addresses are never
-stamps: "<email>: Recipient address rejected" names the recipient.
+"[192.0.2.1 12]" and its session id before "- gsmtp", Microsoft's "(S3140)",
+"AS(234349959)" and "[<front end> <timestamp> <id>]", Orange's queue id and
+role "6FdDrBrGcZfMe ME", Yahoo's "- mta1061.mail.ne1.yahoo.com". Some copies
+carry them and some do not, so a stamp is dropped, at the edges only: at the
+start (after a reply code), a bracketed group of masked values, "#"
+redactions or upper-case tokens of 8+ characters, or a bare ``<id>``; at the
+end, such a group, perhaps tagged ("AS(<n>)") or before the final full stop
+when parenthesised (a square bracket there ends a sentence: "try again
+later from [<ip>]."), an ``<id>`` after the last full stop, "- <domain>",
+and the ids before a signature ("- gsmtp"). Inside a sentence the values
+stay as placeholders: "messages from [<ip>] weren't sent".
 
 ``template_of`` is deterministic and idempotent: a template is its own
-template. That is why every mask ends where no word goes on *and* no "<"
-follows (after one pass a "<" may be a placeholder for what was a word), and
-why a URL takes the placeholders inside it along.
+template. That is why every mask ends where no word goes on and no "<"
+follows, why a URL takes the placeholders inside it along, why a token a
+dropped decoration was glued to is masked again, and why the drops and the
+families are applied until a round changes nothing.
 """
 
 from __future__ import annotations
@@ -129,6 +106,8 @@ import ipaddress
 import re
 from functools import cache
 from urllib.parse import unquote
+
+from policies import template_families as families
 
 __all__ = ["PLACEHOLDERS", "template_of"]
 
@@ -248,7 +227,7 @@ _MASKS = re.compile(
             r"(?P<keep>(?<![\w.])#?[245]\.\d{1,3}\.\d{1,3}(?![\w<]|\.\d)"
             r"|\bRFC[ .-]?\d{3,5}\b"
             r"|(?<![\w.])[245]\d\d(?=[ -]#?[245]\.\d{1,3}\.\d)"
-            r"|(?:(?<=\ssaid: )|(?<=^said: )|(?<=\.\.\. )|(?<=<))[245]\d\d(?=\s|$))",
+            r"|(?:(?<=\s[Ss]aid: )|(?<=^[Ss]aid: )|(?<=\.\.\. )|(?<=<))[245]\d\d(?=\s|$))",
             # "::", three colons or an embedded IPv4: "16:36:59" is a time.
             r"(?P<ipv6>(?<![\w:.])(?=[0-9A-Fa-f:]*::|(?:[0-9A-Fa-f]{0,4}:){3}"
             r"|(?:[0-9A-Fa-f]{0,4}:){2,}\d{1,3}\.\d)(?:[0-9A-Fa-f]{1,4}|:)(?::[0-9A-Fa-f]{0,4}){2,7}"
@@ -266,6 +245,9 @@ _MASKS = re.compile(
 )
 # Words with one digit at the end are words, not ids: "IPv6", "POP3".
 _DIGIT_WORD = re.compile(r"[A-Za-z]{2,}\d")
+# A vendor's reason tag: Orange's "OFR_416" / "OFR005_505", La Poste's
+# "LPN001_108". The numbers change, the letters name the provider.
+_VENDOR_TAG = re.compile(r"([A-Za-z]{3,5})\d*_\d+")
 
 # --- URLs --------------------------------------------------------------------
 
@@ -304,21 +286,90 @@ _HEX_VALUE = re.compile(r"[0-9A-Fa-f]{16,}")
 _STAMP_ITEM = r"(?:<(?:id|n|ip|date|domain)>|#+|[A-Z0-9]{8,})"
 _STAMP_BODY = rf"#?{_STAMP_ITEM}(?:[\s,;:.=/-]*{_STAMP_ITEM})*"
 _STAMP = re.compile(rf"\[\s*{_STAMP_BODY}\s*\]|\(\s*{_STAMP_BODY}\s*\)")
-_LEADING_STAMP = re.compile(rf"(?:{_STAMP.pattern}|<id>)(?:\s+|$)")
+# A bare id may carry a two-letter role: Orange's "mwinf5c77 ME".
+_LEADING_STAMP = re.compile(rf"(?:{_STAMP.pattern}|<id>(?: [A-Z]{{2}}(?= ))?)(?:\s+|$)")
 # Letters that may tag a trailing stamp: Microsoft's "AS(234349959)".
 _STAMP_TAG = 4
 # A server's signature after the session id: Gmail's "- gsmtp".
 _SIGNATURE = re.compile(r"[a-z][a-z0-9]*")
 
+# --- decorations and stock texts ----------------------------------------------
+
+# What may stand in front of the words, repeated: the recipient echoed or an
+# empty echo, Yahoo's "delivery error: dd", an "Error:" label, a code quoted
+# again ("<a@b>... 550 Host unknown"), read as ``_read`` reads codes: a
+# template must not start with what a second reading takes for its code.
+_DECORATION = re.compile(
+    r"^(?:(?:(?:\[<email>\]|<email>)\s*(?::|\.\.\.)|[:;,]|(?i:delivery error: dd|error:|smtp;)"
+    r"|[1-5]\d\d(?=[\s-]|$)-?|#?[245]\.\d{1,3}\.\d{1,3}(?=[\s,;:)\]]|$))\s*)+"
+)
+# A number right after the reply code is a sub-code: Yahoo's "554 30 Sorry".
+_SUB_CODE = re.compile(r"^<n>(?:\s+|$)")
+# A one-word CamelCase tag at the end: free.fr's "(UserSearch)".
+_TAG = re.compile(r"\s+\([A-Z][a-z]+[A-Z][A-Za-z]*\)$")
+# The final punctuation goes, unless it ends a bracket or a quote: "please
+# try again later from [<ip>]." (the bracket would then read as a stamp).
+_FINAL_PUNCTUATION = ".!,;:"
+_BEFORE_FINAL_PUNCTUATION = "_)>%"
+# One word spelled two ways: iCloud's "over quota" and "overquota" (a word
+# on its own: not inside a URL or a token).
+_SPELLINGS = re.compile(r"(?<!\S)([Oo]ver)-?(?=quota(?:[\s.,;:!?)]|$))")
+# Rounds of drops and families before a template is settled; two are the
+# rule (one that changes, one that confirms).
+_MAX_ROUNDS = 8
+
 
 def template_of(text: str) -> str:
-    """The bounce text's template: codes once, words kept, variable parts
-    masked, session stamps dropped; see the module docstring."""
+    """The bounce text's template: the reply's words with variable parts
+    masked and decorations dropped, one wording per reply family; the codes
+    only in front of a stock text. See the module docstring."""
     code, enhanced, words = _read(text)
     if ": //" in words:
         words = _BROKEN_URL.sub(r"\1://", words)
-    words = _strip_stamps(_MASKS.sub(_mask, words), leading=bool(code))
+    words = _settle(_MASKS.sub(_mask, words), code)
+    if words and words.casefold() not in families.STOCK:
+        return words
     return " ".join(part for part in (code, enhanced, words) if part)
+
+
+def _settle(words: str, code: str) -> str:
+    """Drops and families, until a round changes nothing: a template is
+    then its own template (a second reading has no code, and a round
+    without one changes nothing either)."""
+    for _ in range(_MAX_ROUNDS):
+        settled = _round(words, code)
+        if settled == words:
+            break
+        words = settled
+    return words
+
+
+def _round(words: str, code: str) -> str:
+    words = _strip_stamps(words, leading=bool(code))
+    if code:
+        words = _SUB_CODE.sub("", words, count=1)
+    if decoration := _DECORATION.match(words):
+        words = words[decoration.end() :]
+        if words and not decoration.group()[-1].isspace():
+            # Glued to what follows, which the masks read in that company.
+            words = _MASKS.sub(_mask, words)
+    for family in families.FAMILIES:
+        if not family.code or family.code == code:
+            words = family.apply(words)
+    if stock := families.STOCK_LEAD.match(words):
+        words = f"{stock.group(1)}. {words[stock.end() :]}"
+    if words.endswith(")"):
+        words = _TAG.sub("", words, count=1)
+    if "uota" in words:
+        words = _SPELLINGS.sub(r"\1 ", words)
+    words = _strip_stamps(words, leading=False)
+    bare = words.rstrip(_FINAL_PUNCTUATION)
+    if bare and (bare[-1].isalnum() or bare[-1] in _BEFORE_FINAL_PUNCTUATION):
+        words = bare
+    first = words.split(" ", 1)[0].rstrip(_FINAL_PUNCTUATION).replace("'", "")
+    if first.isalpha() and first.islower():  # a word, not "iCloud" or "x.example"
+        words = words[0].upper() + words[1:]
+    return words
 
 
 def _mask(match: re.Match[str]) -> str:
@@ -335,7 +386,10 @@ def _mask(match: re.Match[str]) -> str:
     if kind == "domain":
         return DOMAIN if _is_domain(token) else token
     if kind == "id":
-        return token if _DIGIT_WORD.fullmatch(token) else ID
+        if _DIGIT_WORD.fullmatch(token):
+            return token
+        tag = _VENDOR_TAG.fullmatch(token)
+        return f"{tag.group(1).upper()}_{NUMBER}" if tag else ID
     if kind == "number":
         return NUMBER + (match.group("unit") or "")
     return token  # keep
@@ -376,6 +430,7 @@ def _url(raw: str) -> str:
         return URL + tail
     scheme = (parts.group("scheme") or "").lower()
     host = parts.group("host").lower()
+    host = families.HELP_HOSTS.get(host, host)
     bare_host = host.rsplit("@", 1)[-1].split(":", 1)[0].strip("[]")
     if _IPV4_VALUE.fullmatch(bare_host) or ":" in bare_host:
         host = IP
@@ -384,7 +439,8 @@ def _url(raw: str) -> str:
     out = scheme + host + path
     if parts.group("query") is not None:
         query = _QUERY_SEPARATORS.split(parts.group("query"))
-        out += "?" + "".join(_query_item(item) for item in query)
+        reasons = families.REASON_QUERIES.get(host, frozenset())
+        out += "?" + "".join(_query_item(item, reasons) for item in query)
     if parts.group("fragment") is not None:
         out += "#" + _url_value(parts.group("fragment"))
     return out + tail
@@ -417,11 +473,15 @@ def _unwrap(url: str) -> str:
     return url
 
 
-def _query_item(item: str) -> str:
+def _query_item(item: str, reasons: frozenset[str]) -> str:
     if item in {"&", ";"}:
         return item
     name, equals, value = item.partition("=")
-    return name + equals + _url_value(value) if equals else _url_value(item)
+    if not equals:
+        return _url_value(item)
+    if name in reasons and value not in PLACEHOLDERS:
+        return name + equals + (NUMBER if value.isdigit() else ID)
+    return name + equals + _url_value(value)
 
 
 def _url_value(value: str) -> str:
@@ -473,14 +533,10 @@ def _strip_stamps(words: str, *, leading: bool) -> str:
 
 
 def _without_trailing_stamp(words: str) -> str | None:
-    """The words without their last stamp, or None when they end in none.
-
-    At the end, after a space: "- <domain>", a bracketed stamp (which may
-    carry a short tag, "AS(234349959)"), or an id after the last sentence
-    (Orange's "Invalid recipient. OFR_416"; in "queued as <id>" the id
-    belongs to the sentence). Only a parenthesised stamp may stand before
-    the final full stop ("unavailable (S2017062302)."): a square-bracketed
-    value there ends a sentence ("try again later from [<ip>].").
+    """The words without their last stamp, or None when they end in none
+    (module docstring, "Stamps"): "- <domain>", a bracketed stamp, perhaps
+    tagged, or an id after the last sentence ("Rejected. <id>", but not
+    "queued as <id>"); only a parenthesised stamp before the final full stop.
     """
     if words == ID or words.endswith((". " + ID, "! " + ID, "? " + ID)):
         return words[: -len(ID)].rstrip()

@@ -297,17 +297,21 @@ WITH b AS (
     SELECT DISTINCT ON (b.message_id, b.type, b.template_key, b.source_ip) b.id
     FROM b JOIN by_ip k USING (message_id, type, template_key, source_ip)
     ORDER BY b.message_id, b.type, b.template_key, b.source_ip, b.id
+), flagged AS (
+    -- joins, not IN (subquery) per row: a batch of 10k events must stay linear
+    SELECT b.*, f.id IS NOT NULL AS first_by_domain, fi.id IS NOT NULL AS first_by_ip
+    FROM b LEFT JOIN firsts f ON f.id = b.id LEFT JOIN firsts_ip fi ON fi.id = b.id
 ), agg AS (
     -- per campaign, and (second grouping set) with all campaigns folded together
     SELECT b.type, coalesce(b.campaign, '') AS campaign, GROUPING(b.campaign) = 1 AS all_campaigns,
            b.from_domain, b.source_ip, b.template_key,
            min(b.template) AS template, min(b.category) AS category,
            min(b.reply_text) AS sample, count(*) AS amount,
-           count(*) FILTER (WHERE b.id IN (SELECT id FROM firsts)) AS messages_by_domain,
-           count(*) FILTER (WHERE b.id IN (SELECT id FROM firsts_ip)) AS messages_by_ip,
+           count(*) FILTER (WHERE b.first_by_domain) AS messages_by_domain,
+           count(*) FILTER (WHERE b.first_by_ip) AS messages_by_ip,
            coalesce(array_agg(DISTINCT dom.id ORDER BY dom.id)
                     FILTER (WHERE dom.id IS NOT NULL), '{}') AS domain_ids
-    FROM b LEFT JOIN recipient_domains dom ON dom.domain = b.recipient_domain
+    FROM flagged b LEFT JOIN recipient_domains dom ON dom.domain = b.recipient_domain
     GROUP BY GROUPING SETS ((b.type, b.campaign, b.from_domain, b.source_ip, b.template_key),
                             (b.type, b.from_domain, b.source_ip, b.template_key))
 ), grains AS (
