@@ -181,13 +181,7 @@ class IntakeHandler:
             try:
                 reason = await self.store.suppression_reason(key)
             except StoreError as exc:
-                log.error(
-                    "intake.store_unavailable",
-                    phase="rcpt",
-                    error=str(exc),
-                    action="replied 451; the client will retry",
-                )
-                return replies.TEMPORARY_FAILURE
+                return _store_unavailable("rcpt", exc)
             if reason is not None:
                 return await self._reject_suppressed(session, envelope, address, key, reason)
         envelope.rcpt_tos.append(address)
@@ -262,13 +256,7 @@ class IntakeHandler:
                 )
                 return replies.TEMPORARY_FAILURE
             except StoreError as exc:
-                log.error(
-                    "intake.store_unavailable",
-                    phase="data",
-                    error=str(exc),
-                    action="replied 451; the client keeps the message and retries",
-                )
-                return replies.TEMPORARY_FAILURE
+                return _store_unavailable("data", exc)
             self._state(session).accepted += 1
             log.info(
                 "intake.accepted",
@@ -306,6 +294,17 @@ class IntakeHandler:
                 return AuthResult(success=True, auth_data=login)
         log.warning("intake.auth_failed", login=login)
         return AuthResult(success=False, handled=False)
+
+
+def _store_unavailable(phase: str, exc: StoreError) -> str:
+    """Log what failed and answer 451: the client keeps the message and retries."""
+    log.error(
+        "intake.store_unavailable",
+        phase=phase,
+        error=str(exc),
+        action="replied 451; the client keeps the message and retries",
+    )
+    return replies.TEMPORARY_FAILURE
 
 
 def _peer_ip(session: Session) -> str:
