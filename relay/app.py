@@ -15,10 +15,12 @@ from types import TracebackType
 
 import structlog
 
+from relay import systemd
 from relay.clock import Clock, utc_now
 from relay.commit import GroupCommitter
-from relay.config import Config, Rules
+from relay.config import Config, Rules, load_config
 from relay.delivery import DeliveryWorker
+from relay.errors import ConfigErrors
 from relay.intake import IntakeHandler, start_intake
 from relay.store import Store, create_store
 from relay.store.embedded import EmbeddedPostgres
@@ -93,7 +95,9 @@ class Relay:
                 self.store, upstream, config.delivery, lambda: self.rules, clock=self._clock
             )
             worker_task = asyncio.create_task(self.worker.run(), name="delivery.worker")
-            self._stack.push_async_callback(_cancel, worker_task)
+            self._stack.push_async_callback(
+                self.worker.stop, worker_task, config.delivery.shutdown_grace.total_seconds()
+            )
         committer = GroupCommitter(
             self.store,
             max_batch=config.store.commit_batch,
@@ -117,13 +121,54 @@ class Relay:
         )
 
     async def _stop_intake(self) -> None:
-        """Stop accepting, then give sessions in DATA time to hear their 250."""
+        """Stop accepting mail, give sessions in DATA time to hear their 250, then close.
+
+        While sessions finish, the listener stays open and new connections and new
+        transactions hear 421 4.3.2, so clients retry elsewhere or later at once.
+        """
         self.handler.shutting_down = True
-        self.server.close()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.handler.wait_data_finished(), SHUTDOWN_GRACE_SECONDS)
         if self.handler.sessions_in_data:
             log.warning("intake.shutdown_cut_sessions", sessions=self.handler.sessions_in_data)
+        self.server.close()
+
+    def reload(self) -> None:
+        """SIGHUP: read config.toml again and swap the rules in one assignment.
+
+        Routes, pools, retry and classification rules change at once for every new
+        delivery; sessions and transactions in flight go on. A file that fails
+        validation is refused and the old rules stay. Other sections need a restart.
+        """
+        systemd.notify("RELOADING=1", f"MONOTONIC_USEC={systemd.monotonic_usec()}")
+        try:
+            new = load_config(self.config.path)
+        except ConfigErrors as exc:
+            log.error(
+                "config.reload_refused",
+                path=str(self.config.path),
+                errors=[str(e) for e in exc.errors],
+                action="kept the old rules; fix the file and send SIGHUP again",
+            )
+            systemd.notify("READY=1")
+            return
+        for section in ("smtp", "store", "delivery", "admin", "campaign_header", "log_level"):
+            if getattr(new, section) != getattr(self.config, section):
+                log.warning(
+                    "config.restart_needed",
+                    section=section,
+                    action="only routes, pools, retry and classification rules reload; "
+                    "restart the relay to apply this section",
+                )
+        self.rules = new.rules
+        log.info(
+            "config.reloaded",
+            routes=len(new.rules.routes),
+            pools=len(new.rules.pools),
+            retry_rules=len(new.rules.retry.rules),
+            classify_rules=len(new.rules.classify_rules),
+        )
+        systemd.notify("READY=1")
 
     async def __aexit__(
         self,
@@ -141,16 +186,21 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 
 
 async def serve(config: Config) -> None:
-    """Run until SIGTERM or SIGINT."""
+    """Run until SIGTERM or SIGINT; SIGHUP reloads the rules."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with Relay(config):
+        async with Relay(config) as relay:
+            loop.add_signal_handler(signal.SIGHUP, relay.reload)
+            systemd.notify("READY=1", f"STATUS=listening on port {relay.port}")
+            watchdog = asyncio.create_task(systemd.watchdog(), name="systemd.watchdog")
             await stop.wait()
+            watchdog.cancel()
+            systemd.notify("STOPPING=1")
             log.info("relay.stopping")
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
     log.info("relay.stopped")

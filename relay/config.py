@@ -164,7 +164,8 @@ class DeliveryConfig:
     batch: int = 100
     poll_interval: timedelta = timedelta(seconds=1)
     nameservers: tuple[str, ...] = ()
-    dns_port: int = 0  # 0: the resolver's default (53)
+    dns_port: int = 0
+    shutdown_grace: timedelta = timedelta(seconds=30)  # 0: the resolver's default (53)
 
 
 @dataclass(frozen=True)
@@ -628,6 +629,7 @@ def _read_delivery(r: _Reader) -> DeliveryConfig:
         poll_interval=r.get("poll_interval", d.poll_interval, _duration),
         nameservers=r.get("nameservers", (), _list_of(_ip)),
         dns_port=r.get("dns_port", 0, _port),
+        shutdown_grace=r.get("shutdown_grace", d.shutdown_grace, _duration),
     )
     r.finish()
     return cfg

@@ -69,18 +69,25 @@ class DeliveryWorker:
         self._wake.set()
 
     async def run(self) -> None:
-        """Claim and deliver until cancelled; in-flight transactions finish or are cancelled."""
-        try:
-            while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._wake.wait(), self.config.poll_interval.total_seconds()
-                    )
-                self._wake.clear()
-                await self._claim_while_due()
-        finally:
-            for task in self._active:
-                task.cancel()
+        """Claim and deliver until cancelled; ``stop`` deals with transactions in flight."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.config.poll_interval.total_seconds())
+            self._wake.clear()
+            await self._claim_while_due()
+
+    async def stop(self, run_task: asyncio.Task[None], grace: float) -> None:
+        """Shutdown: claim nothing more, give transactions in flight ``grace`` seconds to
+        finish, then cancel the rest; a cancelled transaction returns its leases."""
+        run_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await run_task
+        if self._active:
+            log.info("delivery.draining", transactions=len(self._active), grace_seconds=grace)
+            await asyncio.wait(list(self._active), timeout=grace)
+        for task in list(self._active):
+            task.cancel()
+        if self._active:
             await asyncio.gather(*self._active, return_exceptions=True)
 
     async def drain(self) -> None:
@@ -96,10 +103,12 @@ class DeliveryWorker:
 
     async def _claim_while_due(self) -> int:
         total = 0
-        while len(self._active) < self.config.concurrency:
+        while (free := self.config.concurrency - len(self._active)) > 0:
+            # Claim no more than can start now: work that waits for a slot would hold
+            # leases other relays could use (and shutdown would have to hand back).
             try:
                 claimed = await self.store.claim_due_deliveries(
-                    self.owner, self.clock(), self.config.lease, self.config.batch
+                    self.owner, self.clock(), self.config.lease, min(self.config.batch, free)
                 )
             except StoreError as exc:
                 log.warning(
@@ -113,21 +122,29 @@ class DeliveryWorker:
         return total
 
     async def _dispatch(self, claimed: list[ClaimedDelivery]) -> None:
-        try:
-            bodies = await self.store.message_bodies(sorted({d.message_id for d in claimed}))
-        except StoreError as exc:
-            # The leases run out and another pass (or relay) picks them up again.
-            log.warning("delivery.bodies_unavailable", error=str(exc))
-            return
         rules = self.rules()
-        for group in _group(claimed, rules):
-            await self._slots.acquire()
-            task = asyncio.create_task(
-                self._deliver(group, bodies.get(group[0].message_id), rules),
-                name="delivery.transaction",
-            )
-            self._active.add(task)
-            task.add_done_callback(self._finished)
+        groups = _group(claimed, rules)
+        started = 0
+        try:
+            try:
+                bodies = await self.store.message_bodies(sorted({d.message_id for d in claimed}))
+            except StoreError as exc:
+                # The leases run out and another pass (or relay) picks them up again.
+                log.warning("delivery.bodies_unavailable", error=str(exc))
+                return
+            for group in groups:
+                await self._slots.acquire()
+                task = asyncio.create_task(
+                    self._deliver(group, bodies.get(group[0].message_id), rules),
+                    name="delivery.transaction",
+                )
+                self._active.add(task)
+                task.add_done_callback(self._finished)
+                started += 1
+        except asyncio.CancelledError:
+            # Shutdown before these started: hand them back now rather than after the lease.
+            await asyncio.shield(self._release([d for g in groups[started:] for d in g]))
+            raise
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._active.discard(task)
@@ -147,6 +164,11 @@ class DeliveryWorker:
             if live:
                 try:
                     result = await self._send(live, body, rules)
+                except asyncio.CancelledError:
+                    # Shutdown cut this transaction: hand the work back at once rather than
+                    # after the lease (the upstream may have it already: at-least-once).
+                    await asyncio.shield(self._release(group))
+                    raise
                 except Exception as exc:  # a bug or an encoding error: this delivery only
                     log.exception("delivery.unexpected_error", error_type=type(exc).__name__)
                     result = _everyone(
@@ -246,6 +268,16 @@ class DeliveryWorker:
             destination=result.destination,
             avoid_source_ip=result.source_ip if decision.other_source_ip else None,
         )
+
+    async def _release(self, group: list[ClaimedDelivery]) -> None:
+        if not group:
+            return
+        try:
+            released = await self.store.release_leases([(d.id, d.lease_token) for d in group])
+        except StoreError as exc:
+            log.warning("delivery.release_failed", error=str(exc), action="the leases run out")
+            return
+        log.info("delivery.released", deliveries=released)
 
     @staticmethod
     def _cancelled(d: ClaimedDelivery) -> OutcomeRecord:

@@ -148,6 +148,8 @@ class IntakeHandler:
         mail_options: list[str],
     ) -> str:
         self._state(session)
+        if self.shutting_down:
+            return replies.SHUTTING_DOWN
         if not self._may_relay(session):
             return self._refusal(session)
         if address not in ("", "<>"):

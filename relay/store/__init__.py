@@ -455,6 +455,17 @@ class Store:
             cancelled=cancelled,
         )
 
+    async def release_leases(self, leases: Sequence[tuple[int, int]]) -> int:
+        """Give claimed deliveries back (queued, due now); fenced by each lease token."""
+        async with _translated("release leases"):
+            rows = await self.pool.fetch(
+                QUERIES["release_leases"],
+                [i for i, _ in leases],
+                [t for _, t in leases],
+                timeout=self.timeout,
+            )
+        return len(rows)
+
     async def list_deliveries(self, state: str | None, limit: int) -> list[dict[str, Any]]:
         async with _translated("list deliveries"):
             rows = await self.pool.fetch(

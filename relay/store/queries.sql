@@ -393,3 +393,11 @@ CROSS JOIN LATERAL (
     WHERE template_key = ranked.template_key LIMIT 1
 ) AS t
 ORDER BY ranked.amount DESC, ranked.grp, t.template;
+
+-- release_leases --
+-- Hand claimed deliveries back (shutdown): queued again, due as they were; fenced by token.
+UPDATE deliveries d
+SET state = 'queued', lease_until = NULL, lease_owner = NULL, lease_token = NULL
+FROM unnest($1::bigint[], $2::bigint[]) AS l (id, token)
+WHERE d.id = l.id AND d.lease_token = l.token AND d.state = 'inflight'
+RETURNING d.id;
