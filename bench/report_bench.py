@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from relay.store import QUERIES, create_store
+from relay.store import create_store, roll_up_bounces
 from relay.store.migrate import apply_migrations
 
 SEED_HOUR = """
@@ -76,10 +76,9 @@ async def seed(dsn: str, events: int, days: int, end: datetime) -> float:
         async with conn.transaction():
             ids = [r["id"] for r in await conn.fetch(SEED_HOUR, at, h * per_hour // 3, per_hour, h)]
             t = time.perf_counter()
-            await conn.execute(QUERIES["intern_recipient_domains"], at, ids)
-            await conn.execute(QUERIES["roll_up_bounces"], at, ids)
+            await roll_up_bounces(conn, at, ids)
             rolled += time.perf_counter() - t
-        if h % 24 == 23:
+        if h % 72 == 71:
             await conn.execute("ANALYZE")  # what autovacuum does for a running relay
         if h % 48 == 0:
             print(f"  seeded {h * per_hour:,} events", file=sys.stderr, flush=True)
@@ -140,8 +139,7 @@ async def seed_distinct(dsn: str, rows: int, at: datetime) -> None:
     for offset in range(0, rows, 50_000):
         async with conn.transaction():
             ids = [r["id"] for r in await conn.fetch(SEED_DISTINCT, at, offset, 50_000)]
-            await conn.execute(QUERIES["intern_recipient_domains"], at, ids)
-            await conn.execute(QUERIES["roll_up_bounces"], at, ids)
+            await roll_up_bounces(conn, at, ids)
     await conn.execute("ANALYZE")
     await conn.close()
 

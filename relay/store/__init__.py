@@ -257,6 +257,20 @@ def _clean(text: str | None) -> str | None:
     return None if text is None else text.replace("\x00", "\ufffd")
 
 
+async def roll_up_bounces(
+    conn: Any, occurred_at: datetime, event_ids: Sequence[int], timeout: float | None = None
+) -> None:
+    """Fold bounce events just written into bounce_rollup, inside the caller's transaction.
+
+    The statement joins CTEs, which carry no statistics: the planner guesses a row or two
+    and picks nested loops, quadratic for a batch of thousands. Hash joins keep it linear,
+    so nested loops are off for the rest of this transaction (this is its last statement).
+    """
+    await conn.execute(QUERIES["intern_recipient_domains"], occurred_at, event_ids, timeout=timeout)
+    await conn.execute("SET LOCAL enable_nestloop = off", timeout=timeout)
+    await conn.execute(QUERIES["roll_up_bounces"], occurred_at, event_ids, timeout=timeout)
+
+
 async def _init_connection(conn: Any) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
@@ -419,18 +433,6 @@ class Store:
                 o = by_id[r["delivery_id"]]
                 if o.suppress:
                     to_suppress.setdefault(r["recipient_key"], (o.suppress_reason, r["event_id"]))
-            await conn.execute(
-                QUERIES["intern_recipient_domains"],
-                now,
-                [r["event_id"] for r in rows],
-                timeout=self.timeout,
-            )
-            await conn.execute(
-                QUERIES["roll_up_bounces"],
-                now,
-                [r["event_id"] for r in rows],
-                timeout=self.timeout,
-            )
             added = cancelled = 0
             if to_suppress:
                 keys = list(to_suppress)
@@ -448,6 +450,7 @@ class Store:
                 list({r["message_id"] for r in rows}),
                 timeout=self.timeout,
             )
+            await roll_up_bounces(conn, now, [r["event_id"] for r in rows], self.timeout)
         return AppliedOutcomes(
             applied=len(rows),
             fenced=len(outcomes) - len(rows),
