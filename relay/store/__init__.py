@@ -450,7 +450,13 @@ class Store:
                 list({r["message_id"] for r in rows}),
                 timeout=self.timeout,
             )
-            await roll_up_bounces(conn, now, [r["event_id"] for r in rows], self.timeout)
+            bounces = [
+                r["event_id"]
+                for r in rows
+                if by_id[r["delivery_id"]].event in ("soft_bounce", "hard_bounce")
+            ]
+            if bounces:  # a batch of deliveries only costs no extra round trips
+                await roll_up_bounces(conn, now, bounces, self.timeout)
         return AppliedOutcomes(
             applied=len(rows),
             fenced=len(outcomes) - len(rows),
