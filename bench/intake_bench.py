@@ -107,7 +107,8 @@ async def main() -> None:
         config.write_text(
             f'[smtp]\nlisten = "127.0.0.1:{relay_port}"\nhostname = "bench"\n'
             f'[store]\ndsn = "{_with_db(args.dsn, db)}"\npool_max_size = 10\n'
-            '[delivery]\nenabled = false\n[log]\nlevel = "warning"\n'
+            '[delivery]\nenabled = false\n[admin]\nlisten = "127.0.0.1:0"\n'
+            '[log]\nlevel = "warning"\n'
         )
         relay = subprocess.Popen([sys.executable, "-m", "relay", "serve", "--config", str(config)])
         sink = _sink(sink_port)

@@ -16,12 +16,14 @@ from types import TracebackType
 import structlog
 
 from relay import systemd
+from relay.admin.server import start_admin
 from relay.clock import Clock, utc_now
 from relay.commit import GroupCommitter
 from relay.config import Config, Rules, load_config
 from relay.delivery import DeliveryWorker
 from relay.errors import ConfigErrors
 from relay.intake import IntakeHandler, start_intake
+from relay.metrics import Metrics
 from relay.store import Store, create_store
 from relay.store.embedded import EmbeddedPostgres
 from relay.upstream import Upstream
@@ -63,12 +65,16 @@ class Relay:
         *,
         dsn: str | None = None,
         listen: tuple[str, int] | None = None,
+        admin_listen: tuple[str, int] | None = None,
         clock: Clock = utc_now,
     ) -> None:
         self.config = config
         self.rules: Rules = config.rules  # swapped whole on reload
         self._dsn = dsn
         self._listen = listen
+        self._admin_listen = admin_listen
+        self.metrics = Metrics()
+        self.admin_port = 0
         self._clock = clock
         self._stack = AsyncExitStack()
         self.store: Store
@@ -92,7 +98,12 @@ class Relay:
             upstream = Upstream(config.delivery, config.smtp.hostname)
             self._stack.push_async_callback(upstream.close)
             self.worker = DeliveryWorker(
-                self.store, upstream, config.delivery, lambda: self.rules, clock=self._clock
+                self.store,
+                upstream,
+                config.delivery,
+                lambda: self.rules,
+                clock=self._clock,
+                metrics=self.metrics,
             )
             worker_task = asyncio.create_task(self.worker.run(), name="delivery.worker")
             self._stack.push_async_callback(
@@ -112,9 +123,17 @@ class Relay:
             committer=committer,
             smtp=config.smtp,
             campaign_header=config.campaign_header,
+            metrics=self.metrics,
         )
         self.server = await start_intake(self.handler, config.smtp, self._listen)
         self._stack.push_async_callback(self._stop_intake)
+        runner, self.admin_port = await start_admin(
+            self.store,
+            self.metrics,
+            lambda: self.server.is_serving() and not self.handler.shutting_down,
+            self._admin_listen or config.admin.listen,
+        )
+        self._stack.push_async_callback(runner.cleanup)
         self.port = self.server.sockets[0].getsockname()[1]
         log.info(
             "intake.listening", address=self.server.sockets[0].getsockname()[0], port=self.port

@@ -28,6 +28,7 @@ from policies.templates import template_of
 from relay.clock import Clock, utc_now
 from relay.config import DeliveryConfig, Rules
 from relay.errors import StoreError
+from relay.metrics import Metrics
 from relay.routing import SourceIPs, pool_for, route_for
 from relay.store import ClaimedDelivery, OutcomeRecord, Store
 from relay.upstream import Transaction, TransactionResult, Upstream
@@ -50,7 +51,9 @@ class DeliveryWorker:
         clock: Clock = utc_now,
         template: Template = template_of,
         owner: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
         self.store = store
         self.upstream = upstream
         self.config = config
@@ -247,6 +250,7 @@ class DeliveryWorker:
             jitter=self._random.random(),
         )
         _log_decision(d, reply, decision, result)
+        self._count(d, decision, now)
         is_bounce = decision.event is not EventType.DELIVERED
         return OutcomeRecord(
             delivery_id=d.id,
@@ -269,6 +273,17 @@ class DeliveryWorker:
             avoid_source_ip=result.source_ip if decision.other_source_ip else None,
         )
 
+    def _count(self, d: ClaimedDelivery, decision: Decision, now: datetime) -> None:
+        m = self.metrics
+        category = decision.verdict.category.value
+        m.deliveries.labels(decision.event.value, category).inc()
+        if decision.event is EventType.DELIVERED:
+            m.delivery_latency.observe((now - d.received_at).total_seconds())
+        else:
+            m.bounces.labels(decision.verdict.kind.value).inc()
+        if decision.non_delivery:
+            m.non_delivery.inc()
+
     async def _release(self, group: list[ClaimedDelivery]) -> None:
         if not group:
             return
@@ -279,9 +294,9 @@ class DeliveryWorker:
             return
         log.info("delivery.released", deliveries=released)
 
-    @staticmethod
-    def _cancelled(d: ClaimedDelivery) -> OutcomeRecord:
+    def _cancelled(self, d: ClaimedDelivery) -> OutcomeRecord:
         log.info("delivery.cancelled", recipient=d.recipient_key, reason="suppressed")
+        self.metrics.deliveries.labels("cancelled", "suppressed").inc()
         return OutcomeRecord(
             delivery_id=d.id,
             lease_token=d.lease_token,

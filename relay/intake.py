@@ -15,6 +15,7 @@ import hashlib
 import ipaddress
 import secrets
 import ssl
+import time
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, AnyStr
@@ -28,6 +29,7 @@ from relay import replies
 from relay.commit import GroupCommitter
 from relay.config import SmtpConfig
 from relay.errors import StoreError
+from relay.metrics import Metrics
 from relay.passwords import verify_password
 from relay.store import IncomingMessage, Recipient, Store
 
@@ -49,6 +51,7 @@ class SessionState:
 
     session_id: str = field(default_factory=_new_id)
     peer: str = ""
+    started: float = field(default_factory=time.monotonic)
     accepted: int = 0
     refused: int = 0
 
@@ -78,8 +81,15 @@ class IntakeHandler:
     """aiosmtpd handler hooks; one instance serves every session."""
 
     def __init__(
-        self, *, store: Store, committer: GroupCommitter, smtp: SmtpConfig, campaign_header: str
+        self,
+        *,
+        store: Store,
+        committer: GroupCommitter,
+        smtp: SmtpConfig,
+        campaign_header: str,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
         self.store = store
         self.committer = committer
         self.smtp = smtp
@@ -109,6 +119,7 @@ class IntakeHandler:
     def session_closed(self, session: Session) -> None:
         state = self._sessions.pop(session, None)
         if state is not None:
+            self.metrics.session_duration.observe(time.monotonic() - state.started)
             log.info(
                 "intake.session_closed",
                 session_id=state.session_id,
@@ -132,6 +143,7 @@ class IntakeHandler:
 
     def _refusal(self, session: Session) -> str:
         self._state(session).refused += 1
+        self.metrics.rejected.labels("client_not_allowed").inc()
         log.warning("intake.client_refused", reason="not in allowed_clients")
         if self.smtp.auth_required:
             return replies.AUTH_REQUIRED
@@ -173,16 +185,19 @@ class IntakeHandler:
         if not self._may_relay(session):
             return self._refusal(session)
         if len(envelope.rcpt_tos) >= self.smtp.max_recipients:
+            self.metrics.rejected.labels("too_many_recipients").inc()
             return replies.TOO_MANY_RECIPIENTS
         try:
             address = validate_address(address)
         except AddressError as exc:
+            self.metrics.rejected.labels("malformed_address").inc()
             return replies.BAD_ADDRESS.format(why=exc.why)
         key = normalise_address(address)
         with structlog.contextvars.bound_contextvars(recipient=key):
             try:
                 reason = await self.store.suppression_reason(key)
             except StoreError as exc:
+                self.metrics.rejected.labels("store_unavailable").inc()
                 return _store_unavailable("rcpt", exc)
             if reason is not None:
                 return await self._reject_suppressed(session, envelope, address, key, reason)
@@ -196,6 +211,7 @@ class IntakeHandler:
         reply = replies.SUPPRESSED.format(address=address, reason=reason)
         state = self._state(session)
         state.refused += 1
+        self.metrics.rejected.labels("suppressed").inc()
         log.info("intake.rcpt_rejected", reason="suppressed", suppression_reason=reason)
         try:
             await self.store.record_rejected_suppressed(
@@ -258,8 +274,10 @@ class IntakeHandler:
                 )
                 return replies.TEMPORARY_FAILURE
             except StoreError as exc:
+                self.metrics.rejected.labels("store_unavailable").inc()
                 return _store_unavailable("data", exc)
             self._state(session).accepted += 1
+            self.metrics.accepted.inc()
             log.info(
                 "intake.accepted",
                 sender=message.envelope_sender,

@@ -21,6 +21,9 @@ max_recipients = 50
 
 [store]
 pool_max_size = 8
+
+[admin]
+listen = "127.0.0.1:0"
 """
 
 

@@ -171,6 +171,7 @@ class ClaimedDelivery:
     from_domain: str | None
     campaign: str | None
     smtputf8: bool
+    received_at: datetime
     suppressed: bool
 
 
@@ -573,6 +574,20 @@ class Store:
                     r["last_seen"],
                     r["sample"],
                 )
+
+    async def queue_stats(self) -> dict[str, tuple[int, datetime | None]]:
+        """Open deliveries per state with the oldest message's receive time."""
+        async with _translated("queue stats"):
+            rows = await self.pool.fetch(QUERIES["queue_stats"], timeout=self.timeout)
+        return {r["state"]: (r["n"], r["oldest"]) for r in rows}
+
+    async def ping(self) -> None:
+        async with _translated("ping"):
+            await self.pool.fetchval(QUERIES["ping"], timeout=min(self.timeout, 2.0))
+
+    def pool_sizes(self) -> tuple[int, int]:
+        """(open, idle) connections of the pool."""
+        return int(self.pool.get_size()), int(self.pool.get_idle_size())
 
     async def count_rows(self) -> dict[str, int]:
         async with _translated("count rows"):

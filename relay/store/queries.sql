@@ -105,7 +105,7 @@ FROM due, messages m
 WHERE d.id = due.id AND m.id = d.message_id
 RETURNING d.id, d.message_id, d.recipient, d.recipient_key, d.recipient_domain, d.attempts,
           d.first_failure_at, d.lease_token, d.last_source_ip, d.avoid_source_ip,
-          m.queue_id, m.envelope_sender, m.from_domain, m.campaign, m.smtputf8,
+          m.queue_id, m.envelope_sender, m.from_domain, m.campaign, m.smtputf8, m.received_at,
           EXISTS (SELECT 1 FROM suppressions s WHERE s.address = d.recipient_key) AS suppressed;
 
 -- message_bodies --
@@ -401,3 +401,14 @@ SET state = 'queued', lease_until = NULL, lease_owner = NULL, lease_token = NULL
 FROM unnest($1::bigint[], $2::bigint[]) AS l (id, token)
 WHERE d.id = l.id AND d.lease_token = l.token AND d.state = 'inflight'
 RETURNING d.id;
+
+-- queue_stats --
+-- Open deliveries by state, and the receive time of the oldest queued one (for /metrics).
+SELECT d.state, count(*) AS n, min(m.received_at) AS oldest
+FROM deliveries d JOIN messages m ON m.id = d.message_id
+WHERE d.state IN ('queued', 'inflight')
+GROUP BY d.state;
+
+-- ping --
+-- The database answers (for /readyz).
+SELECT 1;

@@ -106,7 +106,7 @@ def _write_serve_config(tmp_path: Path, port: int, dsn: str = "", name: str = "c
     path.write_text(
         f'[smtp]\nlisten = "127.0.0.1:{port}"\nhostname = "relay.test"\n'
         f'[store]\ndsn = "{dsn}"\ndata_dir = "{tmp_path / "var"}"\n'
-        "[delivery]\nenabled = false\n"
+        '[delivery]\nenabled = false\n[admin]\nlisten = "127.0.0.1:0"\n'
     )
     return path
 

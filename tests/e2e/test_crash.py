@@ -34,6 +34,8 @@ poll_interval = "0.2s"
 concurrency = 4
 connect_timeout = "5s"
 command_timeout = "10s"
+[admin]
+listen = "127.0.0.1:0"
 [log]
 level = "warning"
 """

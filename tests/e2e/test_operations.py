@@ -33,6 +33,8 @@ dsn = "{dsn}"
 domains = ["*"]
 mode = "static"
 hosts = ["127.0.0.1:{upstream_port}"]
+[admin]
+listen = "127.0.0.1:0"
 [delivery]
 poll_interval = "0.2s"
 connect_timeout = "5s"

@@ -50,6 +50,9 @@ def delivery_config(
     schedule = ["30s"]
     max_attempts = 4
 
+    [admin]
+    listen = "127.0.0.1:0"
+
     [delivery]
     poll_interval = "1s"
     connect_timeout = "5s"
@@ -501,6 +504,8 @@ def mx_config(upstream_port: int, dns_port: int) -> str:
     domains = ["*"]
     mode = "mx"
     mx_port = {upstream_port}
+    [admin]
+    listen = "127.0.0.1:0"
     [delivery]
     nameservers = ["127.0.0.1"]
     dns_port = {dns_port}

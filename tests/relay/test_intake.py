@@ -135,6 +135,8 @@ hostname = "relay.test"
 allowed_clients = ["127.0.0.1/32"]
 [delivery]
 enabled = false
+[admin]
+listen = "127.0.0.1:0"
 """
 
 

@@ -64,6 +64,8 @@ def start(db_dsn, write_config, tls_files, user_hash):
             password_hash = "{user_hash}"
             [delivery]
             enabled = false
+            [admin]
+            listen = "127.0.0.1:0"
             """,
                 replace_base=True,
             )

@@ -1,0 +1,1 @@
+"""The relay's HTTP side: /metrics, /healthz and /readyz (the admin page comes later)."""

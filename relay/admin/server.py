@@ -1,0 +1,77 @@
+"""HTTP listener on ``[admin] listen``, served by aiohttp in the relay's own event loop.
+
+/metrics   Prometheus text format (always on, even without an admin password)
+/healthz   200 while the process runs
+/readyz    200 when the database answers and the SMTP listener accepts; else 503
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from relay.errors import StoreError
+from relay.metrics import Metrics
+from relay.store import Store
+
+__all__ = ["start_admin"]
+
+log = structlog.get_logger("relay.admin")
+
+
+def _app(store: Store, metrics: Metrics, serving: Callable[[], bool]) -> web.Application:
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(request: web.Request) -> web.Response:
+        problems = []
+        try:
+            await store.ping()
+        except StoreError as exc:
+            problems.append(f"database: {exc}")
+        if not serving():
+            problems.append("smtp listener: not accepting")
+        if problems:
+            return web.Response(status=503, text="\n".join(problems) + "\n")
+        return web.Response(text="ready\n")
+
+    async def scrape(request: web.Request) -> web.Response:
+        try:
+            stats = await store.queue_stats()
+        except StoreError as exc:
+            log.warning("metrics.queue_unavailable", error=str(exc))
+        else:
+            now = datetime.now(UTC)
+            for state in ("queued", "inflight"):
+                metrics.queue_depth.labels(state).set(stats.get(state, (0, None))[0])
+            oldest = stats.get("queued", (0, None))[1]
+            metrics.oldest_queued.set((now - oldest).total_seconds() if oldest else 0)
+        size, idle = store.pool_sizes()
+        metrics.db_pool.labels("open").set(size)
+        metrics.db_pool.labels("idle").set(idle)
+        metrics.db_pool.labels("in_use").set(size - idle)
+        body = metrics.render()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", scrape)
+    return app
+
+
+async def start_admin(
+    store: Store, metrics: Metrics, serving: Callable[[], bool], listen: tuple[str, int]
+) -> tuple[web.AppRunner, int]:
+    """Start listening; return the runner (to clean up) and the bound port."""
+    runner = web.AppRunner(_app(store, metrics, serving), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, listen[0], listen[1])
+    await site.start()
+    port = int(runner.addresses[0][1])
+    log.info("admin.listening", address=listen[0], port=port)
+    return runner, port

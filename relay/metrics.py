@@ -1,0 +1,63 @@
+"""Prometheus metrics of one relay (a registry of its own, so tests can run many relays).
+
+Counters move where things happen (intake, delivery); queue depth, the oldest queued
+delivery and the database pool are read when /metrics is scraped.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["Metrics"]
+
+_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.accepted = Counter(
+            "bounce_relay_messages_accepted", "Messages committed and answered 250", registry=r
+        )
+        self.rejected = Counter(
+            "bounce_relay_rejected", "Commands refused at intake, by reason", ["reason"], registry=r
+        )
+        self.deliveries = Counter(
+            "bounce_relay_deliveries",
+            "Delivery attempts by outcome and category",
+            ["outcome", "category"],
+            registry=r,
+        )
+        self.bounces = Counter(
+            "bounce_relay_bounces", "Bounce events by kind", ["kind"], registry=r
+        )
+        self.non_delivery = Counter(
+            "bounce_relay_non_delivery", "Soft bounces given up: non_delivery events", registry=r
+        )
+        self.queue_depth = Gauge(
+            "bounce_relay_queue_depth", "Deliveries by state (open states)", ["state"], registry=r
+        )
+        self.oldest_queued = Gauge(
+            "bounce_relay_oldest_queued_seconds",
+            "Age of the oldest queued delivery's message",
+            registry=r,
+        )
+        self.delivery_latency = Histogram(
+            "bounce_relay_delivery_latency_seconds",
+            "From acceptance to the upstream's 2xx",
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.session_duration = Histogram(
+            "bounce_relay_smtp_session_seconds",
+            "SMTP intake session duration",
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.db_pool = Gauge(
+            "bounce_relay_db_pool_connections", "Database pool connections", ["state"], registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
