@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     command("serve", "run the relay")
     command("check-config", "validate the config file")
     command("migrate", "apply the database schema")
+    command("demo", "see it work: relay, simulated upstream, sample campaign, report")
     hp = command("hash-password", "hash a password (read from stdin or a prompt)")
     hp.add_argument("--stdin", action="store_true", help="read the password from stdin")
     sup = command("suppression", "the global suppression list")
@@ -313,7 +314,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
         return asyncio.run(_with_store(config, work))
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from relay.demo import run_demo
+    from relay.logging import configure_logging
+
+    configure_logging("warning")
+    rows = asyncio.run(run_demo())
+    return 0 if rows else 1
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "demo": _cmd_demo,
     "report": _cmd_report,
     "classify": _cmd_classify,
     "queue": _cmd_queue,

@@ -213,3 +213,38 @@ def test_systemd_unit_verifies(tmp_path):
     assert "bounce-relay.service:" not in result.stderr, result.stderr
     assert "Type=notify" in unit
     assert "ExecReload=/bin/kill -HUP $MAINPID" in unit
+
+
+@pytest.mark.slow
+def test_demo_runs_to_completion_with_a_correct_report():
+    """`bounce-relay demo`: embedded database, simulated upstream, both report groupings."""
+    result = subprocess.run(
+        [sys.executable, "-m", "relay", "demo"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    by_domain = out.split("grouped by from-domain:")[1].split("grouped by ip:")[0]
+    by_ip = out.split("grouped by ip:")[1]
+    rows = [line for line in by_domain.splitlines() if line.startswith(("news.", "shop."))]
+    categories = {line.split()[0]: set() for line in rows}
+    for line in rows:
+        categories[line.split()[0]].update(
+            c
+            for c in ("user_unknown", "mailbox_full", "greylisted", "spam_block_ip")
+            if f" {c} " in line
+        )
+    assert categories["news.example.com"] == {"user_unknown", "mailbox_full", "greylisted"}
+    assert {"user_unknown", "mailbox_full", "spam_block_ip"} <= categories["shop.example.com"]
+    # the IP block hits only the source IP the simulated upstream blocks
+    block_lines = [line for line in by_ip.splitlines() if " spam_block_ip " in line]
+    assert block_lines
+    assert all(line.startswith("127.0.0.3") for line in block_lines)
+    assert "refused at RCPT as suppressed" in out
+    grey = [line for line in rows if " greylisted " in line]
+    # amount and messages: 2 messages, each greylisted once, then delivered
+    assert [line.split()[-8:-6] for line in grey] == [["2", "2"]]
+    assert "gave up waiting" not in out
