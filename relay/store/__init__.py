@@ -46,6 +46,8 @@ def _load_queries() -> dict[str, str]:
 
 QUERIES = _load_queries()
 
+REPORT_TIMEOUT_SECONDS = 600.0
+
 # Errors that mean "the database is not there right now": the caller answers 451
 # or retries later; nothing was committed.
 _UNAVAILABLE = (
@@ -72,6 +74,8 @@ _UNAVAILABLE_CLASSES = frozenset({"08", "40", "53", "55", "57"})
 async def _translated(what: str) -> AsyncIterator[None]:
     try:
         yield
+    except TimeoutError as exc:
+        raise StoreUnavailable(f"{what}: the database did not answer in time") from exc
     except _UNAVAILABLE as exc:
         raise StoreUnavailable(f"{what}: database unreachable ({type(exc).__name__})") from exc
     except asyncpg.PostgresError as exc:
@@ -561,6 +565,8 @@ class Store:
                 top,
                 *_whole_days(start, end),
                 prefetch=2000,
+                # A million-row report sorts for longer than the store's usual 10 s.
+                timeout=REPORT_TIMEOUT_SECONDS,
             )
             async for r in cursor:
                 yield ReportRow(
