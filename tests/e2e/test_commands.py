@@ -15,7 +15,7 @@ import pytest
 from policies.templates import template_of
 from relay.app import Relay
 from relay.config import load_config
-from tests.relay.test_delivery import delivery_config, eventually, in_state, send
+from tests.delivery_support import delivery_config, eventually, in_state, send
 from tests.scripted import ScriptedUpstream
 
 REPO = Path(__file__).resolve().parents[2]

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
@@ -16,124 +15,18 @@ import trustme
 
 from relay.app import Relay
 from relay.config import load_config
+from tests.delivery_support import (
+    BODY,
+    delivery_config,
+    events_of,
+    eventually,
+    in_state,
+    retry_due,
+    send,
+    state_of,
+)
 from tests.dns_server import ScriptedDNS
-from tests.scripted import FakeClock, ScriptedUpstream
-
-BODY = b"From: News <news@mail.example.com>\r\nX-Campaign-ID: c1\r\nSubject: t\r\n\r\nhello\r\n"
-
-
-def delivery_config(
-    port: int,
-    extra: str = "",
-    source_ips: str = '"127.0.0.1"',
-    route_extra: str = "",
-    poll_interval: str = "1s",
-) -> str:
-    return f"""
-    [smtp]
-    listen = "127.0.0.1:0"
-    hostname = "relay.test"
-
-    [[pools]]
-    name = "default"
-    source_ips = [{source_ips}]
-
-    [[routes]]
-    domains = ["*"]
-    mode = "static"
-    hosts = ["127.0.0.1:{port}"]
-    {route_extra}
-
-    [retry]
-    schedule = ["1m", "5m"]
-    max_age = "1d"
-
-    [[retry.rules]]
-    name = "greylisting"
-    match = {{ category = ["greylisted"] }}
-    schedule = ["30s"]
-    max_attempts = 4
-
-    [admin]
-    listen = "127.0.0.1:0"
-
-    [delivery]
-    poll_interval = "{poll_interval}"
-    connect_timeout = "5s"
-    command_timeout = "10s"
-    {extra}
-    """
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[ScriptedUpstream]:
-    async with ScriptedUpstream() as up:
-        yield up
-
-
-@pytest.fixture
-def start_relay(db_dsn, write_config, clock):
-    @asynccontextmanager
-    async def start(port: int, extra: str = "", **kw: str) -> AsyncIterator[Relay]:
-        config = load_config(write_config(delivery_config(port, extra, **kw), replace_base=True))
-        async with Relay(config, dsn=db_dsn, listen=("127.0.0.1", 0), clock=clock) as relay:
-            yield relay
-
-    return start
-
-
-@pytest.fixture
-async def db(db_dsn) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(db_dsn)
-    yield conn
-    await conn.close()
-
-
-async def send(relay: Relay, recipients: list[str], body: bytes = BODY) -> str:
-    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=relay.port, start_tls=False)
-    await client.connect()
-    _, reply = await client.sendmail("bounces@mail.example.com", recipients, body)
-    await client.quit()
-    return reply.rsplit(" ", 1)[1]
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    """Poll ``check`` until it holds; the relay works in the background."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
-
-
-async def state_of(db: asyncpg.Connection, recipient: str) -> str | None:
-    return await db.fetchval(
-        "SELECT state FROM deliveries WHERE recipient_key = $1 ORDER BY id DESC LIMIT 1", recipient
-    )
-
-
-def in_state(db: asyncpg.Connection, recipient: str, *states: str) -> Callable[[], Awaitable[bool]]:
-    async def check() -> bool:
-        return await state_of(db, recipient) in states
-
-    return check
-
-
-async def events_of(db: asyncpg.Connection, recipient: str) -> list[asyncpg.Record]:
-    return await db.fetch(
-        "SELECT * FROM events WHERE recipient = $1 AND type <> 'accepted' ORDER BY occurred_at, id",
-        recipient,
-    )
-
-
-async def retry_due(relay: Relay, clock: FakeClock, **delta: float) -> None:
-    clock.advance(**delta)
-    relay.worker.wake()
+from tests.scripted import ScriptedUpstream
 
 
 async def test_250_delivered_straight_after_commit(upstream, start_relay, db):

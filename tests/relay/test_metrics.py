@@ -7,7 +7,7 @@ import aiosmtplib
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.relay.test_delivery import eventually, in_state, send
+from tests.delivery_support import eventually, in_state, send
 from tests.relay.test_intake import _database_unreachable
 
 
