@@ -11,46 +11,11 @@ import aiosmtplib
 import asyncpg
 import pytest
 
+from tests.e2e.relay_process import relay_config, wait_port
 from tests.e2e.test_cli import free_port
 from tests.scripted import ScriptedUpstream
 
 MESSAGES = 40
-
-
-def _config(port: int, upstream_port: int, dsn: str) -> str:
-    return f"""
-[smtp]
-listen = "127.0.0.1:{port}"
-hostname = "relay.test"
-[store]
-dsn = "{dsn}"
-[[routes]]
-domains = ["*"]
-mode = "static"
-hosts = ["127.0.0.1:{upstream_port}"]
-[delivery]
-lease = "2s"
-poll_interval = "0.2s"
-concurrency = 4
-connect_timeout = "5s"
-command_timeout = "10s"
-[admin]
-listen = "127.0.0.1:0"
-[log]
-level = "warning"
-"""
-
-
-async def _wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
-    for _ in range(300):
-        assert proc.poll() is None, "relay exited early"
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"relay on {port} did not start")
 
 
 @pytest.mark.slow
@@ -64,14 +29,14 @@ async def test_sigkill_mid_delivery_loses_nothing(pg_server, tmp_path):
             ports = [free_port(), free_port()]
             for port in ports:
                 path = tmp_path / f"relay{port}.toml"
-                path.write_text(_config(port, up.port, dsn))
+                path.write_text(relay_config(port, up.port, dsn, 'lease = "2s"\nconcurrency = 4'))
                 procs.append(
                     subprocess.Popen(
                         [sys.executable, "-m", "relay", "serve", "--config", str(path)]
                     )
                 )
             for port, proc in zip(ports, procs, strict=True):
-                await _wait_port(port, proc)
+                await wait_port(port, proc)
             accepted = []
             for n in range(MESSAGES):
                 client = aiosmtplib.SMTP(hostname="127.0.0.1", port=ports[n % 2], start_tls=False)
