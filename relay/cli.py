@@ -23,6 +23,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 from policies.states import DeliveryState
@@ -56,15 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     command("demo", "see it work: relay, simulated upstream, sample campaign, report")
     hp = command("hash-password", "hash a password (read from stdin or a prompt)")
     hp.add_argument("--stdin", action="store_true", help="read the password from stdin")
-    sup = command("suppression", "the global suppression list")
-    sup_sub = sup.add_subparsers(dest="action", required=True, metavar="ACTION")
-    sl = sup_sub.add_parser("list", help="newest first", parents=[common], formatter_class=fmt)
-    sl.add_argument("--search", help="substring of the address")
-    sl.add_argument("--limit", type=int, default=100)
-    sa = sup_sub.add_parser(
-        "add", help="suppress an address", parents=[common], formatter_class=fmt
-    )
-    sa.add_argument("address")
+    _add_suppression_arguments(command("suppression", "the global suppression list"), common)
     cl = command("classify", "classify an SMTP reply with the configured rules")
     cl.add_argument("reply", nargs="?", help='e.g. "452 4.2.2 Mailbox full"')
     cl.add_argument("--domain", default="", help="recipient domain (rules may match on it)")
@@ -96,7 +89,6 @@ def _parser() -> argparse.ArgumentParser:
         "show", help="status, bounces, deliveries", parents=[common], formatter_class=fmt
     )
     ps.add_argument("address")
-    sa.add_argument("--reason", required=True)
     return parser
 
 
@@ -115,6 +107,44 @@ def _add_report_arguments(rp: argparse.ArgumentParser) -> None:
     )
     rp.add_argument("--raw", action="store_true", help="add a sample raw reply per row")
     rp.add_argument("-o", "--output", help="write to this file")
+
+
+def _add_suppression_arguments(
+    sup: argparse.ArgumentParser, common: argparse.ArgumentParser
+) -> None:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    sub = sup.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def action(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, parents=[common], formatter_class=fmt)
+
+    def actor(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--actor", default=getpass.getuser(), help="who does it (the audit log says so)"
+        )
+
+    listing = action("list", "newest first, a page at a time")
+    listing.add_argument("--search", help="substring of the address")
+    listing.add_argument("--reason", help="source (hard_bounce, manual, import) or reason text")
+    listing.add_argument("--since", help="only entries since this ISO date or datetime (UTC)")
+    listing.add_argument("--limit", type=int, default=100, help="rows per page")
+    listing.add_argument("--page", type=int, default=1)
+    add = action("add", "suppress an address by hand (audited)")
+    add.add_argument("address")
+    add.add_argument("--reason", required=True)
+    actor(add)
+    remove = action("remove", "let an address receive mail again (audited)")
+    remove.add_argument("address")
+    remove.add_argument("--reason", required=True)
+    actor(remove)
+    load = action("import", "add the addresses of a CSV file: address[,reason] per line")
+    load.add_argument("file")
+    load.add_argument("--reason", default="imported", help="for lines without one")
+    actor(load)
+    dump = action("export", "the whole list as CSV: address,reason,source,created_at")
+    dump.add_argument("-o", "--output", help="file (default: stdout)")
+    audit = action("audit", "administrators' acts, newest first")
+    audit.add_argument("--limit", type=int, default=50)
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -179,28 +209,32 @@ def _cmd_hash_password(args: argparse.Namespace) -> int:
 
 
 def _cmd_suppression(args: argparse.Namespace) -> int:
-    from policies.addresses import AddressError, normalise_address, validate_address
+    from relay import commands
     from relay.logging import configure_logging
 
     config = _load(args)
     configure_logging("warning")
+    if args.action == "import":
+        try:
+            lines = Path(args.file).read_text(encoding="utf-8").splitlines(keepends=True)
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"bounce-relay: cannot read {args.file}: {exc}", file=sys.stderr)
+            return 2
 
     async def work(store: Any) -> int:
         if args.action == "list":
-            for row in await store.list_suppressions(args.search, args.limit):
-                print(
-                    f"{row.address}\t{row.source}\t{row.created_at:%Y-%m-%d %H:%M:%S}\t{row.reason}"
-                )
-            return 0
-        try:
-            validate_address(args.address)
-        except AddressError as exc:
-            print(f"bounce-relay: {exc}", file=sys.stderr)
-            return 1
-        key = normalise_address(args.address)
-        added = await store.add_suppression(key, args.reason, "manual")
-        print(f"{key}: {'suppressed' if added else 'already suppressed'}")
-        return 0
+            return await commands.suppression_list(store, args, sys.stdout)
+        if args.action == "add":
+            return await commands.suppression_add(store, args.address, args.reason, args.actor)
+        if args.action == "remove":
+            return await commands.suppression_remove(store, args.address, args.reason, args.actor)
+        if args.action == "import":
+            return await commands.suppression_import(
+                store, lines, args.file, args.reason, args.actor
+            )
+        if args.action == "audit":
+            return await commands.audit_show(store, args.limit, sys.stdout)
+        return await commands.suppression_export(store, args.output)
 
     return asyncio.run(_with_store(config, work))
 

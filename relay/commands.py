@@ -6,19 +6,23 @@ and writes to ``out``; ``cli.py`` only parses arguments and dispatches.
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TextIO
 
-from policies.addresses import normalise_address
+from policies.addresses import AddressError, normalise_address, validate_address
 from policies.classify import Kind, classify
 from policies.replies import parse_reply
 from policies.retry import preview_schedule, select_rule
+from policies.suppression_file import read_suppression_csv
 from policies.templates import template_of
 from relay.clock import utc_now
 from relay.config import Rules
+from relay.report import neutralise
 from relay.store import Store
 
 __all__ = ["classify_lines", "classify_one", "profile_show", "queue_list", "queue_show"]
@@ -167,3 +171,100 @@ async def profile_show(store: Store, address: str, out: TextIO) -> bool:
             file=out,
         )
     return True
+
+
+async def suppression_list(store: Store, args: Any, out: TextIO) -> int:
+    since = None
+    if args.since:
+        try:
+            since = datetime.fromisoformat(args.since)
+        except ValueError:
+            print(f"bounce-relay: --since {args.since!r} is not an ISO date", file=sys.stderr)
+            return 2
+        since = since if since.tzinfo else since.replace(tzinfo=UTC)
+    if args.limit <= 0 or args.page <= 0:
+        print("bounce-relay: --limit and --page must be positive", file=sys.stderr)
+        return 2
+    rows = await store.list_suppressions(
+        args.search, args.reason, since, args.limit, (args.page - 1) * args.limit
+    )
+    for row in rows:
+        print(f"{row.address}\t{row.source}\t{_fmt(row.created_at)}\t{row.reason}", file=out)
+    if len(rows) == args.limit:
+        print(f"(more: --page {args.page + 1})", file=sys.stderr)
+    return 0
+
+
+def _valid_key(address: str) -> str | None:
+    try:
+        validate_address(address)
+    except AddressError as exc:
+        print(f"bounce-relay: {exc}", file=sys.stderr)
+        return None
+    return normalise_address(address)
+
+
+async def suppression_add(store: Store, address: str, reason: str, actor: str) -> int:
+    key = _valid_key(address)
+    if key is None:
+        return 1
+    added = await store.add_suppression(
+        key, reason, "manual", profile_status="suppressed", actor=actor
+    )
+    print(f"{key}: {'suppressed' if added else 'already suppressed (unchanged)'}")
+    return 0
+
+
+async def suppression_remove(store: Store, address: str, reason: str, actor: str) -> int:
+    key = _valid_key(address)
+    if key is None:
+        return 1
+    removed = await store.remove_suppression(key, actor, reason)
+    if removed is None:
+        print(f"bounce-relay: {key} is not on the suppression list", file=sys.stderr)
+        return 1
+    print(
+        f"{key}: removed (was {removed.source} since {_fmt(removed.created_at)}: "
+        f"{removed.reason}); its profile is active again, audited as {actor}"
+    )
+    return 0
+
+
+async def suppression_import(
+    store: Store, lines: list[str], name: str, reason: str, actor: str
+) -> int:
+    parsed = read_suppression_csv(lines, reason)
+    for number, why in parsed.errors:
+        print(f"{name}:{number}: {why}", file=sys.stderr)
+    added = await store.import_suppressions(parsed.entries, actor, name) if parsed.entries else 0
+    print(
+        f"{name}: {added} added, {len(parsed.entries) - added} already listed, "
+        f"{parsed.duplicates} duplicate lines, {len(parsed.errors)} bad lines"
+    )
+    return 1 if parsed.errors else 0
+
+
+async def suppression_export(store: Store, output: str | None) -> int:
+    target = Path(output).open("w", encoding="utf-8", newline="") if output else sys.stdout  # noqa: SIM115, ASYNC230
+    try:
+        writer = csv.writer(target, lineterminator="\r\n")
+        writer.writerow(["address", "reason", "source", "created_at"])
+        async for row in store.iter_suppressions():
+            writer.writerow(
+                [neutralise(row.address), neutralise(row.reason), row.source, _fmt(row.created_at)]
+            )
+    finally:
+        if output:
+            target.close()
+    return 0
+
+
+async def audit_show(store: Store, limit: int, out: TextIO) -> int:
+    for row in await store.audit_log(limit):
+        detail = json.dumps(row["detail"]) if row["detail"] else ""
+        print(
+            f"{_fmt(row['occurred_at'])}\t{row['actor']}\t{row['action']}\t{row['subject']}\t"
+            f"{row['reason']}\t{detail}",
+            file=out,
+        )
+    return 0

@@ -366,7 +366,9 @@ class Store:
         event_id: int | None = None,
         event_at: datetime | None = None,
         profile_status: str = "hard_bounced",
+        actor: str | None = None,
     ) -> bool:
+        """Suppress ``address_key``; False when it already was. An ``actor`` is audited."""
         async with _translated("add suppression"):
             return bool(
                 await self.pool.fetchval(
@@ -377,18 +379,75 @@ class Store:
                     event_id,
                     event_at,
                     profile_status,
+                    actor,
                     timeout=self.timeout,
                 )
             )
 
+    async def remove_suppression(
+        self, address_key: str, actor: str, reason: str
+    ) -> SuppressionRow | None:
+        """Remove an entry (profile active, audited); None when the address was not listed."""
+        async with _translated("remove suppression"):
+            row = await self.pool.fetchrow(
+                QUERIES["remove_suppression"], address_key, actor, reason, timeout=self.timeout
+            )
+        if row is None:
+            return None
+        return SuppressionRow(row["address"], row["reason"], row["source"], row["created_at"], None)
+
+    async def import_suppressions(
+        self, entries: Sequence[tuple[str, str]], actor: str, source_name: str
+    ) -> int:
+        """Add (address, reason) pairs; already-listed ones stay as they are. How many were new."""
+        async with _translated("import suppressions"):
+            return int(
+                await self.pool.fetchval(
+                    QUERIES["import_suppressions"],
+                    [a for a, _ in entries],
+                    [r for _, r in entries],
+                    actor,
+                    source_name,
+                    timeout=REPORT_TIMEOUT_SECONDS,
+                )
+            )
+
+    async def iter_suppressions(self) -> AsyncIterator[SuppressionRow]:
+        """The whole list by address, streamed."""
+        async with (
+            _translated("export suppressions"),
+            self.pool.acquire(timeout=self.timeout) as conn,
+            conn.transaction(readonly=True),
+        ):
+            async for r in conn.cursor(
+                QUERIES["export_suppressions"], prefetch=5000, timeout=REPORT_TIMEOUT_SECONDS
+            ):
+                yield SuppressionRow(r["address"], r["reason"], r["source"], r["created_at"], None)
+
     async def list_suppressions(
-        self, search: str | None = None, limit: int = 100
+        self,
+        search: str | None = None,
+        reason: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
     ) -> list[SuppressionRow]:
         async with _translated("list suppressions"):
             rows = await self.pool.fetch(
-                QUERIES["list_suppressions"], search, limit, timeout=self.timeout
+                QUERIES["list_suppressions"],
+                search,
+                reason,
+                since,
+                limit,
+                offset,
+                timeout=self.timeout,
             )
         return [SuppressionRow(**dict(r)) for r in rows]
+
+    async def audit_log(self, limit: int = 50) -> list[dict[str, Any]]:
+        async with _translated("audit log"):
+            rows = await self.pool.fetch(QUERIES["audit_log"], limit, timeout=self.timeout)
+        return [dict(r) for r in rows]
 
     async def message_by_queue_id(self, queue_id: str) -> MessageRow | None:
         async with _translated("read message"):

@@ -36,6 +36,7 @@ VALUES ('rejected_suppressed', $1, $2, $3, 550, '5.7.1', $4, $5::jsonb);
 
 -- add_suppression --
 -- Put an address on the suppression list (no-op when it is already there); true if added.
+-- An actor ($7, not NULL) makes it an administrator's act, with an audit row.
 WITH ins AS (
     INSERT INTO suppressions (address, reason, source, event_id, event_at)
     VALUES ($1, $2, $3, $4, $5)
@@ -45,16 +46,67 @@ WITH ins AS (
     INSERT INTO profiles (address, status, status_changed_at)
     SELECT $1, $6, now() FROM ins
     ON CONFLICT (address) DO UPDATE SET status = EXCLUDED.status, status_changed_at = now()
+), a AS (
+    INSERT INTO admin_audit (actor, action, subject, reason)
+    SELECT $7, 'suppression.add', $1, $2 FROM ins WHERE $7::text IS NOT NULL
 )
 SELECT EXISTS (SELECT 1 FROM ins);
 
+-- remove_suppression --
+-- An administrator removes an address: entry deleted, profile active again, audit row keeping
+-- who, why and the entry removed. No row when the address was not suppressed.
+WITH d AS (
+    DELETE FROM suppressions WHERE address = $1
+    RETURNING address, reason, source, created_at, event_id
+), p AS (
+    UPDATE profiles SET status = 'active', status_changed_at = now()
+    WHERE address IN (SELECT address FROM d)
+), a AS (
+    INSERT INTO admin_audit (actor, action, subject, reason, detail)
+    SELECT $2, 'suppression.remove', d.address, $3,
+           jsonb_build_object('removed_reason', d.reason, 'removed_source', d.source,
+                              'suppressed_at', d.created_at, 'event_id', d.event_id)
+    FROM d
+)
+SELECT address, reason, source, created_at FROM d;
+
+-- import_suppressions --
+-- Add many addresses (source import); ones already listed are left as they are. Audited once.
+WITH ins AS (
+    INSERT INTO suppressions (address, reason, source)
+    SELECT address, reason, 'import' FROM unnest($1::text[], $2::text[]) AS x (address, reason)
+    ON CONFLICT (address) DO NOTHING
+    RETURNING address
+), p AS (
+    INSERT INTO profiles (address, status, status_changed_at)
+    SELECT address, 'suppressed', now() FROM ins
+    ON CONFLICT (address) DO UPDATE SET status = 'suppressed', status_changed_at = now()
+), a AS (
+    INSERT INTO admin_audit (actor, action, subject, reason, detail)
+    SELECT $3, 'suppression.import', $4, 'import', jsonb_build_object('added', count(*))
+    FROM ins
+)
+SELECT count(*) AS added FROM ins;
+
+-- export_suppressions --
+-- The whole list, by address (streamed).
+SELECT address, reason, source, created_at FROM suppressions ORDER BY address;
+
+-- audit_log --
+-- Administrators' acts, newest first.
+SELECT occurred_at, actor, action, subject, reason, detail
+FROM admin_audit ORDER BY occurred_at DESC, id DESC LIMIT $1;
+
 -- list_suppressions --
--- The suppression list, newest first, optionally filtered by a substring.
+-- The suppression list, newest first: address substring $1, reason or source $2, since $3,
+-- page of $4 rows from $5. strpos, not LIKE: a '%' or '_' typed by an operator is literal.
 SELECT address, reason, source, created_at, event_id
 FROM suppressions
-WHERE ($1::text IS NULL OR address LIKE '%' || $1 || '%')
+WHERE ($1::text IS NULL OR strpos(address, lower($1)) > 0)
+  AND ($2::text IS NULL OR source = $2 OR strpos(lower(reason), lower($2)) > 0)
+  AND ($3::timestamptz IS NULL OR created_at >= $3)
 ORDER BY created_at DESC, address
-LIMIT $2;
+LIMIT $4 OFFSET $5;
 
 -- message_by_queue_id --
 -- One stored message (body included) by its queue id.

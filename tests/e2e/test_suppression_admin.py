@@ -1,0 +1,137 @@
+"""Suppression administration from the command line, checked against a live relay."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import subprocess
+import sys
+
+import aiosmtplib
+import asyncpg
+import pytest
+
+from relay.app import Relay
+
+
+def cli(config, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "relay", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def run(config, *args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(cli, config, *args)
+
+
+async def rcpt_code(relay: Relay, address: str) -> int:
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=relay.port, start_tls=False)
+    await client.connect()
+    await client.mail("s@example.com")
+    try:
+        response = await client.rcpt(address)
+        code = response.code
+    except aiosmtplib.SMTPRecipientRefused as exc:
+        code = exc.code
+    await client.quit()
+    return code
+
+
+@pytest.fixture
+def config_path(db_dsn, write_config):
+    return write_config(
+        f'[smtp]\nlisten = "127.0.0.1:0"\n[store]\ndsn = "{db_dsn}"\n'
+        '[delivery]\nenabled = false\n[admin]\nlisten = "127.0.0.1:0"\n',
+        replace_base=True,
+    )
+
+
+@pytest.mark.slow
+async def test_add_remove_audit_profile_and_smtp(config_path, db_dsn):
+    """add refuses the address at RCPT; remove (with a reason) lets it through again, sets the
+    profile active and leaves an audit row with who, why and the entry removed."""
+    from relay.config import load_config
+
+    async with Relay(load_config(config_path), dsn=db_dsn, listen=("127.0.0.1", 0)) as relay:
+        added = await run(
+            config_path,
+            "suppression",
+            "add",
+            "Pat@Example.org",
+            "--reason",
+            "asked by phone",
+            "--actor",
+            "alice",
+        )
+        assert added.returncode == 0, added.stderr
+        assert await rcpt_code(relay, "pat@example.org") == 550
+        removed = await run(
+            config_path,
+            "suppression",
+            "remove",
+            "pat@example.org",
+            "--reason",
+            "user confirmed the address",
+            "--actor",
+            "bob",
+        )
+        assert removed.returncode == 0, removed.stderr
+        assert "profile is active again" in removed.stdout
+        assert await rcpt_code(relay, "pat@example.org") == 250
+        again = await run(config_path, "suppression", "remove", "pat@example.org", "--reason", "x")
+        assert again.returncode == 1
+        assert "not on the suppression list" in again.stderr
+    db = await asyncpg.connect(db_dsn)
+    try:
+        audit = await db.fetch(
+            "SELECT actor, action, subject, reason, detail FROM admin_audit ORDER BY id"
+        )
+        status = await db.fetchval("SELECT status FROM profiles WHERE address = 'pat@example.org'")
+    finally:
+        await db.close()
+    assert [(a["actor"], a["action"]) for a in audit] == [
+        ("alice", "suppression.add"),
+        ("bob", "suppression.remove"),
+    ]
+    assert audit[1]["reason"] == "user confirmed the address"
+    assert '"removed_reason": "asked by phone"' in audit[1]["detail"]
+    assert status == "active"
+    log = await run(config_path, "suppression", "audit")
+    assert "suppression.remove" in log.stdout
+
+
+@pytest.mark.slow
+async def test_import_reports_bad_lines_keeps_good_ones_and_is_idempotent(config_path, tmp_path):
+    """Bad lines named by number, exit 1; good ones added; a second run adds nothing."""
+    source = tmp_path / "old-esp.csv"
+    source.write_text(
+        "address,reason\na@example.org,complaint\nnot-an-address\n"
+        'b@example.org\nA@EXAMPLE.org\n=HYPERLINK("x")@evil.example,=cmd\n'
+        "=cmd@evil.example,=1+1\n"
+    )
+    first = await run(config_path, "suppression", "import", str(source))
+    assert first.returncode == 1
+    assert f"{source}:3: malformed address" in first.stderr
+    assert f"{source}:6: malformed address" in first.stderr
+    assert "3 added" in first.stdout
+    assert "1 duplicate lines" in first.stdout
+    second = await run(config_path, "suppression", "import", str(source))
+    assert "0 added, 3 already listed" in second.stdout
+    listed = await run(config_path, "suppression", "list", "--reason", "complaint")
+    assert listed.stdout.splitlines()[0].startswith("a@example.org\timport")
+    exported = await run(config_path, "suppression", "export")
+    rows = list(csv.reader(io.StringIO(exported.stdout)))
+    assert rows[0] == ["address", "reason", "source", "created_at"]
+    # a cell a spreadsheet would evaluate is neutralised (=cmd... is a valid address)
+    assert [r[:3] for r in rows[1:]] == [
+        ["'=cmd@evil.example", "'=1+1", "import"],
+        ["a@example.org", "complaint", "import"],
+        ["b@example.org", "imported", "import"],
+    ]
+    paged = await run(config_path, "suppression", "list", "--limit", "1", "--page", "2")
+    assert len(paged.stdout.splitlines()) == 1
