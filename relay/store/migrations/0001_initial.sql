@@ -97,7 +97,7 @@ CREATE INDEX suppressions_created_at ON suppressions (created_at);
 CREATE TABLE profiles (
     address            text PRIMARY KEY,     -- normalise_address()
     status             text        NOT NULL DEFAULT 'active'
-        CHECK (status IN ('active', 'hard_bounced', 'complained', 'suppressed')),
+        CHECK (status IN ('active', 'hard_bounced', 'complained')),
     status_changed_at  timestamptz NOT NULL DEFAULT now()
 );
 
