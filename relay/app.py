@@ -132,6 +132,7 @@ class Relay:
             self.metrics,
             lambda: self.server.is_serving() and not self.handler.shutting_down,
             self._admin_listen or config.admin.listen,
+            config.admin.tokens,
         )
         self._stack.push_async_callback(runner.cleanup)
         self.port = self.server.sockets[0].getsockname()[1]

@@ -3,6 +3,7 @@
 /metrics   Prometheus text format (always on, even without an admin password)
 /healthz   200 while the process runs
 /readyz    200 when the database answers and the SMTP listener accepts; else 503
+/api/v1/   the JSON API (relay/admin/api.py), when [[admin.tokens]] are configured
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from relay.admin.api import add_api_routes
+from relay.config import AdminToken
 from relay.errors import StoreError
 from relay.metrics import Metrics
 from relay.store import Store
@@ -23,7 +26,12 @@ __all__ = ["start_admin"]
 log = structlog.get_logger("relay.admin")
 
 
-def _app(store: Store, metrics: Metrics, serving: Callable[[], bool]) -> web.Application:
+def _app(
+    store: Store,
+    metrics: Metrics,
+    serving: Callable[[], bool],
+    tokens: tuple[AdminToken, ...],
+) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
@@ -61,14 +69,20 @@ def _app(store: Store, metrics: Metrics, serving: Callable[[], bool]) -> web.App
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", scrape)
+    if tokens:
+        add_api_routes(app, store, tokens)
     return app
 
 
 async def start_admin(
-    store: Store, metrics: Metrics, serving: Callable[[], bool], listen: tuple[str, int]
+    store: Store,
+    metrics: Metrics,
+    serving: Callable[[], bool],
+    listen: tuple[str, int],
+    tokens: tuple[AdminToken, ...] = (),
 ) -> tuple[web.AppRunner, int]:
     """Start listening; return the runner (to clean up) and the bound port."""
-    runner = web.AppRunner(_app(store, metrics, serving), access_log=None)
+    runner = web.AppRunner(_app(store, metrics, serving, tokens), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, listen[0], listen[1])
     await site.start()
