@@ -148,9 +148,11 @@ class Relay:
         """
         self.handler.shutting_down = True
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.handler.wait_data_finished(), SHUTDOWN_GRACE_SECONDS)
-        if self.handler.sessions_in_data:
-            log.warning("intake.shutdown_cut_sessions", sessions=self.handler.sessions_in_data)
+            await asyncio.wait_for(
+                self.handler.wait_transactions_finished(), SHUTDOWN_GRACE_SECONDS
+            )
+        if self.handler.open_transactions:
+            log.warning("intake.shutdown_cut_sessions", sessions=self.handler.open_transactions)
         self.server.close()
 
     def reload(self) -> None:

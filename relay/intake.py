@@ -95,7 +95,8 @@ class IntakeHandler:
         self.smtp = smtp
         self.campaign_header = campaign_header
         self.shutting_down = False
-        self.sessions_in_data = 0
+        # Sessions with a recipient accepted and no reply to DATA yet: shutdown lets them finish.
+        self._open: set[str] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self._auth_cache: set[tuple[str, bytes]] = set()
@@ -119,6 +120,7 @@ class IntakeHandler:
     def session_closed(self, session: Session) -> None:
         state = self._sessions.pop(session, None)
         if state is not None:
+            self._close_transaction(state)
             self.metrics.session_duration.observe(time.monotonic() - state.started)
             log.info(
                 "intake.session_closed",
@@ -202,6 +204,8 @@ class IntakeHandler:
             if reason is not None:
                 return await self._reject_suppressed(session, envelope, address, key, reason)
         envelope.rcpt_tos.append(address)
+        self._open.add(self._state(session).session_id)
+        self._idle.clear()
         envelope.rcpt_options.extend(rcpt_options)
         return replies.RCPT_OK
 
@@ -227,18 +231,27 @@ class IntakeHandler:
         return reply
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        self._state(session)
-        self.sessions_in_data += 1
-        self._idle.clear()
+        state = self._state(session)
         try:
             return await self._accept(session, envelope)
         finally:
-            self.sessions_in_data -= 1
-            if not self.sessions_in_data:
-                self._idle.set()
+            self._close_transaction(state)
 
-    async def wait_data_finished(self) -> None:
-        """Return once no session is between end-of-DATA and its reply."""
+    async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self._close_transaction(self._state(session))
+        return "250 OK"
+
+    def _close_transaction(self, state: SessionState) -> None:
+        self._open.discard(state.session_id)
+        if not self._open:
+            self._idle.set()
+
+    @property
+    def open_transactions(self) -> int:
+        return len(self._open)
+
+    async def wait_transactions_finished(self) -> None:
+        """Return once no session has an accepted recipient still waiting for its DATA reply."""
         await self._idle.wait()
 
     async def _accept(self, session: Session, envelope: Envelope) -> str:

@@ -335,3 +335,45 @@ async def test_accepted_message_is_logged_with_queue_id_and_session(start_relay)
     closed = [e for e in logs if e["event"] == "intake.session_closed"]
     assert closed and closed[0]["session_id"] == line["session_id"]
     assert closed[0]["accepted"] == 1
+
+
+async def test_shutdown_lets_open_transactions_finish_and_tells_new_clients_421(
+    db_dsn, make_config
+):
+    """On shutdown a session mid-DATA still gets its 250 (and its message is stored), while a
+    new connection hears 421 4.3.2."""
+    config = make_config("[delivery]\nenabled = false\n")
+    relay_cm = Relay(config, dsn=db_dsn, listen=("127.0.0.1", 0))
+    relay = await relay_cm.__aenter__()
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    await reader.readline()
+    for command in (
+        b"EHLO client.test",
+        b"MAIL FROM:<s@example.com>",
+        b"RCPT TO:<r@example.org>",
+        b"DATA",
+    ):
+        writer.write(command + b"\r\n")
+        while True:
+            line = await reader.readline()
+            if line[3:4] == b" ":
+                break
+    assert line.startswith(b"354")
+    writer.write(b"Subject: half way\r\n\r\nstill typing")
+    await writer.drain()
+    stopping = asyncio.create_task(relay_cm.__aexit__(None, None, None))
+    await asyncio.sleep(0.2)
+    late_reader, late_writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    greeting = await late_reader.readline()
+    late_writer.close()
+    writer.write(b"\r\n.\r\n")
+    reply = await reader.readline()
+    writer.close()
+    await stopping
+    assert greeting.startswith(b"421 4.3.2")
+    assert reply.startswith(b"250 2.0.0")
+    conn = await _db(db_dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM messages") == 1
+    finally:
+        await conn.close()
