@@ -133,6 +133,7 @@ class Relay:
             lambda: self.server.is_serving() and not self.handler.shutting_down,
             self._admin_listen or config.admin.listen,
             config.admin.tokens,
+            config.admin.password_hash,
         )
         self._stack.push_async_callback(runner.cleanup)
         self.port = self.server.sockets[0].getsockname()[1]

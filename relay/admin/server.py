@@ -4,6 +4,8 @@
 /healthz   200 while the process runs
 /readyz    200 when the database answers and the SMTP listener accepts; else 503
 /api/v1/   the JSON API (relay/admin/api.py), when [[admin.tokens]] are configured
+/report, /suppression, /queue, /profile   the admin page (relay/admin/pages.py), when
+           [admin] password_hash is set
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from relay.admin.api import add_api_routes
+from relay.admin.pages import add_page_routes
 from relay.config import AdminToken
 from relay.errors import StoreError
 from relay.metrics import Metrics
@@ -31,6 +34,7 @@ def _app(
     metrics: Metrics,
     serving: Callable[[], bool],
     tokens: tuple[AdminToken, ...],
+    password_hash: str = "",
 ) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
@@ -71,6 +75,8 @@ def _app(
     app.router.add_get("/metrics", scrape)
     if tokens:
         add_api_routes(app, store, tokens)
+    if password_hash:
+        add_page_routes(app, store, password_hash)
     return app
 
 
@@ -80,9 +86,10 @@ async def start_admin(
     serving: Callable[[], bool],
     listen: tuple[str, int],
     tokens: tuple[AdminToken, ...] = (),
+    password_hash: str = "",
 ) -> tuple[web.AppRunner, int]:
     """Start listening; return the runner (to clean up) and the bound port."""
-    runner = web.AppRunner(_app(store, metrics, serving, tokens), access_log=None)
+    runner = web.AppRunner(_app(store, metrics, serving, tokens, password_hash), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, listen[0], listen[1])
     await site.start()

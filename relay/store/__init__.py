@@ -646,6 +646,40 @@ class Store:
             rows = await self.pool.fetch(QUERIES["queue_stats"], timeout=self.timeout)
         return {r["state"]: (r["n"], r["oldest"]) for r in rows}
 
+    async def campaigns_in_period(self, start: datetime, end: datetime) -> list[str]:
+        async with _translated("campaigns"):
+            rows = await self.pool.fetch(
+                QUERIES["campaigns_in_period"], start, end, timeout=self.timeout
+            )
+        return [r["campaign"] for r in rows]
+
+    async def bounces_per_day(
+        self, start: datetime, end: datetime, campaigns: Sequence[str] | None
+    ) -> list[tuple[datetime, str, int]]:
+        async with _translated("bounces per day"):
+            rows = await self.pool.fetch(
+                QUERIES["bounces_per_day"],
+                start,
+                end,
+                list(campaigns) if campaigns else None,
+                timeout=self.timeout,
+            )
+        return [(r["day"], r["type"], r["amount"]) for r in rows]
+
+    async def suppressions_with_cause(
+        self, search: str | None, limit: int, offset: int
+    ) -> list[dict[str, Any]]:
+        async with _translated("list suppressions"):
+            rows = await self.pool.fetch(
+                QUERIES["suppressions_with_cause"], search, limit, offset, timeout=self.timeout
+            )
+        return [dict(r) for r in rows]
+
+    async def deferral_reasons(self, limit: int = 10) -> list[tuple[str, int]]:
+        async with _translated("deferral reasons"):
+            rows = await self.pool.fetch(QUERIES["deferral_reasons"], limit, timeout=self.timeout)
+        return [(r["reply"], r["n"]) for r in rows]
+
     async def ping(self) -> None:
         async with _translated("ping"):
             await self.pool.fetchval(QUERIES["ping"], timeout=min(self.timeout, 2.0))

@@ -464,3 +464,36 @@ GROUP BY d.state;
 -- ping --
 -- The database answers (for /readyz).
 SELECT 1;
+
+-- campaigns_in_period --
+-- Campaigns with bounces in [$1, $2) (for the admin page's campaign list).
+SELECT DISTINCT campaign FROM bounce_rollup
+WHERE grain = 'day' AND bucket >= date_trunc('day', $1::timestamptz) AND bucket < $2
+  AND campaign <> ''
+ORDER BY campaign
+LIMIT 500;
+
+-- bounces_per_day --
+-- Soft and hard bounce events per UTC day in [$1, $2), campaigns $3 (NULL: all).
+SELECT bucket AS day, type, sum(amount)::bigint AS amount
+FROM bounce_rollup
+WHERE grain = CASE WHEN $3::text[] IS NULL THEN 'day_all' ELSE 'day' END
+  AND bucket >= date_trunc('day', $1::timestamptz) AND bucket < $2
+  AND ($3::text[] IS NULL OR campaign = ANY($3::text[]))
+GROUP BY bucket, type
+ORDER BY bucket, type;
+
+-- suppressions_with_cause --
+-- A page of the suppression list with the bounce text that caused each entry.
+SELECT s.address, s.reason, s.source, s.created_at, e.reply_text AS cause
+FROM suppressions s
+LEFT JOIN events e ON e.id = s.event_id AND e.occurred_at = s.event_at
+WHERE ($1::text IS NULL OR strpos(s.address, lower($1)) > 0)
+ORDER BY s.created_at DESC, s.address
+LIMIT $2 OFFSET $3;
+
+-- deferral_reasons --
+-- The most common last replies of queued deliveries.
+SELECT left(coalesce(last_reply, '(not tried yet)'), 200) AS reply, count(*) AS n
+FROM deliveries WHERE state = 'queued'
+GROUP BY 1 ORDER BY n DESC LIMIT $1;

@@ -1,0 +1,480 @@
+"""The admin page: login, bounces report, suppression list, queue, profile lookup.
+
+Served on ``[admin] listen`` only when ``[admin] password_hash`` is set. Sessions live in
+memory (a restart logs everyone out); the cookie is HttpOnly, SameSite=Strict and Secure
+behind TLS; every form that changes something carries the session's CSRF token; failed
+logins are rate-limited per client address. Every string from outside (bounce texts,
+campaigns, addresses) goes through ``html.escape``; pages need no JavaScript (the chart
+is server-drawn SVG) and load nothing from outside the machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import io
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from html import escape
+from typing import Any
+from urllib.parse import urlencode
+
+from aiohttp import web
+from multidict import MultiDictProxy
+
+from policies.addresses import AddressError, normalise_address, validate_address
+from relay import report
+from relay.passwords import verify_password
+from relay.store import ReportRow, Store
+
+__all__ = ["add_page_routes"]
+
+COOKIE = "br_session"
+SESSION_SECONDS = 8 * 3600
+LOGIN_ATTEMPTS = 5  # failed logins per client ...
+LOGIN_WINDOW = 300.0  # ... in this many seconds, then 429 until the window passes
+PAGE_ROWS = 50
+
+_STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#222}
+nav{background:#1f3a5f;padding:.6em 1em}nav a{color:#fff;margin-right:1.2em;text-decoration:none}
+main{padding:1em 1.5em}table{border-collapse:collapse;margin:.5em 0}
+th,td{border-bottom:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}
+th{background:#f3f5f8}td.n{text-align:right}form.inline{display:inline}
+input,select,button{font:inherit;margin:.2em}.err{color:#a00}.muted{color:#777}
+"""
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class _Session:
+    csrf: str
+    expires: float
+
+
+@dataclass
+class _Auth:
+    password_hash: str
+    sessions: dict[str, _Session] = field(default_factory=dict)
+    failures: dict[str, list[float]] = field(default_factory=dict)
+
+    def session(self, request: web.Request) -> _Session | None:
+        sid = request.cookies.get(COOKIE, "")
+        found = self.sessions.get(sid)
+        if found is None or found.expires < time.monotonic():
+            self.sessions.pop(sid, None)
+            return None
+        return found
+
+    def limited(self, client: str) -> bool:
+        now = time.monotonic()
+        recent = [t for t in self.failures.get(client, []) if now - t < LOGIN_WINDOW]
+        self.failures[client] = recent
+        return len(recent) >= LOGIN_ATTEMPTS
+
+
+def _page(title: str, body: str, *, nav: bool = True) -> web.Response:
+    links = (
+        '<nav><a href="/report">Bounces report</a><a href="/suppression">Suppression list</a>'
+        '<a href="/queue">Queue</a><a href="/profile">Profile</a>'
+        '<form class="inline" method="post" action="/logout">{csrf}'
+        "<button>Log out</button></form></nav>"
+        if nav
+        else ""
+    )
+    html = (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)} — '
+        f"bounce-relay</title><style>{_STYLE}</style></head><body>{links}<main>"
+        f"<h1>{escape(title)}</h1>{body}</main></body></html>"
+    )
+    return web.Response(text=html, content_type="text/html")
+
+
+def _csrf_field(session: _Session) -> str:
+    return f'<input type="hidden" name="csrf" value="{escape(session.csrf)}">'
+
+
+def _with_csrf(response: web.Response, session: _Session) -> web.Response:
+    assert response.text is not None
+    response.text = response.text.replace("{csrf}", _csrf_field(session), 1)
+    return response
+
+
+def _table(headers: list[str], rows: list[list[str]], numeric: frozenset[int] = frozenset()) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f'<td class="n">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(r)
+        )
+        + "</tr>"
+        for r in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _when(value: datetime | None) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if value else ""
+
+
+def _chart(per_day: list[tuple[datetime, str, int]]) -> str:
+    """Soft and hard bounces per day as bars in inline SVG (no script, no CDN)."""
+    days = sorted({d for d, _, _ in per_day})
+    if not days:
+        return '<p class="muted">No bounces in this period.</p>'
+    amounts = {(d, t): n for d, t, n in per_day}
+    top = max(n for _, _, n in per_day) or 1
+    width, height, bar = 24 * len(days) + 40, 160, 10
+    parts = []
+    for i, day in enumerate(days):
+        for j, (kind, colour) in enumerate(
+            (("soft_bounce", "#e0a030"), ("hard_bounce", "#c03030"))
+        ):
+            n = amounts.get((day, kind), 0)
+            h = int(120 * n / top)
+            x = 30 + i * 24 + j * bar
+            parts.append(
+                f'<rect x="{x}" y="{130 - h}" width="{bar - 1}" height="{h}" fill="{colour}">'
+                f"<title>{escape(day.strftime('%Y-%m-%d'))} {kind}: {n}</title></rect>"
+            )
+    labels = f'<text x="30" y="150" font-size="10">{days[0]:%Y-%m-%d}</text>'
+    legend = (
+        '<text x="30" y="12" font-size="11" fill="#e0a030">soft</text>'
+        '<text x="70" y="12" font-size="11" fill="#c03030">hard</text>'
+    )
+    return (
+        f'<svg role="img" aria-label="bounces per day" width="{width}" height="{height}">'
+        f"{legend}{''.join(parts)}{labels}</svg>"
+    )
+
+
+_SESSION = web.RequestKey("session", _Session)
+_FORM = web.RequestKey("form", MultiDictProxy[Any])
+
+
+class _Pages:
+    def __init__(self, store: Store, password_hash: str) -> None:
+        self.store = store
+        self.auth = _Auth(password_hash)
+
+    def login_required(self, handler: Handler) -> Handler:
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            session = self.auth.session(request)
+            if session is None:
+                raise web.HTTPSeeOther("/login")
+            request[_SESSION] = session
+            if request.method == "POST":
+                form = await request.post()
+                sent = str(form.get("csrf", ""))
+                if not hmac.compare_digest(sent, session.csrf):
+                    raise web.HTTPForbidden(text="missing or wrong CSRF token")
+                request[_FORM] = form
+            response = await handler(request)
+            if isinstance(response, web.Response) and response.content_type == "text/html":
+                return _with_csrf(response, session)
+            return response
+
+        return wrapped
+
+    async def login_form(
+        self, request: web.Request, error: str = "", status: int = 200
+    ) -> web.Response:
+        message = f'<p class="err">{escape(error)}</p>' if error else ""
+        body = (
+            f'{message}<form method="post" action="/login"><label>Password '
+            '<input type="password" name="password" autofocus></label>'
+            "<button>Log in</button></form>"
+        )
+        response = _page("Log in", body, nav=False)
+        response.set_status(status)
+        return response
+
+    async def login(self, request: web.Request) -> web.Response:
+        client = request.remote or "?"
+        if self.auth.limited(client):
+            return await self.login_form(
+                request, "Too many failed logins; wait a few minutes.", 429
+            )
+        form = await request.post()
+        password = str(form.get("password", ""))
+        # scrypt is slow on purpose: keep it off the event loop
+        if not await asyncio.to_thread(verify_password, password, self.auth.password_hash):
+            self.auth.failures.setdefault(client, []).append(time.monotonic())
+            return await self.login_form(request, "Wrong password.", 401)
+        self.auth.failures.pop(client, None)
+        sid = secrets.token_urlsafe(32)
+        self.auth.sessions[sid] = _Session(
+            secrets.token_urlsafe(32), time.monotonic() + SESSION_SECONDS
+        )
+        response = web.HTTPSeeOther("/report")
+        secure = request.secure or request.headers.get("X-Forwarded-Proto") == "https"
+        response.set_cookie(
+            COOKIE,
+            sid,
+            httponly=True,
+            samesite="Strict",
+            secure=secure,
+            max_age=SESSION_SECONDS,
+            path="/",
+        )
+        raise response
+
+    async def logout(self, request: web.Request) -> web.StreamResponse:
+        self.auth.sessions.pop(request.cookies.get(COOKIE, ""), None)
+        response = web.HTTPSeeOther("/login")
+        response.del_cookie(COOKIE, path="/")
+        raise response
+
+    def _filter(self, request: web.Request) -> report.ReportFilter:
+        q = request.query
+        return report.parse_filter(
+            start=q.get("from") or None,
+            end=q.get("to") or None,
+            campaigns=[c for c in q.getall("campaign", []) if c],
+            kind=q.get("type", "soft"),
+            group_by=q.get("group_by", "from-domain"),
+        )
+
+    def _rows(self, flt: report.ReportFilter) -> Any:
+        return self.store.iter_bounce_report(
+            flt.start, flt.end, flt.types, flt.campaigns, flt.group_by, flt.top
+        )
+
+    async def report_page(self, request: web.Request) -> web.Response:
+        try:
+            flt = self._filter(request)
+        except report.ReportError as exc:
+            return _page(
+                "Bounces report",
+                f'<p class="err">{escape(str(exc))}</p><p><a href="/report">Back</a></p>',
+            )
+        campaigns = await self.store.campaigns_in_period(flt.start, flt.end)
+        rows: list[ReportRow] = [r async for r in self._rows(flt)]
+        per_day = await self.store.bounces_per_day(flt.start, flt.end, flt.campaigns or None)
+        options = "".join(
+            f'<option value="{escape(c)}"{" selected" if c in flt.campaigns else ""}>'
+            f"{escape(c)}</option>"
+            for c in campaigns
+        )
+
+        def pick(name: str, values: list[str], current: str) -> str:
+            opts = "".join(
+                f"<option{' selected' if v == current else ''}>{escape(v)}</option>" for v in values
+            )
+            return f'<select name="{name}">{opts}</select>'
+
+        kind = next(k for k, v in report.TYPES.items() if v == flt.types)
+        form = (
+            '<form method="get" action="/report">'
+            f'From <input name="from" value="{flt.start:%Y-%m-%dT%H:%M}"> '
+            f'to <input name="to" value="{flt.end:%Y-%m-%dT%H:%M}"> (UTC) '
+            f'campaign <select name="campaign"><option value="">all</option>{options}</select> '
+            f"group by {pick('group_by', ['from-domain', 'ip'], flt.group_by)} "
+            f"type {pick('type', ['soft', 'hard', 'all'], kind)} "
+            "<button>Show</button></form>"
+        )
+        query = urlencode(
+            [
+                ("from", flt.start.isoformat()),
+                ("to", flt.end.isoformat()),
+                ("type", kind),
+                ("group_by", flt.group_by),
+            ]
+            + [("campaign", c) for c in flt.campaigns]
+        )
+        downloads = (
+            f'<p>Download: <a href="/report.csv?{escape(query)}">CSV</a> · '
+            f'<a href="/report.xlsx?{escape(query)}">Excel</a></p>'
+        )
+        table = _table(
+            flt.columns,
+            [
+                [
+                    escape(r.group),
+                    escape(r.bounce_text),
+                    str(r.amount),
+                    str(r.messages),
+                    str(r.recipient_domains),
+                    escape(r.category or ""),
+                    _when(r.first_seen),
+                    _when(r.last_seen),
+                ]
+                for r in rows
+            ],
+            numeric=frozenset({2, 3, 4}),
+        )
+        total = sum(r.amount for r in rows)
+        body = (
+            f"{form}{_chart(per_day)}{downloads}{table}"
+            f'<p class="muted">{len(rows)} rows, {total} bounce events.</p>'
+        )
+        return _page("Bounces report", body)
+
+    async def report_file(self, request: web.Request) -> web.StreamResponse:
+        fmt = request.match_info["fmt"]
+        try:
+            flt = self._filter(request)
+        except report.ReportError as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from exc
+        if fmt == "csv":
+            text = io.StringIO(newline="")
+            await report.write_csv(self._rows(flt), flt, text)
+            body, ctype = text.getvalue().encode(), "text/csv"
+        else:
+            binary = io.BytesIO()
+            await report.write_xlsx(self._rows(flt), flt, binary)
+            body = binary.getvalue()
+            ctype = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+        return web.Response(
+            body=body,
+            content_type=ctype,
+            headers={"Content-Disposition": f'attachment; filename="bounces.{fmt}"'},
+        )
+
+    async def suppression_page(self, request: web.Request) -> web.Response:
+        search = request.query.get("search") or None
+        page = max(1, int(request.query.get("page", "1") or 1))
+        entries = await self.store.suppressions_with_cause(
+            search, PAGE_ROWS, (page - 1) * PAGE_ROWS
+        )
+        csrf = _csrf_field(request[_SESSION])
+        rows = [
+            [
+                escape(e["address"]),
+                escape(e["source"]),
+                _when(e["created_at"]),
+                escape(e["reason"]),
+                escape(e["cause"] or ""),
+                '<form class="inline" method="post" action="/suppression/remove">'
+                f'{csrf}<input type="hidden" name="address" value="{escape(e["address"])}">'
+                '<input name="reason" placeholder="why (required)" required>'
+                '<label><input type="checkbox" name="confirm" value="yes" required> sure</label>'
+                "<button>Remove</button></form>",
+            ]
+            for e in entries
+        ]
+        audit = await self.store.audit_log(20)
+        audit_rows = [
+            [
+                _when(a["occurred_at"]),
+                escape(a["actor"]),
+                escape(a["action"]),
+                escape(a["subject"]),
+                escape(a["reason"]),
+            ]
+            for a in audit
+        ]
+        notice = request.query.get("notice")
+        body = (
+            (f'<p class="err">{escape(notice)}</p>' if notice else "")
+            + '<form method="get"><input name="search" placeholder="address contains" '
+            f'value="{escape(search or "")}"><button>Search</button></form>'
+            + _table(["address", "source", "since", "reason", "bounce that caused it", ""], rows)
+            + f'<p><a href="?{escape(urlencode({"search": search or "", "page": page + 1}))}">'
+            "next page</a></p><h2>Audit log</h2>"
+            + _table(["when", "who", "what", "address", "why"], audit_rows)
+        )
+        return _page("Suppression list", body)
+
+    async def suppression_remove(self, request: web.Request) -> web.StreamResponse:
+        form = request[_FORM]
+        address, reason = str(form.get("address", "")), str(form.get("reason", "")).strip()
+        if form.get("confirm") != "yes" or not reason:
+            raise web.HTTPSeeOther(
+                "/suppression?"
+                + urlencode({"notice": "Removing needs a reason and the confirmation box."})
+            )
+        try:
+            validate_address(address)
+        except AddressError as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from exc
+        removed = await self.store.remove_suppression(
+            normalise_address(address), "admin page", reason
+        )
+        notice = f"Removed {address}." if removed else f"{address} was not on the list."
+        raise web.HTTPSeeOther("/suppression?" + urlencode({"notice": notice}))
+
+    async def queue_page(self, request: web.Request) -> web.Response:
+        stats = await self.store.queue_stats()
+        counts = [
+            [escape(state), str(n), _when(oldest)] for state, (n, oldest) in sorted(stats.items())
+        ]
+        reasons = [[escape(reply), str(n)] for reply, n in await self.store.deferral_reasons()]
+        history = ""
+        if request.query.get("id", "").isdigit():
+            delivery_id = int(request.query["id"])
+            events = await self.store.events_of_delivery(delivery_id)
+            history = f"<h2>Delivery {delivery_id}</h2>" + _table(
+                ["when", "event", "attempt", "code", "category", "rule", "source IP", "reply"],
+                [
+                    [
+                        _when(e["occurred_at"]),
+                        escape(e["type"]),
+                        str(e["attempt"] or ""),
+                        str(e["code"] or ""),
+                        escape(e["category"] or ""),
+                        escape(e["rule"] or ""),
+                        escape(e["source_ip"] or ""),
+                        escape(e["reply_text"] or ""),
+                    ]
+                    for e in events
+                ],
+            )
+        body = (
+            _table(["state", "deliveries", "oldest message received"], counts, frozenset({1}))
+            + "<h2>Top deferral reasons</h2>"
+            + _table(["last reply", "queued"], reasons, frozenset({1}))
+            + '<form method="get"><input name="id" placeholder="delivery id">'
+            "<button>Attempt history</button></form>" + history
+        )
+        return _page("Queue", body)
+
+    async def profile_page(self, request: web.Request) -> web.Response:
+        address = request.query.get("address", "")
+        result = ""
+        if address:
+            key = normalise_address(address)
+            profile = await self.store.profile(key)
+            bounces = await self.store.bounces_of_address(key)
+            status = profile["status"] if profile else "active"
+            result = f"<p><b>{escape(key)}</b>: {escape(status)}</p>" + _table(
+                ["when", "event", "code", "category", "source IP", "campaign", "reply"],
+                [
+                    [
+                        _when(b["occurred_at"]),
+                        escape(b["type"]),
+                        str(b["code"] or ""),
+                        escape(b["category"] or ""),
+                        escape(b["source_ip"] or ""),
+                        escape(b["campaign"] or ""),
+                        escape(b["reply_text"] or ""),
+                    ]
+                    for b in bounces
+                ],
+            )
+        body = (
+            f'<form method="get"><input name="address" value="{escape(address)}" '
+            'placeholder="address"><button>Look up</button></form>' + result
+        )
+        return _page("Profile", body)
+
+    async def home(self, request: web.Request) -> web.StreamResponse:
+        raise web.HTTPSeeOther("/report")
+
+
+def add_page_routes(app: web.Application, store: Store, password_hash: str) -> None:
+    pages = _Pages(store, password_hash)
+    app.router.add_get("/", pages.home)
+    app.router.add_get("/login", pages.login_form)
+    app.router.add_post("/login", pages.login)
+    app.router.add_post("/logout", pages.login_required(pages.logout))
+    app.router.add_get("/report", pages.login_required(pages.report_page))
+    app.router.add_get(r"/report.{fmt:csv|xlsx}", pages.login_required(pages.report_file))
+    app.router.add_get("/suppression", pages.login_required(pages.suppression_page))
+    app.router.add_post("/suppression/remove", pages.login_required(pages.suppression_remove))
+    app.router.add_get("/queue", pages.login_required(pages.queue_page))
+    app.router.add_get("/profile", pages.login_required(pages.profile_page))

@@ -1,0 +1,181 @@
+"""The admin page over HTTP: login, CSRF, rate limit, report, downloads, suppression removal."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from html import escape
+
+import aiohttp
+import aiosmtplib
+import pytest
+
+from relay.app import Relay
+from relay.passwords import hash_password
+from relay.report import parse_filter, write_csv
+from relay.store import IncomingMessage, OutcomeRecord, Recipient
+from tests.relay.test_report import QUOTA_T, T0, seed_standard
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture(scope="module")
+def password_hash() -> str:
+    return hash_password(PASSWORD)
+
+
+@pytest.fixture
+async def relay(db_dsn, make_config, password_hash) -> AsyncIterator[Relay]:
+    config = make_config(
+        '[smtp]\nlisten = "127.0.0.1:0"\nhostname = "relay.test"\n'
+        f'[admin]\nlisten = "127.0.0.1:0"\npassword_hash = "{password_hash}"\n'
+        "[delivery]\nenabled = false\n",
+        replace_base=True,
+    )
+    async with Relay(config, dsn=db_dsn, listen=("127.0.0.1", 0)) as r:
+        yield r
+
+
+def base(relay: Relay) -> str:
+    return f"http://127.0.0.1:{relay.admin_port}"
+
+
+async def logged_in(relay: Relay) -> tuple[aiohttp.ClientSession, str]:
+    http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+    async with http.post(base(relay) + "/login", data={"password": PASSWORD}) as r:
+        assert r.status == 200
+        assert str(r.url).endswith("/report")
+        page = await r.text()
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert csrf is not None
+    return http, csrf[1]
+
+
+async def test_no_session_redirects_to_login(relay):
+    """Every page without a session sends the browser to /login."""
+    async with aiohttp.ClientSession() as http:
+        for path in ("/report", "/suppression", "/queue", "/profile", "/report.csv"):
+            async with http.get(base(relay) + path, allow_redirects=False) as r:
+                assert r.status == 303
+                assert r.headers["Location"] == "/login"
+
+
+async def test_wrong_password_refused_then_rate_limited(relay):
+    """Wrong passwords get 401; after five, even the right one waits (429)."""
+    async with aiohttp.ClientSession() as http:
+        for _ in range(5):
+            async with http.post(base(relay) + "/login", data={"password": "nope"}) as r:
+                assert r.status == 401
+        async with http.post(base(relay) + "/login", data={"password": PASSWORD}) as r:
+            assert r.status == 429
+
+
+async def test_session_cookie_flags(relay):
+    """The session cookie is HttpOnly and SameSite=Strict."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(base(relay) + "/login", data={"password": PASSWORD}, allow_redirects=False) as r,
+    ):
+        cookie = r.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie
+    assert "SameSite=Strict" in cookie
+
+
+async def test_report_page_download_and_xss_as_text(relay):
+    """The report table shows the rows; the CSV download is the CLI's bytes; a hostile bounce
+    text and campaign are rendered as text."""
+    await seed_standard(relay.store)
+    await relay.store.accept_messages(
+        T0,
+        [
+            IncomingMessage(
+                "XSS1",
+                "s@evil.example",
+                (Recipient("v@evil.example", "v@evil.example", "evil.example"),),
+                b"x",
+                "evil.example",
+                None,
+                "<b>camp</b>",
+                "127.0.0.1",
+                "s",
+                False,
+            )
+        ],
+    )
+    claimed = await relay.store.claim_due_deliveries("t", T0, timedelta(minutes=1), 10)
+    [d] = [d for d in claimed if d.queue_id == "XSS1"]
+    await relay.store.apply_outcomes(
+        T0,
+        [
+            OutcomeRecord(
+                delivery_id=d.id,
+                lease_token=d.lease_token,
+                state="queued",
+                event="soft_bounce",
+                next_attempt_at=T0,
+                code=451,
+                reply_text="451 <script>alert(1)</script>",
+                template="<script>alert(1)</script>",
+                category="other",
+                source_ip="127.0.0.2",
+            )
+        ],
+    )
+    http, _ = await logged_in(relay)
+    async with http:
+        query = "?from=2026-11-02T00:00&to=2026-11-03T00:00"
+        async with http.get(base(relay) + "/report" + query) as r:
+            page = await r.text()
+        async with http.get(base(relay) + "/report.csv" + query) as r:
+            csv_bytes = await r.read()
+    assert escape(QUOTA_T) in page
+    assert "<script>alert(1)</script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "&lt;b&gt;camp&lt;/b&gt;" in page
+    assert "<svg" in page
+    flt = parse_filter(start="2026-11-02T00:00", end="2026-11-03T00:00")
+    expected = io.StringIO(newline="")
+    await write_csv(
+        relay.store.iter_bounce_report(
+            flt.start, flt.end, flt.types, flt.campaigns, flt.group_by, flt.top
+        ),
+        flt,
+        expected,
+    )
+    assert csv_bytes == expected.getvalue().encode()
+
+
+async def test_remove_needs_csrf_and_works_with_it(relay):
+    """POST without the CSRF token is 403; with it the address is removed, audited, and the
+    relay accepts it again over SMTP."""
+    await relay.store.add_suppression("gone@example.org", "user_unknown", "hard_bounce")
+    http, csrf = await logged_in(relay)
+    async with http:
+        form = {"address": "gone@example.org", "reason": "customer called", "confirm": "yes"}
+        async with http.post(base(relay) + "/suppression/remove", data=form) as r:
+            assert r.status == 403
+        async with http.post(base(relay) + "/suppression/remove", data={**form, "csrf": csrf}) as r:
+            assert r.status == 200
+            page = await r.text()
+    assert "Removed gone@example.org." in page
+    assert "customer called" in page  # the audit log on the same page
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=relay.port, start_tls=False)
+    await client.connect()
+    await client.mail("s@example.com")
+    assert (await client.rcpt("gone@example.org")).code == 250
+    await client.quit()
+
+
+async def test_queue_and_profile_pages(relay):
+    """The queue page shows counts and reasons; the profile page looks an address up."""
+    await seed_standard(relay.store)
+    http, _ = await logged_in(relay)
+    async with http:
+        async with http.get(base(relay) + "/queue") as r:
+            queue = await r.text()
+        async with http.get(base(relay) + "/profile?address=gone@gmail.com") as r:
+            profile = await r.text()
+    assert "Top deferral reasons" in queue
+    assert "hard_bounce" in profile
