@@ -128,7 +128,7 @@ def _chart(per_day: list[tuple[datetime, str, int]]) -> str:
         return '<p class="muted">No bounces in this period.</p>'
     amounts = {(d, t): n for d, t, n in per_day}
     top = max(n for _, _, n in per_day) or 1
-    width, height, bar = 24 * len(days) + 40, 160, 10
+    width, height, bar = max(240, 24 * len(days) + 80), 160, 10
     parts = []
     for i, day in enumerate(days):
         for j, (kind, colour) in enumerate(
@@ -141,7 +141,10 @@ def _chart(per_day: list[tuple[datetime, str, int]]) -> str:
                 f'<rect x="{x}" y="{130 - h}" width="{bar - 1}" height="{h}" fill="{colour}">'
                 f"<title>{escape(day.strftime('%Y-%m-%d'))} {kind}: {n}</title></rect>"
             )
-    labels = f'<text x="30" y="150" font-size="10">{days[0]:%Y-%m-%d}</text>'
+    last = 30 + (len(days) - 1) * 24
+    labels = f'<text x="30" y="150" font-size="10">{days[0]:%Y-%m-%d}</text>' + (
+        f'<text x="{last}" y="150" font-size="10">{days[-1]:%m-%d}</text>' if len(days) > 4 else ""
+    )
     legend = (
         '<text x="30" y="12" font-size="11" fill="#e0a030">soft</text>'
         '<text x="70" y="12" font-size="11" fill="#c03030">hard</text>'

@@ -1,0 +1,128 @@
+"""The admin page in a real headless Chromium (Debian's, driven by Playwright; no download).
+
+.ci/run installs the `chromium` package; the screenshot of the report page goes to
+$BOUNCE_RELAY_ARTIFACTS (CI sets it to .ci/out), else to the test's temporary folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from relay.app import Relay
+from relay.passwords import hash_password
+from relay.store import IncomingMessage, OutcomeRecord, Recipient
+from tests.relay.test_report import T0, seed_standard
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+PASSWORD = "browser-test-pass"
+XSS = "<script>alert(1)</script>"
+
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)"
+)
+
+
+async def _seed(relay: Relay) -> None:
+    await seed_standard(relay.store)
+    await relay.store.accept_messages(
+        T0,
+        [
+            IncomingMessage(
+                "XSS1",
+                "s@evil.example",
+                (Recipient("v@evil.example", "v@evil.example", "evil.example"),),
+                b"x",
+                "evil.example",
+                None,
+                "A",
+                "127.0.0.1",
+                "s",
+                False,
+            )
+        ],
+    )
+    claimed = await relay.store.claim_due_deliveries("t", T0, timedelta(minutes=1), 10)
+    [d] = [d for d in claimed if d.queue_id == "XSS1"]
+    await relay.store.apply_outcomes(
+        T0,
+        [
+            OutcomeRecord(
+                delivery_id=d.id,
+                lease_token=d.lease_token,
+                state="queued",
+                event="soft_bounce",
+                next_attempt_at=T0,
+                code=451,
+                reply_text=f"451 {XSS}",
+                template=XSS,
+                category="other",
+                source_ip="127.0.0.2",
+            )
+        ],
+    )
+    await relay.store.add_suppression("gone@example.org", "user_unknown", "hard_bounce")
+
+
+@pytest.mark.slow
+async def test_admin_page_in_a_real_browser(db_dsn, make_config, tmp_path):
+    """Log in, filter the report by a campaign, download its CSV, see the XSS payload as text,
+    remove an address from the suppression list; screenshot the report."""
+    from playwright.async_api import async_playwright
+
+    config = make_config(
+        '[smtp]\nlisten = "127.0.0.1:0"\nhostname = "relay.test"\n'
+        f'[admin]\nlisten = "127.0.0.1:0"\npassword_hash = "{hash_password(PASSWORD)}"\n'
+        "[delivery]\nenabled = false\n",
+        replace_base=True,
+    )
+    artifacts = Path(os.environ.get("BOUNCE_RELAY_ARTIFACTS") or tmp_path)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    async with Relay(config, dsn=db_dsn, listen=("127.0.0.1", 0)) as relay:
+        await _seed(relay)
+        url = f"http://127.0.0.1:{relay.admin_port}"
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(
+                executable_path=CHROMIUM,
+                args=[
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                ],
+            )
+            page = await browser.new_page(accept_downloads=True)
+            dialogs: list[str] = []
+            page.on("dialog", lambda d: dialogs.append(d.message))
+            await page.goto(url + "/report")
+            assert page.url.endswith("/login")
+            await page.fill("input[name=password]", PASSWORD)
+            await page.click("button")
+            await page.fill("input[name=from]", "2026-11-02T00:00")
+            await page.fill("input[name=to]", "2026-11-03T00:00")
+            await page.select_option("select[name=campaign]", "A")
+            await page.click("main form button")
+            table = await page.inner_text("table")
+            assert "news.example.com" in table
+            assert "shop.example.com" not in table  # campaign B filtered out
+            assert XSS in table  # shown as text ...
+            assert dialogs == []  # ... never run
+            await page.screenshot(path=str(artifacts / "admin-report.png"), full_page=True)
+            async with page.expect_download() as info:
+                await page.click("text=CSV")
+            download = await info.value
+            rows = list(csv.DictReader(io.StringIO(Path(await download.path()).read_text())))
+            assert {r["from_domain"] for r in rows} == {"news.example.com", "evil.example"}
+            await page.goto(url + "/suppression")
+            await page.fill("input[name=reason]", "customer asked")
+            await page.check("input[name=confirm]")
+            await page.click("text=Remove")
+            assert "Removed gone@example.org." in await page.inner_text("main")
+            await browser.close()
+    assert (artifacts / "admin-report.png").stat().st_size > 1000
