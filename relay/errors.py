@@ -3,6 +3,7 @@
     RelayError
     ├── ConfigError          one bad key in config.toml (key, line, why)
     │   └── ConfigErrors     every ConfigError found in one file, reported at once
+    ├── ListenError          a listener could not bind (port taken, address not local)
     └── StoreError           anything the store could not do
         ├── StoreUnavailable the database is unreachable or the commit failed:
         │                    intake answers 451 4.3.0 and the client keeps the message
@@ -16,6 +17,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "ConfigErrors",
+    "ListenError",
     "RelayError",
     "StoreError",
     "StoreUnavailable",
@@ -50,6 +52,17 @@ class ConfigErrors(ConfigError):
         self.key = errors[0].key if errors else ""
         self.why = errors[0].why if errors else ""
         self.line = errors[0].line if errors else None
+
+
+class ListenError(RelayError):
+    """A listener could not bind; the message names the config key and the address."""
+
+    def __init__(self, key: str, address: tuple[str, int], exc: OSError) -> None:
+        self.key = key
+        super().__init__(
+            f"{key} {address[0]}:{address[1]}: cannot listen ({exc.strerror or exc}); "
+            "another process may hold the port: stop it or choose another address"
+        )
 
 
 class StoreError(RelayError):

@@ -28,7 +28,7 @@ from policies.headers import summarise_headers
 from relay import replies
 from relay.commit import GroupCommitter
 from relay.config import SmtpConfig
-from relay.errors import StoreError
+from relay.errors import ListenError, StoreError
 from relay.metrics import Metrics
 from relay.passwords import verify_password
 from relay.store import IncomingMessage, Recipient, Store
@@ -380,4 +380,7 @@ async def start_intake(
             loop=loop,
         )
 
-    return await loop.create_server(factory, host, port, reuse_address=True)
+    try:
+        return await loop.create_server(factory, host, port, reuse_address=True)
+    except OSError as exc:
+        raise ListenError("smtp.listen", (host, port), exc) from exc

@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from relay.admin.api import add_api_routes
 from relay.admin.pages import add_page_routes
 from relay.config import AdminToken
-from relay.errors import StoreError
+from relay.errors import ListenError, StoreError
 from relay.metrics import Metrics
 from relay.store import Store
 
@@ -92,7 +92,11 @@ async def start_admin(
     runner = web.AppRunner(_app(store, metrics, serving, tokens, password_hash), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, listen[0], listen[1])
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ListenError("admin.listen", listen, exc) from exc
     port = int(runner.addresses[0][1])
     log.info("admin.listening", address=listen[0], port=port)
     return runner, port

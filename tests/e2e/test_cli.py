@@ -251,3 +251,20 @@ def test_classify_rules_from_config_and_bad_regex_named(tmp_path):
     assert result.returncode == 2
     assert "broken" in result.stderr
     assert "retry.rules[0]" in result.stderr
+
+
+def test_busy_port_is_a_clear_error(pg_server, tmp_path):
+    """A taken listen port: exit 1 with the key and address named, no traceback."""
+    dsn = asyncio.run(pg_server.create_database())
+    try:
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            config = _write_serve_config(tmp_path, port, dsn)
+            result = run_cli("serve", "--config", str(config))
+        assert result.returncode == 1
+        assert f"smtp.listen 127.0.0.1:{port}: cannot listen" in result.stderr
+        assert "Traceback" not in result.stderr
+    finally:
+        asyncio.run(pg_server.drop_database(dsn))
