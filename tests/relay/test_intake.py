@@ -377,3 +377,18 @@ async def test_shutdown_lets_open_transactions_finish_and_tells_new_clients_421(
         assert await conn.fetchval("SELECT count(*) FROM messages") == 1
     finally:
         await conn.close()
+
+
+async def test_refuses_to_start_when_commits_would_not_be_durable(db_dsn, make_config):
+    """synchronous_commit off (here for this database only): the relay will not start."""
+    from relay.errors import UnsafeDatabase
+
+    name = urlsplit(db_dsn).path.lstrip("/")
+    conn = await _db(db_dsn)
+    try:
+        await conn.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
+    finally:
+        await conn.close()
+    with pytest.raises(UnsafeDatabase, match="synchronous_commit=off"):
+        async with Relay(make_config(), dsn=db_dsn, listen=("127.0.0.1", 0)):
+            pass
