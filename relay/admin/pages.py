@@ -340,7 +340,8 @@ class _Pages:
 
     async def suppression_page(self, request: web.Request) -> web.Response:
         search = request.query.get("search") or None
-        page = max(1, int(request.query.get("page", "1") or 1))
+        raw_page = request.query.get("page", "1")
+        page = max(1, int(raw_page)) if raw_page.isdigit() else 1
         entries = await self.store.suppressions_with_cause(
             search, PAGE_ROWS, (page - 1) * PAGE_ROWS
         )
