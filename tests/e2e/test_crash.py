@@ -45,8 +45,9 @@ async def test_sigkill_mid_delivery_loses_nothing(pg_server, tmp_path):
                 await client.sendmail("s@example.com", [f"r{n}@example.org"], body)
                 await client.quit()
                 accepted.append(n)
-            while len(up.received) < 3:
-                await asyncio.sleep(0.05)
+            async with asyncio.timeout(60):  # a hang is a failure, not a stuck CI
+                while len(up.received) < 3:
+                    await asyncio.sleep(0.05)
             procs[0].send_signal(signal.SIGKILL)
             procs[0].wait(timeout=10)
             db = await asyncpg.connect(dsn)

@@ -74,8 +74,9 @@ async def test_sigterm_under_load_loses_nothing(fresh_dsn, tmp_path):
         await wait_port(port, proc)
         for n in range(messages):
             await send(port, f"r{n}@example.org", n)
-        while len(up.received) < 2:
-            await asyncio.sleep(0.05)
+        async with asyncio.timeout(60):  # a hang is a failure, not a stuck CI
+            while len(up.received) < 2:
+                await asyncio.sleep(0.05)
         up.data_delay = 3.0  # transactions now in flight outlast the 0.5 s grace
         await asyncio.sleep(0.5)
         logs = await stop(proc)
@@ -106,7 +107,8 @@ async def test_systemd_notify_ready_watchdog_stopping(fresh_dsn, tmp_path):
     try:
         await wait_port(port, proc)
         for _ in range(20):
-            received.append((await loop.sock_recv(sock, 4096)).decode())
+            datagram = await asyncio.wait_for(loop.sock_recv(sock, 4096), 10)
+            received.append(datagram.decode())
             if sum("WATCHDOG=1" in r for r in received) >= 2:
                 break
     finally:

@@ -342,6 +342,11 @@ async def test_shutdown_lets_open_transactions_finish_and_tells_new_clients_421(
 ):
     """On shutdown a session mid-DATA still gets its 250 (and its message is stored), while a
     new connection hears 421 4.3.2."""
+    async with asyncio.timeout(60):  # a hang is a failure, not a stuck CI
+        await _shutdown_mid_data(db_dsn, make_config)
+
+
+async def _shutdown_mid_data(db_dsn, make_config) -> None:
     config = make_config("[delivery]\nenabled = false\n")
     relay_cm = Relay(config, dsn=db_dsn, listen=("127.0.0.1", 0))
     relay = await relay_cm.__aenter__()
