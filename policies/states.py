@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["FINAL_STATES", "DeliveryState", "EventType"]
+__all__ = ["DeliveryState", "EventType"]
 
 
 class DeliveryState(StrEnum):
@@ -18,16 +18,6 @@ class DeliveryState(StrEnum):
     BOUNCED = "bounced"
     EXPIRED = "expired"
     CANCELLED = "cancelled"
-
-
-FINAL_STATES = frozenset(
-    {
-        DeliveryState.DELIVERED,
-        DeliveryState.BOUNCED,
-        DeliveryState.EXPIRED,
-        DeliveryState.CANCELLED,
-    }
-)
 
 
 class EventType(StrEnum):

@@ -27,9 +27,7 @@ __all__ = [
     "AcceptedMessage",
     "AppliedOutcomes",
     "ClaimedDelivery",
-    "DeliveryRow",
     "IncomingMessage",
-    "MessageRow",
     "OutcomeRecord",
     "Recipient",
     "Store",
@@ -112,39 +110,6 @@ class AcceptedMessage:
     id: int
     queue_id: str
     received_at: datetime
-
-
-@dataclass(frozen=True)
-class MessageRow:
-    id: int
-    queue_id: str
-    received_at: datetime
-    envelope_sender: str
-    from_domain: str | None
-    message_id: str | None
-    campaign: str | None
-    size: int
-    body: bytes | None
-    client_address: str | None
-    session_id: str | None
-    smtputf8: bool
-
-
-@dataclass(frozen=True)
-class DeliveryRow:
-    id: int
-    message_id: int
-    recipient: str
-    recipient_key: str
-    recipient_domain: str
-    state: str
-    attempts: int
-    next_attempt_at: datetime
-    lease_until: datetime | None
-    last_source_ip: str | None
-    last_code: int | None
-    last_reply: str | None
-    updated_at: datetime
 
 
 @dataclass(frozen=True)
@@ -449,20 +414,6 @@ class Store:
             rows = await self.pool.fetch(QUERIES["audit_log"], limit, timeout=self.timeout)
         return [dict(r) for r in rows]
 
-    async def message_by_queue_id(self, queue_id: str) -> MessageRow | None:
-        async with _translated("read message"):
-            row = await self.pool.fetchrow(
-                QUERIES["message_by_queue_id"], queue_id, timeout=self.timeout
-            )
-        return MessageRow(**dict(row)) if row else None
-
-    async def deliveries_of_message(self, message_id: int) -> list[DeliveryRow]:
-        async with _translated("read deliveries"):
-            rows = await self.pool.fetch(
-                QUERIES["deliveries_of_message"], message_id, timeout=self.timeout
-            )
-        return [DeliveryRow(**dict(r)) for r in rows]
-
     async def claim_due_deliveries(
         self, owner: str, now: datetime, lease: timedelta, limit: int
     ) -> list[ClaimedDelivery]:
@@ -687,11 +638,6 @@ class Store:
     def pool_sizes(self) -> tuple[int, int]:
         """(open, idle) connections of the pool."""
         return int(self.pool.get_size()), int(self.pool.get_idle_size())
-
-    async def count_rows(self) -> dict[str, int]:
-        async with _translated("count rows"):
-            row = await self.pool.fetchrow(QUERIES["count_rows"], timeout=self.timeout)
-        return dict(row)
 
 
 async def create_store(

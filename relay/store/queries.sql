@@ -108,25 +108,6 @@ WHERE ($1::text IS NULL OR strpos(address, lower($1)) > 0)
 ORDER BY created_at DESC, address
 LIMIT $4 OFFSET $5;
 
--- message_by_queue_id --
--- One stored message (body included) by its queue id.
-SELECT id, queue_id, received_at, envelope_sender, from_domain, message_id, campaign, size, body,
-       client_address, session_id, smtputf8
-FROM messages WHERE queue_id = $1;
-
--- deliveries_of_message --
--- The deliveries of one message, in recipient order.
-SELECT id, message_id, recipient, recipient_key, recipient_domain, state, attempts,
-       next_attempt_at, lease_until, last_source_ip, last_code, last_reply, updated_at
-FROM deliveries WHERE message_id = $1 ORDER BY id;
-
--- count_rows --
--- Row counts of the main tables (tests and `bounce-relay status`).
-SELECT (SELECT count(*) FROM messages) AS messages,
-       (SELECT count(*) FROM deliveries) AS deliveries,
-       (SELECT count(*) FROM events) AS events,
-       (SELECT count(*) FROM suppressions) AS suppressions;
-
 -- durability_settings --
 -- fsync and synchronous_commit: both must be on for a 250 to mean "safe".
 SELECT current_setting('fsync') AS fsync,

@@ -10,64 +10,26 @@ import csv
 import io
 import os
 import shutil
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from relay.app import Relay
 from relay.passwords import hash_password
-from relay.store import IncomingMessage, OutcomeRecord, Recipient
-from tests.relay.test_report import T0, seed_standard
+from tests.relay.test_report import seed_hostile_bounce, seed_standard
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PASSWORD = "browser-test-pass"
-XSS = "<script>alert(1)</script>"
 
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)"
 )
 
 
-async def _seed(relay: Relay) -> None:
+async def _seed(relay: Relay) -> str:
     await seed_standard(relay.store)
-    await relay.store.accept_messages(
-        T0,
-        [
-            IncomingMessage(
-                "XSS1",
-                "s@evil.example",
-                (Recipient("v@evil.example", "v@evil.example", "evil.example"),),
-                b"x",
-                "evil.example",
-                None,
-                "A",
-                "127.0.0.1",
-                "s",
-                False,
-            )
-        ],
-    )
-    claimed = await relay.store.claim_due_deliveries("t", T0, timedelta(minutes=1), 10)
-    [d] = [d for d in claimed if d.queue_id == "XSS1"]
-    await relay.store.apply_outcomes(
-        T0,
-        [
-            OutcomeRecord(
-                delivery_id=d.id,
-                lease_token=d.lease_token,
-                state="queued",
-                event="soft_bounce",
-                next_attempt_at=T0,
-                code=451,
-                reply_text=f"451 {XSS}",
-                template=XSS,
-                category="other",
-                source_ip="127.0.0.2",
-            )
-        ],
-    )
     await relay.store.add_suppression("gone@example.org", "user_unknown", "hard_bounce")
+    return await seed_hostile_bounce(relay.store, "A")
 
 
 @pytest.mark.slow
@@ -85,7 +47,7 @@ async def test_admin_page_in_a_real_browser(db_dsn, make_config, tmp_path):
     artifacts = Path(os.environ.get("BOUNCE_RELAY_ARTIFACTS") or tmp_path)
     artifacts.mkdir(parents=True, exist_ok=True)
     async with Relay(config, dsn=db_dsn, listen=("127.0.0.1", 0)) as relay:
-        await _seed(relay)
+        xss = await _seed(relay)
         url = f"http://127.0.0.1:{relay.admin_port}"
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(
@@ -111,7 +73,7 @@ async def test_admin_page_in_a_real_browser(db_dsn, make_config, tmp_path):
             table = await page.inner_text("table")
             assert "news.example.com" in table
             assert "shop.example.com" not in table  # campaign B filtered out
-            assert XSS in table  # shown as text ...
+            assert xss in table  # shown as text ...
             assert dialogs == []  # ... never run
             await page.screenshot(path=str(artifacts / "admin-report.png"), full_page=True)
             async with page.expect_download() as info:

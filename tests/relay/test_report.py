@@ -125,6 +125,17 @@ async def seed_standard(store: Store) -> None:
     await s.finish(T0 + timedelta(hours=3))
 
 
+HOSTILE_REPLY = "451 <script>alert(1)</script>"
+
+
+async def seed_hostile_bounce(store: Store, campaign: str) -> str:
+    """One soft bounce from evil.example whose reply is a script tag; returns its template."""
+    s = Seeder(store, prefix="X")
+    await s.message("v@evil.example", campaign, "evil.example", T0)
+    await s.bounce(T0, HOSTILE_REPLY, "127.0.0.2")
+    return template_of(HOSTILE_REPLY)
+
+
 async def rows(store: Store, **kw: object) -> list[tuple[object, ...]]:
     flt = parse_filter(start=kw.pop("start", "2026-11-02"), end=kw.pop("end", "2026-11-03"), **kw)
     return [
