@@ -152,6 +152,9 @@ class DeliveryWorker:
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._active.discard(task)
         self._slots.release()
+        # A free slot may take work that is already due (a backlog after intake went quiet);
+        # without this the loop would wait out poll_interval before claiming it.
+        self._wake.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery.task_failed", error=repr(task.exception()))
 
