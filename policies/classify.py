@@ -133,6 +133,7 @@ class Category(StrEnum):
     TLS_REQUIRED = "tls_required"
     TOO_MANY_RECIPIENTS = "too_many_recipients"
     CONNECTION_FAILED = "connection_failed"
+    COMPLAINT = "complaint"  # a recipient's feedback report (ARF), not a reply
     DELIVERED = "delivered"
     OTHER = "other"
 

@@ -11,6 +11,20 @@ hard       bounced         hard_bounce         suppress when the verdict says so
 soft       queued          soft_bounce         next attempt from the matching retry rule
 soft       expired         soft_bounce         + non_delivery (the rule gave up)
 =========  ==============  ==================  =========================================
+
+``decide_reported`` does the same for a result read later from a bounce
+message (DSN, non-standard bounce, feedback report). The remote system has
+already given up or is still trying, so nothing is ever rescheduled:
+
+=========================  ==============  ==========================================
+report                     delivery        event
+=========================  ==============  ==========================================
+failed, verdict hard       bounced         hard_bounce (suppress when the verdict says)
+failed, verdict soft       expired         soft_bounce + non_delivery
+delayed                    unchanged       soft_bounce
+complaint (ARF)            unchanged       complaint; always suppresses (complaint)
+delivered/relayed/expanded nothing recorded
+=========================  ==============  ==========================================
 """
 
 from __future__ import annotations
@@ -19,12 +33,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from policies.classify import ClassifyRule, Kind, SuppressOn, Verdict, classify
+from policies.classify import Category, ClassifyRule, Kind, SuppressOn, Verdict, classify
 from policies.replies import Reply
 from policies.retry import GiveUp, RetryPolicy, SourceChoice, next_attempt, select_rule
 from policies.states import DeliveryState, EventType
 
-__all__ = ["Decision", "decide"]
+__all__ = ["Decision", "ReportedDecision", "decide", "decide_reported"]
 
 
 @dataclass(frozen=True)
@@ -83,4 +97,46 @@ def decide(
         rule.name,
         next_attempt_at=at,
         other_source_ip=rule.source is SourceChoice.OTHER_IP,
+    )
+
+
+@dataclass(frozen=True)
+class ReportedDecision:
+    event: EventType
+    verdict: Verdict
+    finish_state: DeliveryState | None = None  # None: the delivery's state stays as it is
+    non_delivery: bool = False
+
+    @property
+    def suppress(self) -> bool:
+        return self.verdict.suppress
+
+
+def decide_reported(
+    action: str,
+    reply: Reply,
+    recipient_domain: str,
+    *,
+    classify_rules: Sequence[ClassifyRule] = (),
+    suppress_on: SuppressOn = SuppressOn.RECIPIENT,
+) -> ReportedDecision | None:
+    """The decision for one recipient result of a bounce message (see the table above);
+    None for an action that reports success."""
+    if action == "complaint":
+        return ReportedDecision(
+            EventType.COMPLAINT, Verdict(Kind.HARD, Category.COMPLAINT, suppress=True)
+        )
+    if action not in ("failed", "delayed"):
+        return None
+    verdict = classify(reply, recipient_domain, rules=classify_rules, suppress_on=suppress_on)
+    if verdict.kind is Kind.DELIVERED:
+        # A failure report whose text reads as success ("250 OK" quoted): not evidence.
+        verdict = Verdict(Kind.SOFT, Category.OTHER, suppress=False, rule=verdict.rule)
+    if action == "delayed":
+        soft = Verdict(Kind.SOFT, verdict.category, suppress=False, rule=verdict.rule)
+        return ReportedDecision(EventType.SOFT_BOUNCE, soft)
+    if verdict.kind is Kind.HARD:
+        return ReportedDecision(EventType.HARD_BOUNCE, verdict, DeliveryState.BOUNCED)
+    return ReportedDecision(
+        EventType.SOFT_BOUNCE, verdict, DeliveryState.EXPIRED, non_delivery=True
     )

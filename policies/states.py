@@ -28,3 +28,5 @@ class EventType(StrEnum):
     HARD_BOUNCE = "hard_bounce"
     NON_DELIVERY = "non_delivery"
     SUPPRESSED = "suppressed"
+    COMPLAINT = "complaint"  # a feedback report (ARF) about a delivery
+    DSN_UNMATCHED = "dsn_unmatched"  # a bounce message that could not be used

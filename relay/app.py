@@ -17,6 +17,7 @@ import structlog
 
 from relay import systemd
 from relay.admin.server import start_admin
+from relay.bounces import BounceReader
 from relay.clock import Clock, utc_now
 from relay.commit import GroupCommitter
 from relay.config import Config, Rules, load_config
@@ -91,6 +92,14 @@ class Relay:
             raise
         return self
 
+    def _bounce_reader(self, config: Config) -> BounceReader | None:
+        return_paths = config.dsn.return_paths
+        if return_paths is None:
+            return None
+        return BounceReader(
+            self.store, return_paths, lambda: self.rules, clock=self._clock, metrics=self.metrics
+        )
+
     async def _start(self) -> None:
         config = self.config
         self.store = await open_store(config, self._stack, dsn=self._dsn)
@@ -104,6 +113,7 @@ class Relay:
                 lambda: self.rules,
                 clock=self._clock,
                 metrics=self.metrics,
+                return_paths=config.dsn.return_paths,
             )
             worker_task = asyncio.create_task(self.worker.run(), name="delivery.worker")
             self._stack.push_async_callback(
@@ -116,15 +126,16 @@ class Relay:
             on_commit=self.worker.wake if self.worker else None,
             clock=self._clock,
         )
-        commit_task = asyncio.create_task(committer.run(), name="intake.committer")
-        self._stack.push_async_callback(_cancel, commit_task)
+        self._stack.push_async_callback(committer.close)
         self.handler = IntakeHandler(
             store=self.store,
             committer=committer,
             smtp=config.smtp,
             campaign_header=config.campaign_header,
             metrics=self.metrics,
+            bounces=self._bounce_reader(config),
         )
+        self._stack.push_async_callback(self.handler.close)
         self.server = await start_intake(self.handler, config.smtp, self._listen)
         self._stack.push_async_callback(self._stop_intake)
         runner, self.admin_port = await start_admin(
@@ -200,12 +211,6 @@ class Relay:
         tb: TracebackType | None,
     ) -> None:
         await self._stack.aclose()
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 async def serve(config: Config) -> None:

@@ -8,6 +8,7 @@
     bounce-relay classify REPLY        how a reply is classified and resent (or --jsonl)
     bounce-relay queue list|show|retry|purge   the delivery queue
     bounce-relay profile show ADDRESS  an address's status, bounces and deliveries
+    bounce-relay dsn parse FILE.eml... what the relay reads from bounce messages (JSON lines)
 
 Config comes from --config, else $BOUNCE_RELAY_CONFIG, else ./config.toml.
 Exit codes: 0 ok, 1 the command failed (message on stderr), 2 bad usage or config.
@@ -89,6 +90,15 @@ def _parser() -> argparse.ArgumentParser:
         "show", help="status, bounces, deliveries", parents=[common], formatter_class=fmt
     )
     ps.add_argument("address")
+    dsn = command("dsn", "bounce messages (DSN, non-standard bounces, feedback reports)")
+    dsn_sub = dsn.add_subparsers(dest="action", required=True, metavar="ACTION")
+    dp = dsn_sub.add_parser(
+        "parse",
+        help="print one JSON line per recipient result found in each file",
+        parents=[common],
+        formatter_class=fmt,
+    )
+    dp.add_argument("files", nargs="+", metavar="FILE.eml")
     return parser
 
 
@@ -252,6 +262,12 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dsn(args: argparse.Namespace) -> int:
+    from relay.commands import dsn_parse
+
+    return dsn_parse(args.files, _load(args).rules, out=sys.stdout, err=sys.stderr)
+
+
 def _cmd_queue(args: argparse.Namespace) -> int:
     from relay import commands
     from relay.clock import utc_now
@@ -361,6 +377,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": _cmd_demo,
     "report": _cmd_report,
     "classify": _cmd_classify,
+    "dsn": _cmd_dsn,
     "queue": _cmd_queue,
     "profile": _cmd_profile,
     "serve": _cmd_serve,

@@ -268,3 +268,67 @@ async def audit_show(store: Store, limit: int, out: TextIO) -> int:
             file=out,
         )
     return 0
+
+
+def dsn_parse(paths: Iterable[str], rules: Rules, *, out: TextIO, err: TextIO) -> int:
+    """``dsn parse``: one JSON line per recipient result found in each bounce message.
+
+    An unrecognised message prints nothing; a file that cannot be read or is not a mail
+    message is reported on ``err`` and makes the exit status 2 (the others still print).
+    """
+    from policies.dsn import MalformedBounce, NotAMessage, parse_bounce
+    from policies.outcome import decide_reported
+
+    status = 0
+    for path in paths:
+        try:
+            raw = Path(path).read_bytes()
+            parsed = parse_bounce(raw)
+        except OSError as exc:
+            print(f"bounce-relay: {path}: cannot read: {exc.strerror or exc}", file=err)
+            status = 2
+            continue
+        except NotAMessage as exc:
+            print(f"bounce-relay: {path}: not a mail message ({exc})", file=err)
+            status = 2
+            continue
+        except MalformedBounce as exc:
+            print(f"bounce-relay: {path}: cannot be parsed safely ({exc})", file=err)
+            status = 2
+            continue
+        if parsed is None:
+            continue
+        for result in parsed.recipients:
+            domain = (result.recipient or "").rpartition("@")[2].lower()
+            decision = decide_reported(
+                result.action,
+                result.reply(),
+                domain,
+                classify_rules=rules.classify_rules,
+                suppress_on=rules.suppress_on,
+            )
+            if decision is None:
+                kind, category, suppress = "delivered", "delivered", False
+            elif result.action == "complaint":
+                kind, category, suppress = "complaint", "complaint", True
+            else:
+                kind = decision.verdict.kind.value
+                category = decision.verdict.category.value
+                suppress = decision.suppress
+            line = {
+                "file": path,
+                "recipient": result.recipient,
+                "action": result.action,
+                "status": result.status,
+                "code": result.code,
+                "diagnostic": result.diagnostic,
+                "remote_mta": result.remote_mta,
+                "kind": kind,
+                "category": category,
+                "suppress": suppress,
+                "feedback_type": result.feedback_type,
+                "format": parsed.format,
+                "loop": parsed.loop,
+            }
+            print(json.dumps(line, ensure_ascii=False), file=out)
+    return status

@@ -23,8 +23,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+from policies.addresses import AddressError, validate_address
 from policies.classify import Category, ClassifyRule, Kind, SuppressOn
 from policies.retry import Backoff, RetryPolicy, RetryRule, SourceChoice
+from policies.verp import MIN_SECRET_LENGTH, ReturnPaths
 from relay.errors import ConfigError, ConfigErrors
 
 __all__ = [
@@ -182,6 +184,21 @@ class AdminConfig:
 
 
 @dataclass(frozen=True)
+class DsnConfig:
+    """``[dsn]``: VERP return paths and bounce intake; off while ``domain`` is empty."""
+
+    domain: str = ""
+    prefix: str = "bounces"
+    secret: str = ""
+
+    @property
+    def return_paths(self) -> ReturnPaths | None:
+        if not self.domain:
+            return None
+        return ReturnPaths(self.domain, self.secret.encode("utf-8"), self.prefix)
+
+
+@dataclass(frozen=True)
 class Rules:
     """Everything SIGHUP may swap in one assignment."""
 
@@ -201,7 +218,7 @@ class Config:
     delivery: DeliveryConfig
     admin: AdminConfig
     rules: Rules
-    dsn_domain: str = ""
+    dsn: DsnConfig = DsnConfig()
     log_level: str = "info"
 
 
@@ -649,6 +666,34 @@ def _read_admin(r: _Reader) -> AdminConfig:
     return cfg
 
 
+def _read_dsn(r: _Reader) -> DsnConfig:
+    domain = r.get("domain", "", _lower).rstrip(".")
+    prefix = r.get("prefix", "bounces", _verp_prefix)
+    secret = r.get("secret", "", _str)
+    if domain:
+        try:
+            validate_address(f"postmaster@{domain}")
+        except AddressError as exc:
+            r.error(("domain",), f"not a usable mail domain: {exc.why}")
+        if len(secret.encode("utf-8")) < MIN_SECRET_LENGTH:
+            r.error(
+                ("secret",),
+                f"[dsn] domain is set, so a secret of at least {MIN_SECRET_LENGTH} bytes is "
+                'required to sign return paths (e.g. secret = "env:BOUNCE_RELAY_DSN_SECRET")',
+            )
+    r.finish()
+    return DsnConfig(domain=domain, prefix=prefix, secret=secret)
+
+
+def _verp_prefix(value: Any) -> str:
+    prefix = _str(value)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,30}", prefix):
+        raise ValueError(
+            "must be 1-31 letters, digits, '.', '_' or '-' (it is the return path's local part)"
+        )
+    return prefix
+
+
 def _read(data: dict[str, Any], path: Path, text: str) -> Config:
     errors: list[ConfigError] = []
     root = _Reader(data, (), errors, _Lines(text))
@@ -669,9 +714,7 @@ def _read(data: dict[str, Any], path: Path, text: str) -> Config:
     policy.finish()
     delivery = _read_delivery(root.sub("delivery"))
     admin = _read_admin(root.sub("admin"))
-    dsn = root.sub("dsn")
-    dsn_domain = dsn.get("domain", "", _lower)
-    dsn.finish()
+    dsn = _read_dsn(root.sub("dsn"))
     log = root.sub("log")
     level = log.get("level", "info", _one_of("debug", "info", "warning", "error"))
     log.finish()
@@ -689,7 +732,7 @@ def _read(data: dict[str, Any], path: Path, text: str) -> Config:
         delivery=delivery,
         admin=admin,
         rules=rules,
-        dsn_domain=dsn_domain,
+        dsn=dsn,
         log_level=level,
     )
 

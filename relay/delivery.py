@@ -25,6 +25,8 @@ from policies.outcome import Decision, decide
 from policies.replies import Reply, synthetic_reply
 from policies.states import DeliveryState, EventType
 from policies.templates import template_of
+from policies.verp import ReturnPaths
+from relay.batching import GroupBatcher
 from relay.clock import Clock, utc_now
 from relay.config import DeliveryConfig, Rules
 from relay.errors import StoreError
@@ -50,6 +52,7 @@ class DeliveryWorker:
         *,
         clock: Clock = utc_now,
         template: Template = template_of,
+        return_paths: ReturnPaths | None = None,
         owner: str | None = None,
         metrics: Metrics | None = None,
     ) -> None:
@@ -60,12 +63,19 @@ class DeliveryWorker:
         self.rules = rules
         self.clock = clock
         self.template = template
+        # With [dsn] set every delivery carries its own signed return path (VERP), so each
+        # goes in a transaction of its own.
+        self.return_paths = return_paths
         self.owner = owner or f"{socket.gethostname()}:{secrets.token_hex(4)}"
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(config.concurrency)
         self._active: set[asyncio.Task[None]] = set()
         self._sources = SourceIPs()
         self._random = random.Random()
+        # Outcomes of transactions finishing together are applied in one store transaction.
+        self._outcomes: GroupBatcher[list[OutcomeRecord], int] = GroupBatcher(
+            self._apply_outcomes, name="delivery.outcomes", max_batch=256
+        )
 
     def wake(self, *_: object) -> None:
         """Look for due work now (called after each intake commit)."""
@@ -92,6 +102,7 @@ class DeliveryWorker:
             task.cancel()
         if self._active:
             await asyncio.gather(*self._active, return_exceptions=True)
+        await self._outcomes.close()
 
     async def drain(self) -> None:
         """Wait until every transaction started so far has finished (tests, shutdown)."""
@@ -126,7 +137,7 @@ class DeliveryWorker:
 
     async def _dispatch(self, claimed: list[ClaimedDelivery]) -> None:
         rules = self.rules()
-        groups = _group(claimed, rules)
+        groups = _group(claimed, rules, per_delivery=self.return_paths is not None)
         started = 0
         try:
             try:
@@ -188,7 +199,7 @@ class DeliveryWorker:
                     reply = result.replies.get(d.recipient) or _no_reply()
                     outcomes.append(self._outcome(d, reply, result, rules, now))
             try:
-                applied = await self.store.apply_outcomes(self.clock(), outcomes)
+                fenced = await self._outcomes.submit(outcomes)
             except StoreError as exc:
                 log.error(
                     "delivery.outcome_not_recorded",
@@ -196,12 +207,21 @@ class DeliveryWorker:
                     action="the lease runs out and the delivery is tried again",
                 )
                 return
-            if applied.fenced:
+            if fenced:
                 log.warning(
                     "delivery.fenced",
-                    deliveries=applied.fenced,
+                    deliveries=fenced,
                     why="another relay took over after our lease ran out",
                 )
+
+    async def _apply_outcomes(self, batches: list[list[OutcomeRecord]]) -> list[int]:
+        """Apply the outcomes of several transactions at once; how many of each were fenced."""
+        flat = [o for outcomes in batches for o in outcomes]
+        applied = await self.store.apply_outcomes(self.clock(), flat)
+        return [
+            sum(1 for o in outcomes if o.delivery_id not in applied.applied_ids)
+            for outcomes in batches
+        ]
 
     async def _send(
         self, live: list[ClaimedDelivery], body: bytes | None, rules: Rules
@@ -226,12 +246,18 @@ class DeliveryWorker:
         avoid = {d.avoid_source_ip for d in live if d.avoid_source_ip}
         source_ip = self._sources.pick(pool, avoid)
         transaction = Transaction(
-            sender=first.envelope_sender,
+            sender=self._return_path(first),
             recipients=tuple(d.recipient for d in live),
             body=body,
             smtputf8=first.smtputf8,
         )
         return await self.upstream.send(destinations, source_ip, transaction)
+
+    def _return_path(self, d: ClaimedDelivery) -> str:
+        """The envelope sender upstream sees; a null sender stays null (never VERP a bounce)."""
+        if self.return_paths is None or d.envelope_sender in ("", "<>"):
+            return d.envelope_sender
+        return self.return_paths.address(d.id)
 
     def _outcome(
         self,
@@ -309,8 +335,13 @@ class DeliveryWorker:
         )
 
 
-def _group(claimed: Sequence[ClaimedDelivery], rules: Rules) -> list[list[ClaimedDelivery]]:
-    """Recipients of one message that share a route (and, for MX, a domain) go together."""
+def _group(
+    claimed: Sequence[ClaimedDelivery], rules: Rules, *, per_delivery: bool
+) -> list[list[ClaimedDelivery]]:
+    """Recipients of one message that share a route (and, for MX, a domain) go together,
+    unless each needs its own envelope sender (VERP)."""
+    if per_delivery:
+        return [[d] for d in claimed]
     groups: dict[tuple[int, int, str], list[ClaimedDelivery]] = {}
     for d in claimed:
         route = route_for(rules.routes, d.recipient_domain)

@@ -5,7 +5,9 @@ The relay's contract with its clients lives here:
 - a suppressed recipient is refused at RCPT with 550 5.7.1, never queued;
 - "250 queued as <id>" is sent only after the message, one delivery per
   recipient and the accepted event are committed; any failure answers
-  451 4.3.0 and the client keeps the message.
+  451 4.3.0 and the client keeps the message;
+- mail to the DSN domain (``[dsn] domain``) is a bounce coming back: it is
+  taken from any client, read by ``relay.bounces`` and never relayed.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from policies.addresses import AddressError, domain_of, normalise_address, validate_address
 from policies.headers import summarise_headers
 from relay import replies
+from relay.batching import GroupBatcher
+from relay.bounces import BounceReader
 from relay.commit import GroupCommitter
 from relay.config import SmtpConfig
 from relay.errors import ListenError, StoreError
@@ -54,6 +58,9 @@ class SessionState:
     started: float = field(default_factory=time.monotonic)
     accepted: int = 0
     refused: int = 0
+    # The open transaction carries bounces for the DSN domain (True), mail to relay (False),
+    # or has no recipient yet (None); the two never mix.
+    bounce_transaction: bool | None = None
 
 
 class RelaySMTP(SMTP):
@@ -88,8 +95,10 @@ class IntakeHandler:
         smtp: SmtpConfig,
         campaign_header: str,
         metrics: Metrics | None = None,
+        bounces: BounceReader | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
+        self.bounces = bounces
         self.store = store
         self.committer = committer
         self.smtp = smtp
@@ -103,6 +112,13 @@ class IntakeHandler:
         self._sessions: weakref.WeakKeyDictionary[Session, SessionState] = (
             weakref.WeakKeyDictionary()
         )
+        # RCPTs of concurrent sessions are checked against the list in one query.
+        self._suppression_checks: GroupBatcher[str, str | None] = GroupBatcher(
+            store.suppression_reasons, name="intake.suppression_check", max_batch=512
+        )
+
+    async def close(self) -> None:
+        await self._suppression_checks.close()
 
     # -- session bookkeeping ------------------------------------------------------------------
 
@@ -161,10 +177,11 @@ class IntakeHandler:
         address: str,
         mail_options: list[str],
     ) -> str:
-        self._state(session)
+        self._state(session).bounce_transaction = None
         if self.shutting_down:
             return replies.SHUTTING_DOWN
-        if not self._may_relay(session):
+        if not self._may_relay(session) and self.bounces is None:
+            # With a DSN domain anyone may send it bounces; RCPT decides.
             return self._refusal(session)
         if address not in ("", "<>"):
             try:
@@ -183,9 +200,13 @@ class IntakeHandler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
-        self._state(session)
+        state = self._state(session)
+        if self.bounces is not None and self.bounces.is_bounce_address(address):
+            return self._bounce_rcpt(state, envelope, address)
         if not self._may_relay(session):
             return self._refusal(session)
+        if state.bounce_transaction:
+            return replies.BOUNCES_SEPARATELY
         if len(envelope.rcpt_tos) >= self.smtp.max_recipients:
             self.metrics.rejected.labels("too_many_recipients").inc()
             return replies.TOO_MANY_RECIPIENTS
@@ -197,16 +218,32 @@ class IntakeHandler:
         key = normalise_address(address)
         with structlog.contextvars.bound_contextvars(recipient=key):
             try:
-                reason = await self.store.suppression_reason(key)
+                reason = await self._suppression_checks.submit(key)
             except StoreError as exc:
                 self.metrics.rejected.labels("store_unavailable").inc()
                 return _store_unavailable("rcpt", exc)
             if reason is not None:
                 return await self._reject_suppressed(session, envelope, address, key, reason)
         envelope.rcpt_tos.append(address)
-        self._open.add(self._state(session).session_id)
+        state.bounce_transaction = False
+        self._open.add(state.session_id)
         self._idle.clear()
         envelope.rcpt_options.extend(rcpt_options)
+        return replies.RCPT_OK
+
+    def _bounce_rcpt(self, state: SessionState, envelope: Envelope, address: str) -> str:
+        if state.bounce_transaction is False:
+            return replies.BOUNCES_SEPARATELY
+        if len(envelope.rcpt_tos) >= self.smtp.max_recipients:
+            return replies.TOO_MANY_RECIPIENTS
+        try:
+            address = validate_address(address)
+        except AddressError as exc:
+            return replies.BAD_ADDRESS.format(why=exc.why)
+        envelope.rcpt_tos.append(address)
+        state.bounce_transaction = True
+        self._open.add(state.session_id)
+        self._idle.clear()
         return replies.RCPT_OK
 
     async def _reject_suppressed(
@@ -233,6 +270,8 @@ class IntakeHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         state = self._state(session)
         try:
+            if state.bounce_transaction and self.bounces is not None:
+                return await self._read_bounce(state, envelope)
             return await self._accept(session, envelope)
         finally:
             self._close_transaction(state)
@@ -242,6 +281,7 @@ class IntakeHandler:
         return "250 OK"
 
     def _close_transaction(self, state: SessionState) -> None:
+        state.bounce_transaction = None
         self._open.discard(state.session_id)
         if not self._open:
             self._idle.set()
@@ -300,6 +340,22 @@ class IntakeHandler:
                 size=len(body),
             )
         return replies.QUEUED.format(queue_id=queue_id)
+
+    async def _read_bounce(self, state: SessionState, envelope: Envelope) -> str:
+        assert self.bounces is not None
+        body: bytes = envelope.original_content or b""
+        try:
+            await asyncio.wait_for(
+                self.bounces.read(body, envelope.mail_from or "", envelope.rcpt_tos, state.peer),
+                COMMIT_TIMEOUT_SECONDS,
+            )
+        except TimeoutError:
+            log.error("intake.bounce_timeout", action="replied 451; the sender retries")
+            return replies.TEMPORARY_FAILURE
+        except StoreError as exc:
+            return _store_unavailable("bounce", exc)
+        state.accepted += 1
+        return replies.BOUNCE_READ
 
     async def handle_exception(self, error: Exception) -> str:
         if isinstance(error, asyncio.CancelledError):

@@ -43,6 +43,12 @@ class Metrics:
             "Age of the oldest queued delivery's message",
             registry=r,
         )
+        self.bounce_messages = Counter(
+            "bounce_relay_bounce_messages",
+            "Recipient results read from bounce messages (DSN, ARF), by event recorded",
+            ["event"],
+            registry=r,
+        )
         self.delivery_latency = Histogram(
             "bounce_relay_delivery_latency_seconds",
             "From acceptance to the upstream's 2xx",

@@ -29,6 +29,8 @@ AUTH_REQUIRED = "530 5.7.0 Authentication required"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
 TEMPORARY_FAILURE = "451 4.3.0 Temporary local problem, please try again later"
+BOUNCE_READ = "250 2.0.0 OK bounce read"
+BOUNCES_SEPARATELY = "452 4.5.3 Send mail to the bounce domain in a transaction of its own"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, please try again later"
 
 # aiosmtpd answers a few conditions itself without enhanced status codes;

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import sys
 import textwrap
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -10,6 +13,21 @@ import pytest
 
 from relay.config import Config, load_config
 from tests.pg import TestServer
+
+
+def _dump_asyncio_tasks(signum: int, frame: object) -> None:
+    """`kill -USR1 <pytest pid>` prints every task of the running event loop with its stack:
+    a hung async test then says what it is waiting for."""
+    loop = asyncio._get_running_loop()
+    if loop is None:
+        print("no running event loop", file=sys.stderr)
+        return
+    for task in asyncio.all_tasks(loop):
+        print(f"--- {task!r}", file=sys.stderr)
+        task.print_stack(file=sys.stderr)
+
+
+signal.signal(signal.SIGUSR1, _dump_asyncio_tasks)
 
 BASE_CONFIG = """
 [smtp]

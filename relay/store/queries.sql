@@ -24,9 +24,9 @@ WITH m AS (
 )
 SELECT id, queue_id, received_at FROM m;
 
--- suppression_reason --
--- The reason an address is on the global suppression list; no row when it is not.
-SELECT reason FROM suppressions WHERE address = $1;
+-- suppression_reasons --
+-- The reasons addresses are on the global suppression list; no row for one that is not.
+SELECT address, reason FROM suppressions WHERE address = ANY($1::text[]);
 
 -- record_rejected_suppressed --
 -- An RCPT refused because the recipient is suppressed.
@@ -197,20 +197,21 @@ SELECT u.id AS delivery_id, u.message_id, u.recipient_key, e.id AS event_id
 FROM u JOIN e ON e.delivery_id = u.id;
 
 -- suppress_recipients --
--- Hard bounces that suppress: suppression entry (first cause kept), profile hard_bounced, and
--- every other queued delivery to the address cancelled with a suppressed event.
+-- Bounces and complaints that suppress: suppression entry (source $5; the first cause is kept),
+-- profile status $6, and every other queued delivery to the address cancelled with a
+-- suppressed event.
 WITH s AS (
     SELECT * FROM unnest($2::text[], $3::text[], $4::bigint[]) AS s (address, reason, event_id)
 ), ins AS (
     INSERT INTO suppressions (address, reason, source, event_id, event_at, created_at)
-    SELECT address, reason, 'hard_bounce', event_id, $1, $1 FROM s
+    SELECT address, reason, $5, event_id, $1, $1 FROM s
     ON CONFLICT (address) DO NOTHING
     RETURNING address
 ), p AS (
     INSERT INTO profiles (address, status, status_changed_at)
-    SELECT address, 'hard_bounced', $1 FROM s
-    ON CONFLICT (address) DO UPDATE SET status = 'hard_bounced', status_changed_at = $1
-    WHERE profiles.status <> 'hard_bounced'
+    SELECT address, $6, $1 FROM s
+    ON CONFLICT (address) DO UPDATE SET status = $6, status_changed_at = $1
+    WHERE profiles.status <> $6
 ), c AS (
     UPDATE deliveries d
     SET state = 'cancelled', updated_at = $1
@@ -227,6 +228,64 @@ WITH s AS (
     FROM c JOIN messages m ON m.id = c.message_id
 )
 SELECT (SELECT count(*) FROM ins) AS added, (SELECT count(*) FROM c) AS cancelled;
+
+-- apply_dsn_results --
+-- Results read from bounce messages, one per delivery named by a verified return path.
+-- A bounce counts for a delivery that is not final yet or was delivered: a failed one finishes
+-- it (finish_state: bounced or expired) unless a worker holds it (its own outcome wins); a
+-- delayed one only records its event. A second copy of a failed DSN finds the delivery final
+-- and records nothing. A complaint counts for any delivery. The event carries the delivery's
+-- sending IP, and the remote MTA as its destination.
+WITH o AS (
+    SELECT * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::boolean[], $6::integer[],
+                         $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
+                         $12::text[], $13::jsonb[])
+        AS o (delivery_id, event, finish_state, non_delivery, code, enhanced, reply_text,
+              template, category, rule, destination, detail)
+), cur AS (
+    SELECT d.id, d.message_id, d.recipient_key, d.recipient_domain, d.attempts,
+           d.last_source_ip, d.state, o.*
+    FROM o JOIN deliveries d ON d.id = o.delivery_id
+    WHERE o.event = 'complaint' OR d.state IN ('delivered', 'queued', 'inflight')
+), u AS (
+    UPDATE deliveries d
+    SET state = cur.finish_state, last_code = cur.code, last_reply = cur.reply_text,
+        updated_at = $1
+    FROM cur
+    WHERE d.id = cur.id AND cur.finish_state IS NOT NULL AND d.state IN ('delivered', 'queued')
+    RETURNING d.id
+), e AS (
+    INSERT INTO events (occurred_at, type, message_id, delivery_id, queue_id, campaign,
+                        from_domain, envelope_sender, source_ip, destination, recipient,
+                        recipient_domain, code, enhanced, reply_text, template, category,
+                        attempt, rule, detail, source)
+    SELECT $1, cur.event, cur.message_id, cur.id, m.queue_id, m.campaign, m.from_domain,
+           m.envelope_sender, cur.last_source_ip, cur.destination, cur.recipient_key,
+           cur.recipient_domain, cur.code, cur.enhanced, cur.reply_text, cur.template,
+           cur.category, cur.attempts, cur.rule, cur.detail, 'dsn'
+    FROM cur JOIN messages m ON m.id = cur.message_id
+    RETURNING id, delivery_id
+), nd AS (
+    INSERT INTO events (occurred_at, type, message_id, delivery_id, queue_id, campaign,
+                        from_domain, envelope_sender, source_ip, destination, recipient,
+                        recipient_domain, code, enhanced, reply_text, template, category,
+                        attempt, rule, detail, source)
+    SELECT $1, 'non_delivery', cur.message_id, cur.id, m.queue_id, m.campaign, m.from_domain,
+           m.envelope_sender, cur.last_source_ip, cur.destination, cur.recipient_key,
+           cur.recipient_domain, cur.code, cur.enhanced, cur.reply_text, cur.template,
+           cur.category, cur.attempts, cur.rule, cur.detail, 'dsn'
+    FROM cur JOIN messages m ON m.id = cur.message_id
+    WHERE cur.non_delivery AND cur.id IN (SELECT id FROM u)
+)
+SELECT e.id AS event_id, cur.id AS delivery_id, cur.recipient_key, cur.message_id, cur.state
+FROM e JOIN cur ON cur.id = e.delivery_id;
+
+-- record_dsn_unmatched --
+-- A bounce message the relay read and could not use (no or forged token, nothing parsable,
+-- malformed, a loop): kept as an event so an operator can see what was dropped and why.
+INSERT INTO events (occurred_at, type, envelope_sender, recipient, recipient_domain, reply_text,
+                    detail, source)
+VALUES ($1, 'dsn_unmatched', $2, $3, $4, $5, $6::jsonb, 'dsn');
 
 -- release_bodies --
 -- Drop the bodies of messages whose deliveries are all final.

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# relay_throughput.sh - bounce-relay end to end against Postfix, the bare Python proxy and
+# the physical limit, in ONE peer-bench invocation (interleaved runs, medians), then the
+# ratios the performance targets are stated in.
+#
+#   bench/relay_throughput.sh [-m MSGS] [-s SESSIONS] [-l BYTES] [-n REPS] [--smoke]
+#
+# Targets: direct (smtp-source -> smtp-sink), postfix (a private throw-away instance),
+# proxy (shared/bench/baseline_relay.py --mode sync --uvloop: aiosmtpd -> aiosmtplib, stores
+# nothing) and relay (`bounce-relay serve`: every message durable in PostgreSQL before its 250,
+# suppression checked, every delivery recorded). The relay uses the PostgreSQL of
+# $BOUNCE_RELAY_TEST_DSN (a fresh database per invocation, dropped afterwards) or, when unset,
+# its embedded server.
+# --smoke: 200 messages, 1 rep, relay and direct only (CI runs this so the script can't rot).
+# Needs root the first time (peer-bench installs postfix and time from Debian).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(dirname "$HERE")
+SHARED=${PEER_BENCH_DIR:-$REPO/../shared/bench}
+MSGS=20000 SESSIONS=50 SIZES=2048 REPS=3 SMOKE=0
+while (($# > 0)); do
+    case $1 in
+        -m) MSGS=$2; shift 2 ;;
+        -s) SESSIONS=$2; shift 2 ;;
+        -l) SIZES=$2; shift 2 ;;
+        -n) REPS=$2; shift 2 ;;
+        --smoke) SMOKE=1 MSGS=200 REPS=1 SESSIONS=5; shift ;;
+        *) sed -n '2,/^set -eu/p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    esac
+done
+[[ -x $SHARED/peer-bench.sh ]] || { echo "relay_throughput: no peer-bench.sh in $SHARED (set PEER_BENCH_DIR)" >&2; exit 2; }
+PY=${PYTHON:-$(command -v python3)}
+[[ -x $REPO/.venv/bin/python ]] && PY=$REPO/.venv/bin/python
+WORK=$(mktemp -d /tmp/relay-throughput.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+DB=br_bench_$$
+
+# The relay's start command: peer-bench exports SINK_PORT and stops the session at the end.
+cat > "$WORK/start-relay.sh" <<EOF
+#!/usr/bin/env bash
+set -e
+cat > "$WORK/config.toml" <<TOML
+[smtp]
+listen = "127.0.0.1:2540"
+hostname = "relay.bench"
+max_recipients = 1000
+[store]
+dsn = "\${RELAY_DSN}"
+data_dir = "$WORK/var"
+pool_max_size = 20
+[[pools]]
+name = "default"
+source_ips = ["127.0.0.1"]
+[[routes]]
+domains = ["*"]
+mode = "static"
+hosts = ["127.0.0.1:\${SINK_PORT}"]
+tls = "off"
+[delivery]
+concurrency = 200
+connections_per_destination = 100
+messages_per_connection = 100000
+[admin]
+listen = "127.0.0.1:0"
+[log]
+level = "warning"
+TOML
+exec "$PY" -m relay serve --config "$WORK/config.toml"
+EOF
+chmod +x "$WORK/start-relay.sh"
+
+RELAY_DSN=""
+if [[ -n ${BOUNCE_RELAY_TEST_DSN:-} ]]; then
+    "$PY" - "$BOUNCE_RELAY_TEST_DSN" "$DB" <<'PY'
+import asyncio, sys, asyncpg
+async def main(dsn, db):
+    c = await asyncpg.connect(dsn)
+    await c.execute(f'DROP DATABASE IF EXISTS "{db}"')
+    await c.execute(f'CREATE DATABASE "{db}"')
+    await c.close()
+asyncio.run(main(*sys.argv[1:]))
+PY
+    RELAY_DSN=$("$PY" -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(u.urlunsplit(p._replace(path="/" + sys.argv[2])))' "$BOUNCE_RELAY_TEST_DSN" "$DB")
+    trap 'rm -rf "$WORK"; "$PY" -c "import asyncio, asyncpg, sys
+async def m():
+    c = await asyncpg.connect(sys.argv[1]); await c.execute(\"DROP DATABASE IF EXISTS \\\"$DB\\\" WITH (FORCE)\"); await c.close()
+asyncio.run(m())" "$BOUNCE_RELAY_TEST_DSN"' EXIT
+fi
+export RELAY_DSN
+
+TARGETS=(-x "relay=exec $WORK/start-relay.sh" direct)
+if ((!SMOKE)); then
+    TARGETS+=(-x "proxy=exec $PY $SHARED/baseline_relay.py --mode sync --uvloop --listen 127.0.0.1:2547 --upstream 127.0.0.1:\$SINK_PORT"
+              postfix proxy=127.0.0.1:2547)
+fi
+TARGETS+=(relay=127.0.0.1:2540)
+
+bash "$SHARED/peer-bench.sh" -q -d -m "$MSGS" -s "$SESSIONS" -l "$SIZES" -n "$REPS" -t 600 \
+    "${TARGETS[@]}" | tee "$WORK/summary.txt"
+
+# One line of ratios per size/sessions from the medians.
+awk '
+/^summary/ {
+    for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
+    key = f["size"] "/" f["sessions"]; keys[key] = 1
+    mps[f["target"], key] = f["median_msgs_per_sec"]
+}
+END {
+    for (k in keys) {
+        r = mps["relay", k]; line = "relay_throughput size/sessions=" k " relay_msgs_per_sec=" r
+        n = split("direct postfix proxy", t, " ")
+        for (i = 1; i <= n; i++) if ((t[i], k) in mps && mps[t[i], k] > 0)
+            line = line sprintf(" %s_msgs_per_sec=%s relay_vs_%s=%.2f", t[i], mps[t[i], k], t[i], r / mps[t[i], k])
+        print line
+    }
+}' "$WORK/summary.txt"

@@ -1,0 +1,140 @@
+"""Group batching: concurrent callers share one database round trip.
+
+Each caller hands one item to ``GroupBatcher.submit`` and waits for its own
+result. One collector task takes whatever has queued up while the previous
+batches were running and processes it in one call (one statement, one
+commit), with a few batches in flight at once. Fifty sessions or fifty
+deliveries finishing together therefore cost a handful of round trips, not
+fifty; a lone caller waits for nobody.
+
+Used for the intake commit (``relay.commit``), the RCPT suppression check and
+the delivery outcomes (``relay.delivery``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+import structlog
+
+from relay.errors import StoreError, StoreUnavailable
+
+__all__ = ["GroupBatcher"]
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class GroupBatcher(Generic[T, R]):
+    """``process(items)`` returns one result per item, in order.
+
+    A ``StoreError`` other than ``StoreUnavailable`` for a batch of several items is
+    retried item by item, so one item the database refuses does not fail the others.
+    Any other exception fails the batch with a ``StoreError`` (callers answer 451 or
+    let the lease run out); no caller is ever left waiting.
+    """
+
+    def __init__(
+        self,
+        process: Callable[[list[T]], Awaitable[Sequence[R]]],
+        *,
+        name: str,
+        max_batch: int = 256,
+        max_inflight: int = 4,
+    ) -> None:
+        self._process = process
+        self._name = name
+        self._max_batch = max_batch
+        # Created unbound: they attach to the running loop on first use.
+        self._slots = asyncio.Semaphore(max_inflight)
+        self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue()
+        self._collector: asyncio.Task[None] | None = None
+        self._batches: set[asyncio.Task[None]] = set()
+
+    async def submit(self, item: T) -> R:
+        """Return ``item``'s result once its batch is done; raise StoreError when it failed."""
+        loop = asyncio.get_running_loop()
+        if self._collector is None or self._collector.done():
+            self._collector = loop.create_task(self._collect(), name=f"{self._name}.collector")
+        future: asyncio.Future[R] = loop.create_future()
+        # Retrieve the outcome even when the caller is gone, so no error goes unobserved.
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._queue.put_nowait((item, future))
+        # shield: a caller that goes away mid-batch must not cancel its batch-mates.
+        return await asyncio.shield(future)
+
+    async def close(self) -> None:
+        """Stop collecting; batches already sent to the database finish first."""
+        if self._collector is not None:
+            self._collector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._collector
+        if self._batches:
+            await asyncio.gather(*self._batches, return_exceptions=True)
+        while not self._queue.empty():
+            _, future = self._queue.get_nowait()
+            if not future.done():
+                future.set_exception(StoreError(f"{self._name}: shutting down"))
+
+    async def _collect(self) -> None:
+        while True:
+            first = await self._queue.get()
+            await self._slots.acquire()
+            batch = [first]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            task = asyncio.create_task(self._run(batch), name=self._name)
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+
+    async def _run(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        try:
+            try:
+                results = await self._process([item for item, _ in batch])
+            except StoreUnavailable as exc:
+                _fail(batch, exc)
+                return
+            except StoreError as exc:
+                if len(batch) == 1:
+                    _fail(batch, exc)
+                    return
+                log.warning("batch.refused", batch=self._name, size=len(batch), error=str(exc))
+                for one in batch:
+                    await self._run_one(one)
+                return
+            _settle(batch, results)
+        except Exception as exc:
+            # A bug or an unexpected driver error must never leave a caller waiting.
+            log.exception("batch.failed", batch=self._name, size=len(batch))
+            _fail(batch, StoreError(f"{self._name} failed unexpectedly ({type(exc).__name__})"))
+        finally:
+            _fail(batch, StoreError(f"{self._name} abandoned"))  # no-op for settled futures
+            self._slots.release()
+
+    async def _run_one(self, one: tuple[T, asyncio.Future[R]]) -> None:
+        try:
+            _settle([one], await self._process([one[0]]))
+        except StoreError as exc:
+            _fail([one], exc)
+        except Exception as exc:
+            log.exception("batch.failed", batch=self._name, size=1)
+            _fail([one], StoreError(f"{self._name} failed unexpectedly ({type(exc).__name__})"))
+
+
+def _settle(batch: list[tuple[T, asyncio.Future[R]]], results: Sequence[R]) -> None:
+    if len(results) != len(batch):
+        raise RuntimeError(f"batch of {len(batch)} got {len(results)} results")
+    for (_, future), result in zip(batch, results, strict=True):
+        if not future.done():
+            future.set_result(result)
+
+
+def _fail(batch: list[tuple[T, asyncio.Future[R]]], exc: Exception) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(exc)
