@@ -6,7 +6,9 @@ whose text names the host and the error, so ``policies.classify`` sees one
 shape and the report never blames a provider for our network.
 
 Connections are reused per (host, port, source IP): after a transaction the
-connection goes back to an idle list (RSET before the next use), up to
+connection goes back to an idle list and its next MAIL follows straight on (a
+finished transaction leaves a clean state, RFC 5321 §4.1.4; an RSET per message
+would be one more round trip), up to
 ``messages_per_connection`` transactions; ``connections_per_destination``
 caps concurrent transactions per host:port.
 """
@@ -74,6 +76,11 @@ class _Connection:
     source_ip: str
     used: int = 0
     idle_since: float = 0.0
+    reused: bool = False
+
+
+class _Stale(Exception):
+    """A reused connection the server had closed; nothing of the transaction was sent."""
 
 
 class Upstream:
@@ -188,35 +195,48 @@ class Upstream:
             key, asyncio.Semaphore(self.config.connections_per_destination)
         )
         async with slots:
-            try:
-                conn = await self._connection(destination, source_ip)
-            except _ConnectFailed as failed:
-                return TransactionResult(
-                    {r: failed.reply for r in transaction.recipients}, source_ip, destination.name
-                )
-            result = TransactionResult(source_ip=conn.source_ip, destination=destination.name)
-            try:
-                await self._run(conn.client, transaction, result.replies)
-            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-                reply = synthetic_reply(
-                    421,
-                    "4.4.2",
-                    f"lost connection with {destination.name} ({conn.source_ip}): {_describe(exc)}",
-                )
-                for r in transaction.recipients:
-                    result.replies.setdefault(r, reply)
-                await _quit(conn.client, polite=False)
-                return result
+            fresh = False
+            while True:
+                try:
+                    conn = await self._connection(destination, source_ip, fresh=fresh)
+                except _ConnectFailed as failed:
+                    return TransactionResult(
+                        {r: failed.reply for r in transaction.recipients},
+                        source_ip,
+                        destination.name,
+                    )
+                result = TransactionResult(source_ip=conn.source_ip, destination=destination.name)
+                try:
+                    await self._run(conn, transaction, result.replies)
+                    break
+                except _Stale:
+                    await _quit(conn.client, polite=False)
+                    fresh = True  # once, on a new connection
+                except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                    reply = synthetic_reply(
+                        421,
+                        "4.4.2",
+                        f"lost connection with {destination.name} ({conn.source_ip}): "
+                        f"{_describe(exc)}",
+                    )
+                    for r in transaction.recipients:
+                        result.replies.setdefault(r, reply)
+                    await _quit(conn.client, polite=False)
+                    return result
             self._release(destination, conn)
             return result
 
     async def _run(
-        self, client: aiosmtplib.SMTP, transaction: Transaction, replies: dict[str, Reply]
+        self, conn: _Connection, transaction: Transaction, replies: dict[str, Reply]
     ) -> None:
         """One or more SMTP transactions: recipients refused as "too many" get a new one."""
         pending = list(transaction.recipients)
+        first = conn.reused
         while pending:
-            retry_later = await self._transaction(client, transaction, pending, replies)
+            retry_later = await self._transaction(
+                conn.client, transaction, pending, replies, stale_possible=first
+            )
+            first = False
             if len(retry_later) == len(pending):
                 return  # the server took none of them: keep its 452/552 as the reply
             for r in retry_later:
@@ -229,6 +249,8 @@ class Upstream:
         transaction: Transaction,
         recipients: list[str],
         replies: dict[str, Reply],
+        *,
+        stale_possible: bool = False,
     ) -> list[str]:
         options = (
             ["SMTPUTF8"] if transaction.smtputf8 and client.supports_extension("smtputf8") else []
@@ -238,6 +260,10 @@ class Upstream:
         encoding = "utf-8" if transaction.smtputf8 else "ascii"
         try:
             await client.mail(transaction.sender, options=options, encoding=encoding)
+        except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
+            if stale_possible:
+                raise _Stale from exc
+            raise
         except aiosmtplib.SMTPResponseException as exc:
             for r in recipients:
                 replies[r] = reply_from_smtp(exc.code, exc.message)
@@ -269,16 +295,15 @@ class Upstream:
 
     # -- connections ----------------------------------------------------------------------------
 
-    async def _connection(self, destination: Destination, source_ip: str) -> _Connection:
+    async def _connection(
+        self, destination: Destination, source_ip: str, *, fresh: bool = False
+    ) -> _Connection:
         idle = self._idle.get((destination.host, destination.port, source_ip), [])
-        while idle:
+        while idle and not fresh:
             conn = idle.pop()
             if time.monotonic() - conn.idle_since < _IDLE_SECONDS and conn.client.is_connected:
-                try:
-                    await conn.client.rset()
-                    return conn
-                except (aiosmtplib.SMTPException, OSError, TimeoutError):
-                    pass
+                conn.reused = True
+                return conn
             await _quit(conn.client, polite=False)
         return await self._connect(destination, source_ip)
 

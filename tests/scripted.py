@@ -76,6 +76,7 @@ class _Handler:
         attempt = self.up.data_attempts
         self.up.data_attempts += 1
         reply = _pick(scripted, attempt, "250 2.0.0 OK accepted")
+        session.transactions = getattr(session, "transactions", 0) + 1
         if reply.startswith("2"):
             self.up.received.append(
                 Received(
@@ -92,6 +93,15 @@ class _Handler:
 
 class _ScriptedSMTP(SMTP):
     upstream: ScriptedUpstream
+
+    async def smtp_MAIL(self, arg: str) -> None:
+        if self.upstream.drop_reused_mail and getattr(self.session, "transactions", 0):
+            # The server gave up on an idle connection just as the client reused it.
+            self.upstream.drop_reused_mail -= 1
+            if self.transport is not None:
+                self.transport.close()
+            return
+        await super().smtp_MAIL(arg)
 
     async def push(self, status: AnyStr) -> None:
         if isinstance(status, str) and status.startswith("220 "):
@@ -135,6 +145,7 @@ class ScriptedUpstream:
         self.data_attempts = 0
         self.data_delay = 0.0
         self.connections = 0
+        self.drop_reused_mail = 0  # close this many reused connections at MAIL, no reply
         self._server: asyncio.Server | None = None
 
     def on_rcpt(self, address: str, *replies: str) -> None:

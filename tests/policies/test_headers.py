@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from policies.headers import summarise_headers
 
 
@@ -33,3 +38,57 @@ def test_garbage_costs_fields_not_the_message():
     assert lf.from_domain == "lf.example"
     no_from = summarise_headers(b"Subject: s\r\n\r\n", "X-Campaign-ID")
     assert no_from.from_domain is None
+
+
+def _reference(raw: bytes, campaign_header: str) -> tuple[str | None, str | None]:
+    """What the email package's compat32 parser reads (the relay's hot path must agree)."""
+    from email.parser import HeaderParser
+    from email.policy import compat32
+
+    block = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0].decode("utf-8", "replace")
+    headers = HeaderParser(policy=compat32).parsestr(block + "\n\n", headersonly=True)
+    out = []
+    for name in ("Message-ID", campaign_header):
+        value = headers.get(name)
+        unfolded = re.sub(r"(?:\r\n|\r|\n)(?=[ \t])", "", str(value)) if value is not None else ""
+        text = unfolded.strip()[:998]
+        out.append(text or None)
+    return out[0], out[1]
+
+
+_FIELD_TEXT = st.text(
+    alphabet=st.sampled_from([*'abc <>@.:;\t \r\n"()xyz-=', "é", "\x00"]), max_size=40
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(
+                [
+                    "Message-ID",
+                    "message-id",
+                    "X-Campaign-ID",
+                    "Subject",
+                    "X-Other",
+                    " folded",
+                    "bad line",
+                    "From",
+                ]
+            ),
+            _FIELD_TEXT,
+        ),
+        max_size=6,
+    )
+)
+def test_hand_parser_agrees_with_the_email_package(fields):
+    raw = (
+        "".join(
+            f"{name}{value}\r\n" if name.startswith(" ") or " " in name else f"{name}:{value}\r\n"
+            for name, value in fields
+        ).encode()
+        + b"\r\nbody"
+    )
+    summary = summarise_headers(raw, "X-Campaign-ID")
+    assert (summary.message_id, summary.campaign) == _reference(raw, "X-Campaign-ID")

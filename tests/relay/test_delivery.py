@@ -344,6 +344,22 @@ async def test_connections_are_reused_between_messages(upstream, start_relay, db
     assert upstream.connections == 1
 
 
+async def test_a_reused_connection_the_server_dropped_is_replaced_without_a_bounce(
+    upstream, start_relay, db
+):
+    """Reused connections skip RSET; one that turns out dead at MAIL is replaced once, and
+    the message goes out on a new connection with no soft bounce recorded."""
+    async with start_relay(upstream.port) as relay:
+        await send(relay, ["r0@example.org"])
+        await eventually(in_state(db, "r0@example.org", "delivered"))
+        upstream.drop_reused_mail = 1
+        await send(relay, ["r1@example.org"])
+        await eventually(in_state(db, "r1@example.org", "delivered"))
+    assert [e["type"] for e in await events_of(db, "r1@example.org")] == ["delivered"]
+    assert upstream.connections == 2
+    assert upstream.drop_reused_mail == 0
+
+
 async def test_lease_fencing_keeps_a_late_worker_from_overwriting(upstream, start_relay, db, clock):
     """A worker whose lease ran out and was taken over cannot write its result."""
     async with start_relay(upstream.port, "enabled = false") as relay:

@@ -10,11 +10,15 @@ from urllib.parse import urlsplit
 import aiosmtplib
 import asyncpg
 import pytest
+from aiosmtpd.smtp import SMTP
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
 from relay.app import Relay
 from relay.config import Config
+from relay.intake import RelaySMTP
 
 MESSAGE = (
     b"From: Newsletter <news@Mail.Example.COM>\r\n"
@@ -251,6 +255,19 @@ async def test_malformed_address_and_too_many_recipients(start_relay):
     assert (too_many.value.code, too_many.value.message[:5]) == (452, "4.5.3")
 
 
+@pytest.mark.parametrize("path", ['<">', "<1@[>"])
+async def test_a_path_that_crashes_the_address_grammar_is_a_syntax_error(start_relay, path):
+    """The email package's parser raises on these; the client hears 501/553 5.1.3, not 451."""
+    async with start_relay() as relay:
+        client = await _client(relay)
+        await client.ehlo()
+        await client.mail("s@example.com")
+        code, message = await client.execute_command(f"RCPT TO:{path}".encode())
+        await client.quit()
+    assert code in (501, 553)
+    assert message.startswith("5.1.3")
+
+
 async def test_smtputf8_and_8bit_bodies_stored_byte_exact(start_relay, db_dsn):
     """8BITMIME and SMTPUTF8 are accepted; the stored body is the bytes that were sent."""
     body = (
@@ -397,3 +414,26 @@ async def test_refuses_to_start_when_commits_would_not_be_durable(db_dsn, make_c
     with pytest.raises(UnsafeDatabase, match="synchronous_commit=off"):
         async with Relay(make_config(), dsn=db_dsn, listen=("127.0.0.1", 0)):
             pass
+
+
+_PATH_TEXT = st.text(alphabet='ab.-+_@<> \t"\\()[]:é=1S', max_size=30)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_PATH_TEXT)
+def test_the_fast_path_parser_reads_paths_exactly_as_aiosmtpd(arg):
+    """RelaySMTP reads plain "<local@domain>" paths itself (hot path); whatever it takes, it
+    must read exactly as aiosmtpd's own parser would; where that parser crashes (it does on
+    '"'), ours says "not an address" instead."""
+    loop = asyncio.new_event_loop()
+    try:
+        ours = RelaySMTP(object(), loop=loop)
+        stock = SMTP(object(), loop=loop)
+        for path in (arg, f"<{arg}>", "<a@b.example>", f"<x.{arg}@b.example> SIZE=1"):
+            try:
+                expected = stock._getaddr(path)
+            except Exception:
+                expected = (None, None)
+            assert ours._getaddr(path) == expected
+    finally:
+        loop.close()
