@@ -223,6 +223,7 @@ async def serve(config: Config) -> None:
         async with Relay(config) as relay:
             loop.add_signal_handler(signal.SIGHUP, relay.reload)
             systemd.notify("READY=1", f"STATUS=listening on port {relay.port}")
+            log.info("relay.ready", port=relay.port, event_loop=type(loop).__module__)
             watchdog = asyncio.create_task(systemd.watchdog(), name="systemd.watchdog")
             await stop.wait()
             watchdog.cancel()

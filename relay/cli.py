@@ -177,8 +177,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     config = _load(args)
     configure_logging(config.log_level)
-    asyncio.run(serve(config))
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(serve(config))
     return 0
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed (a dependency on Linux): the same asyncio API with
+    less Python around every socket operation; $BOUNCE_RELAY_LOOP=asyncio opts out."""
+    if os.environ.get("BOUNCE_RELAY_LOOP", "uvloop") == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 async def _with_store(

@@ -6,11 +6,14 @@ import asyncio
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 from pathlib import Path
 
+import aiosmtplib
 import pytest
+import trustme
 
 from tests.e2e.relay_process import relay_config, send, start, stop, wait_delivered, wait_port
 from tests.e2e.test_cli import free_port
@@ -56,6 +59,42 @@ async def test_sighup_reloads_routes_and_refuses_a_bad_file(fresh_dsn, tmp_path)
     assert "config.reloaded" in events
     refused = next(line for line in logs if line["event"] == "config.reload_refused")
     assert any("delivery.bogus_key" in e for e in refused["errors"])
+
+
+@pytest.mark.slow
+async def test_serve_runs_on_uvloop_with_starttls_both_ways(fresh_dsn, tmp_path):
+    """`serve` runs on uvloop; STARTTLS from a client and to the upstream still work there."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("relay.test", "upstream.test", "127.0.0.1")
+    cert.private_key_and_cert_chain_pem.write_to_path(tmp_path / "both.pem")
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_tls)
+    async with ScriptedUpstream(tls=server_tls) as up:
+        port = free_port()
+        path = tmp_path / "relay.toml"
+        path.write_text(
+            f'[smtp]\ntls_cert = "{tmp_path / "both.pem"}"\ntls_key = "{tmp_path / "both.pem"}"\n'
+            + relay_config(port, up.port, fresh_dsn).replace("[smtp]\n", "", 1)
+        )
+        proc = start(path)
+        try:
+            await wait_port(port, proc)
+            client_tls = ssl.create_default_context()
+            ca.configure_trust(client_tls)
+            client = aiosmtplib.SMTP(
+                hostname="127.0.0.1", port=port, start_tls=False, tls_context=client_tls
+            )
+            await client.connect()
+            await client.starttls(server_hostname="relay.test")
+            await client.sendmail("s@example.com", ["tls@example.org"], b"Subject: t\r\n\r\nx\r\n")
+            await client.quit()
+            await wait_delivered(fresh_dsn, 1)
+        finally:
+            logs = await stop(proc)
+    ready = next(line for line in logs if line["event"] == "relay.ready")
+    assert ready["event_loop"] == "uvloop"
+    assert up.tls_sessions == 1
+    assert [r.recipients for r in up.received] == [["tls@example.org"]]
 
 
 @pytest.mark.slow
