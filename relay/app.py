@@ -27,6 +27,7 @@ from relay.intake import IntakeHandler, start_intake
 from relay.metrics import Metrics
 from relay.store import Store, create_store
 from relay.store.embedded import EmbeddedPostgres
+from relay.supervisor import ProcessRole, signal_ready
 from relay.upstream import Upstream
 
 __all__ = ["Relay", "open_store", "serve"]
@@ -68,8 +69,12 @@ class Relay:
         listen: tuple[str, int] | None = None,
         admin_listen: tuple[str, int] | None = None,
         clock: Clock = utc_now,
+        shared_listener: bool = False,
+        admin: bool = True,
     ) -> None:
         self.config = config
+        self._shared_listener = shared_listener
+        self._serve_admin = admin
         self.rules: Rules = config.rules  # swapped whole on reload
         self._dsn = dsn
         self._listen = listen
@@ -136,17 +141,20 @@ class Relay:
             bounces=self._bounce_reader(config),
         )
         self._stack.push_async_callback(self.handler.close)
-        self.server = await start_intake(self.handler, config.smtp, self._listen)
-        self._stack.push_async_callback(self._stop_intake)
-        runner, self.admin_port = await start_admin(
-            self.store,
-            self.metrics,
-            lambda: self.server.is_serving() and not self.handler.shutting_down,
-            self._admin_listen or config.admin.listen,
-            config.admin.tokens,
-            config.admin.password_hash,
+        self.server = await start_intake(
+            self.handler, config.smtp, self._listen, shared=self._shared_listener
         )
-        self._stack.push_async_callback(runner.cleanup)
+        self._stack.push_async_callback(self._stop_intake)
+        if self._serve_admin:
+            runner, self.admin_port = await start_admin(
+                self.store,
+                self.metrics,
+                lambda: self.server.is_serving() and not self.handler.shutting_down,
+                self._admin_listen or config.admin.listen,
+                config.admin.tokens,
+                config.admin.password_hash,
+            )
+            self._stack.push_async_callback(runner.cleanup)
         self.port = self.server.sockets[0].getsockname()[1]
         log.info(
             "intake.listening", address=self.server.sockets[0].getsockname()[0], port=self.port
@@ -213,17 +221,29 @@ class Relay:
         await self._stack.aclose()
 
 
-async def serve(config: Config) -> None:
-    """Run until SIGTERM or SIGINT; SIGHUP reloads the rules."""
+async def serve(config: Config, role: ProcessRole | None = None) -> None:
+    """Run until SIGTERM or SIGINT; SIGHUP reloads the rules.
+
+    ``role``: one of several processes started by ``relay.supervisor`` (shared port, the
+    admin listener in process 0 only, readiness told to the supervisor)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with Relay(config) as relay:
+        relay = Relay(
+            config, shared_listener=role is not None, admin=role is None or role.index == 0
+        )
+        async with relay:
             loop.add_signal_handler(signal.SIGHUP, relay.reload)
             systemd.notify("READY=1", f"STATUS=listening on port {relay.port}")
-            log.info("relay.ready", port=relay.port, event_loop=type(loop).__module__)
+            signal_ready()
+            log.info(
+                "relay.ready" if role is None else "relay.process_ready",
+                port=relay.port,
+                event_loop=type(loop).__module__,
+                process=None if role is None else role.index,
+            )
             watchdog = asyncio.create_task(systemd.watchdog(), name="systemd.watchdog")
             await stop.wait()
             watchdog.cancel()

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import getpass
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -174,11 +175,24 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from relay.app import serve
     from relay.logging import configure_logging
+    from relay.supervisor import process_role, supervise
 
+    # A reload asked for while starting would otherwise kill the process (SIGHUP's default);
+    # the new config is read at start anyway. serve() installs the real handler.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     config = _load(args)
     configure_logging(config.log_level)
+    role = process_role()
+    if role is None and config.smtp.processes > 1:
+        if config.smtp.listen[1] != 0:
+            return asyncio.run(supervise(config))
+        print(
+            "bounce-relay: smtp.listen port 0 cannot be shared by several processes; "
+            "running one (set a port to use [smtp] processes)",
+            file=sys.stderr,
+        )
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(serve(config))
+        runner.run(serve(config, role))
     return 0
 
 

@@ -116,6 +116,9 @@ class SmtpConfig:
     auth_required: bool = False
     users: tuple[SmtpUser, ...] = ()
     session_timeout: timedelta = timedelta(minutes=5)
+    # Relay processes sharing the listener (SO_REUSEPORT), each with intake and delivery;
+    # one event loop is the ceiling of one process. Default: one per CPU core.
+    processes: int = field(default_factory=lambda: os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -357,6 +360,14 @@ def _port(value: Any) -> int:
     return value
 
 
+def _processes(value: Any) -> int:
+    if value == "auto":
+        return os.cpu_count() or 1
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 64:
+        raise ValueError(f'must be "auto" or a number of processes 1-64, got {value!r}')
+    return value
+
+
 def _positive_float(value: Any) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
         raise ValueError(f"must be a positive number, got {value!r}")
@@ -446,6 +457,7 @@ def _read_smtp(r: _Reader, base: Path) -> SmtpConfig:
         auth_required=r.get("auth_required", False, _bool),
         users=tuple(users),
         session_timeout=r.get("session_timeout", d.session_timeout, _duration),
+        processes=r.get("processes", d.processes, _processes),
     )
     if (cfg.tls_cert is None) != (cfg.tls_key is None):
         r.error(("tls_key",), "tls_cert and tls_key must be set together")

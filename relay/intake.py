@@ -436,9 +436,16 @@ def _tls_context(smtp: SmtpConfig) -> ssl.SSLContext | None:
 
 
 async def start_intake(
-    handler: IntakeHandler, smtp: SmtpConfig, listen: tuple[str, int] | None = None
+    handler: IntakeHandler,
+    smtp: SmtpConfig,
+    listen: tuple[str, int] | None = None,
+    *,
+    shared: bool = False,
 ) -> asyncio.Server:
-    """Listen for SMTP clients; the returned server's sockets tell the bound port."""
+    """Listen for SMTP clients; the returned server's sockets tell the bound port.
+
+    ``shared``: other relay processes listen on the same port (SO_REUSEPORT); the kernel
+    spreads new connections over them."""
     tls = _tls_context(smtp)
     loop = asyncio.get_running_loop()
     host, port = listen or smtp.listen
@@ -461,6 +468,8 @@ async def start_intake(
         )
 
     try:
-        return await loop.create_server(factory, host, port, reuse_address=True)
+        return await loop.create_server(
+            factory, host, port, reuse_address=True, reuse_port=shared or None
+        )
     except OSError as exc:
         raise ListenError("smtp.listen", (host, port), exc) from exc
