@@ -30,8 +30,9 @@ while (($# > 0)); do
     esac
 done
 [[ -x $SHARED/peer-bench.sh ]] || { echo "relay_throughput: no peer-bench.sh in $SHARED (set PEER_BENCH_DIR)" >&2; exit 2; }
-PY=${PYTHON:-$(command -v python3)}
-[[ -x $REPO/.venv/bin/python ]] && PY=$REPO/.venv/bin/python
+if [[ -n ${PYTHON:-} ]]; then PY=$PYTHON
+elif [[ -x $REPO/.venv/bin/python ]]; then PY=$REPO/.venv/bin/python
+else PY=$(command -v python3); fi
 WORK=$(mktemp -d /tmp/relay-throughput.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 DB=br_bench_$$

@@ -24,6 +24,7 @@ from relay.config import Config, Rules, load_config
 from relay.delivery import DeliveryWorker
 from relay.errors import ConfigErrors
 from relay.intake import IntakeHandler, start_intake
+from relay.maintenance import vacuum_while_autovacuum_is_off
 from relay.metrics import Metrics
 from relay.store import Store, create_store
 from relay.store.embedded import EmbeddedPostgres
@@ -108,6 +109,10 @@ class Relay:
     async def _start(self) -> None:
         config = self.config
         self.store = await open_store(config, self._stack, dsn=self._dsn)
+        vacuum = asyncio.create_task(
+            vacuum_while_autovacuum_is_off(self.store), name="maintenance.vacuum"
+        )
+        self._stack.push_async_callback(_cancel, vacuum)
         if config.delivery.enabled:
             upstream = Upstream(config.delivery, config.smtp.hostname)
             self._stack.push_async_callback(upstream.close)
@@ -219,6 +224,12 @@ class Relay:
         tb: TracebackType | None,
     ) -> None:
         await self._stack.aclose()
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def serve(config: Config, role: ProcessRole | None = None) -> None:

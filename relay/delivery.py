@@ -68,6 +68,8 @@ class DeliveryWorker:
         self.return_paths = return_paths
         self.owner = owner or f"{socket.gethostname()}:{secrets.token_hex(4)}"
         self._wake = asyncio.Event()
+        # Whether the last claim filled its batch: only then may more work be due at once.
+        self._backlog = False
         self._slots = asyncio.Semaphore(config.concurrency)
         self._active: set[asyncio.Task[None]] = set()
         self._sources = SourceIPs()
@@ -120,15 +122,17 @@ class DeliveryWorker:
         while (free := self.config.concurrency - len(self._active)) > 0:
             # Claim no more than can start now: work that waits for a slot would hold
             # leases other relays could use (and shutdown would have to hand back).
+            wanted = min(self.config.batch, free)
             try:
                 claimed = await self.store.claim_due_deliveries(
-                    self.owner, self.clock(), self.config.lease, min(self.config.batch, free)
+                    self.owner, self.clock(), self.config.lease, wanted
                 )
             except StoreError as exc:
                 log.warning(
                     "delivery.claim_failed", error=str(exc), action="retrying at the next poll"
                 )
                 return total
+            self._backlog = len(claimed) == wanted
             if not claimed:
                 return total
             total += len(claimed)
@@ -164,8 +168,11 @@ class DeliveryWorker:
         self._active.discard(task)
         self._slots.release()
         # A free slot may take work that is already due (a backlog after intake went quiet);
-        # without this the loop would wait out poll_interval before claiming it.
-        self._wake.set()
+        # without this the loop would wait out poll_interval before claiming it. When the
+        # last claim came back short the queue is drained: a claim now would find nothing
+        # and still walk the due index (new mail wakes the loop on its own).
+        if self._backlog:
+            self._wake.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery.task_failed", error=repr(task.exception()))
 

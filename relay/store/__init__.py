@@ -243,6 +243,8 @@ _OUTCOME_COLUMNS = (
 )
 
 
+_VACUUM_LOCK = 0x6272_7661_6375  # "brvacu": one relay process vacuums at a time
+
 _DSN_COLUMNS = (
     "delivery_id",
     "event",
@@ -317,6 +319,24 @@ class Store:
     async def migrate(self) -> list[str]:
         async with _translated("migrate"), self.pool.acquire(timeout=self.timeout) as conn:
             return [f"{m.version:04d}_{m.name}" for m in await apply_migrations(conn)]
+
+    async def autovacuum_enabled(self) -> bool:
+        async with _translated("read autovacuum setting"):
+            return bool(
+                await self.pool.fetchval(QUERIES["autovacuum_setting"], timeout=self.timeout)
+            )
+
+    async def vacuum_queue(self) -> bool:
+        """VACUUM (ANALYZE) the queue tables unless another relay process is at it; whether
+        this call did it."""
+        async with _translated("vacuum queue"), self.pool.acquire(timeout=self.timeout) as conn:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _VACUUM_LOCK):
+                return False
+            try:
+                await conn.execute("VACUUM (ANALYZE) deliveries, messages", timeout=300)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", _VACUUM_LOCK)
+        return True
 
     async def check_durability(self) -> None:
         """Refuse a server that would acknowledge commits it has not made durable."""

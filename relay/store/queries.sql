@@ -108,6 +108,10 @@ WHERE ($1::text IS NULL OR strpos(address, lower($1)) > 0)
 ORDER BY created_at DESC, address
 LIMIT $4 OFFSET $5;
 
+-- autovacuum_setting --
+-- Whether the server's autovacuum runs (the queue tables need it, see 0005).
+SELECT current_setting('autovacuum') = 'on' AS autovacuum;
+
 -- durability_settings --
 -- fsync and synchronous_commit: both must be on for a 250 to mean "safe".
 SELECT current_setting('fsync') AS fsync,

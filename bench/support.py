@@ -1,0 +1,157 @@
+"""What the Python benchmarks share: ports, a scratch database, a relay and a sink as
+subprocesses, and an SMTP load generator that can time each RCPT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import aiosmtplib
+import asyncpg
+
+DEFAULT_DSN = os.environ.get(
+    "BOUNCE_RELAY_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+BODY_HEAD = b"From: bench@example.com\r\nSubject: bench\r\nX-Campaign-ID: bench\r\n\r\n"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_port(port: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(dsn: str) -> AsyncIterator[str]:
+    """A fresh database on the server of ``dsn`` (dropped afterwards); its DSN."""
+    name = f"br_bench_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(dsn)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@contextlib.contextmanager
+def relay_process(config: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`bounce-relay serve` with ``config`` (TOML text); SIGTERM at the end."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench.toml"
+        path.write_text(config)
+        proc = subprocess.Popen([sys.executable, "-m", "relay", "serve", "--config", str(path)])
+        try:
+            yield proc
+        finally:
+            stop(proc)
+
+
+@contextlib.contextmanager
+def sink_process(port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """A bare aiosmtpd server that answers 250 and stores nothing."""
+    code = (
+        "import asyncio\n"
+        "from aiosmtpd.smtp import SMTP\n"
+        "class H:\n"
+        "    async def handle_DATA(self, s, se, e): return '250 OK'\n"
+        "async def main():\n"
+        "    loop = asyncio.get_running_loop()\n"
+        f"    srv = await loop.create_server(lambda: SMTP(H()), '127.0.0.1', {port})\n"
+        "    await asyncio.Event().wait()\n"
+        "asyncio.run(main())\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        yield proc
+    finally:
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` and its children (a relay with several processes)."""
+    total = 0
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    for p in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total / 1024
+
+
+def body_of(size: int) -> bytes:
+    line = b"x" * 76 + b"\r\n"
+    return BODY_HEAD + line * max(1, (size - len(BODY_HEAD)) // len(line))
+
+
+async def load(
+    port: int,
+    clients: int,
+    messages: int,
+    size: int,
+    recipient: Callable[[int, int], str] = lambda n, i: f"r{n}.{i}@example.org",
+    rcpt_seconds: list[float] | None = None,
+) -> float:
+    """Send ``messages`` over ``clients`` sessions; messages per second. With
+    ``rcpt_seconds`` each RCPT's round trip is timed into it."""
+    body = body_of(size)
+    per_client = messages // clients
+
+    async def one(n: int) -> None:
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=60)
+        await client.connect()
+        for i in range(per_client):
+            if rcpt_seconds is None:
+                await client.sendmail("bench@example.com", [recipient(n, i)], body)
+                continue
+            await client.mail("bench@example.com")
+            started = time.perf_counter()
+            await client.rcpt(recipient(n, i))
+            rcpt_seconds.append(time.perf_counter() - started)
+            await client.data(body)
+        await client.quit()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one(n) for n in range(clients)))
+    return per_client * clients / (time.perf_counter() - start)
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]

@@ -1,0 +1,117 @@
+"""The benchmarks in their smoke sizes, so they cannot rot (numbers are not asserted:
+performance is measured in bench/, not in timed tests)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PEER_BENCH = next(
+    (
+        d
+        for d in (
+            Path(os.environ.get("PEER_BENCH_DIR", "/nonexistent")),
+            REPO.parent / "shared" / "bench",
+            Path("/work/shared/bench"),
+        )
+        if (d / "peer-bench.sh").exists()
+    ),
+    None,
+)
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> str:
+    result = subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result.stdout
+
+
+def _fields(line: str) -> dict[str, str]:
+    return dict(re.findall(r"(\w+)=(\S+)", line))
+
+
+@pytest.fixture
+def server_dsn(pg_server):
+    return pg_server.admin_dsn
+
+
+@pytest.mark.slow
+def test_intake_bench_smoke(server_dsn):
+    out = _run(
+        sys.executable,
+        "bench/intake_bench.py",
+        "--dsn",
+        server_dsn,
+        "--messages",
+        "100",
+        "--clients",
+        "1,5",
+    )
+    lines = [_fields(x) for x in out.splitlines() if x.startswith("intake_bench")]
+    assert len(lines) == 2
+    assert all(float(f["ratio"]) > 0 for f in lines)
+
+
+@pytest.mark.slow
+def test_suppression_scale_smoke(server_dsn):
+    out = _run(
+        sys.executable,
+        "bench/suppression_scale.py",
+        "--dsn",
+        server_dsn,
+        "--suppressed",
+        "10000",
+        "--messages",
+        "100",
+        "--clients",
+        "5",
+        "--rounds",
+        "1",
+    )
+    [line] = [_fields(x) for x in out.splitlines() if x.startswith("suppression_scale")]
+    assert line["suppressed"] == "10000"
+    assert float(line["rcpt_p99_ms_full"]) > 0
+
+
+@pytest.mark.slow
+def test_backlog_smoke(server_dsn):
+    out = _run(sys.executable, "bench/backlog.py", "--dsn", server_dsn, "--messages", "300")
+    [line] = [_fields(x) for x in out.splitlines() if x.startswith("backlog")]
+    assert line["messages"] == "300"
+    assert float(line["drain_msgs_per_sec"]) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(PEER_BENCH is None, reason="shared/bench/peer-bench.sh not on this machine")
+@pytest.mark.skipif(
+    os.geteuid() != 0 and not Path("/usr/sbin/smtp-source").exists(),
+    reason="peer-bench needs Postfix's smtp-source (installed as root)",
+)
+def test_relay_throughput_smoke(server_dsn):
+    out = _run(
+        "bash",
+        "bench/relay_throughput.sh",
+        "--smoke",
+        env={
+            "PEER_BENCH_DIR": str(PEER_BENCH),
+            "BOUNCE_RELAY_TEST_DSN": server_dsn,
+            "PYTHON": sys.executable,
+        },
+    )
+    [line] = [_fields(x) for x in out.splitlines() if x.startswith("relay_throughput")]
+    assert float(line["relay_msgs_per_sec"]) > 0
+    assert float(line["relay_vs_direct"]) > 0
