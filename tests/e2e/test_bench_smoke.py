@@ -96,6 +96,23 @@ def test_backlog_smoke(server_dsn):
 
 
 @pytest.mark.slow
+def test_report_bench_smoke(server_dsn):
+    out = _run(
+        sys.executable,
+        "bench/report_bench.py",
+        "--dsn",
+        server_dsn,
+        "--events",
+        "3000",
+        "--days",
+        "2",
+        "--export-rows",
+        "300",
+    )
+    assert out.strip(), "the report bench prints its timings"
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(PEER_BENCH is None, reason="shared/bench/peer-bench.sh not on this machine")
 @pytest.mark.skipif(
     os.geteuid() != 0 and not Path("/usr/sbin/smtp-source").exists(),
