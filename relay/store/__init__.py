@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -243,6 +243,7 @@ _OUTCOME_COLUMNS = (
 )
 
 
+_BOUNCES = ("hard_bounce", "soft_bounce")
 _VACUUM_LOCK = 0x6272_7661_6375  # "brvacu": one relay process vacuums at a time
 
 _DSN_COLUMNS = (
@@ -523,37 +524,9 @@ class Store:
             conn.transaction(),
         ):
             rows = await conn.fetch(QUERIES["apply_outcomes"], now, *cols, timeout=self.timeout)
-            to_suppress: dict[str, tuple[str, int]] = {}
-            for r in rows:
-                o = by_id[r["delivery_id"]]
-                if o.suppress:
-                    to_suppress.setdefault(r["recipient_key"], (o.suppress_reason, r["event_id"]))
-            added = cancelled = 0
-            if to_suppress:
-                keys = list(to_suppress)
-                counts = await conn.fetchrow(
-                    QUERIES["suppress_recipients"],
-                    now,
-                    keys,
-                    [to_suppress[k][0] for k in keys],
-                    [to_suppress[k][1] for k in keys],
-                    "hard_bounce",
-                    "hard_bounced",
-                    timeout=self.timeout,
-                )
-                added, cancelled = counts["added"], counts["cancelled"]
-            await conn.execute(
-                QUERIES["release_bodies"],
-                list({r["message_id"] for r in rows}),
-                timeout=self.timeout,
+            added, cancelled = await self._follow_up(
+                conn, now, rows, by_id, (("hard_bounce", "hard_bounced", _BOUNCES),)
             )
-            bounces = [
-                r["event_id"]
-                for r in rows
-                if by_id[r["delivery_id"]].event in ("soft_bounce", "hard_bounce")
-            ]
-            if bounces:  # a batch of deliveries only costs no extra round trips
-                await roll_up_bounces(conn, now, bounces, self.timeout)
         return AppliedOutcomes(
             applied=len(rows),
             fenced=len(outcomes) - len(rows),
@@ -577,48 +550,60 @@ class Store:
             conn.transaction(),
         ):
             rows = await conn.fetch(QUERIES["apply_dsn_results"], now, *cols, timeout=self.timeout)
-            added = cancelled = 0
-            for source, status, events in (
-                ("dsn", "hard_bounced", ("hard_bounce", "soft_bounce")),
-                ("complaint", "complained", ("complaint",)),
-            ):
-                chosen = {
-                    r["recipient_key"]: (by_id[r["delivery_id"]].suppress_reason, r["event_id"])
-                    for r in rows
-                    if by_id[r["delivery_id"]].suppress and by_id[r["delivery_id"]].event in events
-                }
-                if chosen:
-                    keys = list(chosen)
-                    counts = await conn.fetchrow(
-                        QUERIES["suppress_recipients"],
-                        now,
-                        keys,
-                        [chosen[k][0] for k in keys],
-                        [chosen[k][1] for k in keys],
-                        source,
-                        status,
-                        timeout=self.timeout,
-                    )
-                    added += counts["added"]
-                    cancelled += counts["cancelled"]
-            await conn.execute(
-                QUERIES["release_bodies"],
-                list({r["message_id"] for r in rows}),
-                timeout=self.timeout,
+            added, cancelled = await self._follow_up(
+                conn,
+                now,
+                rows,
+                by_id,
+                (("dsn", "hard_bounced", _BOUNCES), ("complaint", "complained", ("complaint",))),
             )
-            bounces = [
-                r["event_id"]
-                for r in rows
-                if by_id[r["delivery_id"]].event in ("soft_bounce", "hard_bounce")
-            ]
-            if bounces:
-                await roll_up_bounces(conn, now, bounces, self.timeout)
         return AppliedDsn(
             recorded=len(rows),
             skipped=len(records) - len(rows),
             suppressed=added,
             cancelled=cancelled,
         )
+
+    async def _follow_up(
+        self,
+        conn: Any,
+        now: datetime,
+        rows: Sequence[Any],
+        by_id: Mapping[int, OutcomeRecord | DsnRecord],
+        suppressions: Sequence[tuple[str, str, tuple[str, ...]]],
+    ) -> tuple[int, int]:
+        """What applied results entail, in the caller's transaction: suppressions (per
+        (source, profile status, events) of ``suppressions``), released bodies, the bounce
+        rollup. ``rows`` carry delivery_id, recipient_key, message_id and event_id.
+        How many addresses were suppressed and queued deliveries cancelled."""
+        added = cancelled = 0
+        for source, status, events in suppressions:
+            chosen: dict[str, tuple[str, int]] = {}
+            for r in rows:
+                record = by_id[r["delivery_id"]]
+                if record.suppress and record.event in events:
+                    chosen.setdefault(r["recipient_key"], (record.suppress_reason, r["event_id"]))
+            if chosen:
+                keys = list(chosen)
+                counts = await conn.fetchrow(
+                    QUERIES["suppress_recipients"],
+                    now,
+                    keys,
+                    [chosen[k][0] for k in keys],
+                    [chosen[k][1] for k in keys],
+                    source,
+                    status,
+                    timeout=self.timeout,
+                )
+                added += counts["added"]
+                cancelled += counts["cancelled"]
+        await conn.execute(
+            QUERIES["release_bodies"], list({r["message_id"] for r in rows}), timeout=self.timeout
+        )
+        bounces = [r["event_id"] for r in rows if by_id[r["delivery_id"]].event in _BOUNCES]
+        if bounces:  # a batch of deliveries only costs no extra round trips
+            await roll_up_bounces(conn, now, bounces, self.timeout)
+        return added, cancelled
 
     async def record_dsn_unmatched(
         self,
