@@ -193,7 +193,8 @@ async def _watch(children: list[_Child], stop: asyncio.Event) -> None:
                     action=f"starting it again in {delay:g} s",
                 )
                 child.restarts += 1
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)  # a SIGTERM ends the wait
                 if stop.is_set():
                     return
                 if await child.start():
