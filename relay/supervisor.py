@@ -94,9 +94,14 @@ class _Child:
         self.config = config
         self.proc: asyncio.subprocess.Process | None = None
         self.restarts = 0
+        self.ready = False
+        # A reload asked for while starting: SIGHUP would kill a process that has no
+        # handler yet, so it is sent once the process is ready.
+        self.reload_pending = False
 
     async def start(self) -> bool:
         """Start the process; True once it listens, False when it exited first."""
+        self.ready = self.reload_pending = False
         read_fd, write_fd = os.pipe()
         env = {k: v for k, v in os.environ.items() if k not in _SUPERVISOR_ONLY}
         env[PROCESS_ENV] = f"{self.index}/{self.count}/{os.getpid()}"
@@ -116,9 +121,18 @@ class _Child:
             os.close(write_fd)
         try:
             # One byte when it listens; end of file when it exits without doing so.
-            return await asyncio.to_thread(os.read, read_fd, 1) == b"R"
+            self.ready = await asyncio.to_thread(os.read, read_fd, 1) == b"R"
         finally:
             os.close(read_fd)
+        if self.ready and self.reload_pending:
+            self.reload()
+        return self.ready
+
+    def reload(self) -> None:
+        if self.ready:
+            self.signal(signal.SIGHUP)
+        else:
+            self.reload_pending = True
 
     def signal(self, sig: int) -> None:
         if self.proc is not None and self.proc.returncode is None:
@@ -140,7 +154,7 @@ async def supervise(config: Config) -> int:
     def reload() -> None:
         systemd.notify("RELOADING=1", f"MONOTONIC_USEC={systemd.monotonic_usec()}")
         for child in children:
-            child.signal(signal.SIGHUP)
+            child.reload()
         systemd.notify("READY=1")
 
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -147,3 +147,30 @@ async def test_a_process_that_cannot_start_stops_serve_with_its_error(tmp_path):
     assert proc.returncode == 1
     assert b"relay.process_failed_to_start" in err
     assert b"database" in err.lower()
+
+
+@pytest.mark.slow
+async def test_a_reload_during_start_kills_no_process(fresh_dsn, tmp_path):
+    """SIGHUP while the processes are still starting (systemd may reload at any time): it
+    reaches each process once it can handle it, and none dies of it."""
+    async with ScriptedUpstream() as up:
+        port = free_port()
+        path = tmp_path / "relay.toml"
+        path.write_text(_config(port, up.port, fresh_dsn, processes=2))
+        proc = start(path)
+        try:
+            # Once the supervisor has children it handles SIGHUP; they are still importing.
+            async with asyncio.timeout(30):
+                while not _children(proc.pid):
+                    await asyncio.sleep(0.01)
+            proc.send_signal(signal.SIGHUP)
+            await wait_port(port, proc)
+            await asyncio.sleep(1.0)
+            await _burst(port, messages=4, sessions=2)
+            await wait_delivered(fresh_dsn, 4)
+        finally:
+            logs = await stop(proc)
+    events = [line["event"] for line in logs]
+    assert "relay.process_failed_to_start" not in events
+    assert "relay.process_exited" not in events
+    assert events.count("relay.process_ready") == 2
