@@ -85,8 +85,8 @@ class RelaySMTP(SMTP):
             address, rest = super()._getaddr(arg)  # aiosmtpd is untyped: name the types
         except Exception:
             # The email package's grammar crashes on input like '"' or '1@[' (IndexError,
-            # AttributeError): a syntax error
-            # for the client (501), not a 451 that invites it to send the same again.
+            # AttributeError): that is a syntax error for the client (501/553), not a 451
+            # that invites it to send the same again.
             return None, None
         return address, rest
 
@@ -249,9 +249,7 @@ class IntakeHandler:
             if reason is not None:
                 return await self._reject_suppressed(session, envelope, address, key, reason)
         envelope.rcpt_tos.append(address)
-        state.bounce_transaction = False
-        self._open.add(state.session_id)
-        self._idle.clear()
+        self._open_transaction(state, bounces=False)
         envelope.rcpt_options.extend(rcpt_options)
         return replies.RCPT_OK
 
@@ -265,9 +263,7 @@ class IntakeHandler:
         except AddressError as exc:
             return replies.BAD_ADDRESS.format(why=exc.why)
         envelope.rcpt_tos.append(address)
-        state.bounce_transaction = True
-        self._open.add(state.session_id)
-        self._idle.clear()
+        self._open_transaction(state, bounces=True)
         return replies.RCPT_OK
 
     async def _reject_suppressed(
@@ -303,6 +299,12 @@ class IntakeHandler:
     async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         self._close_transaction(self._state(session))
         return "250 OK"
+
+    def _open_transaction(self, state: SessionState, *, bounces: bool) -> None:
+        """A recipient was accepted: shutdown now waits for this transaction's DATA."""
+        state.bounce_transaction = bounces
+        self._open.add(state.session_id)
+        self._idle.clear()
 
     def _close_transaction(self, state: SessionState) -> None:
         state.bounce_transaction = None
