@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from policies.addresses import AddressError, validate_address
 from policies.classify import Category, ClassifyRule, Kind, SuppressOn
+from policies.incidents import IncidentRules, IncidentScope
 from policies.retry import Backoff, RetryPolicy, RetryRule, SourceChoice
 from policies.verp import MIN_SECRET_LENGTH, ReturnPaths
 from relay.errors import ConfigError, ConfigErrors
@@ -39,6 +40,7 @@ __all__ = [
     "SmtpConfig",
     "SmtpUser",
     "StoreConfig",
+    "WebhookConfig",
     "config_path",
     "load_config",
     "parse_duration",
@@ -201,6 +203,29 @@ class DsnConfig:
         return ReturnPaths(self.domain, self.secret.encode("utf-8"), self.prefix)
 
 
+WEBHOOK_EVENTS = (
+    "delivered",
+    "soft_bounce",
+    "hard_bounce",
+    "non_delivery",
+    "suppressed",
+    "unsuppressed",
+    "incident",
+)
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """One ``[[webhooks]]`` receiver: events posted as signed JSON from a durable outbox."""
+
+    name: str
+    url: str
+    events: frozenset[str]
+    secret: str
+    timeout: timedelta = timedelta(seconds=10)
+    max_age: timedelta = timedelta(days=3)  # an event not accepted by then is given up
+
+
 @dataclass(frozen=True)
 class Rules:
     """Everything SIGHUP may swap in one assignment."""
@@ -210,6 +235,11 @@ class Rules:
     retry: RetryPolicy
     classify_rules: tuple[ClassifyRule, ...]
     suppress_on: SuppressOn
+    # [policy] confirm_hard: a recipient-level hard bounce suppresses only when confirmed by
+    # a second one this much later (or from another source IP); None: off.
+    confirm_after: timedelta | None = None
+    dry_run: bool = False  # suppression checks log and count, and refuse nothing
+    incidents: IncidentRules = IncidentRules()
 
 
 @dataclass(frozen=True)
@@ -223,6 +253,7 @@ class Config:
     rules: Rules
     dsn: DsnConfig = DsnConfig()
     log_level: str = "info"
+    webhooks: tuple[WebhookConfig, ...] = ()
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -697,6 +728,68 @@ def _read_dsn(r: _Reader) -> DsnConfig:
     return DsnConfig(domain=domain, prefix=prefix, secret=secret)
 
 
+def _read_incidents(r: _Reader) -> IncidentRules:
+    d = IncidentRules()
+    rules = IncidentRules(
+        enabled=r.get("enabled", d.enabled, _bool),
+        window=r.get("window", d.window, _duration),
+        min_recipients=r.get("min_recipients", d.min_recipients, _positive_int),
+        min_share=r.get("min_share", d.min_share, _share),
+        scope=IncidentScope(r.get("by", d.scope.value, _one_of(*[s.value for s in IncidentScope]))),
+        defer=r.get("defer", d.defer, _duration),
+        other_ip=r.get("source", "other_ip", _one_of("other_ip", "same_ip")) == "other_ip",
+        lift_on_open=r.get("lift_on_open", d.lift_on_open, _bool),
+        close_after=r.get("close_after", d.close_after, _duration),
+        check_every=r.get("check_every", d.check_every, _duration),
+    )
+    r.finish()
+    return rules
+
+
+def _share(value: Any) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value <= 1:
+        raise ValueError(f"must be a share between 0 and 1 (e.g. 0.5), got {value!r}")
+    return float(value)
+
+
+def _read_webhooks(root: _Reader) -> tuple[WebhookConfig, ...]:
+    hooks: list[WebhookConfig] = []
+    for r in root.tables("webhooks"):
+        url = r.get("url", "", _webhook_url)
+        name = r.get("name", url, _str)
+        events = r.get("events", WEBHOOK_EVENTS, _list_of(_one_of(*WEBHOOK_EVENTS)))
+        secret = r.get("secret", "", _str)
+        if len(secret.encode("utf-8")) < MIN_SECRET_LENGTH:
+            r.error(
+                ("secret",),
+                f"a secret of at least {MIN_SECRET_LENGTH} bytes is required to sign the "
+                'events (e.g. secret = "env:BOUNCE_RELAY_WEBHOOK_SECRET")',
+            )
+        if not url:
+            r.error(("url",), "required: the http:// or https:// address events are posted to")
+        if any(h.name == name for h in hooks):
+            r.error(("name",), f"{name!r} names another webhook too; names must differ")
+        hooks.append(
+            WebhookConfig(
+                name=name,
+                url=url,
+                events=frozenset(events),
+                secret=secret,
+                timeout=r.get("timeout", WebhookConfig.timeout, _duration),
+                max_age=r.get("max_age", WebhookConfig.max_age, _duration),
+            )
+        )
+        r.finish()
+    return tuple(hooks)
+
+
+def _webhook_url(value: Any) -> str:
+    url = _str(value).strip()
+    if not re.fullmatch(r"https?://[^\s/?#]+(?:[/?#]\S*)?", url):
+        raise ValueError(f"must be an http:// or https:// URL, got {url!r}")
+    return url
+
+
 def _verp_prefix(value: Any) -> str:
     prefix = _str(value)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,30}", prefix):
@@ -723,7 +816,12 @@ def _read(data: dict[str, Any], path: Path, text: str) -> Config:
     suppress_on = SuppressOn(
         policy.get("suppress_on", "recipient", _one_of(*[s.value for s in SuppressOn]))
     )
+    confirm_hard = policy.get("confirm_hard", False, _bool)
+    confirm_after = policy.get("confirm_after", timedelta(hours=1), _duration)
+    dry_run = policy.get("dry_run", False, _bool)
     policy.finish()
+    incidents = _read_incidents(root.sub("incidents"))
+    webhooks = _read_webhooks(root)
     delivery = _read_delivery(root.sub("delivery"))
     admin = _read_admin(root.sub("admin"))
     dsn = _read_dsn(root.sub("dsn"))
@@ -734,7 +832,14 @@ def _read(data: dict[str, Any], path: Path, text: str) -> Config:
     if errors:
         raise ConfigErrors(str(path), errors)
     rules = Rules(
-        routes=routes, pools=pools, retry=retry, classify_rules=classify, suppress_on=suppress_on
+        routes=routes,
+        pools=pools,
+        retry=retry,
+        classify_rules=classify,
+        suppress_on=suppress_on,
+        confirm_after=confirm_after if confirm_hard else None,
+        dry_run=dry_run,
+        incidents=incidents,
     )
     return Config(
         path=path,
@@ -746,6 +851,7 @@ def _read(data: dict[str, Any], path: Path, text: str) -> Config:
         rules=rules,
         dsn=dsn,
         log_level=level,
+        webhooks=webhooks,
     )
 
 

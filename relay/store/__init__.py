@@ -1,6 +1,6 @@
 """The only place with SQL: a ``Store`` over an asyncpg pool.
 
-Queries come from ``queries.sql`` (named blocks, loaded once at import);
+Queries come from the ``*.sql`` files here (named blocks, loaded once at import);
 each Store method runs one of them and returns frozen dataclasses, never
 asyncpg records. asyncpg and network errors are translated here, once, into
 ``StoreUnavailable`` so callers see one shape.
@@ -37,9 +37,17 @@ __all__ = [
 
 
 def _load_queries() -> dict[str, str]:
-    text = (resources.files("relay.store") / "queries.sql").read_text(encoding="utf-8")
-    blocks = re.split(r"^-- ([a-z_]+) --\n", text, flags=re.MULTILINE)
-    return {name: sql.strip() for name, sql in zip(blocks[1::2], blocks[2::2], strict=True)}
+    """Every named block of every ``*.sql`` file beside this module (one file per concern)."""
+    queries: dict[str, str] = {}
+    for file in sorted(resources.files("relay.store").iterdir(), key=lambda f: f.name):
+        if not file.name.endswith(".sql"):
+            continue
+        blocks = re.split(r"^-- ([a-z_]+) --\n", file.read_text(encoding="utf-8"), flags=re.M)
+        for name, sql in zip(blocks[1::2], blocks[2::2], strict=True):
+            if name in queries:
+                raise RuntimeError(f"query {name!r} is defined twice ({file.name})")
+            queries[name] = sql.strip()
+    return queries
 
 
 QUERIES = _load_queries()
@@ -167,6 +175,7 @@ class OutcomeRecord:
     source_ip: str | None = None
     destination: str | None = None
     avoid_source_ip: str | None = None
+    incident_id: int | None = None  # an open incident's reply: deferred, suppresses nobody
 
 
 @dataclass(frozen=True)
@@ -240,6 +249,8 @@ _OUTCOME_COLUMNS = (
     "source_ip",
     "destination",
     "avoid_source_ip",
+    "suppress",
+    "incident_id",
 )
 
 

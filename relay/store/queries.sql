@@ -156,10 +156,10 @@ WITH o AS (
     SELECT * FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::timestamptz[],
                          $7::boolean[], $8::boolean[], $9::integer[], $10::text[], $11::text[],
                          $12::text[], $13::text[], $14::text[], $15::boolean[], $16::text[],
-                         $17::text[], $18::text[])
+                         $17::text[], $18::text[], $19::boolean[], $20::bigint[])
         AS o (delivery_id, lease_token, state, event, next_attempt_at, counts_attempt,
               non_delivery, code, enhanced, reply_text, template, category, rule, synthetic,
-              source_ip, destination, avoid_source_ip)
+              source_ip, destination, avoid_source_ip, suppress, incident_id)
 ), u AS (
     UPDATE deliveries d
     SET state = o.state,
@@ -178,11 +178,12 @@ WITH o AS (
     INSERT INTO events (occurred_at, type, message_id, delivery_id, queue_id, campaign,
                         from_domain, envelope_sender, source_ip, destination, recipient,
                         recipient_domain, code, enhanced, reply_text, template, category,
-                        attempt, rule, synthetic)
+                        attempt, rule, synthetic, suppress, retry_at, incident_id)
     SELECT $1, o.event, u.message_id, u.id, m.queue_id, m.campaign, m.from_domain,
            m.envelope_sender, o.source_ip, o.destination, u.recipient_key, u.recipient_domain,
            o.code, o.enhanced, o.reply_text, o.template, o.category, u.attempts, o.rule,
-           o.synthetic
+           o.synthetic, o.suppress, CASE WHEN o.state = 'queued' THEN o.next_attempt_at END,
+           o.incident_id
     FROM u JOIN o ON o.delivery_id = u.id JOIN messages m ON m.id = u.message_id
     RETURNING id, delivery_id
 ), nd AS (

@@ -1,0 +1,93 @@
+"""Provider incidents: when a run of identical 5xx replies says nothing about the recipients.
+
+A provider-side fault or a block on one of our IPs answers the same words to everyone: the
+same reply template, at one destination, from one source IP, for many distinct recipients in
+a short window. Treated one by one, each of those replies looks like a recipient-level hard
+bounce and would suppress a good address. An incident is declared when
+
+    recipients with that template  >= min_recipients, and
+    recipients with that template  >= min_share * recipients tried there from that IP
+
+in the same window: the share keeps a large sender's everyday "user unknown" (a few percent
+of what it sends to a big provider, all with one template) from ever looking like one.
+
+While an incident is open its replies defer the delivery (``defer``, from another IP of the
+pool when ``other_ip``) instead of bouncing it, and suppress nobody. The store counts and
+opens incidents (every relay shares them); this module holds the rules and the arithmetic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+__all__ = ["IncidentRules", "IncidentScope", "OpenIncident", "is_incident", "matching_incident"]
+
+
+class IncidentScope(StrEnum):
+    MX = "mx"  # the host that answered (one provider's MX, many domains behind it)
+    DOMAIN = "domain"  # the recipient domain
+
+
+@dataclass(frozen=True)
+class IncidentRules:
+    """``[incidents]``."""
+
+    enabled: bool = True
+    window: timedelta = timedelta(minutes=10)
+    min_recipients: int = 20
+    min_share: float = 0.5
+    scope: IncidentScope = IncidentScope.MX
+    defer: timedelta = timedelta(minutes=30)
+    other_ip: bool = True
+    lift_on_open: bool = True  # lift the suppressions its first replies made before detection
+    close_after: timedelta = timedelta(hours=1)  # closes when no reply matched for this long
+    check_every: timedelta = timedelta(seconds=15)
+
+
+@dataclass(frozen=True)
+class OpenIncident:
+    id: int
+    template: str
+    destination: str
+    scope: IncidentScope
+    source_ip: str
+
+    def matches(
+        self, template: str | None, destination: str | None, recipient_domain: str, source_ip: str
+    ) -> bool:
+        where = destination if self.scope is IncidentScope.MX else recipient_domain
+        return (
+            template == self.template and where == self.destination and source_ip == self.source_ip
+        )
+
+
+def is_incident(recipients: int, attempted: int, rules: IncidentRules) -> bool:
+    """Whether ``recipients`` distinct addresses with one reply, out of ``attempted`` tried at
+    the destination from the IP in the window, make an incident."""
+    return recipients >= rules.min_recipients and recipients >= rules.min_share * max(
+        attempted, recipients
+    )
+
+
+def matching_incident(
+    incidents: Iterable[OpenIncident],
+    template: str | None,
+    destination: str | None,
+    recipient_domain: str,
+    source_ip: str | None,
+) -> OpenIncident | None:
+    """The open incident a reply belongs to, if any."""
+    if template is None or source_ip is None:
+        return None
+    for incident in incidents:
+        if incident.matches(template, destination, recipient_domain, source_ip):
+            return incident
+    return None
+
+
+def deferral(rules: IncidentRules, now: datetime) -> datetime:
+    """When a delivery deferred by an incident is tried again."""
+    return now + rules.defer

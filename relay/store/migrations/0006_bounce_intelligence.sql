@@ -1,0 +1,75 @@
+-- 0006_bounce_intelligence: provider incidents, evidence kept with every verdict, probation
+-- (confirm_hard), the allowlist and suppressions scoped to one sending domain.
+
+-- An incident: one reply template hit many distinct recipients at one destination (MX host or
+-- recipient domain) from one source IP within a short window. While it is open its replies
+-- are no evidence against the recipients: they defer instead of bouncing, and suppress nobody.
+CREATE TABLE incidents (
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    opened_at        timestamptz NOT NULL,
+    last_seen_at     timestamptz NOT NULL,
+    template         text        NOT NULL,
+    destination      text        NOT NULL,
+    scope            text        NOT NULL CHECK (scope IN ('mx', 'domain')),
+    source_ip        text        NOT NULL,
+    category         text,
+    code             integer,
+    enhanced         text,
+    sample_reply     text,
+    recipients       integer     NOT NULL,  -- distinct recipients with this reply at detection
+    attempted        integer     NOT NULL,  -- distinct recipients tried there from that IP
+    lifted           integer     NOT NULL DEFAULT 0,  -- suppressions its replies had made, lifted
+    state            text        NOT NULL DEFAULT 'open'
+        CHECK (state IN ('open', 'closed', 'released')),
+    closed_at        timestamptz,
+    released_by      text,
+    release_reason   text
+);
+-- One open incident per key, whichever relay detects it first.
+CREATE UNIQUE INDEX incidents_open_key ON incidents (template, destination, scope, source_ip)
+    WHERE state = 'open';
+
+-- The evidence of each verdict, for `suppression why`, incident release and replay.
+ALTER TABLE events ADD COLUMN incident_id bigint;
+ALTER TABLE events ADD COLUMN suppress boolean;       -- the verdict said "suppress"
+ALTER TABLE events ADD COLUMN retry_at timestamptz;   -- a deferral: when it is tried again
+CREATE INDEX events_incident ON events (incident_id) WHERE incident_id IS NOT NULL;
+-- Detection reads the recent hard bounces and what was tried at their destinations.
+CREATE INDEX events_destination ON events (destination, source_ip, occurred_at)
+    WHERE destination IS NOT NULL;
+
+-- [policy] confirm_hard: an address with one recipient-level hard bounce waits here for a
+-- second (later, or from another IP) before it is suppressed; new mail to it is deferred.
+CREATE TABLE probation (
+    address      text PRIMARY KEY,           -- normalise_address()
+    since        timestamptz NOT NULL,
+    until        timestamptz NOT NULL,       -- since + confirm_after: the probe is retried then
+    source_ip    text,
+    delivery_id  bigint      NOT NULL,       -- the probe: the one delivery still tried
+    event_id     bigint,
+    reason       text        NOT NULL
+);
+
+ALTER TABLE profiles DROP CONSTRAINT profiles_status_check;
+ALTER TABLE profiles ADD CONSTRAINT profiles_status_check
+    CHECK (status IN ('active', 'hard_bounced', 'complained', 'suppressed', 'probation'));
+
+-- Never suppressed automatically: an address key, or a domain (every address in it).
+CREATE TABLE allowlist (
+    entry        text PRIMARY KEY,
+    reason       text        NOT NULL,
+    actor        text        NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now()
+);
+
+-- Suppressions that hold for one sending domain (the MAIL FROM domain) only.
+CREATE TABLE scoped_suppressions (
+    address         text        NOT NULL,
+    sending_domain  text        NOT NULL,
+    reason          text        NOT NULL,
+    source          text        NOT NULL CHECK (source IN ('hard_bounce', 'manual', 'import',
+                                                           'dsn', 'complaint')),
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    event_id        bigint,
+    PRIMARY KEY (address, sending_domain)
+);
