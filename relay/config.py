@@ -239,7 +239,7 @@ class Rules:
     # a second one this much later (or from another source IP); None: off.
     confirm_after: timedelta | None = None
     dry_run: bool = False  # suppression checks log and count, and refuse nothing
-    incidents: IncidentRules = IncidentRules()
+    incidents: IncidentRules = field(default_factory=IncidentRules)
 
 
 @dataclass(frozen=True)
