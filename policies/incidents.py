@@ -19,11 +19,21 @@ opens incidents (every relay shares them); this module holds the rules and the a
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-__all__ = ["IncidentRules", "IncidentScope", "OpenIncident", "is_incident", "matching_incident"]
+from policies.outcome import Decision
+from policies.states import DeliveryState, EventType
+
+__all__ = [
+    "IncidentRules",
+    "IncidentScope",
+    "OpenIncident",
+    "defer_for_incident",
+    "is_incident",
+    "matching_incident",
+]
 
 
 class IncidentScope(StrEnum):
@@ -88,6 +98,34 @@ def matching_incident(
     return None
 
 
-def deferral(rules: IncidentRules, now: datetime) -> datetime:
-    """When a delivery deferred by an incident is tried again."""
-    return now + rules.defer
+def defer_for_incident(
+    decision: Decision,
+    incident: OpenIncident | None,
+    rules: IncidentRules,
+    *,
+    now: datetime,
+    first_failure_at: datetime | None,
+    max_age: timedelta | None,
+) -> Decision:
+    """A hard bounce that is part of ``incident`` waits ``rules.defer`` and suppresses nobody;
+    it gives up (expired, non_delivery) once the delivery has been failing for ``max_age``."""
+    if incident is None or decision.event is not EventType.HARD_BOUNCE:
+        return decision
+    at = now + rules.defer
+    if max_age is not None and at - (first_failure_at or now) > max_age:
+        return replace(
+            decision,
+            state=DeliveryState.EXPIRED,
+            non_delivery=True,
+            give_up_reason=f"incident {incident.id} outlasted max_age",
+            rule=f"incident {incident.id}",
+            incident_id=incident.id,
+        )
+    return replace(
+        decision,
+        state=DeliveryState.QUEUED,
+        next_attempt_at=at,
+        other_source_ip=rules.other_ip,
+        rule=f"incident {incident.id}",
+        incident_id=incident.id,
+    )

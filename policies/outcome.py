@@ -30,15 +30,16 @@ delivered/relayed/expanded nothing recorded
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+from enum import StrEnum
 
 from policies.classify import Category, ClassifyRule, Kind, SuppressOn, Verdict, classify
 from policies.replies import Reply
 from policies.retry import GiveUp, RetryPolicy, SourceChoice, next_attempt, select_rule
 from policies.states import DeliveryState, EventType
 
-__all__ = ["Decision", "ReportedDecision", "decide", "decide_reported"]
+__all__ = ["Decision", "ProbationStep", "ReportedDecision", "decide", "decide_reported"]
 
 
 @dataclass(frozen=True)
@@ -51,10 +52,23 @@ class Decision:
     non_delivery: bool = False
     give_up_reason: str | None = None
     other_source_ip: bool = False  # resend from another IP of the pool
+    incident_id: int | None = None  # deferred because the reply is part of this incident
+    probation: ProbationStep | None = None  # [policy] confirm_hard
 
     @property
     def suppress(self) -> bool:
         return self.state is DeliveryState.BOUNCED and self.verdict.suppress
+
+    def spare(self) -> Decision:
+        """The same decision suppressing nobody (an allowlisted address)."""
+        return replace(self, verdict=replace(self.verdict, suppress=False))
+
+
+class ProbationStep(StrEnum):
+    START = "start"  # first recipient-level hard bounce: probation, the probe retried later
+    HOLD = "hold"  # a second one too soon and from the same IP: still on probation
+    CONFIRM = "confirm"  # confirmed: suppressed now, probation over
+    CLEAR = "clear"  # the probe was delivered (or finished otherwise): probation over
 
 
 def decide(

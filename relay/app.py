@@ -23,6 +23,7 @@ from relay.commit import GroupCommitter
 from relay.config import Config, Rules, load_config
 from relay.delivery import DeliveryWorker
 from relay.errors import ConfigErrors
+from relay.incidents import IncidentWatch
 from relay.intake import IntakeHandler, start_intake
 from relay.maintenance import vacuum_while_autovacuum_is_off
 from relay.metrics import Metrics
@@ -88,6 +89,7 @@ class Relay:
         self.handler: IntakeHandler
         self.server: asyncio.Server
         self.worker: DeliveryWorker | None = None
+        self.incident_watch: IncidentWatch | None = None
         self.port = 0
 
     async def __aenter__(self) -> Relay:
@@ -129,6 +131,11 @@ class Relay:
             self._stack.push_async_callback(
                 self.worker.stop, worker_task, config.delivery.shutdown_grace.total_seconds()
             )
+            self.incident_watch = IncidentWatch(
+                self.store, self.worker, lambda: self.rules, clock=self._clock, metrics=self.metrics
+            )
+            watch = asyncio.create_task(self.incident_watch.run(), name="incidents.watch")
+            self._stack.push_async_callback(_cancel, watch)
         committer = GroupCommitter(
             self.store,
             max_batch=config.store.commit_batch,
@@ -144,6 +151,7 @@ class Relay:
             campaign_header=config.campaign_header,
             metrics=self.metrics,
             bounces=self._bounce_reader(config),
+            rules=lambda: self.rules,
         )
         self._stack.push_async_callback(self.handler.close)
         self.server = await start_intake(

@@ -17,11 +17,13 @@ import random
 import secrets
 import socket
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 
-from policies.outcome import Decision, decide
+from policies.incidents import OpenIncident, defer_for_incident, matching_incident
+from policies.outcome import Decision, ProbationStep, decide
+from policies.probation import OnProbation, confirm_hard
 from policies.replies import Reply, synthetic_reply
 from policies.states import DeliveryState, EventType
 from policies.templates import template_of
@@ -40,6 +42,8 @@ __all__ = ["DeliveryWorker"]
 log = structlog.get_logger("relay.delivery")
 
 Template = Callable[[str], str]
+
+PROBATION_RECHECK = timedelta(minutes=5)
 
 
 class DeliveryWorker:
@@ -78,6 +82,8 @@ class DeliveryWorker:
         self._outcomes: GroupBatcher[list[OutcomeRecord], int] = GroupBatcher(
             self._apply_outcomes, name="delivery.outcomes", max_batch=256
         )
+        # Open provider incidents, kept current by relay.incidents.IncidentWatch.
+        self.incidents: list[OpenIncident] = []
 
     def wake(self, *_: object) -> None:
         """Look for due work now (called after each intake commit)."""
@@ -183,8 +189,18 @@ class DeliveryWorker:
         with structlog.contextvars.bound_contextvars(
             message_id=first.queue_id, campaign=first.campaign
         ):
-            outcomes = [self._cancelled(d) for d in group if d.suppressed]
-            live = [d for d in group if not d.suppressed]
+            # dry_run: a suppressed recipient is logged and counted, and still sent to.
+            cancel = [d for d in group if d.suppressed and not rules.dry_run]
+            rest = [d for d in group if d not in cancel]
+            for d in rest:
+                if d.suppressed:
+                    self.metrics.dry_run.labels("delivery").inc()
+                    log.info("delivery.would_cancel", recipient=d.recipient_key, dry_run=True)
+            outcomes = [self._cancelled(d) for d in cancel]
+            held = [d for d in rest if _held_by_probation(d)]
+            if held:
+                await self._defer(held, [_probation_end(d, self.clock()) for d in held])
+            live = [d for d in rest if not _held_by_probation(d)]
             if live:
                 try:
                     result = await self._send(live, body, rules)
@@ -224,7 +240,9 @@ class DeliveryWorker:
     async def _apply_outcomes(self, batches: list[list[OutcomeRecord]]) -> list[int]:
         """Apply the outcomes of several transactions at once; how many of each were fenced."""
         flat = [o for outcomes in batches for o in outcomes]
-        applied = await self.store.apply_outcomes(self.clock(), flat)
+        applied = await self.store.apply_outcomes(
+            self.clock(), flat, cancel_queued=not self.rules().dry_run
+        )
         return [
             sum(1 for o in outcomes if o.delivery_id not in applied.applied_ids)
             for outcomes in batches
@@ -285,9 +303,35 @@ class DeliveryWorker:
             suppress_on=rules.suppress_on,
             jitter=self._random.random(),
         )
+        if d.allowlisted:
+            decision = decision.spare()
+        is_bounce = decision.event is not EventType.DELIVERED
+        template = self.template(reply.text) if is_bounce else None
+        if rules.incidents.enabled and not reply.synthetic:
+            incident = matching_incident(
+                self.incidents, template, result.destination, d.recipient_domain, result.source_ip
+            )
+            decision = defer_for_incident(
+                decision,
+                incident,
+                rules.incidents,
+                now=now,
+                first_failure_at=d.first_failure_at,
+                max_age=rules.retry.default.max_age,
+            )
+        probation = d.probation
+        decision = confirm_hard(
+            decision,
+            OnProbation(probation.since, probation.until, probation.source_ip)
+            if probation is not None
+            else None,
+            rules.confirm_after,
+            result.source_ip,
+            now,
+        )
         _log_decision(d, reply, decision, result)
         self._count(d, decision, now)
-        is_bounce = decision.event is not EventType.DELIVERED
+        step = decision.probation
         return OutcomeRecord(
             delivery_id=d.id,
             lease_token=d.lease_token,
@@ -300,13 +344,16 @@ class DeliveryWorker:
             code=reply.code or None,
             enhanced=reply.enhanced,
             reply_text=reply.text,
-            template=self.template(reply.text) if is_bounce else None,
+            template=template,
             category=decision.verdict.category.value,
             rule=decision.rule,
             synthetic=reply.synthetic,
             source_ip=result.source_ip,
             destination=result.destination,
             avoid_source_ip=result.source_ip if decision.other_source_ip else None,
+            incident_id=decision.incident_id,
+            probation_until=decision.next_attempt_at if step is ProbationStep.START else None,
+            probation_end=step in (ProbationStep.CONFIRM, ProbationStep.CLEAR),
         )
 
     def _count(self, d: ClaimedDelivery, decision: Decision, now: datetime) -> None:
@@ -319,6 +366,18 @@ class DeliveryWorker:
             m.bounces.labels(decision.verdict.kind.value).inc()
         if decision.non_delivery:
             m.non_delivery.inc()
+
+    async def _defer(self, group: list[ClaimedDelivery], until: list[datetime]) -> None:
+        """Hand deliveries back untried, each due again at its time in ``until``."""
+        try:
+            deferred = await self.store.defer_leases(
+                self.clock(), [(d.id, d.lease_token, t) for d, t in zip(group, until, strict=True)]
+            )
+        except StoreError as exc:
+            log.warning("delivery.defer_failed", error=str(exc), action="the leases run out")
+            return
+        for d, t in zip(group, until, strict=True):
+            log.info("delivery.deferred", recipient=d.recipient_key, until=t, deliveries=deferred)
 
     async def _release(self, group: list[ClaimedDelivery]) -> None:
         if not group:
@@ -356,6 +415,18 @@ def _group(
         per_domain = d.recipient_domain if route is None or route.mode == "mx" else ""
         groups.setdefault((d.message_id, route_index, per_domain), []).append(d)
     return list(groups.values())
+
+
+def _held_by_probation(d: ClaimedDelivery) -> bool:
+    """New mail to an address on probation waits; only the probe is tried."""
+    return d.probation is not None and d.probation.delivery_id != d.id
+
+
+def _probation_end(d: ClaimedDelivery, now: datetime) -> datetime:
+    # The probation ends with its probe, which may itself be deferred past ``until``:
+    # look again then, or in a few minutes.
+    assert d.probation is not None
+    return max(d.probation.until, now + PROBATION_RECHECK)
 
 
 def _everyone(live: list[ClaimedDelivery], reply: Reply) -> TransactionResult:

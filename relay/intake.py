@@ -21,6 +21,7 @@ import ssl
 import time
 import weakref
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, AnyStr
 
 import structlog
@@ -32,7 +33,7 @@ from relay import replies
 from relay.batching import GroupBatcher
 from relay.bounces import BounceReader
 from relay.commit import GroupCommitter
-from relay.config import SmtpConfig
+from relay.config import Rules, SmtpConfig
 from relay.errors import ListenError, StoreError
 from relay.metrics import Metrics
 from relay.passwords import verify_password
@@ -120,8 +121,10 @@ class IntakeHandler:
         campaign_header: str,
         metrics: Metrics | None = None,
         bounces: BounceReader | None = None,
+        rules: Callable[[], Rules] | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
+        self.rules = rules
         self.bounces = bounces
         self.store = store
         self.committer = committer
@@ -136,8 +139,9 @@ class IntakeHandler:
         self._sessions: weakref.WeakKeyDictionary[Session, SessionState] = (
             weakref.WeakKeyDictionary()
         )
-        # RCPTs of concurrent sessions are checked against the list in one query.
-        self._suppression_checks: GroupBatcher[str, str | None] = GroupBatcher(
+        # RCPTs of concurrent sessions are checked against the list in one query: (address
+        # key, sending domain) pairs, since an entry may hold for one sending domain only.
+        self._suppression_checks: GroupBatcher[tuple[str, str], str | None] = GroupBatcher(
             store.suppression_reasons, name="intake.suppression_check", max_batch=512
         )
 
@@ -242,12 +246,18 @@ class IntakeHandler:
         key = normalise_address(address)
         with structlog.contextvars.bound_contextvars(recipient=key):
             try:
-                reason = await self._suppression_checks.submit(key)
+                reason = await self._suppression_checks.submit(
+                    (key, domain_of(envelope.mail_from or ""))
+                )
             except StoreError as exc:
                 self.metrics.rejected.labels("store_unavailable").inc()
                 return _store_unavailable("rcpt", exc)
             if reason is not None:
-                return await self._reject_suppressed(session, envelope, address, key, reason)
+                if self.rules is not None and self.rules().dry_run:
+                    self.metrics.dry_run.labels("rcpt").inc()
+                    log.info("intake.would_reject", suppression_reason=reason, dry_run=True)
+                else:
+                    return await self._reject_suppressed(session, envelope, address, key, reason)
         envelope.rcpt_tos.append(address)
         self._open_transaction(state, bounces=False)
         envelope.rcpt_options.extend(rcpt_options)

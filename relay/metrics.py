@@ -49,6 +49,18 @@ class Metrics:
             ["event"],
             registry=r,
         )
+        self.dry_run = Counter(
+            "bounce_relay_dry_run_would_refuse",
+            "[policy] dry_run: suppressed recipients let through, where (rcpt, delivery)",
+            ["where"],
+            registry=r,
+        )
+        self.incidents = Counter(
+            "bounce_relay_incidents",
+            "Provider incidents detected and closed",
+            ["event"],
+            registry=r,
+        )
         self.delivery_latency = Histogram(
             "bounce_relay_delivery_latency_seconds",
             "From acceptance to the upstream's 2xx",

@@ -57,7 +57,7 @@ class _Handler:
         attempt = self.up.rcpt_attempts.get(key, 0)
         self.up.rcpt_attempts[key] = attempt + 1
         self.up.rcpt_seen.append(key)
-        reply = _pick(self.up.script.rcpt.get(key), attempt, "250 2.1.5 OK")
+        reply = _pick(self.up.script.rcpt.get(key), attempt, self.up.rcpt_default)
         if reply.startswith("2"):
             envelope.rcpt_tos.append(address)
         return reply
@@ -141,6 +141,7 @@ class ScriptedUpstream:
         self.script = _Script()
         self.received: list[Received] = []
         self.rcpt_attempts: dict[str, int] = {}
+        self.rcpt_default = "250 2.1.5 OK"  # the reply to recipients nobody scripted
         self.rcpt_seen: list[str] = []
         self.data_attempts = 0
         self.data_delay = 0.0

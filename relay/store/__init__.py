@@ -20,6 +20,7 @@ from typing import Any
 
 import asyncpg
 
+from policies.incidents import IncidentRules, IncidentScope, OpenIncident
 from relay.errors import StoreError, StoreUnavailable, UnsafeDatabase
 from relay.store.migrate import apply_migrations
 
@@ -150,6 +151,21 @@ class ClaimedDelivery:
     smtputf8: bool
     received_at: datetime
     suppressed: bool
+    allowlisted: bool = False
+    probation: Probation | None = None
+
+
+@dataclass(frozen=True)
+class Probation:
+    """[policy] confirm_hard: an address waiting for its first hard bounce to be confirmed."""
+
+    address: str
+    since: datetime
+    until: datetime
+    source_ip: str | None
+    delivery_id: int  # the probe: the one delivery to the address still tried
+    event_id: int | None
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -176,6 +192,8 @@ class OutcomeRecord:
     destination: str | None = None
     avoid_source_ip: str | None = None
     incident_id: int | None = None  # an open incident's reply: deferred, suppresses nobody
+    probation_until: datetime | None = None  # confirm_hard: probation starts, probe retried then
+    probation_end: bool = False  # the probe finished: the address's probation ends
 
 
 @dataclass(frozen=True)
@@ -223,6 +241,21 @@ class ReportRow:
 
 
 @dataclass(frozen=True)
+class IncidentCheck:
+    opened: list[dict[str, Any]]
+    closed: list[int]
+    lifted: int  # suppressions lifted because the replies that made them joined an incident
+
+
+@dataclass(frozen=True)
+class SuppressionEvidence:
+    address: str
+    entries: list[dict[str, Any]]  # kind: global | scoped | allowlist | probation
+    bounces: list[dict[str, Any]]
+    audit: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
 class AppliedOutcomes:
     applied: int  # rows whose lease still held
     fenced: int  # rows another relay had taken over: left alone
@@ -256,6 +289,7 @@ _OUTCOME_COLUMNS = (
 
 _BOUNCES = ("hard_bounce", "soft_bounce")
 _VACUUM_LOCK = 0x6272_7661_6375  # "brvacu": one relay process vacuums at a time
+_INCIDENT_LOCK = 0x6272_696E_6369  # "brinci": one relay process detects incidents at a time
 
 _DSN_COLUMNS = (
     "delivery_id",
@@ -299,6 +333,14 @@ async def roll_up_bounces(
     await conn.execute(QUERIES["intern_recipient_domains"], occurred_at, event_ids, timeout=timeout)
     await conn.execute("SET LOCAL enable_nestloop = off", timeout=timeout)
     await conn.execute(QUERIES["roll_up_bounces"], occurred_at, event_ids, timeout=timeout)
+
+
+def _claimed(row: Any) -> ClaimedDelivery:
+    fields = dict(row)
+    probation = fields.pop("probation")
+    return ClaimedDelivery(
+        **fields, probation=Probation(**dict(probation)) if probation is not None else None
+    )
 
 
 class _PooledConnection(asyncpg.Connection):  # type: ignore[misc]
@@ -392,14 +434,17 @@ class Store:
             )
         return [AcceptedMessage(r["id"], r["queue_id"], r["received_at"]) for r in rows]
 
-    async def suppression_reasons(self, address_keys: Sequence[str]) -> list[str | None]:
-        """Why each of ``address_keys`` is suppressed (None where it is not), in order."""
+    async def suppression_reasons(self, checks: Sequence[tuple[str, str]]) -> list[str | None]:
+        """Why each (address key, sending domain) may not get mail (None where it may), in
+        order: global and scoped entries, with the allowlist's precedence."""
         async with _translated("suppression check"):
             rows = await self.pool.fetch(
-                QUERIES["suppression_reasons"], list(address_keys), timeout=self.timeout
+                QUERIES["suppression_reasons"],
+                [key for key, _ in checks],
+                [domain for _, domain in checks],
+                timeout=self.timeout,
             )
-        reasons = {r["address"]: str(r["reason"]) for r in rows}
-        return [reasons.get(key) for key in address_keys]
+        return [r["reason"] for r in rows]
 
     async def record_rejected_suppressed(
         self, sender: str, recipient: str, domain: str, reply: str, detail: dict[str, Any]
@@ -514,7 +559,7 @@ class Store:
             rows = await self.pool.fetch(
                 QUERIES["claim_due_deliveries"], owner, now, lease, limit, timeout=self.timeout
             )
-        return sorted((ClaimedDelivery(**dict(r)) for r in rows), key=lambda d: d.id)
+        return sorted((_claimed(r) for r in rows), key=lambda d: d.id)
 
     async def message_bodies(self, message_ids: Sequence[int]) -> dict[int, bytes | None]:
         async with _translated("read bodies"):
@@ -524,9 +569,10 @@ class Store:
         return {r["id"]: (bytes(r["body"]) if r["body"] is not None else None) for r in rows}
 
     async def apply_outcomes(
-        self, now: datetime, outcomes: Sequence[OutcomeRecord]
+        self, now: datetime, outcomes: Sequence[OutcomeRecord], *, cancel_queued: bool = True
     ) -> AppliedOutcomes:
-        """Apply results atomically: states, events, suppressions, cancellations, bodies."""
+        """Apply results atomically: states, events, suppressions, cancellations (unless
+        ``cancel_queued`` is off: dry_run), probation, incidents seen, bodies."""
         cols = [[getattr(o, c) for o in outcomes] for c in _OUTCOME_COLUMNS]
         by_id = {o.delivery_id: o for o in outcomes}
         async with (
@@ -536,8 +582,14 @@ class Store:
         ):
             rows = await conn.fetch(QUERIES["apply_outcomes"], now, *cols, timeout=self.timeout)
             added, cancelled = await self._follow_up(
-                conn, now, rows, by_id, (("hard_bounce", "hard_bounced", _BOUNCES),)
+                conn,
+                now,
+                rows,
+                by_id,
+                (("hard_bounce", "hard_bounced", _BOUNCES),),
+                cancel_queued=cancel_queued,
             )
+            await self._probation_and_incidents(conn, now, rows, by_id)
         return AppliedOutcomes(
             applied=len(rows),
             fenced=len(outcomes) - len(rows),
@@ -582,6 +634,8 @@ class Store:
         rows: Sequence[Any],
         by_id: Mapping[int, OutcomeRecord | DsnRecord],
         suppressions: Sequence[tuple[str, str, tuple[str, ...]]],
+        *,
+        cancel_queued: bool = True,
     ) -> tuple[int, int]:
         """What applied results entail, in the caller's transaction: suppressions (per
         (source, profile status, events) of ``suppressions``), released bodies, the bounce
@@ -604,6 +658,7 @@ class Store:
                     [chosen[k][1] for k in keys],
                     source,
                     status,
+                    cancel_queued,
                     timeout=self.timeout,
                 )
                 added += counts["added"]
@@ -615,6 +670,35 @@ class Store:
         if bounces:  # a batch of deliveries only costs no extra round trips
             await roll_up_bounces(conn, now, bounces, self.timeout)
         return added, cancelled
+
+    async def _probation_and_incidents(
+        self, conn: Any, now: datetime, rows: Sequence[Any], by_id: Mapping[int, OutcomeRecord]
+    ) -> None:
+        """confirm_hard probation started or ended by these outcomes, and incidents whose
+        replies they were (still going on: they stay open)."""
+        starts = [
+            (r, o) for r in rows if (o := by_id[r["delivery_id"]]).probation_until is not None
+        ]
+        if starts:
+            await conn.execute(
+                QUERIES["start_probation"],
+                now,
+                [r["recipient_key"] for r, _ in starts],
+                [o.probation_until for _, o in starts],
+                [o.source_ip for _, o in starts],
+                [o.delivery_id for _, o in starts],
+                [r["event_id"] for r, _ in starts],
+                [o.suppress_reason for _, o in starts],
+                timeout=self.timeout,
+            )
+        ended = [r["delivery_id"] for r in rows if by_id[r["delivery_id"]].probation_end]
+        if ended:
+            await conn.execute(QUERIES["end_probation"], now, ended, timeout=self.timeout)
+        incidents = {o.incident_id for o in by_id.values() if o.incident_id is not None}
+        if incidents:
+            await conn.execute(
+                QUERIES["touch_incidents"], now, sorted(incidents), timeout=self.timeout
+            )
 
     async def record_dsn_unmatched(
         self,
@@ -645,6 +729,21 @@ class Store:
                 QUERIES["release_leases"],
                 [i for i, _ in leases],
                 [t for _, t in leases],
+                timeout=self.timeout,
+            )
+        return len(rows)
+
+    async def defer_leases(
+        self, now: datetime, deferrals: Sequence[tuple[int, int, datetime]]
+    ) -> int:
+        """Give (delivery id, lease token, due) back untried: no attempt, no event."""
+        async with _translated("defer deliveries"):
+            rows = await self.pool.fetch(
+                QUERIES["defer_leases"],
+                [i for i, _, _ in deferrals],
+                [t for _, t, _ in deferrals],
+                [due for _, _, due in deferrals],
+                now,
                 timeout=self.timeout,
             )
         return len(rows)
@@ -793,6 +892,163 @@ class Store:
     async def ping(self) -> None:
         async with _translated("ping"):
             await self.pool.fetchval(QUERIES["ping"], timeout=min(self.timeout, 2.0))
+
+    # -- incidents, allowlist, scoped entries, evidence ---------------------------------------
+
+    async def check_incidents(self, now: datetime, rules: IncidentRules) -> IncidentCheck | None:
+        """One detection pass (None when another relay process is at it): quiet incidents
+        close, new ones open, the window's replies they explain join them and, with
+        ``lift_on_open``, the suppressions those replies made are lifted, all at once."""
+        async with (
+            _translated("check incidents"),
+            self.pool.acquire(timeout=self.timeout) as conn,
+            conn.transaction(),
+        ):
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _INCIDENT_LOCK):
+                return None
+            closed = await conn.fetch(
+                QUERIES["close_quiet_incidents"], now, now - rules.close_after
+            )
+            since = now - rules.window
+            opened = await conn.fetch(
+                QUERIES["detect_incidents"],
+                now,
+                since,
+                rules.min_recipients,
+                rules.min_share,
+                rules.scope.value,
+            )
+            ids = [r["id"] for r in opened]
+            lifted = 0
+            if ids:
+                await conn.execute(QUERIES["tag_incident_events"], ids, since)
+                if rules.lift_on_open:
+                    lifted = await conn.fetchval(
+                        QUERIES["lift_incident_suppressions"],
+                        ids,
+                        "incident detection",
+                        "the bounce was part of a provider incident, not about the recipient",
+                        now,
+                    )
+        return IncidentCheck(
+            opened=[dict(r) for r in opened], closed=[r["id"] for r in closed], lifted=lifted
+        )
+
+    async def open_incidents(self) -> list[OpenIncident]:
+        async with _translated("read incidents"):
+            rows = await self.pool.fetch(QUERIES["open_incidents"], timeout=self.timeout)
+        return [
+            OpenIncident(
+                r["id"], r["template"], r["destination"], IncidentScope(r["scope"]), r["source_ip"]
+            )
+            for r in rows
+        ]
+
+    async def list_incidents(self, state: str | None, limit: int) -> list[dict[str, Any]]:
+        async with _translated("list incidents"):
+            rows = await self.pool.fetch(
+                QUERIES["list_incidents"], state, limit, timeout=self.timeout
+            )
+        return [dict(r) for r in rows]
+
+    async def incident(self, incident_id: int) -> dict[str, Any] | None:
+        async with _translated("read incident"):
+            row = await self.pool.fetchrow(
+                QUERIES["incident_by_id"], incident_id, timeout=self.timeout
+            )
+        return dict(row) if row else None
+
+    async def release_incident(
+        self, incident_id: int, now: datetime, actor: str, reason: str
+    ) -> tuple[int, int] | None:
+        """End an incident in one step: lift every suppression its replies made (profiles
+        active, audited), make its deferred deliveries due now. (lifted, due now); None when
+        there is no such incident or it was released already."""
+        async with (
+            _translated("release incident"),
+            self.pool.acquire(timeout=self.timeout) as conn,
+            conn.transaction(),
+        ):
+            row = await conn.fetchrow(QUERIES["release_incident"], incident_id, now, actor, reason)
+            if not row["released"]:
+                return None
+            lifted = await conn.fetchval(
+                QUERIES["lift_incident_suppressions"], [incident_id], actor, reason, now
+            )
+        return int(lifted), int(row["due_now"])
+
+    async def allowlist(self) -> list[dict[str, Any]]:
+        async with _translated("read allowlist"):
+            rows = await self.pool.fetch(QUERIES["allowlist"], timeout=self.timeout)
+        return [dict(r) for r in rows]
+
+    async def allow(self, entry: str, reason: str, actor: str) -> bool:
+        """Allowlist an address key or a domain (audited); False when it already was."""
+        async with _translated("allowlist add"):
+            return bool(
+                await self.pool.fetchval(
+                    QUERIES["allowlist_add"], entry, reason, actor, timeout=self.timeout
+                )
+            )
+
+    async def disallow(self, entry: str, reason: str, actor: str) -> bool:
+        async with _translated("allowlist remove"):
+            return bool(
+                await self.pool.fetchval(
+                    QUERIES["allowlist_remove"], entry, reason, actor, timeout=self.timeout
+                )
+            )
+
+    async def add_scoped_suppression(
+        self, address_key: str, sending_domain: str, reason: str, actor: str
+    ) -> bool:
+        """An administrator's entry for one sending domain (audited); False when present."""
+        async with _translated("add scoped suppression"):
+            return bool(
+                await self.pool.fetchval(
+                    QUERIES["add_scoped_suppression"],
+                    address_key,
+                    sending_domain,
+                    reason,
+                    actor,
+                    timeout=self.timeout,
+                )
+            )
+
+    async def remove_scoped_suppression(
+        self, address_key: str, sending_domain: str, actor: str, reason: str
+    ) -> bool:
+        async with _translated("remove scoped suppression"):
+            return bool(
+                await self.pool.fetchval(
+                    QUERIES["remove_scoped_suppression"],
+                    address_key,
+                    sending_domain,
+                    actor,
+                    reason,
+                    timeout=self.timeout,
+                )
+            )
+
+    async def suppression_evidence(self, address_key: str) -> SuppressionEvidence:
+        """Everything behind an address's entries: the entries (global and scoped), the
+        allowlist and probation entries that apply, every bounce and complaint with its
+        reply, template, category, source IP, destination, campaign, rule and incident, and
+        the administrators' acts on it."""
+        async with (
+            _translated("suppression evidence"),
+            self.pool.acquire(timeout=self.timeout) as conn,
+            conn.transaction(readonly=True),
+        ):
+            entries = await conn.fetch(QUERIES["evidence_entries"], address_key)
+            bounces = await conn.fetch(QUERIES["evidence_bounces"], address_key)
+            audit = await conn.fetch(QUERIES["evidence_audit"], address_key)
+        return SuppressionEvidence(
+            address=address_key,
+            entries=[dict(r) for r in entries],
+            bounces=[dict(r) for r in bounces],
+            audit=[dict(r) for r in audit],
+        )
 
     def pool_sizes(self) -> tuple[int, int]:
         """(open, idle) connections of the pool."""

@@ -25,8 +25,11 @@ WITH m AS (
 SELECT id, queue_id, received_at FROM m;
 
 -- suppression_reasons --
--- The reasons addresses are on the global suppression list; no row for one that is not.
-SELECT address, reason FROM suppressions WHERE address = ANY($1::text[]);
+-- Why each (address, sending domain) may not get mail (NULL where it may), in input order;
+-- the precedence of entries, scopes and the allowlist is suppression_reason's (0006).
+SELECT suppression_reason(k.address, k.domain) AS reason
+FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k (address, domain, n)
+ORDER BY k.n;
 
 -- record_rejected_suppressed --
 -- An RCPT refused because the recipient is suppressed.
@@ -143,7 +146,11 @@ WHERE d.id = due.id AND m.id = d.message_id
 RETURNING d.id, d.message_id, d.recipient, d.recipient_key, d.recipient_domain, d.attempts,
           d.first_failure_at, d.lease_token, d.last_source_ip, d.avoid_source_ip,
           m.queue_id, m.envelope_sender, m.from_domain, m.campaign, m.smtputf8, m.received_at,
-          EXISTS (SELECT 1 FROM suppressions s WHERE s.address = d.recipient_key) AS suppressed;
+          suppression_reason(d.recipient_key,
+                             lower(substring(m.envelope_sender FROM '@([^@>]*)>?$'))) IS NOT NULL
+              AS suppressed,
+          allowlisted(d.recipient_key) AS allowlisted,
+          (SELECT p FROM probation p WHERE p.address = d.recipient_key) AS probation;
 
 -- message_bodies --
 -- The bodies of the given messages (NULL once released).
@@ -165,7 +172,7 @@ WITH o AS (
     SET state = o.state,
         attempts = d.attempts + CASE WHEN o.counts_attempt THEN 1 ELSE 0 END,
         next_attempt_at = coalesce(o.next_attempt_at, d.next_attempt_at),
-        first_failure_at = CASE WHEN o.event = 'soft_bounce'
+        first_failure_at = CASE WHEN o.event IN ('soft_bounce', 'hard_bounce')
                                 THEN coalesce(d.first_failure_at, $1) ELSE d.first_failure_at END,
         lease_until = NULL, lease_owner = NULL, lease_token = NULL,
         last_source_ip = coalesce(o.source_ip, d.last_source_ip),
@@ -206,7 +213,10 @@ FROM u JOIN e ON e.delivery_id = u.id;
 -- profile status $6, and every other queued delivery to the address cancelled with a
 -- suppressed event.
 WITH s AS (
+    -- An allowlisted address is never suppressed automatically; $7 false (dry_run) cancels
+    -- nothing queued.
     SELECT * FROM unnest($2::text[], $3::text[], $4::bigint[]) AS s (address, reason, event_id)
+    WHERE NOT allowlisted(s.address)
 ), ins AS (
     INSERT INTO suppressions (address, reason, source, event_id, event_at, created_at)
     SELECT address, reason, $5, event_id, $1, $1 FROM s
@@ -221,7 +231,7 @@ WITH s AS (
     UPDATE deliveries d
     SET state = 'cancelled', updated_at = $1
     FROM s
-    WHERE d.recipient_key = s.address AND d.state = 'queued'
+    WHERE d.recipient_key = s.address AND d.state = 'queued' AND $7
     RETURNING d.id, d.message_id, d.recipient_key, d.recipient_domain, d.attempts
 ), ce AS (
     INSERT INTO events (occurred_at, type, message_id, delivery_id, queue_id, campaign,
@@ -499,6 +509,16 @@ FROM unnest($1::bigint[], $2::bigint[]) AS l (id, token)
 WHERE d.id = l.id AND d.lease_token = l.token AND d.state = 'inflight'
 RETURNING d.id;
 
+-- defer_leases --
+-- Hand claimed deliveries back untried, due again at $3 (a destination slowed down, an address
+-- on probation): no attempt counted, no event; fenced by token.
+UPDATE deliveries d
+SET state = 'queued', lease_until = NULL, lease_owner = NULL, lease_token = NULL,
+    next_attempt_at = l.due, updated_at = $4
+FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[]) AS l (id, token, due)
+WHERE d.id = l.id AND d.lease_token = l.token AND d.state = 'inflight'
+RETURNING d.id;
+
 -- queue_stats --
 -- Open deliveries by state, and the receive time of the oldest queued one (for /metrics).
 SELECT d.state, count(*) AS n, min(m.received_at) AS oldest
@@ -542,3 +562,35 @@ LIMIT $2 OFFSET $3;
 SELECT left(coalesce(last_reply, '(not tried yet)'), 200) AS reply, count(*) AS n
 FROM deliveries WHERE state = 'queued'
 GROUP BY 1 ORDER BY n DESC LIMIT $1;
+
+-- start_probation --
+-- [policy] confirm_hard: first recipient-level hard bounces put addresses on probation until
+-- $3 (the probe delivery $5 is tried again then); the profile says so. An address already on
+-- probation keeps its first entry.
+WITH ins AS (
+    INSERT INTO probation (address, since, until, source_ip, delivery_id, event_id, reason)
+    SELECT a, $1, u, ip, d, e, r
+    FROM unnest($2::text[], $3::timestamptz[], $4::text[], $5::bigint[], $6::bigint[],
+                $7::text[]) AS x (a, u, ip, d, e, r)
+    ON CONFLICT (address) DO NOTHING
+    RETURNING address
+)
+INSERT INTO profiles (address, status, status_changed_at)
+SELECT address, 'probation', $1 FROM ins
+ON CONFLICT (address) DO UPDATE SET status = 'probation', status_changed_at = $1
+WHERE profiles.status = 'active';
+
+-- end_probation --
+-- The probe deliveries $2 finished: their probation ends. Unless the address was suppressed
+-- (a confirmed bounce) its profile is active again and the mail held for it is due now.
+WITH d AS (
+    DELETE FROM probation WHERE delivery_id = ANY($2::bigint[]) RETURNING address
+), free AS (
+    SELECT address FROM d WHERE NOT EXISTS (SELECT 1 FROM suppressions s
+                                            WHERE s.address = d.address)
+), p AS (
+    UPDATE profiles SET status = 'active', status_changed_at = $1
+    WHERE address IN (SELECT address FROM free) AND status = 'probation'
+)
+UPDATE deliveries SET next_attempt_at = $1, updated_at = $1
+WHERE recipient_key IN (SELECT address FROM free) AND state = 'queued';

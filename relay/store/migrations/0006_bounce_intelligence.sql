@@ -73,3 +73,30 @@ CREATE TABLE scoped_suppressions (
     event_id        bigint,
     PRIMARY KEY (address, sending_domain)
 );
+
+-- Whether an address may never be suppressed automatically (itself or its domain listed).
+CREATE FUNCTION allowlisted(addr text) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT EXISTS (SELECT 1 FROM allowlist
+                   WHERE entry = addr OR entry = substring(addr FROM '@([^@]*)$'))
+$$;
+
+-- Why mail from sending domain `domain` may not go to `addr`; NULL when it may. One place for
+-- the precedence (RCPT check and claim both ask here):
+--   1. an administrator's entry (manual or import), global or scoped to this sending domain;
+--   2. the allowlist: automatic entries do not hold for a listed address or domain;
+--   3. an automatic global entry (hard bounce, bounce message, complaint);
+--   4. an automatic entry scoped to this sending domain.
+CREATE FUNCTION suppression_reason(addr text, domain text) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT coalesce(
+        (SELECT reason FROM suppressions
+         WHERE address = addr AND source IN ('manual', 'import')),
+        (SELECT reason FROM scoped_suppressions
+         WHERE address = addr AND sending_domain = domain AND source IN ('manual', 'import')),
+        CASE WHEN NOT allowlisted(addr) THEN coalesce(
+            (SELECT reason FROM suppressions WHERE address = addr),
+            (SELECT reason FROM scoped_suppressions
+             WHERE address = addr AND sending_domain = domain))
+        END)
+$$;
