@@ -20,8 +20,8 @@ import secrets
 import ssl
 import time
 import weakref
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, AnyStr
 
 import structlog

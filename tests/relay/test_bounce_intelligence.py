@@ -13,8 +13,8 @@ import pytest
 
 from tests.delivery_support import (
     BODY,
-    eventually,
     events_of,
+    eventually,
     in_state,
     retry_due,
     send,
