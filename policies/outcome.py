@@ -12,6 +12,10 @@ soft       queued          soft_bounce         next attempt from the matching re
 soft       expired         soft_bounce         + non_delivery (the rule gave up)
 =========  ==============  ==================  =========================================
 
+A well-known throttling reply (``policies.hints``: Yahoo TS0x, Gmail 4.7.28, Microsoft
+S31xx, ...) that only the default retry rule matches is retried when the provider says,
+not on the generic schedule; the rule's max_age still holds.
+
 ``decide_reported`` does the same for a result read later from a bounce
 message (DSN, non-standard bounce, feedback report). The remote system has
 already given up or is still trying, so nothing is ever rescheduled:
@@ -35,6 +39,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from policies.classify import Category, ClassifyRule, Kind, SuppressOn, Verdict, classify
+from policies.hints import ProviderHint, hint_for
 from policies.replies import Reply
 from policies.retry import GiveUp, RetryPolicy, SourceChoice, next_attempt, select_rule
 from policies.states import DeliveryState, EventType
@@ -54,6 +59,7 @@ class Decision:
     other_source_ip: bool = False  # resend from another IP of the pool
     incident_id: int | None = None  # deferred because the reply is part of this incident
     probation: ProbationStep | None = None  # [policy] confirm_hard
+    hint: ProviderHint | None = None  # a provider's throttling reply (policies/hints.py)
 
     @property
     def suppress(self) -> bool:
@@ -91,26 +97,40 @@ def decide(
     verdict = classify(reply, recipient_domain, rules=classify_rules, suppress_on=suppress_on)
     if verdict.kind is Kind.DELIVERED:
         return Decision(DeliveryState.DELIVERED, EventType.DELIVERED, verdict, verdict.rule)
+    hint = hint_for(reply)
     if verdict.kind is Kind.HARD:
-        return Decision(DeliveryState.BOUNCED, EventType.HARD_BOUNCE, verdict, verdict.rule)
+        return Decision(
+            DeliveryState.BOUNCED, EventType.HARD_BOUNCE, verdict, verdict.rule, hint=hint
+        )
     rule = select_rule(retry, reply, verdict, recipient_domain)
     at = next_attempt(rule, attempts, first_failure_at or now, now, jitter=jitter)
+    rule_name = rule.name
+    # A provider's own word on when to come back beats the generic schedule; a rule the
+    # operator wrote for this reply beats both. The rule's limits (max_age) still hold.
+    if hint is not None and rule is retry.default and not isinstance(at, GiveUp):
+        at = now + hint.retry_after
+        rule_name = hint.name
+        if rule.max_age is not None and at > (first_failure_at or now) + rule.max_age:
+            at = GiveUp(f"{hint.name}: the next attempt would fall after max_age")
     if isinstance(at, GiveUp):
         return Decision(
             DeliveryState.EXPIRED,
             EventType.SOFT_BOUNCE,
             verdict,
-            rule.name,
+            rule_name,
             non_delivery=True,
             give_up_reason=at.reason,
+            hint=hint,
         )
     return Decision(
         DeliveryState.QUEUED,
         EventType.SOFT_BOUNCE,
         verdict,
-        rule.name,
+        rule_name,
         next_attempt_at=at,
-        other_source_ip=rule.source is SourceChoice.OTHER_IP,
+        other_source_ip=rule.source is SourceChoice.OTHER_IP
+        or (hint is not None and hint.other_ip),
+        hint=hint,
     )
 
 

@@ -35,6 +35,7 @@ from relay.errors import StoreError
 from relay.metrics import Metrics
 from relay.routing import SourceIPs, pool_for, route_for
 from relay.store import ClaimedDelivery, OutcomeRecord, Store
+from relay.throttle import DestinationThrottle
 from relay.upstream import Transaction, TransactionResult, Upstream
 
 __all__ = ["DeliveryWorker"]
@@ -84,6 +85,8 @@ class DeliveryWorker:
         )
         # Open provider incidents, kept current by relay.incidents.IncidentWatch.
         self.incidents: list[OpenIncident] = []
+        # Destinations that asked for less traffic (provider hints), per recipient domain.
+        self.throttle = DestinationThrottle(config.connections_per_destination)
 
     def wake(self, *_: object) -> None:
         """Look for due work now (called after each intake commit)."""
@@ -202,25 +205,14 @@ class DeliveryWorker:
                 await self._defer(held, [_probation_end(d, self.clock()) for d in held])
             live = [d for d in rest if not _held_by_probation(d)]
             if live:
-                try:
-                    result = await self._send(live, body, rules)
-                except asyncio.CancelledError:
-                    # Shutdown cut this transaction: hand the work back at once rather than
-                    # after the lease (the upstream may have it already: at-least-once).
-                    await asyncio.shield(self._release(group))
-                    raise
-                except Exception as exc:  # a bug or an encoding error: this delivery only
-                    log.exception("delivery.unexpected_error", error_type=type(exc).__name__)
-                    result = _everyone(
-                        live,
-                        synthetic_reply(
-                            451, "4.3.0", f"relay error while sending: {type(exc).__name__}"
-                        ),
-                    )
-                now = self.clock()
-                for d in live:
-                    reply = result.replies.get(d.recipient) or _no_reply()
-                    outcomes.append(self._outcome(d, reply, result, rules, now))
+                destination = live[0].recipient_domain
+                until = self.throttle.admit(destination, self.clock())
+                if until is not None:  # a provider asked for less: wait, untried
+                    await self._defer(live, [until] * len(live))
+                else:
+                    outcomes += await self._attempt(live, group, body, rules, destination)
+            if not outcomes:
+                return
             try:
                 fenced = await self._outcomes.submit(outcomes)
             except StoreError as exc:
@@ -236,6 +228,39 @@ class DeliveryWorker:
                     deliveries=fenced,
                     why="another relay took over after our lease ran out",
                 )
+
+    async def _attempt(
+        self,
+        live: list[ClaimedDelivery],
+        group: list[ClaimedDelivery],
+        body: bytes | None,
+        rules: Rules,
+        destination: str,
+    ) -> list[OutcomeRecord]:
+        """Send one transaction and decide each recipient's outcome."""
+        self.throttle.started(destination, self.clock())
+        try:
+            result = await self._send(live, body, rules)
+        except asyncio.CancelledError:
+            # Shutdown cut this transaction: hand the work back at once rather than
+            # after the lease (the upstream may have it already: at-least-once).
+            self.throttle.finished(destination, self.clock(), ok=False)
+            await asyncio.shield(self._release(group))
+            raise
+        except Exception as exc:  # a bug or an encoding error: this delivery only
+            log.exception("delivery.unexpected_error", error_type=type(exc).__name__)
+            result = _everyone(
+                live,
+                synthetic_reply(451, "4.3.0", f"relay error while sending: {type(exc).__name__}"),
+            )
+        now = self.clock()
+        delivered = any(200 <= r.code < 300 for r in result.replies.values())
+        self.throttle.finished(destination, now, ok=delivered)
+        outcomes = []
+        for d in live:
+            reply = result.replies.get(d.recipient) or _no_reply()
+            outcomes.append(self._outcome(d, reply, result, rules, now))
+        return outcomes
 
     async def _apply_outcomes(self, batches: list[list[OutcomeRecord]]) -> list[int]:
         """Apply the outcomes of several transactions at once; how many of each were fenced."""
@@ -305,6 +330,8 @@ class DeliveryWorker:
         )
         if d.allowlisted:
             decision = decision.spare()
+        if decision.hint is not None:
+            self.throttle.slow_down(d.recipient_domain, decision.hint, now)
         is_bounce = decision.event is not EventType.DELIVERED
         template = self.template(reply.text) if is_bounce else None
         if rules.incidents.enabled and not reply.synthetic:
@@ -466,4 +493,7 @@ def _log_decision(
         destination=result.destination,
         synthetic=reply.synthetic,
         give_up=decision.give_up_reason,
+        hint=decision.hint.name if decision.hint else None,
+        incident_id=decision.incident_id,
+        probation=decision.probation,
     )

@@ -147,7 +147,9 @@ class DestinationThrottle:
         in_flight = flow.in_flight if flow else 0
         slowed = self._slowed.get(destination)
         if slowed is None:
-            return None if in_flight < self.max_concurrency else now + self.busy_delay
+            # Never slowed: the upstream's per-host connection limit queues the transaction;
+            # deferring it here would only churn leases.
+            return None
         waits = [now + self.busy_delay] if in_flight >= slowed.concurrency else []
         if now < slowed.paused_until:
             waits.append(slowed.paused_until)

@@ -105,3 +105,38 @@ def test_connection_failure_is_soft_and_never_suppresses():
         suppress_on=SuppressOn.ANY_5XX,
     )
     assert (d.state, d.suppress) == (DeliveryState.QUEUED, False)
+
+
+TS04 = (
+    "421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected volume"
+    " or user complaints - 4.16.55.1; see https://postmaster.yahooinc.com/error-codes"
+)
+
+
+def test_a_provider_hint_schedules_instead_of_the_default_rule():
+    """Yahoo [TSS04]: retried after the hint's 2 h, not the schedule's 5 m; the rule names it."""
+    d = _decide(TS04)
+    assert (d.state, d.rule, d.next_attempt_at) == (
+        DeliveryState.QUEUED,
+        "yahoo-ts04",
+        NOW + timedelta(hours=2),
+    )
+    assert d.hint is not None and d.hint.slow_down
+
+
+def test_an_operator_rule_beats_a_provider_hint():
+    policy = RetryPolicy(
+        default=POLICY.default,
+        rules=(RetryRule.build("yahoo", text=r"TSS04", schedule=[timedelta(minutes=20)]),),
+    )
+    d = decide(
+        parse_reply(TS04), "yahoo.com", attempts=1, first_failure_at=None, now=NOW, retry=policy
+    )
+    assert (d.rule, d.next_attempt_at) == ("yahoo", NOW + timedelta(minutes=20))
+
+
+def test_a_hint_past_max_age_gives_up():
+    """Failing for 23 h of a 1 d max_age: a 2 h hint would overshoot, so it gives up now."""
+    d = _decide(TS04, attempts=5, first=NOW - timedelta(hours=23))
+    assert (d.state, d.non_delivery) == (DeliveryState.EXPIRED, True)
+    assert d.give_up_reason is not None and "yahoo-ts04" in d.give_up_reason

@@ -208,6 +208,10 @@ async def test_confirm_hard_puts_a_first_bounce_on_probation_then_confirms(
         assert upstream.rcpt_attempts[address] == 1  # the second message was held, not sent
 
         await retry_due(relay, clock, hours=1, seconds=1)
+        await eventually(lambda: _first_in(db, address, "bounced"))
+        # The held message is cancelled by the suppression, or, when it was claimed together
+        # with the probe, at its next look (PROBATION_RECHECK later).
+        await retry_due(relay, clock, minutes=5, seconds=1)
         await eventually(in_state(db, address, "cancelled"))
     assert upstream.rcpt_attempts[address] == 2
     assert await db.fetchval("SELECT source FROM suppressions WHERE address = $1", address) == (
@@ -360,6 +364,13 @@ async def _all_in(db, addresses: list[str], state: str, attempted: bool = False)
     return bool(n == len(addresses))
 
 
+async def _first_in(db, address: str, state: str) -> bool:
+    first = await db.fetchval(
+        "SELECT state FROM deliveries WHERE recipient_key = $1 ORDER BY id LIMIT 1", address
+    )
+    return bool(first == state)
+
+
 async def _all_states(db, address: str, states: set[str]) -> bool:
     rows = await db.fetch("SELECT state FROM deliveries WHERE recipient_key = $1", address)
     return {r["state"] for r in rows} == states
@@ -379,4 +390,55 @@ async def _next_attempt_after(db, address: str, at) -> bool:
         len(rows) == 2
         and all(r["state"] == "queued" for r in rows)
         and (rows[1]["next_attempt_at"] >= at)
+    )
+
+
+TS04 = (
+    "421 4.7.0 [TSS04] Messages from 127.0.0.1 temporarily deferred due to unexpected volume"
+    " or user complaints - 4.16.55.1; see https://postmaster.yahooinc.com/error-codes"
+)
+
+
+async def test_yahoo_ts04_schedules_per_the_hint_and_pauses_the_destination(
+    upstream, start_relay, db, clock
+):
+    """[TSS04]: the next attempt comes when Yahoo says (2 h), not on the schedule (1 m), and
+    the domain is paused: other mail to it waits, untried, until the pause ends."""
+    upstream.on_rcpt("a@yahoo.example", TS04, "250 2.1.5 OK")
+    async with start_relay(upstream.port) as relay:
+        await send(relay, ["a@yahoo.example"])
+        await eventually(lambda: _attempted(db, "a@yahoo.example"))
+        [bounce] = await events_of(db, "a@yahoo.example")
+        assert (bounce["type"], bounce["rule"]) == ("soft_bounce", "yahoo-ts04")
+        assert bounce["retry_at"] == clock() + timedelta(hours=2)
+
+        await send(relay, ["b@yahoo.example"])
+        await eventually(lambda: _due_at(db, "b@yahoo.example", clock() + timedelta(hours=2)))
+        assert "b@yahoo.example" not in upstream.rcpt_attempts  # held back, not tried
+        limits = relay.worker.throttle.limits("yahoo.example")
+        assert limits.paused_until == clock() + timedelta(hours=2)
+        assert limits.concurrency == 5  # halved from connections_per_destination = 10
+
+        await retry_due(relay, clock, hours=2, seconds=1)
+        await eventually(in_state(db, "a@yahoo.example", "delivered"))
+        # After the pause the domain is rate-limited (1/s at first): b may wait a second.
+        await retry_due(relay, clock, seconds=3)
+        await eventually(in_state(db, "b@yahoo.example", "delivered"))
+    assert [e["type"] for e in await events_of(db, "b@yahoo.example")] == ["delivered"]
+
+
+async def _attempted(db, address: str) -> bool:
+    return bool(
+        await db.fetchval("SELECT attempts > 0 FROM deliveries WHERE recipient_key = $1", address)
+    )
+
+
+async def _due_at(db, address: str, at) -> bool:
+    return bool(
+        await db.fetchval(
+            "SELECT state = 'queued' AND next_attempt_at = $2 FROM deliveries"
+            " WHERE recipient_key = $1",
+            address,
+            at,
+        )
     )
