@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     hp = command("hash-password", "hash a password (read from stdin or a prompt)")
     hp.add_argument("--stdin", action="store_true", help="read the password from stdin")
     _add_suppression_arguments(command("suppression", "the global suppression list"), common)
+    _add_policy_arguments(command, common)
     cl = command("classify", "classify an SMTP reply with the configured rules")
     cl.add_argument("reply", nargs="?", help='e.g. "452 4.2.2 Mailbox full"')
     cl.add_argument("--domain", default="", help="recipient domain (rules may match on it)")
@@ -140,14 +141,20 @@ def _add_suppression_arguments(
     listing.add_argument("--since", help="only entries since this ISO date or datetime (UTC)")
     listing.add_argument("--limit", type=int, default=100, help="rows per page")
     listing.add_argument("--page", type=int, default=1)
+    scope_help = "only for mail from this sending (MAIL FROM) domain; default: global"
     add = action("add", "suppress an address by hand (audited)")
     add.add_argument("address")
     add.add_argument("--reason", required=True)
+    add.add_argument("--scope", metavar="DOMAIN", help=scope_help)
     actor(add)
     remove = action("remove", "let an address receive mail again (audited)")
     remove.add_argument("address")
     remove.add_argument("--reason", required=True)
+    remove.add_argument("--scope", metavar="DOMAIN", help=scope_help)
     actor(remove)
+    why = action("why", "every entry that applies to an address and every bounce behind it")
+    why.add_argument("address")
+    why.add_argument("--json", action="store_true", help="print JSON")
     load = action("import", "add the addresses of a CSV file: address[,reason] per line")
     load.add_argument("file")
     load.add_argument("--reason", default="imported", help="for lines without one")
@@ -156,6 +163,42 @@ def _add_suppression_arguments(
     dump.add_argument("-o", "--output", help="file (default: stdout)")
     audit = action("audit", "administrators' acts, newest first")
     audit.add_argument("--limit", type=int, default=50)
+
+
+def _add_policy_arguments(
+    command: Callable[..., argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    who = "who does it (the audit log says so)"
+    inc = command(
+        "incidents", "provider incidents: runs of one reply that say nothing of recipients"
+    )
+    inc_sub = inc.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = inc_sub.add_parser("list", help="newest first", parents=[common], formatter_class=fmt)
+    listing.add_argument("--state", choices=["open", "closed", "released"])
+    listing.add_argument("--limit", type=int, default=50)
+    show = inc_sub.add_parser("show", help="one incident", parents=[common], formatter_class=fmt)
+    show.add_argument("id", type=int)
+    release = inc_sub.add_parser(
+        "release",
+        help="end it: lift every suppression its replies made, retry its deferred mail now",
+        parents=[common],
+        formatter_class=fmt,
+    )
+    release.add_argument("id", type=int)
+    release.add_argument("--reason", required=True)
+    release.add_argument("--actor", default=getpass.getuser(), help=who)
+    allow = command("allowlist", "addresses and domains never suppressed automatically")
+    allow_sub = allow.add_subparsers(dest="action", required=True, metavar="ACTION")
+    allow_sub.add_parser("list", help="every entry", parents=[common], formatter_class=fmt)
+    for name, help_text in (
+        ("add", "allowlist an address or a domain (audited)"),
+        ("remove", "take an entry off the allowlist (audited)"),
+    ):
+        entry = allow_sub.add_parser(name, help=help_text, parents=[common], formatter_class=fmt)
+        entry.add_argument("entry", metavar="ADDRESS_OR_DOMAIN")
+        entry.add_argument("--reason", required=True)
+        entry.add_argument("--actor", default=getpass.getuser(), help=who)
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -245,8 +288,61 @@ def _cmd_hash_password(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _scoped(store: Any, args: argparse.Namespace) -> int:
+    from relay import commands, policy_commands
+
+    domain = policy_commands.allowlist_entry(args.scope)
+    if domain is None or "@" in domain:
+        print(f"bounce-relay: --scope wants a sending domain, got {args.scope!r}", file=sys.stderr)
+        return 2
+    key = commands.valid_key(args.address)
+    if key is None:
+        return 1
+    change = policy_commands.scoped_add if args.action == "add" else policy_commands.scoped_remove
+    return await change(store, key, domain, args.reason, args.actor, sys.stdout)
+
+
+def _cmd_incidents(args: argparse.Namespace) -> int:
+    from relay import policy_commands
+    from relay.logging import configure_logging
+
+    config = _load(args)
+    configure_logging("warning")
+
+    async def work(store: Any) -> int:
+        if args.action == "list":
+            return await policy_commands.incidents_list(store, args.state, args.limit, sys.stdout)
+        if args.action == "show":
+            return await policy_commands.incident_show(store, args.id, sys.stdout)
+        return await policy_commands.incident_release(
+            store, args.id, args.actor, args.reason, sys.stdout
+        )
+
+    return asyncio.run(_with_store(config, work))
+
+
+def _cmd_allowlist(args: argparse.Namespace) -> int:
+    from relay import policy_commands
+    from relay.logging import configure_logging
+
+    config = _load(args)
+    configure_logging("warning")
+
+    async def work(store: Any) -> int:
+        if args.action == "list":
+            return await policy_commands.allowlist_list(store, sys.stdout)
+        change = (
+            policy_commands.allowlist_add
+            if args.action == "add"
+            else policy_commands.allowlist_remove
+        )
+        return await change(store, args.entry, args.reason, args.actor, sys.stdout)
+
+    return asyncio.run(_with_store(config, work))
+
+
 def _cmd_suppression(args: argparse.Namespace) -> int:
-    from relay import commands
+    from relay import commands, policy_commands
     from relay.logging import configure_logging
 
     config = _load(args)
@@ -261,6 +357,12 @@ def _cmd_suppression(args: argparse.Namespace) -> int:
     async def work(store: Any) -> int:
         if args.action == "list":
             return await commands.suppression_list(store, args, sys.stdout)
+        if args.action == "why":
+            return await policy_commands.suppression_why(
+                store, args.address, sys.stdout, as_json=args.json
+            )
+        if args.action in ("add", "remove") and args.scope:
+            return await _scoped(store, args)
         if args.action == "add":
             return await commands.suppression_add(store, args.address, args.reason, args.actor)
         if args.action == "remove":
@@ -412,6 +514,8 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "migrate": _cmd_migrate,
     "hash-password": _cmd_hash_password,
     "suppression": _cmd_suppression,
+    "incidents": _cmd_incidents,
+    "allowlist": _cmd_allowlist,
 }
 
 

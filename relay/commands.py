@@ -195,7 +195,7 @@ async def suppression_list(store: Store, args: Any, out: TextIO) -> int:
     return 0
 
 
-def _valid_key(address: str) -> str | None:
+def valid_key(address: str) -> str | None:
     try:
         validate_address(address)
     except AddressError as exc:
@@ -205,7 +205,7 @@ def _valid_key(address: str) -> str | None:
 
 
 async def suppression_add(store: Store, address: str, reason: str, actor: str) -> int:
-    key = _valid_key(address)
+    key = valid_key(address)
     if key is None:
         return 1
     added = await store.add_suppression(
@@ -216,7 +216,7 @@ async def suppression_add(store: Store, address: str, reason: str, actor: str) -
 
 
 async def suppression_remove(store: Store, address: str, reason: str, actor: str) -> int:
-    key = _valid_key(address)
+    key = valid_key(address)
     if key is None:
         return 1
     removed = await store.remove_suppression(key, actor, reason)

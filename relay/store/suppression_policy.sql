@@ -56,13 +56,14 @@ SELECT EXISTS (SELECT 1 FROM d);
 -- evidence_entries --
 -- Every entry that applies to address $1: global, scoped, allowlist (address or domain),
 -- probation.
-SELECT 'global' AS kind, NULL AS scope, reason, source, created_at, event_id, NULL AS until
+SELECT 'global' AS kind, NULL::text AS scope, reason, source, created_at, event_id,
+       NULL::timestamptz AS until
 FROM suppressions WHERE address = $1
 UNION ALL
 SELECT 'scoped', sending_domain, reason, source, created_at, event_id, NULL
 FROM scoped_suppressions WHERE address = $1
 UNION ALL
-SELECT 'allowlist', entry, reason, 'allowlist', created_at, NULL, NULL
+SELECT 'allowlist', entry, reason, 'allowlist', created_at, NULL::bigint, NULL
 FROM allowlist WHERE entry = $1 OR entry = substring($1 FROM '@([^@]*)$')
 UNION ALL
 SELECT 'probation', NULL, reason, 'confirm_hard', since, event_id, until
