@@ -27,6 +27,7 @@ from multidict import MultiDictProxy
 
 from policies.addresses import AddressError, normalise_address, validate_address
 from relay import report
+from relay.clock import utc_now
 from relay.passwords import verify_password
 from relay.store import ReportRow, Store
 
@@ -80,7 +81,7 @@ class _Auth:
 def _page(title: str, body: str, *, nav: bool = True) -> web.Response:
     links = (
         '<nav><a href="/report">Bounces report</a><a href="/suppression">Suppression list</a>'
-        '<a href="/queue">Queue</a><a href="/profile">Profile</a>'
+        '<a href="/queue">Queue</a><a href="/incidents">Incidents</a><a href="/profile">Profile</a>'
         '<form class="inline" method="post" action="/logout">{csrf}'
         "<button>Log out</button></form></nav>"
         if nav
@@ -443,28 +444,148 @@ class _Pages:
         if address:
             key = normalise_address(address)
             profile = await self.store.profile(key)
-            bounces = await self.store.bounces_of_address(key)
+            evidence = await self.store.suppression_evidence(key)
             status = profile["status"] if profile else "active"
-            result = f"<p><b>{escape(key)}</b>: {escape(status)}</p>" + _table(
-                ["when", "event", "code", "category", "source IP", "campaign", "reply"],
-                [
+            result = (
+                f"<p><b>{escape(key)}</b>: {escape(status)}</p><h2>Why: entries that apply</h2>"
+                + _table(
+                    ["entry", "scope", "source", "since", "until", "reason"],
                     [
-                        _when(b["occurred_at"]),
-                        escape(b["type"]),
-                        str(b["code"] or ""),
-                        escape(b["category"] or ""),
-                        escape(b["source_ip"] or ""),
-                        escape(b["campaign"] or ""),
-                        escape(b["reply_text"] or ""),
-                    ]
-                    for b in bounces
-                ],
+                        [
+                            escape(e["kind"]),
+                            escape(e["scope"] or ""),
+                            escape(e["source"]),
+                            _when(e["created_at"]),
+                            _when(e["until"]),
+                            escape(e["reason"]),
+                        ]
+                        for e in evidence.entries
+                    ],
+                )
+                + "<h2>Bounces behind them</h2>"
+                + _table(
+                    [
+                        "when",
+                        "event",
+                        "code",
+                        "category",
+                        "rule",
+                        "source IP",
+                        "destination",
+                        "campaign",
+                        "incident",
+                        "reply",
+                        "template",
+                    ],
+                    [
+                        [
+                            _when(b["occurred_at"]),
+                            escape(b["type"]),
+                            str(b["code"] or ""),
+                            escape(b["category"] or ""),
+                            escape(b["rule"] or ""),
+                            escape(b["source_ip"] or ""),
+                            escape(b["destination"] or ""),
+                            escape(b["campaign"] or ""),
+                            f'<a href="/incidents#i{b["incident_id"]}">#{b["incident_id"]} '
+                            f"({escape(b['incident_state'] or '')})</a>"
+                            if b["incident_id"]
+                            else "",
+                            escape(b["reply_text"] or ""),
+                            escape(b["template"] or ""),
+                        ]
+                        for b in evidence.bounces
+                    ],
+                )
+                + "<h2>Administrators' acts</h2>"
+                + _table(
+                    ["when", "who", "what", "why"],
+                    [
+                        [
+                            _when(a["occurred_at"]),
+                            escape(a["actor"]),
+                            escape(a["action"]),
+                            escape(a["reason"]),
+                        ]
+                        for a in evidence.audit
+                    ],
+                )
             )
         body = (
             f'<form method="get"><input name="address" value="{escape(address)}" '
             'placeholder="address"><button>Look up</button></form>' + result
         )
         return _page("Profile", body)
+
+    async def incidents_page(self, request: web.Request) -> web.Response:
+        incidents = await self.store.list_incidents(None, 100)
+        csrf = _csrf_field(request[_SESSION])
+        rows = [
+            [
+                f'<span id="i{i["id"]}">#{i["id"]}</span>',
+                escape(i["state"]),
+                _when(i["opened_at"]),
+                _when(i["last_seen_at"]),
+                escape(i["source_ip"]),
+                escape(f"{i['scope']}: {i['destination']}"),
+                str(i["recipients"]),
+                str(i["replies"]),
+                str(i["lifted"]),
+                escape(i["category"] or ""),
+                escape(i["template"]),
+                escape(f"{i['released_by']}: {i['release_reason']}")
+                if i["state"] == "released"
+                else '<form class="inline" method="post" action="/incidents/release">'
+                f'{csrf}<input type="hidden" name="id" value="{i["id"]}">'
+                '<input name="reason" placeholder="why (required)" required>'
+                '<label><input type="checkbox" name="confirm" value="yes" required> sure</label>'
+                "<button>Release</button></form>",
+            ]
+            for i in incidents
+        ]
+        notice = request.query.get("notice")
+        body = (
+            (f'<p class="err">{escape(notice)}</p>' if notice else "")
+            + "<p>One reply template hitting many recipients at one destination from one IP: "
+            "its replies defer instead of bouncing and suppress nobody. Releasing lifts every "
+            "suppression its replies made and retries its deferred mail now.</p>"
+            + _table(
+                [
+                    "id",
+                    "state",
+                    "opened",
+                    "last seen",
+                    "source IP",
+                    "destination",
+                    "recipients",
+                    "replies",
+                    "lifted",
+                    "category",
+                    "reply template",
+                    "",
+                ],
+                rows,
+                frozenset({6, 7, 8}),
+            )
+        )
+        return _page("Incidents", body)
+
+    async def incident_release(self, request: web.Request) -> web.StreamResponse:
+        form = request[_FORM]
+        raw_id, reason = str(form.get("id", "")), str(form.get("reason", "")).strip()
+        if form.get("confirm") != "yes" or not reason or not raw_id.isdigit():
+            raise web.HTTPSeeOther(
+                "/incidents?"
+                + urlencode({"notice": "Releasing needs a reason and the confirmation box."})
+            )
+        released = await self.store.release_incident(int(raw_id), utc_now(), "admin page", reason)
+        notice = (
+            f"Incident #{raw_id} released: {released[0]} suppressions lifted, "
+            f"{released[1]} deferred deliveries due now."
+            if released
+            else f"Incident #{raw_id} was released already."
+        )
+        raise web.HTTPSeeOther("/incidents?" + urlencode({"notice": notice}))
 
     async def home(self, request: web.Request) -> web.StreamResponse:
         raise web.HTTPSeeOther("/report")
@@ -482,3 +603,5 @@ def add_page_routes(app: web.Application, store: Store, password_hash: str) -> N
     app.router.add_post("/suppression/remove", pages.login_required(pages.suppression_remove))
     app.router.add_get("/queue", pages.login_required(pages.queue_page))
     app.router.add_get("/profile", pages.login_required(pages.profile_page))
+    app.router.add_get("/incidents", pages.login_required(pages.incidents_page))
+    app.router.add_post("/incidents/release", pages.login_required(pages.incident_release))

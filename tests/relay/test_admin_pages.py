@@ -142,3 +142,49 @@ async def test_queue_and_profile_pages(relay):
             profile = await r.text()
     assert "Top deferral reasons" in queue
     assert "hard_bounce" in profile
+
+
+async def test_incidents_page_release_and_why_on_the_profile_page(relay, db_dsn):
+    """An incident is listed (remote text escaped); releasing it needs the CSRF token and
+    lifts the suppression its reply made; the profile page shows why, with the incident."""
+    import asyncpg
+
+    hostile = '550 5.7.1 <script>alert("x")</script> blocked'
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        incident_id = await conn.fetchval(
+            "INSERT INTO incidents (opened_at, last_seen_at, template, destination, scope,"
+            " source_ip, recipients, attempted) VALUES (now(), now(), $1, 'mx.example.org:25',"
+            " 'mx', '127.0.0.2', 40, 40) RETURNING id",
+            hostile,
+        )
+        event_id, event_at = await conn.fetchrow(
+            "INSERT INTO events (type, recipient, recipient_domain, code, reply_text, template,"
+            " source_ip, destination, incident_id, category)"
+            " VALUES ('hard_bounce', 'gone@example.org', 'example.org', 550, $1, $1, '127.0.0.2',"
+            " 'mx.example.org:25', $2, 'spam_block_ip') RETURNING id, occurred_at",
+            hostile,
+            incident_id,
+        )
+    finally:
+        await conn.close()
+    await relay.store.add_suppression(
+        "gone@example.org", "spam_block_ip: 550", "hard_bounce", event_id, event_at
+    )
+    http, csrf = await logged_in(relay)
+    async with http:
+        async with http.get(base(relay) + "/incidents") as r:
+            listing = await r.text()
+        async with http.get(base(relay) + "/profile?address=gone@example.org") as r:
+            why = await r.text()
+        form = {"id": str(incident_id), "reason": "provider fixed it", "confirm": "yes"}
+        async with http.post(base(relay) + "/incidents/release", data=form) as r:
+            assert r.status == 403
+        async with http.post(base(relay) + "/incidents/release", data={**form, "csrf": csrf}) as r:
+            released = await r.text()
+    assert "<script>alert" not in listing and escape(hostile) in listing
+    assert "Release</button>" in listing
+    assert f'href="/incidents#i{incident_id}">#{incident_id} (open)' in why
+    assert "Why: entries that apply" in why and "spam_block_ip: 550" in why
+    assert f"Incident #{incident_id} released: 1 suppressions lifted" in released
+    assert await relay.store.suppression_reasons([("gone@example.org", "")]) == [None]
