@@ -191,8 +191,9 @@ class Relay:
     def reload(self) -> None:
         """SIGHUP: read config.toml again and swap the rules in one assignment.
 
-        Routes, pools, retry and classification rules change at once for every new
-        delivery; sessions and transactions in flight go on. A file that fails
+        Routes, pools, retry and classification rules, ``[policy]`` (suppress_on,
+        confirm_hard, dry_run) and ``[incidents]`` change at once for every new delivery and
+        RCPT; sessions and transactions in flight go on. A file that fails
         validation is refused and the old rules stay. Other sections need a restart.
         """
         systemd.notify("RELOADING=1", f"MONOTONIC_USEC={systemd.monotonic_usec()}")
@@ -207,13 +208,22 @@ class Relay:
             )
             systemd.notify("READY=1")
             return
-        for section in ("smtp", "store", "delivery", "admin", "campaign_header", "log_level"):
+        for section in (
+            "smtp",
+            "store",
+            "delivery",
+            "admin",
+            "campaign_header",
+            "log_level",
+            "dsn",
+            "webhooks",
+        ):
             if getattr(new, section) != getattr(self.config, section):
                 log.warning(
                     "config.restart_needed",
                     section=section,
-                    action="only routes, pools, retry and classification rules reload; "
-                    "restart the relay to apply this section",
+                    action="only routes, pools, retry, classification, [policy] and "
+                    "[incidents] reload; restart the relay to apply this section",
                 )
         self.rules = new.rules
         log.info(

@@ -84,7 +84,9 @@ class BounceReader:
                 records.extend(outcome)
         if not records:
             return
-        applied = await self.store.apply_dsn_results(self.clock(), records)
+        applied = await self.store.apply_dsn_results(
+            self.clock(), records, cancel_queued=not self.rules().dry_run
+        )
         for record in records:
             self.metrics.bounce_messages.labels(record.event).inc()
         log.info(

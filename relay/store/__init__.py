@@ -598,9 +598,12 @@ class Store:
             applied_ids=frozenset(r["delivery_id"] for r in rows),
         )
 
-    async def apply_dsn_results(self, now: datetime, records: Sequence[DsnRecord]) -> AppliedDsn:
+    async def apply_dsn_results(
+        self, now: datetime, records: Sequence[DsnRecord], *, cancel_queued: bool = True
+    ) -> AppliedDsn:
         """Apply what bounce messages said, atomically: events, finished deliveries,
-        suppressions (source ``dsn``, or ``complaint`` for feedback reports)."""
+        suppressions (source ``dsn``, or ``complaint`` for feedback reports); queued mail to
+        a suppressed address is cancelled unless ``cancel_queued`` is off (dry_run)."""
         # Remote text may hold NUL, which PostgreSQL text refuses.
         cols = [
             [_clean(getattr(r, c)) if c == "reply_text" else getattr(r, c) for r in records]
@@ -619,6 +622,7 @@ class Store:
                 rows,
                 by_id,
                 (("dsn", "hard_bounced", _BOUNCES), ("complaint", "complained", ("complaint",))),
+                cancel_queued=cancel_queued,
             )
         return AppliedDsn(
             recorded=len(rows),
