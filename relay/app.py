@@ -31,6 +31,7 @@ from relay.store import Store, create_store
 from relay.store.embedded import EmbeddedPostgres
 from relay.supervisor import ProcessRole, signal_ready
 from relay.upstream import Upstream
+from relay.webhooks import WebhookSender, sync_subscriptions
 
 __all__ = ["Relay", "open_store", "serve"]
 
@@ -115,6 +116,14 @@ class Relay:
             vacuum_while_autovacuum_is_off(self.store), name="maintenance.vacuum"
         )
         self._stack.push_async_callback(_cancel, vacuum)
+        # Subscriptions follow the config on every start (none configured: no outbox rows).
+        await sync_subscriptions(self.store, config.webhooks)
+        if config.webhooks:
+            sender = await self._stack.enter_async_context(
+                WebhookSender(self.store, config.webhooks, clock=self._clock)
+            )
+            webhooks = asyncio.create_task(sender.run(), name="webhooks.sender")
+            self._stack.push_async_callback(sender.stop, webhooks, 5.0)
         if config.delivery.enabled:
             upstream = Upstream(config.delivery, config.smtp.hostname)
             self._stack.push_async_callback(upstream.close)

@@ -463,3 +463,42 @@ def test_verify_signature_accepts_one_matching_v1_of_several():
     assert verify_signature(
         SECRET, header, body, datetime.fromtimestamp(1_700_000_000).astimezone()
     )
+
+
+async def test_a_running_relay_posts_bounces_suppressions_and_incidents(
+    upstream, start_relay, db, clock, receiver
+):
+    """Wired into the relay: a hard bounce, the suppression it makes, the incident its run
+    opens and the lift of that suppression all reach the receiver, signed."""
+    await receiver.start()
+    upstream.rcpt_default = "550 5.7.1 Service refused: message from [127.0.0.2] rejected (4711)"
+    extra = f"""
+[policy]
+suppress_on = "any_5xx"
+
+[incidents]
+min_recipients = 3
+check_every = "1h"
+
+[[webhooks]]
+name = "crm"
+url = "{receiver.url}"
+events = ["hard_bounce", "suppressed", "unsuppressed", "incident"]
+secret = "{SECRET}"
+"""
+    addresses = [f"u{i}@example.org" for i in range(3)]
+    async with start_relay(upstream.port, extra, source_ips='"127.0.0.2"') as relay:
+        await send(relay, addresses)
+        await eventually(lambda: _count(db, "SELECT count(*) FROM suppressions", 3))
+        await relay.incident_watch.check()
+        await eventually(lambda: _posted(receiver, 3 + 3 + 1 + 3))
+    kinds = sorted(verified(g)["event"] for g in receiver.accepted)
+    assert kinds == ["hard_bounce"] * 3 + ["incident"] + ["suppressed"] * 3 + ["unsuppressed"] * 3
+
+
+async def _count(db: asyncpg.Connection, sql: str, n: int) -> bool:
+    return bool(await db.fetchval(sql) == n)
+
+
+async def _posted(receiver: Receiver, n: int) -> bool:
+    return len(receiver.accepted) >= n
