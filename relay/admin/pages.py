@@ -210,6 +210,9 @@ class _Pages:
             self.auth.failures.setdefault(client, []).append(time.monotonic())
             return await self.login_form(request, "Wrong password.", 401)
         self.auth.failures.pop(client, None)
+        # A login always starts a new session and ends the one the browser brought along, so
+        # an identifier known before the login (fixation) is worth nothing after it.
+        self.auth.sessions.pop(request.cookies.get(COOKIE, ""), None)
         sid = secrets.token_urlsafe(32)
         self.auth.sessions[sid] = _Session(
             secrets.token_urlsafe(32), time.monotonic() + SESSION_SECONDS

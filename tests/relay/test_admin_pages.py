@@ -11,6 +11,7 @@ import aiohttp
 import aiosmtplib
 import pytest
 
+from relay.admin.pages import COOKIE
 from relay.app import Relay
 from relay.passwords import hash_password
 from relay.report import parse_filter, write_csv
@@ -188,3 +189,19 @@ async def test_incidents_page_release_and_why_on_the_profile_page(relay, db_dsn)
     assert "Why: entries that apply" in why and "spam_block_ip: 550" in why
     assert f"Incident #{incident_id} released: 1 suppressions lifted" in released
     assert await relay.store.suppression_reasons([("gone@example.org", "")]) == [None]
+
+
+async def test_login_renews_the_session(relay):
+    """Logging in again issues a new session id and the old one stops working."""
+    http, _ = await logged_in(relay)
+    async with http:
+        [old] = [c.value for c in http.cookie_jar]
+        async with http.post(base(relay) + "/login", data={"password": PASSWORD}) as r:
+            assert r.status == 200
+        [new] = [c.value for c in http.cookie_jar]
+        assert new != old
+        async with aiohttp.ClientSession(cookies={COOKIE: old}) as stale:
+            async with stale.get(base(relay) + "/report", allow_redirects=False) as r:
+                assert r.status == 303
+        async with http.get(base(relay) + "/report", allow_redirects=False) as r:
+            assert r.status == 200
