@@ -200,8 +200,10 @@ async def test_login_renews_the_session(relay):
             assert r.status == 200
         [new] = [c.value for c in http.cookie_jar]
         assert new != old
-        async with aiohttp.ClientSession(cookies={COOKIE: old}) as stale:
-            async with stale.get(base(relay) + "/report", allow_redirects=False) as r:
-                assert r.status == 303
+        async with (
+            aiohttp.ClientSession(cookies={COOKIE: old}) as stale,
+            stale.get(base(relay) + "/report", allow_redirects=False) as r,
+        ):
+            assert r.status == 303
         async with http.get(base(relay) + "/report", allow_redirects=False) as r:
             assert r.status == 200
