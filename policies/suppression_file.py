@@ -7,7 +7,7 @@ operator fixes the few and re-runs the import (it is idempotent downstream).
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from policies.addresses import AddressError, normalise_address, validate_address
@@ -28,7 +28,10 @@ def read_suppression_csv(lines: Iterable[str], default_reason: str) -> Suppressi
     """Parse the file's lines; blank lines and ``#`` comments are skipped, a header row too."""
     result = SuppressionFile()
     seen: set[str] = set()
-    for number, row in enumerate(csv.reader(lines), start=1):
+    for number, row in _rows(lines):
+        if isinstance(row, str):
+            result.errors.append((number, row))
+            continue
         if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
             continue
         if number == 1 and row[0].strip().lower() in _HEADERS:
@@ -50,3 +53,18 @@ def read_suppression_csv(lines: Iterable[str], default_reason: str) -> Suppressi
         reason = row[1].strip() if len(row) == 2 and row[1].strip() else default_reason
         result.entries.append((key, reason))
     return result
+
+
+def _rows(lines: Iterable[str]) -> Iterator[tuple[int, list[str] | str]]:
+    """(line number, fields) per record, or (line number, why) for one the csv module refuses
+    (a stray line break inside a field): that line is reported and the rest still read."""
+    reader = csv.reader(lines)
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield reader.line_num, f"not a CSV line: {exc}"
+            continue
+        yield reader.line_num, row

@@ -38,3 +38,14 @@ def test_duplicates_in_one_file_count_once():
     result = read_suppression_csv(["a@x.example\n", "A@X.example\n"], "imported")
     assert result.entries == [("a@x.example", "imported")]
     assert result.duplicates == 1
+
+
+def test_a_line_the_csv_module_refuses_is_reported_and_the_rest_kept():
+    """Found by fuzzing: a stray line break inside an unquoted field raised csv.Error and
+    lost the whole file; now that line is an error and the others are read."""
+    parsed = read_suppression_csv(
+        ["a@example.org\n", "b@exa\nmple.org,x\n", "c@example.org\n"], "r"
+    )
+    assert [a for a, _ in parsed.entries] == ["a@example.org", "c@example.org"]
+    [(number, why)] = parsed.errors
+    assert number == 2 and why.startswith("not a CSV line")
