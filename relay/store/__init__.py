@@ -288,6 +288,7 @@ _OUTCOME_COLUMNS = (
 
 
 _BOUNCES = ("hard_bounce", "soft_bounce")
+_REMOTE_TEXT = frozenset({"reply_text", "template", "enhanced", "destination"})
 _VACUUM_LOCK = 0x6272_7661_6375  # "brvacu": one relay process vacuums at a time
 _INCIDENT_LOCK = 0x6272_696E_6369  # "brinci": one relay process detects incidents at a time
 
@@ -573,7 +574,11 @@ class Store:
     ) -> AppliedOutcomes:
         """Apply results atomically: states, events, suppressions, cancellations (unless
         ``cancel_queued`` is off: dry_run), probation, incidents seen, bodies."""
-        cols = [[getattr(o, c) for o in outcomes] for c in _OUTCOME_COLUMNS]
+        # Remote text may hold NUL, which PostgreSQL text refuses: the outcome must still land.
+        cols = [
+            [_clean(getattr(o, c)) if c in _REMOTE_TEXT else getattr(o, c) for o in outcomes]
+            for c in _OUTCOME_COLUMNS
+        ]
         by_id = {o.delivery_id: o for o in outcomes}
         async with (
             _translated("apply outcomes"),
@@ -651,7 +656,8 @@ class Store:
             for r in rows:
                 record = by_id[r["delivery_id"]]
                 if record.suppress and record.event in events:
-                    chosen.setdefault(r["recipient_key"], (record.suppress_reason, r["event_id"]))
+                    reason = _clean(record.suppress_reason) or ""
+                    chosen.setdefault(r["recipient_key"], (reason, r["event_id"]))
             if chosen:
                 keys = list(chosen)
                 counts = await conn.fetchrow(
@@ -692,7 +698,7 @@ class Store:
                 [o.source_ip for _, o in starts],
                 [o.delivery_id for _, o in starts],
                 [r["event_id"] for r, _ in starts],
-                [o.suppress_reason for _, o in starts],
+                [_clean(o.suppress_reason) for _, o in starts],
                 timeout=self.timeout,
             )
         ended = [r["delivery_id"] for r in rows if by_id[r["delivery_id"]].probation_end]

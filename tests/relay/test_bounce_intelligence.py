@@ -442,3 +442,14 @@ async def _due_at(db, address: str, at) -> bool:
             at,
         )
     )
+
+
+async def test_a_reply_with_nul_and_control_characters_is_recorded(upstream, start_relay, db):
+    """A hostile upstream's NUL (which PostgreSQL text refuses) must not keep the outcome from
+    landing (it would be retried for ever); the text is kept with the NUL replaced."""
+    upstream.on_rcpt("x@example.org", "550 5.1.1 <x@example.org> no such\x00user \x1b[31m")
+    async with start_relay(upstream.port) as relay:
+        await send(relay, ["x@example.org"])
+        await eventually(in_state(db, "x@example.org", "bounced"))
+    [bounce] = await events_of(db, "x@example.org")
+    assert "\x00" not in bounce["reply_text"] and "no such\ufffduser" in bounce["reply_text"]
