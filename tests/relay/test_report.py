@@ -365,3 +365,38 @@ async def test_table_has_aligned_columns_and_total(store):
     assert set(lines[1]) <= {"-", " "}
     assert lines[-1].startswith("total")
     assert " 5 " in lines[-1] + " "
+
+
+CONTROL_REPLIES = [
+    "550 5.1.1 bad\x00user",  # NUL: PostgreSQL refuses it; the store replaces it
+    "550 5.1.1 colour \x1b[31mred\x1b[0m and a vertical\x0btab",  # illegal in XML 1.0
+    "550 5.7.1 =?utf-8?b?PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==?= {{7*7}} ${jndi:ldap://x}",
+    "550 5.7.1 see http://evil.example/click and mailto:x@evil.example",
+]
+
+
+async def test_hostile_texts_export_without_formulas_links_or_a_broken_file(store, tmp_path):
+    """NUL, terminal escapes, XML-illegal control characters, MIME-encoded and template-looking
+    payloads and URLs: the CSV and the XLSX are still written whole; the XLSX's XML has no
+    formula and no hyperlink, and reads back."""
+    s = Seeder(store, prefix="C")
+    for n, reply in enumerate(CONTROL_REPLIES):
+        await s.message(f"c{n}@evil.example", f"camp{n}", "evil.example", T0)
+        await s.bounce(T0, reply, "127.0.0.2", kind="hard")
+    it, flt = await _report(store, kind="all", raw=True)
+    out = io.StringIO(newline="")
+    await write_csv(it, flt, out)
+    assert len(list(csv.reader(io.StringIO(out.getvalue(), newline="")))) == 1 + len(
+        CONTROL_REPLIES
+    )
+    it, flt = await _report(store, kind="all", raw=True)
+    path = tmp_path / "hostile.xlsx"
+    with path.open("wb") as f:
+        await write_xlsx(it, flt, f)
+    with zipfile.ZipFile(path) as z:
+        xml = "".join(z.read(n).decode("utf-8") for n in z.namelist() if n.endswith(".xml"))
+    assert "<f>" not in xml and "<f " not in xml
+    assert "<hyperlink" not in xml  # (docProps' <HyperlinksChanged> is not one)
+    assert "\x1b" not in xml and "\x0b" not in xml and "\x00" not in xml
+    sheet = openpyxl.load_workbook(path)["bounces"]
+    assert sheet.max_row == 1 + len(CONTROL_REPLIES) + 1  # header, rows, total
