@@ -29,6 +29,9 @@ as a final reply)
 synthetic, 5xx X.1.2    domain_not_found                 hard       yes         yes
 or X.1.10 (NXDOMAIN,
 null MX, RFC 7505)
+synthetic, 5xx X.6.x    content_rejected                 hard       no          no
+(no SMTPUTF8 / 8BITMIME
+downgrade possible)
 synthetic, TLS failure  tls_required                     soft       no          no
 synthetic, anything     connection_failed                soft       no          no
 else
@@ -310,6 +313,10 @@ def _synthetic(reply: Reply) -> tuple[Kind, Category]:
     detail = _subject_detail(reply.enhanced)
     if reply.reply_class == 5 and detail in {"1.2", "1.10"}:
         return Kind.HARD, Category.DOMAIN_NOT_FOUND
+    if reply.reply_class == 5 and detail is not None and detail.startswith("6."):
+        # The next hop cannot carry this message as it is (RFC 6531 §3.5 / RFC 6152: no
+        # SMTPUTF8 for a UTF-8 local part, no 8BITMIME for an 8-bit body): resending won't help.
+        return Kind.HARD, Category.CONTENT_REJECTED
     if detail in _TLS_DETAILS or _TLS_FAILURE.search(reply.text):
         return Kind.SOFT, Category.TLS_REQUIRED
     return Kind.SOFT, Category.CONNECTION_FAILED

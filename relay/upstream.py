@@ -252,14 +252,13 @@ class Upstream:
         *,
         stale_possible: bool = False,
     ) -> list[str]:
-        options = (
-            ["SMTPUTF8"] if transaction.smtputf8 and client.supports_extension("smtputf8") else []
-        )
-        if client.supports_extension("8bitmime"):
-            options.append("BODY=8BITMIME")
-        encoding = "utf-8" if transaction.smtputf8 else "ascii"
+        envelope = _envelope(client, transaction, recipients, replies)
+        if envelope is None:
+            return []
+        sender, wire, options, encoding = envelope
+        recipients = list(wire)
         try:
-            await client.mail(transaction.sender, options=options, encoding=encoding)
+            await client.mail(sender, options=options, encoding=encoding)
         except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
             if stale_possible:
                 raise _Stale from exc
@@ -272,7 +271,7 @@ class Upstream:
         accepted, too_many = [], []
         for r in recipients:
             try:
-                await client.rcpt(r, encoding=encoding)
+                await client.rcpt(wire[r], encoding=encoding)
                 accepted.append(r)
             except aiosmtplib.SMTPResponseException as exc:
                 reply = replies[r] = reply_from_smtp(exc.code, exc.message)
@@ -427,3 +426,62 @@ async def _quit(client: aiosmtplib.SMTP, *, polite: bool = True) -> None:
             await client.quit(timeout=5)
     with contextlib.suppress(Exception):
         client.close()
+
+
+# What a next hop without SMTPUTF8 / 8BITMIME cannot take: permanent (RFC 6531 §3.5, RFC 6152),
+# never about the recipient's existence, so they suppress nobody (policies/classify.py).
+NO_SMTPUTF8_SENDER = synthetic_reply(
+    550, "5.6.7", "the next hop has no SMTPUTF8 and the sender's local part is not ASCII"
+)
+NO_SMTPUTF8_RECIPIENT = synthetic_reply(
+    553, "5.6.7", "the next hop has no SMTPUTF8 and this recipient's local part is not ASCII"
+)
+NO_8BITMIME = synthetic_reply(
+    554, "5.6.3", "the next hop has no 8BITMIME and the message has 8-bit content"
+)
+
+
+def downgrade_address(address: str) -> str | None:
+    """The form of ``address`` a server without SMTPUTF8 can take (RFC 6531 §3.2): ASCII as
+    it is, a UTF-8 domain as its IDNA A-label; None when the local part is not ASCII (no
+    downgrade exists) or the domain has no A-label."""
+    if address.isascii():
+        return address
+    local, at, domain = address.rpartition("@")
+    if not at or not local.isascii():
+        return None
+    try:
+        return f"{local}@{domain.encode('idna').decode('ascii')}"
+    except UnicodeError:
+        return None
+
+
+def _envelope(
+    client: aiosmtplib.SMTP,
+    transaction: Transaction,
+    recipients: list[str],
+    replies: dict[str, Reply],
+) -> tuple[str, dict[str, str], list[str], str] | None:
+    """(sender, {recipient: address on the wire}, MAIL options, encoding) for this server;
+    recipients it cannot take get their reply in ``replies``; None when nothing can go."""
+    utf8 = transaction.smtputf8 and client.supports_extension("smtputf8")
+    options = ["SMTPUTF8"] if utf8 else []
+    if client.supports_extension("8bitmime"):
+        options.append("BODY=8BITMIME")
+    elif not transaction.body.isascii():
+        # RFC 6152: 8-bit data only to a server that announced 8BITMIME. We do not rewrite
+        # the MIME structure (it would break DKIM signatures anyway).
+        replies.update(dict.fromkeys(recipients, NO_8BITMIME))
+        return None
+    sender = transaction.sender if utf8 else downgrade_address(transaction.sender)
+    if sender is None:
+        replies.update(dict.fromkeys(recipients, NO_SMTPUTF8_SENDER))
+        return None
+    wire: dict[str, str] = {}
+    for r in recipients:
+        address = r if utf8 else downgrade_address(r)
+        if address is None:
+            replies[r] = NO_SMTPUTF8_RECIPIENT
+        else:
+            wire[r] = address
+    return (sender, wire, options, "utf-8" if utf8 else "ascii") if wire else None

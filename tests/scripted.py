@@ -104,6 +104,8 @@ class _ScriptedSMTP(SMTP):
         await super().smtp_MAIL(arg)
 
     async def push(self, status: AnyStr) -> None:
+        if status == "250-8BITMIME" and not self.upstream.eightbitmime:
+            return  # an old server: 7-bit only
         if isinstance(status, str) and status.startswith("220 "):
             self.upstream.connections += 1
             if self.upstream.script.greetings:
@@ -147,6 +149,8 @@ class ScriptedUpstream:
         self.data_delay = 0.0
         self.connections = 0
         self.drop_reused_mail = 0  # close this many reused connections at MAIL, no reply
+        self.smtputf8 = True  # announce SMTPUTF8 / 8BITMIME (set before connections start)
+        self.eightbitmime = True
         self._server: asyncio.Server | None = None
 
     def on_rcpt(self, address: str, *replies: str) -> None:
@@ -184,7 +188,7 @@ class ScriptedUpstream:
                 _Handler(self),
                 hostname="upstream.test",
                 loop=loop,
-                enable_SMTPUTF8=True,
+                enable_SMTPUTF8=self.smtputf8,
                 tls_context=self.tls,
                 authenticator=authenticate if self.users else None,
                 auth_require_tls=self.tls is not None,
