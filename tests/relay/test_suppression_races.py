@@ -97,3 +97,14 @@ async def _none_open(db) -> bool:
     return not await db.fetchval(
         "SELECT count(*) FROM deliveries WHERE state IN ('queued', 'inflight')"
     )
+
+
+async def test_search_wildcards_are_literal(upstream, start_relay):
+    """An operator's '%' or '_' in a search is a character, not a LIKE wildcard."""
+    async with start_relay(upstream.port, "enabled = false") as relay:
+        for address in ("a%b@example.org", "a_b@example.org", "axb@example.org"):
+            await relay.store.add_suppression(address, "manual", "manual", actor="ops")
+        percent = await relay.store.list_suppressions(search="%")
+        underscore = await relay.store.list_suppressions(search="a_b")
+    assert [r.address for r in percent] == ["a%b@example.org"]
+    assert [r.address for r in underscore] == ["a_b@example.org"]
