@@ -26,7 +26,10 @@ async def _line(reader: asyncio.StreamReader) -> bytes:
             return line
 
 
-async def test_commands_pipelined_after_starttls_are_discarded_by_the_relay(start, client_tls):
+async def test_commands_pipelined_after_starttls_are_discarded_by_the_relay(
+    start,  # noqa: F811  (the imported fixture)
+    client_tls,  # noqa: F811
+):
     async with start() as relay:
         reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
         await _line(reader)
