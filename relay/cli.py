@@ -121,7 +121,7 @@ def _add_replay_arguments(cl: argparse.ArgumentParser) -> None:
         help="with --replay: a duration back from now (7d, 12h) or an "
         "ISO date/time (UTC without an offset)",
     )
-    cl.add_argument("--until", help="with --replay: end, exclusive, same forms (default: now)")
+    cl.add_argument("--until", help="with --replay: end, exclusive, same forms (None: now)")
     cl.add_argument(
         "--rules",
         metavar="RULES.toml",
