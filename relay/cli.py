@@ -6,6 +6,7 @@
     bounce-relay hash-password         print a hash for [[smtp.users]] / [admin]
     bounce-relay suppression list|add  look at / extend the global suppression list
     bounce-relay classify REPLY        how a reply is classified and resent (or --jsonl)
+    bounce-relay classify --replay     what a rules change would change in recorded bounces
     bounce-relay queue list|show|retry|purge   the delivery queue
     bounce-relay profile show ADDRESS  an address's status, bounces and deliveries
     bounce-relay dsn parse FILE.eml... what the relay reads from bounce messages (JSON lines)
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from policies.states import DeliveryState
-from relay.config import Config, config_path, load_config
+from relay.config import Config, Rules, config_path, load_config
 from relay.errors import ConfigErrors, RelayError
 
 __all__ = ["main"]
@@ -66,8 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     cl.add_argument("--domain", default="", help="recipient domain (rules may match on it)")
     cl.add_argument("--json", action="store_true", help="print JSON")
     cl.add_argument(
-        "--jsonl", action="store_true", help='read {"reply": ..., "domain": ...} lines from stdin'
+        "--jsonl",
+        action="store_true",
+        help='read {"reply": ..., "domain": ...} lines from stdin; with --replay: print '
+        "one JSON object per changed bounce",
     )
+    _add_replay_arguments(cl)
     qu = command("queue", "the delivery queue")
     qu_sub = qu.add_subparsers(dest="action", required=True, metavar="ACTION")
     ql = qu_sub.add_parser(
@@ -102,6 +107,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     dp.add_argument("files", nargs="+", metavar="FILE.eml")
     return parser
+
+
+def _add_replay_arguments(cl: argparse.ArgumentParser) -> None:
+    cl.add_argument(
+        "--replay",
+        action="store_true",
+        help="run the bounces recorded in --since..--until through the rules of --config "
+        "(or --rules) and print what would change",
+    )
+    cl.add_argument(
+        "--since",
+        default="7d",
+        help="with --replay: a duration back from now (7d, 12h) or an "
+        "ISO date/time (UTC without an offset)",
+    )
+    cl.add_argument("--until", help="with --replay: end, exclusive, same forms (None: now)")
+    cl.add_argument(
+        "--rules",
+        metavar="RULES.toml",
+        help="classify with the rules of this file (with --replay: the database still comes "
+        "from --config)",
+    )
 
 
 def _add_report_arguments(rp: argparse.ArgumentParser) -> None:
@@ -381,7 +408,12 @@ def _cmd_suppression(args: argparse.Namespace) -> int:
 def _cmd_classify(args: argparse.Namespace) -> int:
     from relay.commands import classify_lines, classify_one
 
-    rules = _load(args).rules
+    if args.replay:
+        return _classify_replay(args)
+    if args.until:
+        print("bounce-relay: --until goes with --replay", file=sys.stderr)
+        return 2
+    rules = _rules(args, _load(args))
     if args.jsonl:
         return classify_lines(sys.stdin, rules)
     if not args.reply:
@@ -389,6 +421,49 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         return 2
     classify_one(args.reply, args.domain.lower(), rules, as_json=args.json)
     return 0
+
+
+def _rules(args: argparse.Namespace, config: Config) -> Rules:
+    """--rules FILE: the rules to try come from there; the database still from --config."""
+    return load_config(Path(args.rules)).rules if args.rules else config.rules
+
+
+def _classify_replay(args: argparse.Namespace) -> int:
+    from relay import replay
+    from relay.clock import utc_now
+    from relay.logging import configure_logging
+
+    if args.reply or args.domain or args.json:
+        print(
+            "bounce-relay: classify --replay reads recorded bounces: no REPLY, --domain or --json",
+            file=sys.stderr,
+        )
+        return 2
+    now = utc_now()
+    try:
+        since = replay.parse_when(args.since, now, "--since")
+        until = replay.parse_when(args.until, now, "--until") if args.until else now
+    except replay.ReplayError as exc:
+        print(f"bounce-relay classify: {exc}", file=sys.stderr)
+        return 2
+    if since >= until:
+        print(
+            f"bounce-relay classify: --since {since.isoformat(timespec='seconds')} is not before "
+            f"--until {until.isoformat(timespec='seconds')}",
+            file=sys.stderr,
+        )
+        return 2
+    config = _load(args)
+    rules = _rules(args, config)
+    configure_logging("warning")
+
+    async def work(store: Any) -> int:
+        await replay.run_replay(
+            store, rules, since, until, sys.stdout, as_jsonl=args.jsonl, progress=sys.stderr
+        )
+        return 0
+
+    return asyncio.run(_with_store(config, work))
 
 
 def _cmd_dsn(args: argparse.Namespace) -> int:

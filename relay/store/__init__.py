@@ -1064,6 +1064,55 @@ class Store:
         """(open, idle) connections of the pool."""
         return int(self.pool.get_size()), int(self.pool.get_idle_size())
 
+    # --- replay (`classify --replay`, replay.sql) -----------------------------------------
+
+    async def iter_recorded_bounces(
+        self, since: datetime, until: datetime
+    ) -> AsyncIterator[RecordedBounce]:
+        """The bounce events of [since, until) in id order with their recorded verdicts,
+        streamed through a server-side cursor (constant memory over any period)."""
+        async with (
+            _translated("read recorded bounces"),
+            self.pool.acquire(timeout=self.timeout) as conn,
+            conn.transaction(readonly=True),
+        ):
+            cursor = conn.cursor(
+                QUERIES["recorded_bounces"],
+                since,
+                until,
+                prefetch=2000,
+                # The server sorts the whole period before the first row.
+                timeout=REPORT_TIMEOUT_SECONDS,
+            )
+            async for r in cursor:
+                yield RecordedBounce(**dict(r))
+
+
+@dataclass(frozen=True)
+class RecordedBounce:
+    """One recorded soft or hard bounce, with the verdict it got; events written before
+    0006 have no ``suppress``, ``retry_at`` or ``incident_id`` (None)."""
+
+    id: int
+    occurred_at: datetime
+    type: str  # soft_bounce | hard_bounce
+    source: str  # smtp | dsn
+    delivery_id: int | None
+    recipient: str | None
+    recipient_domain: str | None
+    code: int | None
+    enhanced: str | None
+    reply_text: str | None
+    synthetic: bool
+    attempt: int | None
+    category: str | None
+    rule: str | None
+    suppress: bool | None
+    retry_at: datetime | None
+    incident_id: int | None
+    dsn_action: str | None  # a bounce message's Action (failed, delayed)
+    first_failure_at: datetime | None  # the delivery's first soft bounce
+
 
 async def create_store(
     dsn: str, *, min_size: int = 2, max_size: int = 10, timeout: float = 10.0
