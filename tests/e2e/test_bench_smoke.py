@@ -113,6 +113,26 @@ def test_report_bench_smoke(server_dsn):
 
 
 @pytest.mark.slow
+def test_replay_bench_smoke(server_dsn):
+    out = _run(sys.executable, "bench/replay_bench.py", "--dsn", server_dsn, "--bounces", "300")
+    assert "replay rules=one-rule-added" in out, "the replay bench prints its timings"
+
+
+@pytest.mark.slow
+def test_webhook_trigger_bench_smoke(server_dsn):
+    out = _run(
+        sys.executable,
+        "bench/webhook_trigger.py",
+        "--dsn",
+        server_dsn,
+        "--rounds",
+        "3",
+        env={"PYTHONPATH": str(REPO)},
+    )
+    assert out.strip(), "the trigger bench prints its timings"
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(PEER_BENCH is None, reason="shared/bench/peer-bench.sh not on this machine")
 @pytest.mark.skipif(
     os.geteuid() != 0 and not Path("/usr/sbin/smtp-source").exists(),
