@@ -26,10 +26,8 @@ SELECT id, queue_id, received_at FROM m;
 
 -- suppression_reasons --
 -- Why each (address, sending domain) may not get mail (NULL where it may), in input order;
--- the precedence of entries, scopes and the allowlist is suppression_reason's (0006).
-SELECT suppression_reason(k.address, k.domain) AS reason
-FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k (address, domain, n)
-ORDER BY k.n;
+-- the precedence of entries, scopes and the allowlist is suppression_check's (0006).
+SELECT reason FROM suppression_check($1::text[], $2::text[]) ORDER BY n;
 
 -- record_rejected_suppressed --
 -- An RCPT refused because the recipient is suppressed.
@@ -123,6 +121,8 @@ SELECT current_setting('fsync') AS fsync,
 -- claim_due_deliveries --
 -- Lease up to $4 due deliveries to owner $1 at time $2 for $3: queued and due, or inflight with a
 -- lease that ran out (its relay died). SKIP LOCKED lets any number of relays claim side by side.
+-- Each comes with the suppression check (suppression_check, 0006) for its message's sending
+-- domain, and its address's probation (confirm_hard), if any.
 WITH queued AS (
     SELECT id FROM deliveries
     WHERE state = 'queued' AND next_attempt_at <= $2
@@ -137,20 +137,22 @@ WITH queued AS (
     FOR UPDATE SKIP LOCKED
 ), due AS (
     SELECT id FROM stale UNION ALL SELECT id FROM queued LIMIT $4
+), claimed AS (
+    UPDATE deliveries d
+    SET state = 'inflight', lease_owner = $1, lease_until = $2 + $3::interval,
+        lease_token = nextval('lease_tokens'), updated_at = $2
+    FROM due, messages m
+    WHERE d.id = due.id AND m.id = d.message_id
+    RETURNING d.id, d.message_id, d.recipient, d.recipient_key, d.recipient_domain, d.attempts,
+              d.first_failure_at, d.lease_token, d.last_source_ip, d.avoid_source_ip,
+              m.queue_id, m.envelope_sender, m.from_domain, m.campaign, m.smtputf8,
+              m.received_at
 )
-UPDATE deliveries d
-SET state = 'inflight', lease_owner = $1, lease_until = $2 + $3::interval,
-    lease_token = nextval('lease_tokens'), updated_at = $2
-FROM due, messages m
-WHERE d.id = due.id AND m.id = d.message_id
-RETURNING d.id, d.message_id, d.recipient, d.recipient_key, d.recipient_domain, d.attempts,
-          d.first_failure_at, d.lease_token, d.last_source_ip, d.avoid_source_ip,
-          m.queue_id, m.envelope_sender, m.from_domain, m.campaign, m.smtputf8, m.received_at,
-          suppression_reason(d.recipient_key,
-                             lower(substring(m.envelope_sender FROM '@([^@>]*)>?$'))) IS NOT NULL
-              AS suppressed,
-          allowlisted(d.recipient_key) AS allowlisted,
-          (SELECT p FROM probation p WHERE p.address = d.recipient_key) AS probation;
+SELECT c.*, s.reason IS NOT NULL AS suppressed, s.allowlisted,
+       (SELECT p FROM probation p WHERE p.address = c.recipient_key) AS probation
+FROM claimed c
+CROSS JOIN LATERAL suppression_check(
+    ARRAY[c.recipient_key], ARRAY[lower(substring(c.envelope_sender FROM '@([^@>]*)>?$'))]) s;
 
 -- message_bodies --
 -- The bodies of the given messages (NULL once released).
@@ -215,8 +217,8 @@ FROM u JOIN e ON e.delivery_id = u.id;
 WITH s AS (
     -- An allowlisted address is never suppressed automatically; $7 false (dry_run) cancels
     -- nothing queued.
-    SELECT * FROM unnest($2::text[], $3::text[], $4::bigint[]) AS s (address, reason, event_id)
-    WHERE NOT allowlisted(s.address)
+    SELECT s.* FROM unnest($2::text[], $3::text[], $4::bigint[]) AS s (address, reason, event_id)
+    WHERE NOT (SELECT c.allowlisted FROM suppression_check(ARRAY[s.address], ARRAY['']) c)
 ), ins AS (
     INSERT INTO suppressions (address, reason, source, event_id, event_at, created_at)
     SELECT address, reason, $5, event_id, $1, $1 FROM s

@@ -1,5 +1,5 @@
 -- The allowlist, suppressions scoped to one sending domain, and the evidence behind an entry.
--- Precedence between them is suppression_reason's (0006).
+-- Precedence between them is suppression_check's (0006).
 
 -- allowlist --
 SELECT entry, reason, actor, created_at FROM allowlist ORDER BY entry;

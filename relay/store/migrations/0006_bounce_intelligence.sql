@@ -74,29 +74,30 @@ CREATE TABLE scoped_suppressions (
     PRIMARY KEY (address, sending_domain)
 );
 
--- Whether an address may never be suppressed automatically (itself or its domain listed).
-CREATE FUNCTION allowlisted(addr text) RETURNS boolean
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT EXISTS (SELECT 1 FROM allowlist
-                   WHERE entry = addr OR entry = substring(addr FROM '@([^@]*)$'))
-$$;
-
--- Why mail from sending domain `domain` may not go to `addr`; NULL when it may. One place for
--- the precedence (RCPT check and claim both ask here):
+-- Why mail from sending domain domains[i] may not go to addrs[i] (reason NULL when it may),
+-- and whether the address is allowlisted: the one place for the precedence (the RCPT check,
+-- the claim and automatic suppression all ask here):
 --   1. an administrator's entry (manual or import), global or scoped to this sending domain;
---   2. the allowlist: automatic entries do not hold for a listed address or domain;
+--   2. the allowlist (the address or its domain): automatic entries do not hold for it;
 --   3. an automatic global entry (hard bounce, bounce message, complaint);
 --   4. an automatic entry scoped to this sending domain.
-CREATE FUNCTION suppression_reason(addr text, domain text) RETURNS text
+-- A set-returning SQL function with one SELECT is inlined into the calling query, so each
+-- row costs the primary-key probes and nothing more (a scalar function with sub-selects is
+-- not inlined and was measured ten times slower).
+CREATE FUNCTION suppression_check(addrs text[], domains text[])
+RETURNS TABLE (n bigint, reason text, allowlisted boolean)
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT coalesce(
-        (SELECT reason FROM suppressions
-         WHERE address = addr AND source IN ('manual', 'import')),
-        (SELECT reason FROM scoped_suppressions
-         WHERE address = addr AND sending_domain = domain AND source IN ('manual', 'import')),
-        CASE WHEN NOT allowlisted(addr) THEN coalesce(
-            (SELECT reason FROM suppressions WHERE address = addr),
-            (SELECT reason FROM scoped_suppressions
-             WHERE address = addr AND sending_domain = domain))
-        END)
+    SELECT k.n,
+           CASE
+               WHEN g.source IN ('manual', 'import') THEN g.reason
+               WHEN sc.source IN ('manual', 'import') THEN sc.reason
+               WHEN a.entry IS NOT NULL OR ad.entry IS NOT NULL THEN NULL
+               ELSE coalesce(g.reason, sc.reason)
+           END,
+           a.entry IS NOT NULL OR ad.entry IS NOT NULL
+    FROM unnest(addrs, domains) WITH ORDINALITY AS k (address, domain, n)
+    LEFT JOIN suppressions g ON g.address = k.address
+    LEFT JOIN scoped_suppressions sc ON sc.address = k.address AND sc.sending_domain = k.domain
+    LEFT JOIN allowlist a ON a.entry = k.address
+    LEFT JOIN allowlist ad ON ad.entry = substring(k.address FROM '@([^@]*)$')
 $$;
