@@ -28,6 +28,7 @@ from policies.replies import Reply, synthetic_reply
 from policies.states import DeliveryState, EventType
 from policies.templates import template_of
 from policies.verp import ReturnPaths
+from relay import faults
 from relay.batching import GroupBatcher
 from relay.clock import Clock, utc_now
 from relay.config import DeliveryConfig, Rules
@@ -255,6 +256,8 @@ class DeliveryWorker:
             )
         now = self.clock()
         delivered = any(200 <= r.code < 300 for r in result.replies.values())
+        if delivered:  # tests/chaos: the upstream has it; our record does not say so yet
+            faults.crash_point("delivery.after_upstream_250")
         self.throttle.finished(destination, now, ok=delivered)
         outcomes = []
         for d in live:
