@@ -63,7 +63,14 @@ def record(case: str, expected: str, observed: str, **numbers: Any) -> None:
 
 
 def relay_config(
-    port: int, upstream_port: int, dsn: str, *, delivery: str = "", log_level: str = "warning"
+    port: int,
+    upstream_port: int,
+    dsn: str,
+    *,
+    delivery: str = "",
+    log_level: str = "warning",
+    retry: str = 'schedule = ["1s"]\nmax_age = "1h"',
+    extra: str = "",
 ) -> str:
     return f"""
 [smtp]
@@ -82,14 +89,14 @@ listen = "127.0.0.1:0"
 [log]
 level = "{log_level}"
 [retry]
-schedule = ["1s"]
-max_age = "1h"
+{retry}
 [delivery]
 poll_interval = "0.2s"
 connect_timeout = "2s"
 command_timeout = "5s"
 lease = "2s"
 {delivery}
+{extra}
 """
 
 
@@ -274,6 +281,7 @@ class Behaviour:
     p_5xx: float = 0.0
     p_disconnect: float = 0.0
     at_data_command: Callable[[], bool] | None = None  # True: drop the connection
+    on_data: Callable[[int], str | None] | None = None  # the reply to this X-Seq, or None
     data_delay: float = 0.0
 
 
@@ -291,8 +299,12 @@ class _Handler:
         b = self.up.behaviour
         if b.data_delay:
             await asyncio.sleep(b.data_delay)
-        draw = b.rng.random()
         seq = seq_of(envelope.original_content or b"")
+        reply = b.on_data(seq) if b.on_data is not None else None
+        if reply is not None:
+            {"2": self.up.received, "4": self.up.deferred, "5": self.up.refused}[reply[0]][seq] += 1
+            return reply
+        draw = b.rng.random()
         if draw < b.p_disconnect:
             # The data is in, the reply never goes out: the upstream took no responsibility.
             self.up.disconnects += 1
