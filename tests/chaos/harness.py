@@ -71,6 +71,7 @@ def relay_config(
     log_level: str = "warning",
     retry: str = 'schedule = ["1s"]\nmax_age = "1h"',
     extra: str = "",
+    lease: str = "2s",
 ) -> str:
     return f"""
 [smtp]
@@ -94,7 +95,7 @@ level = "{log_level}"
 poll_interval = "0.2s"
 connect_timeout = "2s"
 command_timeout = "5s"
-lease = "2s"
+lease = "{lease}"
 {delivery}
 {extra}
 """
