@@ -37,7 +37,7 @@ SOAK_ENV = "BOUNCE_RELAY_CHAOS_SOAK"
 
 def iterations(default: int) -> int:
     """Crashes per window: ``BOUNCE_RELAY_CHAOS_ITERATIONS`` for longer runs."""
-    return int(os.environ.get(ITERATIONS_ENV, default))
+    return int(os.environ.get(ITERATIONS_ENV, str(default)))
 
 
 def free_port() -> int:
@@ -293,6 +293,12 @@ class _Handler:
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
+        b = self.up.behaviour
+        if b.p_disconnect and b.rng.random() < b.p_disconnect / 2:
+            self.up.disconnects += 1
+            assert server.transport is not None
+            server.transport.abort()
+            return "421 4.4.2 gone"
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
