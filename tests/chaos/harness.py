@@ -453,3 +453,11 @@ async def half_written(dsn: str) -> dict[str, int]:
     finally:
         await db.close()
     return {name: n for name, n in found.items() if n}
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of one process, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
