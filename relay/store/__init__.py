@@ -287,6 +287,8 @@ _OUTCOME_COLUMNS = (
 )
 
 
+_OUTCOME_TEXT = frozenset({"reply_text", "template", "destination"})
+
 _BOUNCES = ("hard_bounce", "soft_bounce")
 _VACUUM_LOCK = 0x6272_7661_6375  # "brvacu": one relay process vacuums at a time
 _INCIDENT_LOCK = 0x6272_696E_6369  # "brinci": one relay process detects incidents at a time
@@ -317,8 +319,13 @@ def _whole_days(start: datetime, end: datetime) -> tuple[datetime, datetime]:
 
 
 def _clean(text: str | None) -> str | None:
-    # PostgreSQL text cannot hold NUL; a header with one must not cost the message.
-    return None if text is None else text.replace("\x00", "\ufffd")
+    # PostgreSQL text cannot hold NUL; a header with one must not cost the message. Nor can
+    # it hold a lone surrogate (a byte that was not UTF-8, kept by surrogateescape): "?".
+    if text is None:
+        return None
+    if not text.isascii():
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text.replace("\x00", "\ufffd")
 
 
 async def roll_up_bounces(
@@ -592,7 +599,12 @@ class Store:
     ) -> AppliedOutcomes:
         """Apply results atomically: states, events, suppressions, cancellations (unless
         ``cancel_queued`` is off: dry_run), probation, incidents seen, bodies."""
-        cols = [[getattr(o, c) for o in outcomes] for c in _OUTCOME_COLUMNS]
+        # Remote text must never cost the outcome (the lease would run out and the upstream
+        # get the message again): the store cleans it like every other text it takes.
+        cols = [
+            [_clean(getattr(o, c)) if c in _OUTCOME_TEXT else getattr(o, c) for o in outcomes]
+            for c in _OUTCOME_COLUMNS
+        ]
         by_id = {o.delivery_id: o for o in outcomes}
         async with (
             _translated("apply outcomes"),

@@ -283,6 +283,7 @@ class Behaviour:
     p_disconnect: float = 0.0
     at_data_command: Callable[[], bool] | None = None  # True: drop the connection
     on_data: Callable[[int], str | None] | None = None  # the reply to this X-Seq, or None
+    on_rcpt: Callable[[str], str | None] | None = None  # the reply to this RCPT, or None
     data_delay: float = 0.0
 
 
@@ -299,8 +300,11 @@ class _Handler:
             assert server.transport is not None
             server.transport.abort()
             return "421 4.4.2 gone"
+        reply = b.on_rcpt(address) if b.on_rcpt is not None else None
+        if reply is not None and not reply.startswith("2"):
+            return reply
         envelope.rcpt_tos.append(address)
-        return "250 2.1.5 OK"
+        return reply or "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         b = self.up.behaviour
@@ -330,6 +334,12 @@ class _Handler:
 
 class _ChaosSMTP(SMTP):
     up: ChaosUpstream
+
+    async def push(self, status: str | bytes) -> None:
+        if isinstance(status, str) and not status.isascii():
+            # Some servers still answer in Latin-1: bytes that are not UTF-8.
+            status = status.encode("latin-1")
+        await super().push(status)
 
     async def smtp_DATA(self, arg: str) -> None:
         hook = self.up.behaviour.at_data_command
