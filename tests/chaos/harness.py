@@ -54,7 +54,8 @@ def record(case: str, expected: str, observed: str, **numbers: Any) -> None:
     out = os.environ.get(OUT_ENV)
     if not out:
         return
-    line = {"case": case, "expected": expected, "observed": observed, **numbers}
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").rpartition(" (")[0]
+    line = {"case": case, "expected": expected, "observed": observed, "test": test, **numbers}
     with Path(out).open("a", encoding="utf-8") as f:
         f.write(json.dumps(line, default=str) + "\n")
 
