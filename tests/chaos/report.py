@@ -217,8 +217,6 @@ def _run_suite(out: Path, junit: Path, iterations: int | None, soak: int | None)
         "tests/chaos",
         "-q",
         "-p",
-        "no:logging",
-        "-p",
         "no:cacheprovider",
         f"--junitxml={junit}",
     ]
