@@ -57,12 +57,18 @@ async def test_paused_relay_is_fenced(pg_server: pg.TestServer, tmp_path: Path) 
                 "a",
             )
             b = RelayProcess(relay_config(port_b, up.port, dsn, retry=retry), tmp_path, "b")
-            relays += [a, b]
-            await a.start()
+            intake = RelayProcess(
+                relay_config(port_a, up.port, dsn, delivery="enabled = false"), tmp_path, "intake"
+            )
+            relays += [a, b, intake]
+            # Queued first (no delivery), so that A claims them all in one go.
+            await intake.start()
             client = Client(port_a)
             client.new(MESSAGES)
             await client.send_pending()
+            await intake.stop()
             assert client.acked == set(range(MESSAGES))
+            await a.start()
             async with asyncio.timeout(30):
                 while phase[0] == "freeze":
                     await asyncio.sleep(0.05)
