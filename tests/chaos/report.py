@@ -274,7 +274,11 @@ def _server_version() -> str:
 
 def _pgserver_version() -> str:
     try:
-        from pgserver import POSTGRES_BIN_PATH  # type: ignore[attr-defined]
+        import warnings
+
+        with warnings.catch_warnings():  # platformdirs on a machine without XDG_RUNTIME_DIR
+            warnings.simplefilter("ignore")
+            from pgserver._commands import POSTGRES_BIN_PATH
 
         out = subprocess.run(
             [str(POSTGRES_BIN_PATH / "postgres"), "--version"],
@@ -315,10 +319,27 @@ def _cell(text: Any) -> str:
 
 
 NUMBER_COLUMNS = ("accepted", "delivered", "lost", "duplicated")
+# The order of the tables: the crash windows first, as the issue lists the cases.
+ORDER = (
+    "test_crash_windows",
+    "test_fencing",
+    "test_postgres_faults",
+    "test_soak",
+    "test_backlog",
+    "test_unexpected_errors",
+)
+
+
+def _order(result: dict[str, Any]) -> int:
+    test = result.get("test", "")
+    return next((i for i, name in enumerate(ORDER) if f"/{name}.py::" in test), len(ORDER))
+
+
 KNOWN = {"case", "expected", "observed", "test", *NUMBER_COLUMNS}
 
 
 def render(results: list[dict[str, Any]], verdicts: dict[str, str], meta: dict[str, Any]) -> str:
+    results = sorted(results, key=_order)
     lines = [
         "# Reliability",
         "",
