@@ -108,6 +108,7 @@ def reply_from_smtp(code: int, message: str) -> Reply:
     """
     if not 100 <= code <= 599:
         code = 0
+    message = _readable(message)
     lines = message.replace("\r\n", "\n").split("\n") if message else []
     enhanced = _find_enhanced(lines[0], 0) if lines else None
     if code == 0:
@@ -118,6 +119,23 @@ def reply_from_smtp(code: int, message: str) -> Reply:
         head = [f"{code}-{line}" for line in lines[:-1]]
         text = "\n".join([*head, f"{code} {lines[-1]}"])
     return Reply(code=code, enhanced=enhanced, text=text)
+
+
+def _readable(message: str) -> str:
+    """Text every store and encoder takes. aiosmtplib decodes replies as UTF-8 with
+    ``surrogateescape``, so a server answering in Latin-1 ("Message reçu") gives lone
+    surrogates, which PostgreSQL refuses: read such bytes as Latin-1, what those servers
+    send. A NUL (which PostgreSQL text cannot hold either) becomes U+FFFD."""
+    if not message.isascii():
+        try:
+            raw = message.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a surrogate that did not come from a byte
+            raw = message.encode("utf-8", "replace")
+        try:
+            message = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            message = raw.decode("latin-1")
+    return message.replace("\x00", "\ufffd")
 
 
 def synthetic_reply(code: int, enhanced: str, text: str) -> Reply:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from relay import faults
 from relay.batching import GroupBatcher
 from relay.clock import Clock, utc_now
 from relay.store import AcceptedMessage, IncomingMessage, Store
@@ -30,6 +31,8 @@ class GroupCommitter:
         self._store = store
         self._on_commit = on_commit
         self._clock = clock
+        # tests/chaos only: die inside the store transaction, rows written, not committed.
+        self._before_commit = _crash_before_commit if faults.armed("commit.before_commit") else None
         self._batcher: GroupBatcher[IncomingMessage, AcceptedMessage] = GroupBatcher(
             self._accept, name="intake.commit", max_batch=max_batch, max_inflight=max_inflight
         )
@@ -42,8 +45,16 @@ class GroupCommitter:
         await self._batcher.close()
 
     async def _accept(self, batch: list[IncomingMessage]) -> list[AcceptedMessage]:
-        accepted = await self._store.accept_messages(self._clock(), batch)
+        accepted = await self._store.accept_messages(
+            self._clock(), batch, before_commit=self._before_commit
+        )
+        # tests/chaos: durable, and no session has heard its 250 yet.
+        faults.crash_point("commit.after_commit")
         if self._on_commit is not None:
             self._on_commit(accepted)
         by_id = {a.queue_id: a for a in accepted}
         return [by_id[m.queue_id] for m in batch]
+
+
+def _crash_before_commit() -> None:
+    faults.crash_point("commit.before_commit")

@@ -16,6 +16,7 @@ import contextlib
 import random
 import secrets
 import socket
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
@@ -28,10 +29,11 @@ from policies.replies import Reply, synthetic_reply
 from policies.states import DeliveryState, EventType
 from policies.templates import template_of
 from policies.verp import ReturnPaths
+from relay import faults
 from relay.batching import GroupBatcher
 from relay.clock import Clock, utc_now
 from relay.config import DeliveryConfig, Rules
-from relay.errors import StoreError
+from relay.errors import StoreError, StoreUnavailable
 from relay.metrics import Metrics
 from relay.routing import SourceIPs, pool_for, route_for
 from relay.store import ClaimedDelivery, OutcomeRecord, Store
@@ -45,6 +47,8 @@ log = structlog.get_logger("relay.delivery")
 Template = Callable[[str], str]
 
 PROBATION_RECHECK = timedelta(minutes=5)
+# How long an outcome the database could not take is written again (at most half the lease).
+OUTCOME_RETRY_SECONDS = 60.0
 
 
 class DeliveryWorker:
@@ -213,21 +217,47 @@ class DeliveryWorker:
                     outcomes += await self._attempt(live, group, body, rules, destination)
             if not outcomes:
                 return
-            try:
-                fenced = await self._outcomes.submit(outcomes)
-            except StoreError as exc:
-                log.error(
-                    "delivery.outcome_not_recorded",
-                    error=str(exc),
-                    action="the lease runs out and the delivery is tried again",
-                )
-                return
+            fenced = await self._record(outcomes)
             if fenced:
                 log.warning(
                     "delivery.fenced",
                     deliveries=fenced,
                     why="another relay took over after our lease ran out",
                 )
+
+    async def _record(self, outcomes: list[OutcomeRecord]) -> int:
+        """Apply ``outcomes``; how many were fenced. A database that is away for a moment (a
+        restart, a failover, cut connections) is waited for while the leases hold: an
+        outcome given up on means the lease runs out and the upstream, which may have said
+        250 already, gets the message again."""
+        deadline = time.monotonic() + min(
+            self.config.lease.total_seconds() / 2, OUTCOME_RETRY_SECONDS
+        )
+        delay = 0.25
+        while True:
+            try:
+                return await self._outcomes.submit(outcomes)
+            except StoreUnavailable as exc:
+                if time.monotonic() + delay > deadline:
+                    error: StoreError = exc
+                    break
+                log.warning(
+                    "delivery.outcome_retry",
+                    error=str(exc),
+                    seconds=delay,
+                    action="the database is away; writing the outcome again",
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            except StoreError as exc:
+                error = exc
+                break
+        log.error(
+            "delivery.outcome_not_recorded",
+            error=str(error),
+            action="the lease runs out and the delivery is tried again",
+        )
+        return 0
 
     async def _attempt(
         self,
@@ -255,6 +285,8 @@ class DeliveryWorker:
             )
         now = self.clock()
         delivered = any(200 <= r.code < 300 for r in result.replies.values())
+        if delivered:  # tests/chaos: the upstream has it; our record does not say so yet
+            faults.crash_point("delivery.after_upstream_250")
         self.throttle.finished(destination, now, ok=delivered)
         outcomes = []
         for d in live:

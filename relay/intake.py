@@ -29,7 +29,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from policies.addresses import AddressError, domain_of, normalise_address, validate_address
 from policies.headers import summarise_headers
-from relay import replies
+from relay import faults, replies
 from relay.batching import GroupBatcher
 from relay.bounces import BounceReader
 from relay.commit import GroupCommitter
@@ -331,6 +331,7 @@ class IntakeHandler:
         await self._idle.wait()
 
     async def _accept(self, session: Session, envelope: Envelope) -> str:
+        faults.crash_point("intake.after_data")  # tests/chaos: the DATA is in, nothing queued
         queue_id = _new_id()
         body: bytes = envelope.original_content or b""
         recipients: dict[str, Recipient] = {}

@@ -223,6 +223,11 @@ class Upstream:
                         result.replies.setdefault(r, reply)
                     await _quit(conn.client, polite=False)
                     return result
+                except BaseException:
+                    # Anything else (an encoding error, a bug, a cancel) leaves the session in
+                    # an unknown state: close it rather than leak the socket, and let it rise.
+                    await _quit(conn.client, polite=False)
+                    raise
             self._release(destination, conn)
             return result
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -318,8 +318,13 @@ def _whole_days(start: datetime, end: datetime) -> tuple[datetime, datetime]:
 
 
 def _clean(text: str | None) -> str | None:
-    # PostgreSQL text cannot hold NUL; a header with one must not cost the message.
-    return None if text is None else text.replace("\x00", "\ufffd")
+    # PostgreSQL text cannot hold NUL; a header with one must not cost the message. Nor can
+    # it hold a lone surrogate (a byte that was not UTF-8, kept by surrogateescape): "?".
+    if text is None:
+        return None
+    if not text.isascii():
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text.replace("\x00", "\ufffd")
 
 
 async def roll_up_bounces(
@@ -405,9 +410,17 @@ class Store:
             )
 
     async def accept_messages(
-        self, now: datetime, batch: Sequence[IncomingMessage]
+        self,
+        now: datetime,
+        batch: Sequence[IncomingMessage],
+        *,
+        before_commit: Callable[[], None] | None = None,
     ) -> list[AcceptedMessage]:
-        """Commit messages + deliveries (due ``now``) + accepted events in one statement."""
+        """Commit messages + deliveries (due ``now``) + accepted events in one statement.
+
+        ``before_commit`` (the fault suite's ``commit.before_commit``) runs the statement in
+        an explicit transaction and is called after it, before COMMIT: the one moment a
+        single autocommit statement never shows its client. Without it: one round trip."""
         cols: list[list[Any]] = [[] for _ in range(14)]
         for m in batch:
             row = (
@@ -429,10 +442,21 @@ class Store:
                 cols[11].append(_clean(r.address))
                 cols[12].append(_clean(r.key))
                 cols[13].append(_clean(r.domain))
-        async with _translated("accept messages"):
-            rows = await self.pool.fetch(
-                QUERIES["accept_messages"], *cols, now, timeout=self.timeout
-            )
+        if before_commit is not None:
+            async with (
+                _translated("accept messages"),
+                self.pool.acquire(timeout=self.timeout) as conn,
+                conn.transaction(),
+            ):
+                rows = await conn.fetch(
+                    QUERIES["accept_messages"], *cols, now, timeout=self.timeout
+                )
+                before_commit()
+        else:
+            async with _translated("accept messages"):
+                rows = await self.pool.fetch(
+                    QUERIES["accept_messages"], *cols, now, timeout=self.timeout
+                )
         return [AcceptedMessage(r["id"], r["queue_id"], r["received_at"]) for r in rows]
 
     async def suppression_reasons(self, checks: Sequence[tuple[str, str]]) -> list[str | None]:
@@ -574,7 +598,8 @@ class Store:
     ) -> AppliedOutcomes:
         """Apply results atomically: states, events, suppressions, cancellations (unless
         ``cancel_queued`` is off: dry_run), probation, incidents seen, bodies."""
-        # Remote text may hold NUL, which PostgreSQL text refuses: the outcome must still land.
+        # Remote text must never cost the outcome (the lease would run out and the upstream
+        # get the message again): the store cleans it like every other text it takes.
         cols = [
             [_clean(getattr(o, c)) if c in _REMOTE_TEXT else getattr(o, c) for o in outcomes]
             for c in _OUTCOME_COLUMNS

@@ -150,6 +150,24 @@ def test_reply_from_smtp_edge_cases(code, message, expected):
     assert reply_from_smtp(code, message) == expected
 
 
+@pytest.mark.parametrize(
+    ("message", "text"),
+    [
+        ("Message re\udce7u", "250 Message reçu"),  # Latin-1 byte 0xE7 via surrogateescape
+        ("OK caf\u00e9", "250 OK café"),  # UTF-8 stays as it is
+        ("OK\x00", "250 OK\ufffd"),
+        ("odd \ud800", "250 odd ?"),
+    ],
+)
+def test_reply_from_smtp_text_is_storable(message, text):
+    """Bytes that are not UTF-8 are read as Latin-1 and NUL is replaced: the text always
+    encodes as UTF-8 (PostgreSQL refused the outcome, and the delivery went out again at
+    every lease expiry)."""
+    reply = reply_from_smtp(250, message)
+    assert reply.text == text
+    reply.text.encode("utf-8")
+
+
 def test_synthetic_reply_is_marked_and_verbatim():
     """Our own failures are flagged synthetic and keep our words as given."""
     reply = synthetic_reply(451, "4.4.1", "connect to mx.example[192.0.2.1]:25: refused")
