@@ -47,6 +47,8 @@ log = structlog.get_logger("relay.delivery")
 Template = Callable[[str], str]
 
 PROBATION_RECHECK = timedelta(minutes=5)
+# Claims in a row with nothing recorded before a delivery is given up (see _given_up).
+MAX_UNRECORDED_CLAIMS = 5
 # How long an outcome the database could not take is written again (at most half the lease).
 OUTCOME_RETRY_SECONDS = 60.0
 
@@ -204,6 +206,11 @@ class DeliveryWorker:
                     self.metrics.dry_run.labels("delivery").inc()
                     log.info("delivery.would_cancel", recipient=d.recipient_key, dry_run=True)
             outcomes = [self._cancelled(d) for d in cancel]
+            # A delivery whose claims keep ending with nothing recorded (a crash loop, an
+            # outcome the database refuses) is given up rather than sent for ever.
+            poisoned = [d for d in rest if d.unrecorded_claims >= MAX_UNRECORDED_CLAIMS]
+            outcomes += [self._given_up(d) for d in poisoned]
+            rest = [d for d in rest if d not in poisoned]
             held = [d for d in rest if _held_by_probation(d)]
             if held:
                 await self._defer(held, [_probation_end(d, self.clock()) for d in held])
@@ -447,6 +454,37 @@ class DeliveryWorker:
             log.warning("delivery.release_failed", error=str(exc), action="the leases run out")
             return
         log.info("delivery.released", deliveries=released)
+
+    def _given_up(self, d: ClaimedDelivery) -> OutcomeRecord:
+        reply = synthetic_reply(
+            451,
+            "4.3.0",
+            f"given up: {d.unrecorded_claims} claims in a row ended with no outcome recorded "
+            "(the relay crashed or could not write it)",
+        )
+        log.error(
+            "delivery.given_up_unrecorded",
+            delivery_id=d.id,
+            recipient=d.recipient_key,
+            claims=d.unrecorded_claims,
+            action="look for a crash loop or a refused write in the log before this line; "
+            "`bounce-relay queue show ID` has its events",
+        )
+        self.metrics.non_delivery.inc()
+        return OutcomeRecord(
+            delivery_id=d.id,
+            lease_token=d.lease_token,
+            state=DeliveryState.EXPIRED.value,
+            event=EventType.SOFT_BOUNCE.value,
+            counts_attempt=False,
+            non_delivery=True,
+            code=reply.code,
+            enhanced=reply.enhanced,
+            reply_text=reply.text,
+            category="other",
+            rule="unrecorded_claims",
+            synthetic=True,
+        )
 
     def _cancelled(self, d: ClaimedDelivery) -> OutcomeRecord:
         log.info("delivery.cancelled", recipient=d.recipient_key, reason="suppressed")

@@ -140,6 +140,7 @@ class ClaimedDelivery:
     recipient_key: str
     recipient_domain: str
     attempts: int
+    unrecorded_claims: int  # earlier claims in a row whose lease ran out with nothing recorded
     first_failure_at: datetime | None
     lease_token: int
     last_source_ip: str | None

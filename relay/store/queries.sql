@@ -140,10 +140,12 @@ WITH queued AS (
 ), claimed AS (
     UPDATE deliveries d
     SET state = 'inflight', lease_owner = $1, lease_until = $2 + $3::interval,
-        lease_token = nextval('lease_tokens'), updated_at = $2
+        lease_token = nextval('lease_tokens'), updated_at = $2,
+        unrecorded_claims = d.unrecorded_claims + 1
     FROM due, messages m
     WHERE d.id = due.id AND m.id = d.message_id
     RETURNING d.id, d.message_id, d.recipient, d.recipient_key, d.recipient_domain, d.attempts,
+              d.unrecorded_claims - 1 AS unrecorded_claims,
               d.first_failure_at, d.lease_token, d.last_source_ip, d.avoid_source_ip,
               m.queue_id, m.envelope_sender, m.from_domain, m.campaign, m.smtputf8,
               m.received_at
@@ -176,7 +178,7 @@ WITH o AS (
         next_attempt_at = coalesce(o.next_attempt_at, d.next_attempt_at),
         first_failure_at = CASE WHEN o.event IN ('soft_bounce', 'hard_bounce')
                                 THEN coalesce(d.first_failure_at, $1) ELSE d.first_failure_at END,
-        lease_until = NULL, lease_owner = NULL, lease_token = NULL,
+        lease_until = NULL, lease_owner = NULL, lease_token = NULL, unrecorded_claims = 0,
         last_source_ip = coalesce(o.source_ip, d.last_source_ip),
         avoid_source_ip = o.avoid_source_ip,
         last_code = o.code, last_reply = o.reply_text, updated_at = $1
@@ -506,7 +508,7 @@ ORDER BY ranked.amount DESC, ranked.grp, t.template;
 -- release_leases --
 -- Hand claimed deliveries back (shutdown): queued again, due as they were; fenced by token.
 UPDATE deliveries d
-SET state = 'queued', lease_until = NULL, lease_owner = NULL, lease_token = NULL
+SET state = 'queued', lease_until = NULL, lease_owner = NULL, lease_token = NULL, unrecorded_claims = 0
 FROM unnest($1::bigint[], $2::bigint[]) AS l (id, token)
 WHERE d.id = l.id AND d.lease_token = l.token AND d.state = 'inflight'
 RETURNING d.id;
@@ -515,7 +517,7 @@ RETURNING d.id;
 -- Hand claimed deliveries back untried, due again at $3 (a destination slowed down, an address
 -- on probation): no attempt counted, no event; fenced by token.
 UPDATE deliveries d
-SET state = 'queued', lease_until = NULL, lease_owner = NULL, lease_token = NULL,
+SET state = 'queued', lease_until = NULL, lease_owner = NULL, lease_token = NULL, unrecorded_claims = 0,
     next_attempt_at = l.due, updated_at = $4
 FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[]) AS l (id, token, due)
 WHERE d.id = l.id AND d.lease_token = l.token AND d.state = 'inflight'

@@ -38,6 +38,11 @@ CREATE INDEX events_incident ON events (incident_id) WHERE incident_id IS NOT NU
 CREATE INDEX events_destination ON events (destination, source_ip, occurred_at)
     WHERE destination IS NOT NULL;
 
+-- Claims in a row that ended with nothing recorded (the relay died or could not write the
+-- outcome, and the lease ran out): past a bound the delivery is given up instead of being
+-- sent again for ever without an attempt ever being counted.
+ALTER TABLE deliveries ADD COLUMN unrecorded_claims integer NOT NULL DEFAULT 0;
+
 -- [policy] confirm_hard: an address with one recipient-level hard bounce waits here for a
 -- second (later, or from another IP) before it is suppressed; new mail to it is deferred.
 CREATE TABLE probation (
