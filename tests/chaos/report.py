@@ -194,11 +194,14 @@ FINDINGS = (
     "refused at MAIL/RCPT. Also: a malformed UTF-8 address (lone surrogates) raises "
     "`UnicodeEncodeError` in `validate_address`, which intake answers with a generic 451 "
     "rather than a 501.",
-    "**Not fixed, noted:** an exception raised after the send (outside `_attempt`, e.g. a "
-    "bug in the outcome policy) or an outcome the database refuses for good lets the lease "
-    "run out and the delivery is claimed again, each time without counting an attempt: "
-    "unbounded, and a duplicate each time if the upstream had said 250. The cases found "
-    "are fixed above; a general bound needs a claim counter in the schema.",
+    "**Fixed, bounded: claims that never record an outcome.** An exception raised after "
+    "the send (outside `_attempt`, e.g. a bug in the outcome policy) or an outcome the "
+    "database refuses for good let the lease run out and the delivery be claimed again, "
+    "each time without counting an attempt: unbounded. Deliveries now count the claims in a "
+    "row that ended with nothing recorded (`unrecorded_claims`, reset by every outcome, "
+    "release or deferral); the sixth such claim gives the delivery up (expired, "
+    "non_delivery, rule `unrecorded_claims`; "
+    "`tests/relay/test_unrecorded_claims.py`).",
     '**Noted:** the default retry schedule has no jitter (only `backoff = "random"` '
     "spreads retries); a queue that failed together comes back together.",
 )
