@@ -316,6 +316,8 @@ class DeliveryWorker:
         self, live: list[ClaimedDelivery], body: bytes | None, rules: Rules
     ) -> TransactionResult:
         first = live[0]
+        for d in live:  # tests/chaos: a bug that hits one recipient's sends
+            faults.raise_point("delivery.send", d.recipient_key)
         route = route_for(rules.routes, first.recipient_domain)
         if route is None:
             return _everyone(

@@ -15,6 +15,10 @@ on the receive and delivery paths call ``crash_point(name)``:
 ``BOUNCE_RELAY_CRASH_AT`` arms them: ``name`` kills on the first pass, ``name:N`` on the Nth;
 several are separated by commas. Unset (always, in production) a call costs one check of an
 empty dict: no I/O, no lock, no environment read after import.
+
+``raise_point(name, key)`` stands in for a bug instead: with ``BOUNCE_RELAY_RAISE_AT`` set to
+``name=key`` it raises ``InjectedFault`` there for that key (``delivery.send`` with a
+recipient key: every send to that recipient fails the way an unforeseen exception would).
 """
 
 from __future__ import annotations
@@ -22,9 +26,14 @@ from __future__ import annotations
 import os
 import signal
 
-__all__ = ["CRASH_AT_ENV", "armed", "crash_point"]
+__all__ = ["CRASH_AT_ENV", "RAISE_AT_ENV", "InjectedFault", "armed", "crash_point", "raise_point"]
 
 CRASH_AT_ENV = "BOUNCE_RELAY_CRASH_AT"
+RAISE_AT_ENV = "BOUNCE_RELAY_RAISE_AT"
+
+
+class InjectedFault(RuntimeError):
+    """A bug on purpose (tests/chaos)."""
 
 
 def _parse(value: str) -> dict[str, int]:
@@ -56,3 +65,19 @@ def crash_point(name: str) -> None:
     # process died here and not somewhere else.
     os.write(2, f'{{"event": "faults.crash_point", "name": "{name}"}}\n'.encode())
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+# (name, key) pairs whose raise_point raises; read once, at import.
+_RAISE = frozenset(
+    (name, key)
+    for name, _, key in (
+        item.strip().partition("=") for item in os.environ.get(RAISE_AT_ENV, "").split(",")
+    )
+    if key
+)
+
+
+def raise_point(name: str, key: str) -> None:
+    """Raise ``InjectedFault`` here when ``name=key`` is armed."""
+    if _RAISE and (name, key) in _RAISE:
+        raise InjectedFault(f"fault injected at {name} for {key}")

@@ -118,11 +118,14 @@ class RelayProcess:
         assert self.proc is not None
         return self.proc.pid
 
-    async def start(self, crash_at: str | None = None) -> None:
+    async def start(self, crash_at: str | None = None, raise_at: str | None = None) -> None:
         env = {**os.environ, "PYTHONPATH": str(WORKTREE)}
         env.pop("BOUNCE_RELAY_CRASH_AT", None)
+        env.pop("BOUNCE_RELAY_RAISE_AT", None)
         if crash_at:
             env["BOUNCE_RELAY_CRASH_AT"] = crash_at
+        if raise_at:
+            env["BOUNCE_RELAY_RAISE_AT"] = raise_at
         self.starts += 1
         with self.log_path.open("ab") as log:
             log.write(f"--- start {self.starts} crash_at={crash_at}\n".encode())

@@ -1,11 +1,12 @@
 """A delivery that raises something unexpected fails that delivery after bounded attempts
 and never blocks the rest of the queue.
 
-Two real triggers, no injected exception:
+Two triggers:
 
-* an envelope sender with non-ASCII characters sent without SMTPUTF8: intake takes it
-  (aiosmtpd decodes the line as UTF-8), delivery cannot encode it for an ASCII session
-  (``UnicodeEncodeError`` inside aiosmtplib);
+* a bug: ``BOUNCE_RELAY_RAISE_AT=delivery.send=<recipient>`` makes every send to one
+  recipient raise (relay/faults.py). The real trigger found first, a non-ASCII sender
+  without SMTPUTF8 (``UnicodeEncodeError`` in aiosmtplib), is refused at MAIL now and
+  downgraded or failed permanently at delivery, so it no longer reaches the send;
 * an upstream that answers in Latin-1: its reply text arrives with undecodable bytes,
   which the database cannot store as text.
 """
@@ -62,9 +63,9 @@ async def _send_raw(port: int, sender: bytes, rcpt: bytes, data: bytes) -> list[
 async def test_relay_error_while_sending_is_bounded(
     pg_server: pg.TestServer, tmp_path: Path
 ) -> None:
-    """A sender that cannot be encoded: each attempt ends in a synthetic 451 ("relay error
-    while sending"), the retry rule gives up after its attempts, and the other messages,
-    queued before and after it, are delivered meanwhile."""
+    """A send that raises (a bug hitting one recipient): each attempt ends in a synthetic
+    451 ("relay error while sending"), the retry rule gives up after its attempts, and the
+    other messages, queued before and after it, are delivered meanwhile."""
     dsn = await pg_server.create_database()
     port = free_port()
     try:
@@ -76,12 +77,12 @@ async def test_relay_error_while_sending_is_bounded(
                 tmp_path,
                 "relay",
             )
-            await relay.start()
+            await relay.start(raise_at="delivery.send=r-bad@example.org")
             client = Client(port)
             client.new(NORMAL // 2)
             await client.send_pending()
             replies = await _send_raw(
-                port, "jöe@example.com".encode(), b"r-bad@example.org", body(BAD_SEQ).rstrip()
+                port, b"joe@example.com", b"r-bad@example.org", body(BAD_SEQ).rstrip()
             )
             assert replies[-1].startswith(b"250"), replies
             client.new(NORMAL // 2)
@@ -108,8 +109,7 @@ async def test_relay_error_while_sending_is_bounded(
         await pg_server.drop_database(dsn)
     lost = sorted(client.acked - set(up.received))
     record(
-        "Delivery raises an unexpected exception (non-ASCII sender without SMTPUTF8: "
-        "UnicodeEncodeError in the SMTP client)",
+        "Delivery raises an unexpected exception (a bug injected into every send to one recipient)",
         "that delivery fails after the retry rule's attempts (a synthetic 451 each time); "
         "the rest of the queue is delivered meanwhile",
         f"the bad delivery: {bad['state']} after {bad['attempts']} attempts "
@@ -122,7 +122,7 @@ async def test_relay_error_while_sending_is_bounded(
     )
     assert not lost and len(up.received) == NORMAL
     assert bad["state"] == "expired" and bad["attempts"] == 3, dict(bad)
-    assert "relay error while sending: UnicodeEncodeError" in bad["last_reply"]
+    assert "relay error while sending: InjectedFault" in bad["last_reply"]
     assert events == ["soft_bounce", "soft_bounce", "soft_bounce", "non_delivery"], events
     assert states == {"delivered": NORMAL, "expired": 1}
     assert not broken, broken
