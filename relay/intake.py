@@ -8,6 +8,8 @@ The relay's contract with its clients lives here:
   451 4.3.0 and the client keeps the message;
 - mail to the DSN domain (``[dsn] domain``) is a bounce coming back: it is
   taken from any client, read by ``relay.bounces`` and never relayed.
+
+The SMTP conversation itself is ``relay.protocol.RelaySMTP``, which calls the hooks here.
 """
 
 from __future__ import annotations
@@ -15,14 +17,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ipaddress
-import re
 import secrets
 import ssl
 import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, AnyStr
+from typing import Any
 
 import structlog
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
@@ -37,6 +38,7 @@ from relay.config import Rules, SmtpConfig
 from relay.errors import ListenError, StoreError
 from relay.metrics import Metrics
 from relay.passwords import verify_password
+from relay.protocol import RelaySMTP
 from relay.store import IncomingMessage, Recipient, Store
 
 __all__ = ["IntakeHandler", "RelaySMTP", "start_intake"]
@@ -63,50 +65,6 @@ class SessionState:
     # The open transaction carries bounces for the DSN domain (True), mail to relay (False),
     # or has no recipient yet (None); the two never mix.
     bounce_transaction: bool | None = None
-
-
-# "<dot-atom@hostname>": what nearly every MAIL/RCPT carries. aiosmtpd parses each path with
-# the email package's header grammar, a tenth of the relay's CPU per message; a path this
-# plain reads the same either way (tests/relay/test_intake.py checks), anything else still
-# goes through aiosmtpd's parser.
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-_PLAIN_PATH = re.compile(rf"[ \t]*<({_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})*)>[ \t]*")
-
-
-class RelaySMTP(SMTP):
-    """aiosmtpd's protocol with our replies for the conditions it answers itself."""
-
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        plain = _PLAIN_PATH.match(arg)
-        limit = self.local_part_limit
-        if plain is not None and not (limit and len(plain.group(1).rpartition("@")[0]) > limit):
-            return plain.group(1), arg[plain.end() :]
-        try:
-            address, rest = super()._getaddr(arg)  # aiosmtpd is untyped: name the types
-        except Exception:
-            # The email package's grammar crashes on input like '"' or '1@[' (IndexError,
-            # AttributeError): that is a syntax error for the client (501/553), not a 451
-            # that invites it to send the same again.
-            return None, None
-        return address, rest
-
-    async def push(self, status: AnyStr) -> None:
-        if isinstance(status, bytes):
-            await super().push(status)
-            return
-        if self.event_handler.shutting_down and status.startswith("220 "):
-            # The listener is closing: a connection that slipped in is told to come back.
-            await super().push(replies.SHUTTING_DOWN)
-            if self.transport is not None:
-                self.transport.close()
-            return
-        await super().push(replies.rewrite_builtin(status))
-
-    def connection_lost(self, error: Exception | None) -> None:
-        if self.session is not None:
-            self.event_handler.session_closed(self.session)
-        super().connection_lost(error)
 
 
 class IntakeHandler:
