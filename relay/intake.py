@@ -7,9 +7,9 @@ The relay's contract with its clients lives here:
   recipient and the accepted event are committed; any failure answers
   451 4.3.0 and the client keeps the message;
 - mail to the DSN domain (``[dsn] domain``) is a bounce coming back: it is
-  taken from any client, read by ``relay.bounces`` and never relayed.
-
-The SMTP conversation itself is ``relay.protocol.RelaySMTP``, which calls the hooks here.
+  taken from any client, read by ``relay.bounces`` and never relayed;
+- abusive clients are cut (``relay.limits``); the SMTP conversation itself is
+  ``relay.protocol.RelaySMTP``, which calls the hooks here.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from relay.bounces import BounceReader
 from relay.commit import GroupCommitter
 from relay.config import Rules, SmtpConfig
 from relay.errors import ListenError, StoreError
+from relay.limits import Limits
 from relay.metrics import Metrics
 from relay.passwords import verify_password
 from relay.protocol import RelaySMTP
@@ -131,6 +132,20 @@ class IntakeHandler:
                 accepted=state.accepted,
                 refused=state.refused,
             )
+
+    def session_cut(self, session: Session, reason: str, **details: object) -> None:
+        """A limit (``relay.limits``) ends the session: count it and say why."""
+        state = self._state(session)
+        self.metrics.rejected.labels(reason).inc()
+        log.warning(
+            "intake.session_cut",
+            reason=reason,
+            session_id=state.session_id,
+            peer=state.peer,
+            action="replied 421 and closed the connection; nothing of an unfinished "
+            "message is stored",
+            **details,
+        )
 
     def _may_relay(self, session: Session) -> bool:
         if session.authenticated:
@@ -419,10 +434,12 @@ async def start_intake(
     tls = _tls_context(smtp)
     loop = asyncio.get_running_loop()
     host, port = listen or smtp.listen
+    limits = Limits.from_config(smtp)
 
     def factory() -> SMTP:
         return RelaySMTP(
             handler,
+            limits=limits,
             data_size_limit=smtp.max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,

@@ -1,18 +1,21 @@
 """One intake connection's SMTP conversation: aiosmtpd's protocol, with our replies for the
-conditions it answers itself.
+conditions it answers itself and our limits on abusive clients (``relay.limits``).
 
 What to answer MAIL, RCPT and DATA is the handler's business (``relay.intake``); this
-class only calls it.
+class only calls it, times and counts the client, and hangs up on it when a limit is
+passed: a 421 and the close, and nothing the client pipelined after it is read.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
-from typing import AnyStr
+from typing import Any, AnyStr
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, syntax
 
 from relay import replies
+from relay.limits import INVALID, DataWatch, Limits, is_invalid
 
 __all__ = ["RelaySMTP"]
 
@@ -26,7 +29,24 @@ _PLAIN_PATH = re.compile(rf"[ \t]*<({_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})
 
 
 class RelaySMTP(SMTP):
-    """aiosmtpd's protocol with our replies for the conditions it answers itself."""
+    """aiosmtpd's protocol with our replies and our limits (``relay.limits``).
+
+    ``limits`` None (a parser test) runs without limits; the listener always passes them."""
+
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        limits: Limits | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(handler, **kwargs)
+        self._limits = limits
+        self._budget = limits.budget() if limits is not None else None
+        self._data_watch: DataWatch | None = None
+        self._admitted = False
+
+    # -- addresses ----------------------------------------------------------------------------
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         plain = _PLAIN_PATH.match(arg)
@@ -42,6 +62,81 @@ class RelaySMTP(SMTP):
             return None, None
         return address, rest
 
+    # -- connection ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.transport is None:  # the connection itself; STARTTLS calls this again
+            self._admitted = self._limits is None or self._limits.connections.admit()
+        super().connection_made(transport)
+
+    async def _handle_client(self) -> None:
+        if not self._admitted:
+            assert self._limits is not None
+            self.event_handler.session_cut(
+                self.session, "too_many_connections", limit=self._limits.connections.limit
+            )
+            self._hang_up(replies.TOO_MANY_CONNECTIONS)
+            return
+        await super()._handle_client()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self._stop_data_watch()
+        if self._admitted:
+            assert self._limits is not None
+            self._limits.connections.release()
+            self._admitted = False
+        if self.session is not None:
+            self.event_handler.session_closed(self.session)
+        super().connection_lost(error)
+
+    def _timeout_cb(self) -> None:
+        # aiosmtpd closes an idle session without a word; RFC 5321 §3.8 has the server say 421.
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.event_handler.session_cut(self.session, "idle_timeout")
+        self._hang_up(replies.IDLE_TIMEOUT)
+
+    def _hang_up(self, reply: str) -> None:
+        """Send ``reply`` and close; nothing the client sent after it is read or answered.
+
+        Cancelling the session task matters: commands already in the read buffer would
+        otherwise still be run (and answered) before the close lands."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        self._writer.write(reply.encode("ascii") + b"\r\n")
+        self.transport.close()
+        if self._handler_coroutine is not None:
+            self._handler_coroutine.cancel()
+
+    async def _hang_up_now(self, reply: str) -> None:
+        """``_hang_up`` from inside the session task: raises CancelledError, here and now."""
+        self._hang_up(reply)
+        await asyncio.sleep(0)
+
+    # -- commands -----------------------------------------------------------------------------
+
+    @syntax("NOOP [ignored]")
+    async def smtp_NOOP(self, arg: str) -> None:
+        await self._spend("NOOP")
+        await super().smtp_NOOP(arg)
+
+    @syntax("RSET")
+    async def smtp_RSET(self, arg: str) -> None:
+        await self._spend("RSET")
+        await super().smtp_RSET(arg)
+
+    async def _spend(self, kind: str) -> None:
+        """Count one command against the session's budget; past it, hang up."""
+        if self._budget is None or self._budget.spend(kind):
+            return
+        if kind == INVALID:
+            reason, reply = "too_many_invalid_commands", replies.TOO_MANY_INVALID_COMMANDS
+        else:
+            reason = f"too_many_{kind.lower()}s"
+            reply = replies.TOO_MANY_COMMANDS.format(command=kind)
+        self.event_handler.session_cut(self.session, reason, limit=self._budget.limit(kind))
+        await self._hang_up_now(reply)
+
     async def push(self, status: AnyStr) -> None:
         if isinstance(status, bytes):
             await super().push(status)
@@ -52,9 +147,56 @@ class RelaySMTP(SMTP):
             if self.transport is not None:
                 self.transport.close()
             return
-        await super().push(replies.rewrite_builtin(status))
+        status = replies.rewrite_builtin(status)
+        if status == replies.TOO_MANY_INVALID_COMMANDS:
+            # aiosmtpd's own limit (five unknown command names) closes the session: say so.
+            self.event_handler.session_cut(self.session, "too_many_invalid_commands")
+            await self._hang_up_now(status)
+        if is_invalid(status):
+            await self._spend(INVALID)
+        await super().push(status)
+        if status.startswith("354 "):
+            self._start_data_watch()
 
-    def connection_lost(self, error: Exception | None) -> None:
-        if self.session is not None:
-            self.event_handler.session_closed(self.session)
-        super().connection_lost(error)
+    # -- DATA ---------------------------------------------------------------------------------
+
+    async def smtp_DATA(self, arg: str) -> None:
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self._stop_data_watch()
+
+    async def _call_handler_hook(self, command: str, *args: Any) -> Any:
+        if command == "DATA":
+            self._stop_data_watch()  # the client has sent it all; the commit is our time
+        status = await super()._call_handler_hook(command, *args)
+        accepted = command == "DATA" and isinstance(status, str) and status.startswith("250")
+        if accepted and self._budget is not None:
+            self._budget.refill()
+        return status
+
+    def data_received(self, data: bytes) -> None:
+        if self._data_watch is not None:
+            self._data_watch.count(len(data))
+        super().data_received(data)
+
+    def _start_data_watch(self) -> None:
+        if self._limits is None:
+            return
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()  # DATA has its own clock: the idle one waits
+        self._data_watch = self._limits.data_watch(self.loop, self._cut_data)
+        self._data_watch.start()
+
+    def _stop_data_watch(self) -> None:
+        if self._data_watch is None:
+            return
+        self._data_watch.stop()
+        self._data_watch = None
+        if self.transport is not None and not self.transport.is_closing():
+            self._reset_timeout()
+
+    def _cut_data(self, reason: str, details: dict[str, float]) -> None:
+        self._data_watch = None
+        self.event_handler.session_cut(self.session, reason, **details)
+        self._hang_up(replies.DATA_TIMEOUT if reason == "data_timeout" else replies.DATA_TOO_SLOW)

@@ -9,11 +9,17 @@ from __future__ import annotations
 __all__ = [
     "BAD_ADDRESS",
     "CLIENT_NOT_ALLOWED",
+    "DATA_TIMEOUT",
+    "DATA_TOO_SLOW",
+    "IDLE_TIMEOUT",
     "OK",
     "QUEUED",
     "SUPPRESSED",
     "TEMPORARY_FAILURE",
     "TOO_BIG",
+    "TOO_MANY_COMMANDS",
+    "TOO_MANY_CONNECTIONS",
+    "TOO_MANY_INVALID_COMMANDS",
     "TOO_MANY_RECIPIENTS",
     "rewrite_builtin",
 ]
@@ -33,11 +39,21 @@ BOUNCE_READ = "250 2.0.0 OK bounce read"
 BOUNCES_SEPARATELY = "452 4.5.3 Send mail to the bounce domain in a transaction of its own"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, please try again later"
 
+# Abusive clients (relay/limits.py): each of these ends the session.
+TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
+TOO_MANY_COMMANDS = "421 4.7.0 Too many {command} commands, closing connection"
+TOO_MANY_INVALID_COMMANDS = "421 4.7.0 Too many invalid commands, closing connection"
+IDLE_TIMEOUT = "421 4.4.2 Timeout waiting for the next command, closing connection"
+DATA_TIMEOUT = "421 4.4.2 DATA took too long, closing connection; message not accepted"
+DATA_TOO_SLOW = "421 4.4.2 DATA too slow, closing connection; message not accepted"
+
 # aiosmtpd answers a few conditions itself without enhanced status codes;
 # rewrite them to the replies DESIGN.md promises.
 _BUILTIN = {
     "552 Error: message size exceeds fixed maximum message size": TOO_BIG,
     "552 Error: Too much mail data": TOO_BIG,
+    # aiosmtpd's own limit on unknown command names (5 a session) closes the connection.
+    "502 5.5.1 Too many unrecognized commands, goodbye.": TOO_MANY_INVALID_COMMANDS,
 }
 
 

@@ -1,0 +1,398 @@
+"""Hostile clients and input against a real relay on loopback, a real PostgreSQL and a
+scripted upstream: slow and abusive clients.
+
+Clients here speak raw SMTP over sockets (a library client would refuse to send most of
+this); timeouts are tiny configured values, never long sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiosmtplib
+import asyncpg
+import pytest
+
+from relay.app import Relay
+from relay.config import SmtpConfig, load_config
+from relay.errors import ConfigErrors
+from tests.delivery_support import eventually
+from tests.scripted import FakeClock, ScriptedUpstream
+
+MESSAGE = b"From: app@example.com\r\nSubject: hello\r\n\r\nHello there.\r\n"
+REPLY_SECONDS = 5.0  # no reply takes longer on loopback; a hang fails instead of stalling
+OUTSIDER = "127.0.0.5"  # a client address outside allowed_clients (127.0.0.1/32)
+DSN_DOMAIN = "bounces.relay.test"
+
+
+def _config(upstream_port: int, smtp: str = "", extra: str = "", delivery: str = "") -> str:
+    """Only 127.0.0.1 may relay (unless ``smtp`` says otherwise); mail goes to the upstream."""
+    if "allowed_clients" not in smtp:
+        smtp = f'allowed_clients = ["127.0.0.1/32"]\n{smtp}'
+    return f"""
+[smtp]
+listen = "127.0.0.1:0"
+hostname = "relay.test"
+max_message_size = "1MB"
+{smtp}
+
+[[pools]]
+name = "default"
+source_ips = ["127.0.0.1"]
+
+[[routes]]
+domains = ["*"]
+mode = "static"
+hosts = ["127.0.0.1:{upstream_port}"]
+
+[admin]
+listen = "127.0.0.1:0"
+
+[delivery]
+poll_interval = "1s"
+connect_timeout = "5s"
+command_timeout = "10s"
+{delivery}
+
+{extra}
+"""
+
+
+@pytest.fixture
+def relay_with(
+    db_dsn: str, write_config: Callable[..., Path], clock: FakeClock, upstream: ScriptedUpstream
+) -> Callable[..., object]:
+    """``async with relay_with(smtp="max_noops = 3") as relay:``, delivering to ``upstream``."""
+
+    @asynccontextmanager
+    async def start(smtp: str = "", extra: str = "") -> AsyncIterator[Relay]:
+        config = load_config(write_config(_config(upstream.port, smtp, extra), replace_base=True))
+        async with Relay(config, dsn=db_dsn, listen=("127.0.0.1", 0), clock=clock) as relay:
+            yield relay
+
+    return start
+
+
+class Client:
+    """One raw SMTP connection: send any bytes, read whole replies."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.timeout = REPLY_SECONDS
+
+    @classmethod
+    async def open(
+        cls,
+        port: int,
+        *,
+        source: str = "127.0.0.1",
+        preamble: bytes = b"",
+        greet: bool = True,
+        timeout: float = REPLY_SECONDS,
+    ) -> Client:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, local_addr=(source, 0), limit=2**20
+        )
+        client = cls(reader, writer)
+        client.timeout = timeout
+        if preamble:
+            await client.send(preamble)
+        if greet:
+            code, text = await client.reply()
+            assert code == 220, text
+        return client
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def reply(self) -> tuple[int, str]:
+        """The next reply (all lines of a multi-line one): its code and its last line."""
+        async with asyncio.timeout(self.timeout):
+            while True:
+                line = await self.reader.readline()
+                if not line:
+                    raise ConnectionError("connection closed, no reply")
+                if line[3:4] != b"-":
+                    return int(line[:3]), line[4:].decode("utf-8", "replace").rstrip("\r\n")
+
+    async def cmd(self, line: str | bytes) -> tuple[int, str]:
+        await self.send((line.encode() if isinstance(line, str) else line) + b"\r\n")
+        return await self.reply()
+
+    async def rest(self) -> bytes:
+        """Everything the relay still sends until it closes the connection (then ours too)."""
+        try:
+            async with asyncio.timeout(REPLY_SECONDS):
+                return await self.reader.read()
+        except ConnectionResetError:
+            return b""
+        finally:
+            self.close()
+
+    async def transaction(
+        self, sender: str = "s@example.com", recipient: str = "r@example.org"
+    ) -> None:
+        """EHLO, MAIL, RCPT and DATA, each answered as it should be."""
+        assert (await self.cmd("EHLO client.test"))[0] == 250
+        assert (await self.cmd(f"MAIL FROM:<{sender}>"))[0] == 250
+        assert (await self.cmd(f"RCPT TO:<{recipient}>"))[0] == 250
+        assert (await self.cmd("DATA"))[0] == 354
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _lines(data: bytes) -> list[str]:
+    return data.decode("utf-8", "replace").splitlines()
+
+
+def _rejected(relay: Relay, reason: str) -> float:
+    value = relay.metrics.registry.get_sample_value(
+        "bounce_relay_rejected_total", {"reason": reason}
+    )
+    return value or 0.0
+
+
+async def _count(db: asyncpg.Connection, table: str) -> int:
+    return int(await db.fetchval(f"SELECT count(*) FROM {table}"))
+
+
+async def _nothing_went_out(relay: Relay, db: asyncpg.Connection, up: ScriptedUpstream) -> None:
+    """No delivery exists and a delivery pass sends nothing upstream."""
+    assert relay.worker is not None
+    await relay.worker.run_once()
+    assert await _count(db, "deliveries") == 0
+    assert up.received == []
+    assert not [c for c in up.commands if c.startswith("RCPT")]
+
+
+# -- 1. slow and abusive clients ----------------------------------------------------------------
+
+
+async def test_past_max_connections_a_new_client_hears_421_and_is_closed(relay_with):
+    """max_connections = 3: the fourth connection gets 421 4.7.0 before any greeting and
+    is closed; it is counted; once one session ends, a new client is served again."""
+    async with relay_with(smtp="max_connections = 3") as relay:
+        first = [await Client.open(relay.port) for _ in range(3)]
+        fourth = await Client.open(relay.port, greet=False)
+        refused = await fourth.rest()
+        assert _lines(refused) == ["421 4.7.0 Too many connections, try again later"]
+        assert _rejected(relay, "too_many_connections") == 1
+        assert (await first[0].cmd("QUIT"))[0] == 221
+        await first[0].rest()
+
+        async def served() -> bool:
+            client = await Client.open(relay.port, greet=False)
+            code, _ = await client.reply()
+            client.close()
+            return code == 220
+
+        await eventually(served, timeout=REPLY_SECONDS)
+        for client in first[1:]:
+            assert (await client.cmd("NOOP"))[0] == 250  # the first three were never touched
+            client.close()
+
+
+async def test_idle_client_hears_421_4_4_2_and_is_closed(relay_with):
+    """session_timeout is the per-command timeout: idle past it, the client hears 421 4.4.2
+    (aiosmtpd alone would close without a word)."""
+    async with relay_with(smtp='session_timeout = "0.3s"') as relay:
+        client = await Client.open(relay.port)
+        assert (await client.cmd("EHLO client.test"))[0] == 250
+        left = await client.rest()
+        assert _lines(left) == [
+            "421 4.4.2 Timeout waiting for the next command, closing connection"
+        ]
+        assert _rejected(relay, "idle_timeout") == 1
+
+
+async def _drip(client: Client, chunk: bytes, every: float) -> None:
+    """Send ``chunk`` every ``every`` seconds until the relay hangs up."""
+    try:
+        while True:
+            await client.send(chunk)
+            await asyncio.sleep(every)
+    except (ConnectionError, OSError):
+        return
+
+
+async def test_data_longer_than_data_timeout_is_cut_and_nothing_stored(relay_with, db, upstream):
+    """data_timeout bounds the whole DATA phase even for a client that keeps sending at a
+    good pace: 421 4.4.2, the connection closed, no message stored or sent."""
+    smtp = 'data_timeout = "0.5s"\nmin_data_rate = "1B"\nmin_data_rate_grace = "1m"'
+    async with relay_with(smtp=smtp) as relay:
+        client = await Client.open(relay.port)
+        await client.transaction()
+        start = asyncio.get_running_loop().time()
+        drip = asyncio.create_task(_drip(client, b"x" * 70 + b"\r\n", 0.05))
+        left = await client.rest()
+        took = asyncio.get_running_loop().time() - start
+        await drip
+        assert _lines(left) == [
+            "421 4.4.2 DATA took too long, closing connection; message not accepted"
+        ]
+        assert 0.4 < took < 3
+        assert _rejected(relay, "data_timeout") == 1
+        await _nothing_went_out(relay, db, upstream)
+    assert await _count(db, "messages") == 0
+
+
+async def test_data_slower_than_min_data_rate_is_cut_fast_clients_are_not(relay_with, db, upstream):
+    """min_data_rate 2KB/s after 0.3 s: a client dripping 500 B/s is cut with 421 4.4.2 and
+    nothing is stored; a client sending 100 KB at once under the same limits is accepted."""
+    smtp = 'min_data_rate = "2KB"\nmin_data_rate_grace = "0.3s"\ndata_timeout = "1m"'
+    async with relay_with(smtp=smtp) as relay:
+        slow = await Client.open(relay.port)
+        await slow.transaction(recipient="slow@example.org")
+        drip = asyncio.create_task(_drip(slow, b"y" * 48 + b"\r\n", 0.1))
+        left = await slow.rest()
+        await drip
+        assert _lines(left) == ["421 4.4.2 DATA too slow, closing connection; message not accepted"]
+        assert _rejected(relay, "data_too_slow") == 1
+
+        fast = await Client.open(relay.port)
+        await fast.transaction(recipient="fast@example.org")
+        await fast.send(MESSAGE + (b"z" * 998 + b"\r\n") * 100 + b".\r\n")
+        code, text = await fast.reply()
+        assert code == 250, text
+        fast.close()
+    rows = await db.fetch("SELECT recipient FROM deliveries")
+    assert [r["recipient"] for r in rows] == ["fast@example.org"]
+
+
+@pytest.mark.parametrize("command", ["NOOP", "RSET"])
+async def test_a_flood_of_noop_or_rset_is_cut_at_its_limit(relay_with, command):
+    """max_noops / max_rsets = 5: twenty pipelined get five 250s, then 421 4.7.0 and the
+    close; nothing sent after the limit is read (the MAIL in the flood is never answered)."""
+    smtp = "max_noops = 5\nmax_rsets = 5"
+    async with relay_with(smtp=smtp) as relay:
+        client = await Client.open(relay.port)
+        assert (await client.cmd("EHLO client.test"))[0] == 250
+        flood = f"{command}\r\n".encode() * 20 + b"MAIL FROM:<s@example.com>\r\n"
+        await client.send(flood)
+        lines = _lines(await client.rest())
+        assert [line[:3] for line in lines] == ["250"] * 5 + ["421"]
+        assert lines[-1] == f"421 4.7.0 Too many {command} commands, closing connection"
+        assert _rejected(relay, f"too_many_{command.lower()}s") == 1
+
+
+async def test_noop_budget_starts_again_after_each_accepted_message(relay_with):
+    """The limits count from the last accepted message: a long-lived MTA connection that
+    sends real mail is never cut for its NOOPs, one that sends none is."""
+    async with relay_with(smtp="max_noops = 3") as relay:
+        client = await Client.open(relay.port)
+        for _ in range(3):
+            assert (await client.cmd("NOOP"))[0] == 250
+        await client.transaction()
+        assert (await client.cmd(MESSAGE + b"."))[0] == 250
+        for _ in range(3):
+            assert (await client.cmd("NOOP"))[0] == 250
+        assert await client.cmd("NOOP") == (
+            421,
+            "4.7.0 Too many NOOP commands, closing connection",
+        )
+        assert await client.rest() == b""
+
+
+async def test_invalid_commands_are_cut_at_max_invalid_commands(relay_with):
+    """Syntax and sequence errors count (421 4.7.0 past max_invalid_commands = 3); refused
+    addresses do not: a bulk sender with bad addresses in its list is not cut for them."""
+    async with relay_with(smtp="max_invalid_commands = 3") as relay:
+        client = await Client.open(relay.port)
+        assert (await client.cmd("EHLO client.test"))[0] == 250
+        assert (await client.cmd("MAIL FROM:<s@example.com>"))[0] == 250
+        for i in range(5):  # five malformed recipients: 501 5.1.3 each, not counted
+            assert (await client.cmd(f"RCPT TO:<bad..{i}@example.org>"))[0] == 501
+        assert (await client.cmd("RCPT TO:<good@example.org>"))[0] == 250
+        assert (await client.cmd("DATA"))[0] == 354
+        assert (await client.cmd(MESSAGE + b"."))[0] == 250
+        assert (await client.cmd("MAIL"))[0] == 501  # syntax
+        assert (await client.cmd("RCPT TO:<r@example.org>"))[0] == 503  # sequence
+        assert (await client.cmd("DATA"))[0] == 503
+        assert await client.cmd("MAIL") == (
+            421,
+            "4.7.0 Too many invalid commands, closing connection",
+        )
+        assert await client.rest() == b""
+        assert _rejected(relay, "too_many_invalid_commands") == 1
+
+
+async def test_unknown_commands_end_with_our_421(relay_with):
+    """aiosmtpd closes after five unknown command names; the client hears our 421 4.7.0,
+    not aiosmtpd's own 502 text."""
+    async with relay_with() as relay:
+        client = await Client.open(relay.port)
+        for i in range(4):
+            code, _ = await client.cmd(f"XYZZY{i}")
+            assert code == 500
+        assert await client.cmd("XYZZY") == (
+            421,
+            "4.7.0 Too many invalid commands, closing connection",
+        )
+        assert await client.rest() == b""
+
+
+async def test_a_normal_client_is_served_while_twenty_abusive_ones_are_connected(relay_with, db):
+    """Seven clients drip DATA, seven flood NOOPs, six sit idle after EHLO: a normal client
+    still sends three messages, each answered 250 within the reply timeout, and stored."""
+    smtp = (
+        'min_data_rate = "1B"\nmin_data_rate_grace = "1m"\n'  # let the drips stay connected
+        "max_noops = 100000\nmax_connections = 30"
+    )
+    async with relay_with(smtp=smtp) as relay:
+        abusers: list[Client] = []
+        tasks: list[asyncio.Task[None]] = []
+
+        async def noop_flood(client: Client) -> None:
+            try:
+                while True:
+                    await client.cmd("NOOP")
+            except (ConnectionError, OSError):
+                return
+
+        for i in range(20):
+            client = await Client.open(relay.port)
+            abusers.append(client)
+            if i < 7:
+                await client.transaction(recipient=f"drip{i}@example.org")
+                tasks.append(asyncio.create_task(_drip(client, b"d\r\n", 0.2)))
+            elif i < 14:
+                tasks.append(asyncio.create_task(noop_flood(client)))
+            else:
+                assert (await client.cmd("EHLO idle.test"))[0] == 250
+        await asyncio.sleep(0.2)  # the floods are flowing
+        normal = aiosmtplib.SMTP(hostname="127.0.0.1", port=relay.port, start_tls=False)
+        async with asyncio.timeout(REPLY_SECONDS):
+            await normal.connect()
+            for i in range(3):
+                _, reply = await normal.sendmail("app@example.com", [f"n{i}@example.org"], MESSAGE)
+                assert reply.startswith("2.0.0 OK queued as")
+            await normal.quit()
+        for client in abusers:
+            client.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    rows = await db.fetch("SELECT recipient FROM deliveries ORDER BY id")
+    assert [r["recipient"] for r in rows] == ["n0@example.org", "n1@example.org", "n2@example.org"]
+
+
+def test_limits_have_production_defaults_and_bad_values_are_config_errors(write_config):
+    """The defaults the README documents; a zero data_timeout is an error, not a cut-off."""
+    d = SmtpConfig()
+    assert (d.max_connections, d.max_noops, d.max_rsets, d.max_invalid_commands) == (
+        500,
+        50,
+        50,
+        10,
+    )
+    assert (d.data_timeout.total_seconds(), d.min_data_rate) == (600, 1024)
+    assert d.min_data_rate_grace.total_seconds() == 30
+    with pytest.raises(ConfigErrors) as bad:
+        load_config(write_config('[smtp]\ndata_timeout = "0s"\nmax_noops = 0\n', replace_base=True))
+    assert sorted(e.key for e in bad.value.errors) == ["smtp.data_timeout", "smtp.max_noops"]
