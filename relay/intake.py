@@ -8,7 +8,8 @@ The relay's contract with its clients lives here:
   451 4.3.0 and the client keeps the message;
 - mail to the DSN domain (``[dsn] domain``) is a bounce coming back: it is
   taken from any client, read by ``relay.bounces`` and never relayed;
-- abusive clients are cut (``relay.limits``); the SMTP conversation itself is
+- abusive clients are cut (``relay.limits``) and PROXY headers are honoured only from
+  ``[smtp] proxy_protocol_from`` (``relay.proxy``); the SMTP conversation itself is
   ``relay.protocol.RelaySMTP``, which calls the hooks here.
 """
 
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+from aiosmtpd.proxy_protocol import ProxyData
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from policies.addresses import AddressError, domain_of, normalise_address, validate_address
@@ -40,6 +42,7 @@ from relay.limits import Limits
 from relay.metrics import Metrics
 from relay.passwords import verify_password
 from relay.protocol import RelaySMTP
+from relay.proxy import UnusableHeader, client_behind
 from relay.store import IncomingMessage, Recipient, Store
 
 __all__ = ["IntakeHandler", "RelaySMTP", "start_intake"]
@@ -146,6 +149,35 @@ class IntakeHandler:
             "message is stored",
             **details,
         )
+
+    def proxy_refused(self, session: Session, error: str) -> None:
+        """A PROXY header was missing, malformed or not ours to honour: the session ends."""
+        state = self._state(session)
+        self.metrics.rejected.labels("proxy_refused").inc()
+        log.warning(
+            "intake.proxy_refused",
+            error=error,
+            session_id=state.session_id,
+            peer=state.peer,
+            action="closed the connection; a proxy must be listed in [smtp] "
+            "proxy_protocol_from and send a valid header first",
+        )
+
+    async def handle_PROXY(
+        self, server: SMTP, session: Session, envelope: Envelope, proxy_data: ProxyData
+    ) -> bool:
+        """A listed proxy's header: the client it names is the session's peer from now on."""
+        proxy = _peer_ip(session)
+        try:
+            client = client_behind(proxy_data)
+        except UnusableHeader as exc:
+            self.proxy_refused(session, str(exc))
+            return False
+        if client is not None:
+            session.peer = client  # type: ignore[assignment]  # a peername tuple, as aiosmtpd sets
+        self._state(session)  # binds the session's log context with the client as peer
+        structlog.contextvars.bind_contextvars(proxy=proxy)
+        return True
 
     def _may_relay(self, session: Session) -> bool:
         if session.authenticated:
@@ -440,6 +472,7 @@ async def start_intake(
         return RelaySMTP(
             handler,
             limits=limits,
+            proxies=smtp.proxy_protocol_from,
             data_size_limit=smtp.max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,

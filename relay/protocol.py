@@ -1,5 +1,6 @@
 """One intake connection's SMTP conversation: aiosmtpd's protocol, with our replies for the
-conditions it answers itself and our limits on abusive clients (``relay.limits``).
+conditions it answers itself, our limits on abusive clients (``relay.limits``) and PROXY
+headers from listed proxies (``relay.proxy``).
 
 What to answer MAIL, RCPT and DATA is the handler's business (``relay.intake``); this
 class only calls it, times and counts the client, and hangs up on it when a limit is
@@ -12,10 +13,11 @@ import asyncio
 import re
 from typing import Any, AnyStr
 
-from aiosmtpd.smtp import SMTP, syntax
+from aiosmtpd.smtp import SMTP, Session, syntax
 
 from relay import replies
 from relay.limits import INVALID, DataWatch, Limits, is_invalid
+from relay.proxy import HEADER_TIMEOUT_SECONDS, Networks, is_listed
 
 __all__ = ["RelaySMTP"]
 
@@ -29,7 +31,7 @@ _PLAIN_PATH = re.compile(rf"[ \t]*<({_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})
 
 
 class RelaySMTP(SMTP):
-    """aiosmtpd's protocol with our replies and our limits (``relay.limits``).
+    """aiosmtpd's protocol with our replies, our limits (``relay.limits``) and PROXY headers.
 
     ``limits`` None (a parser test) runs without limits; the listener always passes them."""
 
@@ -38,12 +40,14 @@ class RelaySMTP(SMTP):
         handler: Any,
         *,
         limits: Limits | None = None,
+        proxies: Networks = (),
         **kwargs: Any,
     ) -> None:
         super().__init__(handler, **kwargs)
         self._limits = limits
         self._budget = limits.budget() if limits is not None else None
         self._data_watch: DataWatch | None = None
+        self._proxies = proxies
         self._admitted = False
 
     # -- addresses ----------------------------------------------------------------------------
@@ -65,9 +69,18 @@ class RelaySMTP(SMTP):
     # -- connection ---------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        before_starttls = self.session
         if self.transport is None:  # the connection itself; STARTTLS calls this again
             self._admitted = self._limits is None or self._limits.connections.admit()
+            if is_listed(transport.get_extra_info("peername"), self._proxies):
+                self._proxy_timeout = HEADER_TIMEOUT_SECONDS  # aiosmtpd reads the header
         super().connection_made(transport)
+        if before_starttls is not None and before_starttls.proxy_data:
+            # STARTTLS starts a new session whose peer is the socket's, the proxy: the client
+            # behind the proxy stays the client (or it would relay as the proxy).
+            session = self._session()
+            session.peer = before_starttls.peer
+            session.proxy_data = before_starttls.proxy_data
 
     async def _handle_client(self) -> None:
         if not self._admitted:
@@ -78,6 +91,15 @@ class RelaySMTP(SMTP):
             self._hang_up(replies.TOO_MANY_CONNECTIONS)
             return
         await super()._handle_client()
+        proxy_data = self._session().proxy_data
+        if self._proxy_timeout is not None and not proxy_data:
+            # aiosmtpd closed the connection: the PROXY header was missing or malformed.
+            error = getattr(proxy_data, "error", "") or "no PROXY header"
+            self.event_handler.proxy_refused(self.session, error)
+
+    def _session(self) -> Session:
+        assert self.session is not None  # set from the first connection_made on
+        return self.session
 
     def connection_lost(self, error: Exception | None) -> None:
         self._stop_data_watch()
@@ -124,6 +146,11 @@ class RelaySMTP(SMTP):
     async def smtp_RSET(self, arg: str) -> None:
         await self._spend("RSET")
         await super().smtp_RSET(arg)
+
+    async def smtp_PROXY(self, arg: str) -> None:
+        """A PROXY header that is not the first line from a listed proxy: never honoured."""
+        self.event_handler.proxy_refused(self.session, "PROXY header from a client not listed")
+        await self._hang_up_now(replies.PROXY_REFUSED)
 
     async def _spend(self, kind: str) -> None:
         """Count one command against the session's budget; past it, hang up."""

@@ -13,6 +13,7 @@ __all__ = [
     "DATA_TOO_SLOW",
     "IDLE_TIMEOUT",
     "OK",
+    "PROXY_REFUSED",
     "QUEUED",
     "SUPPRESSED",
     "TEMPORARY_FAILURE",
@@ -46,6 +47,7 @@ TOO_MANY_INVALID_COMMANDS = "421 4.7.0 Too many invalid commands, closing connec
 IDLE_TIMEOUT = "421 4.4.2 Timeout waiting for the next command, closing connection"
 DATA_TIMEOUT = "421 4.4.2 DATA took too long, closing connection; message not accepted"
 DATA_TOO_SLOW = "421 4.4.2 DATA too slow, closing connection; message not accepted"
+PROXY_REFUSED = "421 4.7.0 PROXY header not accepted from this client, closing connection"
 
 # aiosmtpd answers a few conditions itself without enhanced status codes;
 # rewrite them to the replies DESIGN.md promises.

@@ -1,5 +1,5 @@
 """Hostile clients and input against a real relay on loopback, a real PostgreSQL and a
-scripted upstream: slow and abusive clients.
+scripted upstream: slow and abusive clients, PROXY headers.
 
 Clients here speak raw SMTP over sockets (a library client would refuse to send most of
 this); timeouts are tiny configured values, never long sleeps.
@@ -8,6 +8,9 @@ this); timeouts are tiny configured values, never long sleeps.
 from __future__ import annotations
 
 import asyncio
+import socket
+import ssl
+import struct
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,6 +18,9 @@ from pathlib import Path
 import aiosmtplib
 import asyncpg
 import pytest
+import trustme
+from structlog.contextvars import merge_contextvars
+from structlog.testing import capture_logs
 
 from relay.app import Relay
 from relay.config import SmtpConfig, load_config
@@ -393,6 +399,153 @@ def test_limits_have_production_defaults_and_bad_values_are_config_errors(write_
     )
     assert (d.data_timeout.total_seconds(), d.min_data_rate) == (600, 1024)
     assert d.min_data_rate_grace.total_seconds() == 30
+    assert d.proxy_protocol_from == ()
     with pytest.raises(ConfigErrors) as bad:
         load_config(write_config('[smtp]\ndata_timeout = "0s"\nmax_noops = 0\n', replace_base=True))
     assert sorted(e.key for e in bad.value.errors) == ["smtp.data_timeout", "smtp.max_noops"]
+
+
+# -- 6. PROXY protocol --------------------------------------------------------------------------
+
+PROXIED = """
+allowed_clients = ["127.0.0.1/32", "198.51.100.7/32"]
+proxy_protocol_from = ["127.0.0.1/32"]
+"""
+
+
+def _v1(source: str) -> bytes:
+    return f"PROXY TCP4 {source} 127.0.0.1 40000 2525\r\n".encode()
+
+
+def _v2(source: str, *, command: int = 0x21, family: int = 0x11) -> bytes:
+    """A PROXY v2 header: ``command`` 0x21 is PROXY (0x20 LOCAL), ``family`` 0x11 TCP4."""
+    addresses = (
+        socket.inet_aton(source) + socket.inet_aton("127.0.0.1") + struct.pack("!HH", 40000, 2525)
+    )
+    return (
+        b"\r\n\r\n\x00\r\nQUIT\n" + struct.pack("!BBH", command, family, len(addresses)) + addresses
+    )
+
+
+@pytest.mark.parametrize("header", [_v1, _v2], ids=["v1", "v2"])
+async def test_a_listed_proxys_header_names_the_client(relay_with, db, header):
+    """Through a listed proxy the header's source is the client: it may relay because
+    198.51.100.7 is allowed, and the stored message and the logs name it, not the proxy."""
+    async with relay_with(smtp=PROXIED) as relay:
+        with capture_logs(processors=[merge_contextvars]) as logs:
+            client = await Client.open(relay.port, preamble=header("198.51.100.7"))
+            await client.transaction()
+            assert (await client.cmd(MESSAGE + b"."))[0] == 250
+            client.close()
+    assert await db.fetchval("SELECT client_address FROM messages") == "198.51.100.7"
+    [accepted] = [e for e in logs if e["event"] == "intake.accepted"]
+    assert (accepted["peer"], accepted["proxy"]) == ("198.51.100.7", "127.0.0.1")
+
+
+async def test_relaying_is_decided_by_the_proxied_client_not_the_proxy(relay_with, db):
+    """The proxy (127.0.0.1) is itself in allowed_clients, the client it names is not: 550."""
+    async with relay_with(smtp=PROXIED) as relay:
+        client = await Client.open(relay.port, preamble=_v1("203.0.113.9"))
+        assert (await client.cmd("EHLO client.test"))[0] == 250
+        code, text = await client.cmd("MAIL FROM:<s@example.com>")
+        client.close()
+    assert (code, text) == (
+        550,
+        "5.7.1 Relaying denied: client 203.0.113.9 is not allowed to relay",
+    )
+    assert await _count(db, "messages") == 0
+
+
+async def test_a_proxy_header_from_anyone_else_is_refused_and_never_honoured(relay_with, db):
+    """From 127.0.0.5 (not a listed proxy) a v1 header naming an allowed client is refused
+    with 421 and the connection closed; a v2 header is never honoured either (its signature
+    makes an SMTP server read QUIT)."""
+    async with relay_with(smtp=PROXIED) as relay:
+        client = await Client.open(relay.port, source=OUTSIDER)
+        code, text = await client.cmd(_v1("198.51.100.7").rstrip(b"\r\n"))
+        assert (code, text[:5]) == (421, "4.7.0")
+        assert await client.rest() == b""
+        assert _rejected(relay, "proxy_refused") == 1
+
+        client = await Client.open(relay.port, source=OUTSIDER)
+        await client.send(_v2("198.51.100.7") + b"MAIL FROM:<s@example.com>\r\n")
+        replies = _lines(await client.rest())
+        assert replies[-1].startswith("221")
+        assert not [r for r in replies if r.startswith("250")]
+    assert await _count(db, "messages") == 0
+
+
+@pytest.mark.parametrize(
+    "header",
+    [b"PROXY UNKNOWN\r\n", _v2("0.0.0.0", command=0x20)],
+    ids=["v1-unknown", "v2-local"],
+)
+async def test_a_proxy_health_check_header_leaves_the_proxy_as_the_client(relay_with, db, header):
+    """v1 UNKNOWN and v2 LOCAL say the connection is the proxy's own (a health check): the
+    client is then the proxy itself, as the protocol specifies."""
+    async with relay_with(smtp=PROXIED) as relay:
+        client = await Client.open(relay.port, preamble=header)
+        await client.transaction()
+        assert (await client.cmd(MESSAGE + b"."))[0] == 250
+        client.close()
+    assert await db.fetchval("SELECT client_address FROM messages") == "127.0.0.1"
+
+
+# A listed proxy that sends no usable header: the connection ends before the greeting.
+BAD_HEADERS = {
+    "none": b"EHLO client.test\r\n",
+    "missing-port": b"PROXY TCP4 198.51.100.7 127.0.0.1 40000\r\n",
+    "bad-address": b"PROXY TCP4 198.51.100.999 127.0.0.1 40000 2525\r\n",
+    "family-mismatch": b"PROXY TCP6 198.51.100.7 127.0.0.1 40000 2525\r\n",
+    "udp": b"PROXY UDP4 198.51.100.7 127.0.0.1 40000 2525\r\n",
+    "extra-field": b"PROXY TCP4 198.51.100.7 127.0.0.1 40000 2525 more\r\n",
+    "too-long": b"PROXY TCP4 " + b"1" * 120 + b"\r\n",
+    "lowercase": b"proxy TCP4 198.51.100.7 127.0.0.1 40000 2525\r\n",
+    "v2-udp": _v2("198.51.100.7", family=0x12),
+    "v2-bad-version": _v2("198.51.100.7", command=0x11),
+}
+
+
+@pytest.mark.parametrize("header", BAD_HEADERS.values(), ids=BAD_HEADERS.keys())
+async def test_a_listed_proxy_without_a_valid_header_is_closed_before_the_greeting(
+    relay_with, header
+):
+    """Missing, malformed or unusable (UDP) headers: no 220, the connection closed."""
+    async with relay_with(smtp=PROXIED) as relay:
+        client = await Client.open(relay.port, preamble=header, greet=False)
+        assert await client.rest() == b""
+        client.close()
+        await eventually(lambda: _refused_proxies(relay, 1))
+
+
+async def _refused_proxies(relay: Relay, n: int) -> bool:
+    return _rejected(relay, "proxy_refused") == n
+
+
+@pytest.fixture(scope="module")
+def tls_ca() -> trustme.CA:
+    return trustme.CA()
+
+
+async def test_starttls_through_a_proxy_keeps_the_proxied_client(relay_with, tls_ca, tmp_path, db):
+    """STARTTLS starts a new session whose socket peer is the proxy; the client behind the
+    proxy must stay the client, or it would relay as the (allowed) proxy after STARTTLS."""
+    cert = tls_ca.issue_cert("relay.test")
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_path))
+    cert.private_key_pem.write_to_path(str(key_path))
+    context = ssl.create_default_context()
+    tls_ca.configure_trust(context)
+    smtp = PROXIED + f'tls_cert = "{cert_path}"\ntls_key = "{key_path}"\n'
+    async with relay_with(smtp=smtp) as relay:
+        client = await Client.open(relay.port, preamble=_v1("203.0.113.9"))
+        assert (await client.cmd("EHLO client.test"))[0] == 250
+        assert (await client.cmd("STARTTLS"))[0] == 220
+        await client.writer.start_tls(context, server_hostname="relay.test")
+        assert (await client.cmd("EHLO client.test"))[0] == 250
+        code, text = await client.cmd("MAIL FROM:<s@example.com>")
+        client.close()
+    assert (code, text) == (
+        550,
+        "5.7.1 Relaying denied: client 203.0.113.9 is not allowed to relay",
+    )
