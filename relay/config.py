@@ -126,6 +126,8 @@ class SmtpConfig:
     max_noops: int = 50  # per session, counted from the last accepted message
     max_rsets: int = 50
     max_invalid_commands: int = 10
+    # RFC 5321 §6.3: a loop-detecting threshold SHOULD be "at least 100 Received entries".
+    max_hops: int = 100
     # Proxies that speak the PROXY protocol (v1 or v2) to us; empty: off.
     proxy_protocol_from: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     # Relay processes sharing the listener (SO_REUSEPORT), each with intake and delivery;
@@ -505,6 +507,7 @@ def _read_smtp(r: _Reader, base: Path) -> SmtpConfig:
         max_noops=r.get("max_noops", d.max_noops, _positive_int),
         max_rsets=r.get("max_rsets", d.max_rsets, _positive_int),
         max_invalid_commands=r.get("max_invalid_commands", d.max_invalid_commands, _positive_int),
+        max_hops=r.get("max_hops", d.max_hops, _positive_int),
         proxy_protocol_from=r.get("proxy_protocol_from", (), _list_of(_cidr)),
         processes=r.get("processes", d.processes, _processes),
     )

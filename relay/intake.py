@@ -8,6 +8,10 @@ The relay's contract with its clients lives here:
   451 4.3.0 and the client keeps the message;
 - mail to the DSN domain (``[dsn] domain``) is a bounce coming back: it is
   taken from any client, read by ``relay.bounces`` and never relayed;
+- hostile input is refused before anything is stored: addresses SMTP does not allow
+  (``policies.addresses``), a non-ASCII address without SMTPUTF8 and, in mail to relay,
+  data with a line end other than CRLF or a NUL (``policies.line_endings``: no SMTP
+  smuggling through us) or more ``Received:`` fields than ``[smtp] max_hops`` (a loop);
 - abusive clients are cut (``relay.limits``) and PROXY headers are honoured only from
   ``[smtp] proxy_protocol_from`` (``relay.proxy``); the SMTP conversation itself is
   ``relay.protocol.RelaySMTP``, which calls the hooks here.
@@ -31,7 +35,8 @@ from aiosmtpd.proxy_protocol import ProxyData
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from policies.addresses import AddressError, domain_of, normalise_address, validate_address
-from policies.headers import summarise_headers
+from policies.headers import count_received, summarise_headers
+from policies.line_endings import bad_line_ending
 from relay import replies
 from relay.batching import GroupBatcher
 from relay.bounces import BounceReader
@@ -218,9 +223,12 @@ class IntakeHandler:
             return self._refusal(session)
         if address not in ("", "<>"):
             try:
-                validate_address(address)
+                address = validate_address(address)
             except AddressError as exc:
+                self.metrics.rejected.labels("malformed_address").inc()
                 return replies.BAD_SENDER.format(why=exc.why)
+            if not (address.isascii() or envelope.smtp_utf8):
+                return self._non_ascii(address)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return replies.OK
@@ -234,6 +242,13 @@ class IntakeHandler:
         rcpt_options: list[str],
     ) -> str:
         state = self._state(session)
+        try:
+            address = validate_address(address)
+        except AddressError as exc:
+            self.metrics.rejected.labels("malformed_address").inc()
+            return replies.BAD_ADDRESS.format(why=exc.why)
+        if not (address.isascii() or envelope.smtp_utf8):
+            return self._non_ascii(address)
         if self.bounces is not None and self.bounces.is_bounce_address(address):
             return self._bounce_rcpt(state, envelope, address)
         if not self._may_relay(session):
@@ -243,11 +258,6 @@ class IntakeHandler:
         if len(envelope.rcpt_tos) >= self.smtp.max_recipients:
             self.metrics.rejected.labels("too_many_recipients").inc()
             return replies.TOO_MANY_RECIPIENTS
-        try:
-            address = validate_address(address)
-        except AddressError as exc:
-            self.metrics.rejected.labels("malformed_address").inc()
-            return replies.BAD_ADDRESS.format(why=exc.why)
         key = normalise_address(address)
         with structlog.contextvars.bound_contextvars(recipient=key):
             try:
@@ -268,15 +278,16 @@ class IntakeHandler:
         envelope.rcpt_options.extend(rcpt_options)
         return replies.RCPT_OK
 
+    def _non_ascii(self, address: str) -> str:
+        self.metrics.rejected.labels("non_ascii_address").inc()
+        log.info("intake.address_refused", reason="non-ASCII without SMTPUTF8", address=address)
+        return replies.NON_ASCII_ADDRESS
+
     def _bounce_rcpt(self, state: SessionState, envelope: Envelope, address: str) -> str:
         if state.bounce_transaction is False:
             return replies.BOUNCES_SEPARATELY
         if len(envelope.rcpt_tos) >= self.smtp.max_recipients:
             return replies.TOO_MANY_RECIPIENTS
-        try:
-            address = validate_address(address)
-        except AddressError as exc:
-            return replies.BAD_ADDRESS.format(why=exc.why)
         envelope.rcpt_tos.append(address)
         self._open_transaction(state, bounces=True)
         return replies.RCPT_OK
@@ -306,10 +317,43 @@ class IntakeHandler:
         state = self._state(session)
         try:
             if state.bounce_transaction and self.bounces is not None:
+                # Read here, never relayed: no server after us to smuggle to or loop with,
+                # and a refused bounce would only come back as a double bounce.
                 return await self._read_bounce(state, envelope)
+            refusal = self._refuse_data(state, envelope.original_content or b"")
+            if refusal is not None:
+                return refusal
             return await self._accept(session, envelope)
         finally:
             self._close_transaction(state)
+
+    def _refuse_data(self, state: SessionState, body: bytes) -> str | None:
+        """The reply refusing mail to relay as a whole, or None: smuggling, then mail loops."""
+        what = bad_line_ending(body)
+        if what is not None:
+            state.refused += 1
+            self.metrics.rejected.labels("bad_line_ending").inc()
+            log.warning(
+                "intake.data_refused",
+                reason="bad_line_ending",
+                found=what,
+                action="replied 550 5.5.2, nothing stored; the client must send CRLF lines",
+            )
+            return replies.BAD_LINE_ENDING.format(what=what)
+        hops = count_received(body)
+        if hops > self.smtp.max_hops:
+            state.refused += 1
+            self.metrics.rejected.labels("too_many_hops").inc()
+            log.warning(
+                "intake.data_refused",
+                reason="too_many_hops",
+                hops=hops,
+                max_hops=self.smtp.max_hops,
+                action="replied 554 5.4.0, nothing stored; look for a routing loop "
+                "(a route or an MX pointing back at a relay that sent it here)",
+            )
+            return replies.TOO_MANY_HOPS
+        return None
 
     async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         self._close_transaction(self._state(session))

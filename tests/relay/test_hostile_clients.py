@@ -1,5 +1,6 @@
 """Hostile clients and input against a real relay on loopback, a real PostgreSQL and a
-scripted upstream: slow and abusive clients, PROXY headers.
+scripted upstream: slow and abusive clients, mail loops, SMTP smuggling, hostile
+addresses, open-relay tricks and PROXY headers.
 
 Clients here speak raw SMTP over sockets (a library client would refuse to send most of
 this); timeouts are tiny configured values, never long sleeps.
@@ -19,12 +20,17 @@ import aiosmtplib
 import asyncpg
 import pytest
 import trustme
+from aiosmtplib.email import quote_address
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
+from policies.addresses import AddressError, validate_address
 from relay.app import Relay
 from relay.config import SmtpConfig, load_config
 from relay.errors import ConfigErrors
+from relay.intake import RelaySMTP
 from tests.delivery_support import eventually
 from tests.scripted import FakeClock, ScriptedUpstream
 
@@ -398,11 +404,304 @@ def test_limits_have_production_defaults_and_bad_values_are_config_errors(write_
         10,
     )
     assert (d.data_timeout.total_seconds(), d.min_data_rate) == (600, 1024)
-    assert d.min_data_rate_grace.total_seconds() == 30
+    assert (d.min_data_rate_grace.total_seconds(), d.max_hops) == (30, 100)
     assert d.proxy_protocol_from == ()
     with pytest.raises(ConfigErrors) as bad:
         load_config(write_config('[smtp]\ndata_timeout = "0s"\nmax_noops = 0\n', replace_base=True))
     assert sorted(e.key for e in bad.value.errors) == ["smtp.data_timeout", "smtp.max_noops"]
+
+
+# -- 2. mail loops ------------------------------------------------------------------------------
+
+
+def _with_hops(n: int) -> bytes:
+    trace = b"".join(
+        b"Received: from hop%d.example (hop%d.example [192.0.2.%d])\r\n\tby relay.test; "
+        b"Mon, 1 Jan 2024 00:00:00 +0000\r\n" % (i, i, i % 250)
+        for i in range(n)
+    )
+    return trace + MESSAGE + b"Received: in the body does not count\r\n"
+
+
+async def test_more_received_fields_than_max_hops_is_refused_as_a_loop(relay_with, db, upstream):
+    """max_hops = 5: five Received fields pass, six get 554 5.4.0 and nothing is stored."""
+    async with relay_with(smtp="max_hops = 5") as relay:
+        client = await Client.open(relay.port)
+        await client.transaction(recipient="five@example.org")
+        assert (await client.cmd(_with_hops(5) + b"."))[0] == 250
+        assert (await client.cmd("MAIL FROM:<s@example.com>"))[0] == 250
+        assert (await client.cmd("RCPT TO:<six@example.org>"))[0] == 250
+        assert (await client.cmd("DATA"))[0] == 354
+        assert await client.cmd(_with_hops(6) + b".") == (554, "5.4.0 Too many hops (mail loop?)")
+        client.close()
+        assert _rejected(relay, "too_many_hops") == 1
+    rows = await db.fetch("SELECT recipient FROM deliveries")
+    assert [r["recipient"] for r in rows] == ["five@example.org"]
+
+
+# -- 3. SMTP smuggling --------------------------------------------------------------------------
+
+SMUGGLED = (
+    b"MAIL FROM:<admin@example.com>\r\n"
+    b"RCPT TO:<victim@example.org>\r\n"
+    b"DATA\r\n"
+    b"From: admin@example.com\r\nSubject: smuggled\r\n\r\nsmuggled body\r\n"
+)
+
+# Every end-of-data a lenient server might honour, each followed by a whole second message.
+SMUGGLING_VARIANTS = {
+    "lf-dot-lf": b"\n.\n",
+    "cr-dot-cr": b"\r.\r",
+    "lf-dot-crlf": b"\n.\r\n",
+    "crlf-dot-cr": b"\r\n.\r",
+    "crlf-dot-lf": b"\r\n.\n",
+    "cr-dot-crlf": b"\r.\r\n",
+    "crlf-nul-dot-crlf": b"\r\n\x00.\r\n",
+    "crlf-dot-nul-crlf": b"\r\n.\x00\r\n",
+    "bare-lf-lines": b"\n",
+    "bare-cr-lines": b"\r",
+}
+
+
+@pytest.mark.parametrize("variant", SMUGGLING_VARIANTS.values(), ids=SMUGGLING_VARIANTS.keys())
+async def test_no_end_of_data_variant_smuggles_a_second_message(relay_with, db, upstream, variant):
+    """Only CRLF.CRLF ends DATA; data with any other line end or a NUL is refused whole
+    (550 5.5.2), so the smuggled MAIL/RCPT/DATA is never a message: nothing stored, nothing
+    sent. The session goes on, and its next, clean message goes upstream alone."""
+    async with relay_with() as relay:
+        client = await Client.open(relay.port)
+        await client.transaction()
+        code, text = await client.cmd(
+            b"Subject: first\r\n\r\nfirst body" + variant + SMUGGLED + b"."
+        )
+        assert (code, text[:5]) == (550, "5.5.2")
+        await _nothing_went_out(relay, db, upstream)
+        assert await _count(db, "messages") == 0
+        assert (await client.cmd("MAIL FROM:<s@example.com>"))[0] == 250
+        assert (await client.cmd("RCPT TO:<clean@example.org>"))[0] == 250
+        assert (await client.cmd("DATA"))[0] == 354
+        assert (await client.cmd(MESSAGE + b"."))[0] == 250
+        client.close()
+        await eventually(lambda: _delivered(upstream, 1))
+    assert await _count(db, "messages") == 1
+    [got] = upstream.received
+    assert got.recipients == ["clean@example.org"]
+    assert got.body == MESSAGE
+    assert len([c for c in upstream.commands if c.startswith("MAIL")]) == 1
+
+
+async def _delivered(upstream: ScriptedUpstream, n: int) -> bool:
+    return len(upstream.received) == n
+
+
+async def test_dot_lines_and_crlf_reach_the_upstream_intact(relay_with, db, upstream):
+    """Lines starting with "." (sent dot-stuffed, as SMTP requires) are stored unstuffed and
+    stuffed again on the way out: the upstream reads the very body that was meant, with CRLF
+    line ends only, in one transaction with one MAIL."""
+    meant = b"From: app@example.com\r\nSubject: dots\r\n\r\n.hidden\r\n.\r\n..two\r\nend\r\n"
+    on_the_wire = (
+        b"From: app@example.com\r\nSubject: dots\r\n\r\n..hidden\r\n..\r\n...two\r\nend\r\n"
+    )
+    async with relay_with() as relay:
+        client = await Client.open(relay.port)
+        await client.transaction(recipient="dots@example.org")
+        assert (await client.cmd(on_the_wire + b"."))[0] == 250
+        client.close()
+        await eventually(lambda: _delivered(upstream, 1))
+    stored = await db.fetchval("SELECT count(*) FROM messages")
+    assert stored == 1
+    [got] = upstream.received
+    assert got.body == meant
+    assert got.body.count(b"\n") == got.body.count(b"\r\n")
+    assert len([c for c in upstream.commands if c.startswith("MAIL")]) == 1
+
+
+# -- 4. envelope addresses ----------------------------------------------------------------------
+
+LONG_LOCAL = "l" * 65
+LONG_DOMAIN = ".".join(["d" * 63] * 4) + ".example"  # 264 octets
+LONG_PATH = "p" * 64 + "@" + ".".join(["d" * 60] * 3) + ".example"  # 255 octets: path 257
+
+# path -> the enhanced code of the refusal
+HOSTILE_RCPTS = {
+    "control-char": (b"<a\x01b@example.org>", "5.1.3"),
+    "nul": (b"<a\x00b@example.org>", "5.1.3"),
+    "nul-in-domain": (b"<ab@exam\x00ple.org>", "5.1.3"),
+    "quoted-nul": (b'<"a\x00b"@example.org>', "5.1.3"),
+    "quoted-tab": (b'<"a\tb"@example.org>', "5.1.3"),
+    "quoted-cr": (b'<"a\rb"@example.org>', "5.1.3"),
+    "quoted-pair-cr": (b'<"a\\\rb"@example.org>', "5.1.3"),
+    "quoted-crlf": (b'<"a\r\nb"@example.org>', "5.1.3"),
+    "del": (b"<a\x7fb@example.org>", "5.1.3"),
+    "invalid-utf8": (b"<a\xff\xfeb@example.org>", "5.1.3"),
+    "invalid-utf8-domain": (b"<ab@ex\xc3ample.org>", "5.1.3"),
+    "local-part-65": (f"<{LONG_LOCAL}@example.org>".encode(), "5.1.3"),
+    "domain-over-255": (f"<a@{LONG_DOMAIN}>".encode(), "5.1.3"),
+    "path-over-256": (f"<{LONG_PATH}>".encode(), "5.1.3"),
+    "trailing-dot": (b"<a@example.org.>", "5.1.3"),
+    "utf8-without-smtputf8": ("<ünï@example.org>".encode(), "5.6.7"),
+    "utf8-domain-without-smtputf8": ("<a@exämple.org>".encode(), "5.6.7"),
+}
+
+
+@pytest.mark.parametrize(("path", "enhanced"), HOSTILE_RCPTS.values(), ids=HOSTILE_RCPTS.keys())
+async def test_hostile_recipient_is_refused_and_never_stored(
+    relay_with, db, upstream, path, enhanced
+):
+    """Each gets 553/501 with 5.1.3 (5.6.7 for UTF-8 without SMTPUTF8), and the DATA that
+    follows has no recipient: nothing is stored or sent."""
+    async with relay_with() as relay:
+        client = await Client.open(relay.port)
+        assert (await client.cmd("EHLO client.test"))[0] == 250
+        assert (await client.cmd("MAIL FROM:<s@example.com>"))[0] == 250
+        await client.send(b"RCPT TO:" + path + b"\r\n")
+        code, text = await client.reply()
+        assert code in (501, 553)
+        assert text[:5] == enhanced
+        if b"\r\n" in path:  # the CRLF ended the command; the rest is an unknown one
+            assert (await client.reply())[0] == 500
+        assert (await client.cmd("DATA"))[0] == 503
+        client.close()
+        await _nothing_went_out(relay, db, upstream)
+    assert await _count(db, "messages") == 0
+
+
+HOSTILE_SENDERS = {
+    "nul": b"<a\x00b@example.com>",
+    "invalid-utf8": b"<a\xffb@example.com>",
+    "quoted-tab": b'<"a\tb"@example.com>',
+    "utf8-without-smtputf8": "<jösé@example.com>".encode(),
+    "path-over-256": f"<{LONG_PATH}>".encode(),
+}
+
+
+@pytest.mark.parametrize("path", HOSTILE_SENDERS.values(), ids=HOSTILE_SENDERS.keys())
+async def test_hostile_sender_is_refused(relay_with, path):
+    """The same rules hold for MAIL FROM (5.1.7 / 5.1.3 / 5.6.7)."""
+    async with relay_with() as relay:
+        client = await Client.open(relay.port)
+        assert (await client.cmd("EHLO client.test"))[0] == 250
+        code, text = await client.cmd(b"MAIL FROM:" + path)
+        client.close()
+    assert code in (501, 553)
+    assert text[:5] in ("5.1.7", "5.1.3", "5.6.7")
+
+
+# Valid but unusual: each must leave the relay exactly as it was stored.
+TRICKY_RCPTS = [
+    '"a b"@example.org',
+    '"a\\"b"@example.org',
+    '"a\\\\b"@example.org',
+    '"user@other.example"@example.org',
+    "a!b@example.org",
+    "a%b@example.org",
+    "x@[192.0.2.1]",
+    "o'brien+tag@example.org",
+]
+
+
+async def test_recipients_reach_the_upstream_exactly_as_stored(relay_with, db, upstream):
+    """Quoted local parts, '!', '%', address literals and SMTPUTF8 addresses: the envelope
+    the upstream sees is byte for byte the recipient stored (and checked for suppression)."""
+    needless = '"needless\\escape"@example.org'  # aiosmtplib would drop the backslash
+    async with relay_with() as relay:
+        client = await Client.open(relay.port)
+        assert (await client.cmd("EHLO client.test"))[0] == 250
+        assert (await client.cmd("MAIL FROM:<s@example.com> SMTPUTF8"))[0] == 250
+        for address in [*TRICKY_RCPTS, "ünï@exämple.org"]:
+            code, text = await client.cmd(f"RCPT TO:<{address}>".encode())
+            assert code == 250, (address, text)
+        code, _ = await client.cmd(f"RCPT TO:<{needless}>".encode())
+        assert code in (250, 501, 553)
+        assert (await client.cmd("DATA"))[0] == 354
+        assert (await client.cmd(MESSAGE + b"."))[0] == 250
+        client.close()
+        stored = [r["recipient"] for r in await db.fetch("SELECT recipient FROM deliveries")]
+        assert len(stored) == len(TRICKY_RCPTS) + 1 + (code == 250)
+
+        async def all_sent() -> bool:
+            return len([c for c in upstream.commands if c.startswith("RCPT")]) == len(stored)
+
+        await eventually(all_sent)
+    sent = sorted(c.split(":", 1)[1] for c in upstream.commands if c.startswith("RCPT"))
+    assert sent == sorted(f"<{r}>" for r in stored)
+
+
+_PATH_TEXT = st.text(alphabet='ab.-+_@<> \t\r"\\()[]:!%é\x00\x7f', max_size=30)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(_PATH_TEXT)
+def test_no_address_the_intake_accepts_is_rewritten_by_aiosmtplib(arg):
+    """Whatever the intake takes as an address, aiosmtplib sends exactly as it is: it
+    rewrites some (email.utils.parseaddr drops needless escapes, comments), and those must
+    never get past the intake's checks."""
+    loop = asyncio.new_event_loop()
+    try:
+        parser = RelaySMTP(object(), loop=loop)
+        for path in (arg, f"<{arg}>", f"<{arg}@example.org>", f'<"{arg}"@example.org>'):
+            address, _ = parser._getaddr(path)
+            if not address:
+                continue
+            try:
+                address = validate_address(address)
+            except AddressError:
+                continue
+            assert quote_address(address) == f"<{address}>"
+    finally:
+        loop.close()
+
+
+# -- 5. open relay ------------------------------------------------------------------------------
+
+ROUTING_TRICKS = [
+    "<@relay.test,@mx.victim.example:user@victim.example>",
+    "<user%victim.example@relay.test>",
+    "<victim.example!user@relay.test>",
+    '<"user@victim.example"@example.org>',
+    "<user@[192.0.2.1]>",
+    "<user@[127.0.0.1]>",
+    "<user@victim.example.>",
+    "<user@relay.test.>",
+    f"<user%victim.example@{DSN_DOMAIN}>",
+    f'<"user@victim.example"@{DSN_DOMAIN}>',
+    f"<@{DSN_DOMAIN}:user@victim.example>",
+    f"<victim.example!user@{DSN_DOMAIN}>",
+    f"<user@{DSN_DOMAIN}.>",
+]
+
+WITH_DSN = f"""
+[dsn]
+domain = "{DSN_DOMAIN}"
+secret = "0123456789abcdef0123456789abcdef"
+"""
+
+
+@pytest.mark.parametrize("dsn", [False, True], ids=["plain", "with-dsn-domain"])
+@pytest.mark.parametrize("path", ROUTING_TRICKS)
+async def test_an_outsider_relays_nothing_whatever_the_routing_trick(
+    relay_with, db, upstream, path, dsn
+):
+    """From 127.0.0.5 (allowed_clients is 127.0.0.1/32), without AUTH: source routes, the %
+    hack, ! paths, a quoted @, address literals and trailing dots all end with nothing
+    relayed. With a DSN domain anyone may send bounces, so MAIL is taken and RCPT decides:
+    a trick naming the bounce domain is at most read as a bounce, never relayed."""
+    async with relay_with(extra=WITH_DSN if dsn else "") as relay:
+        client = await Client.open(relay.port, source=OUTSIDER)
+        assert (await client.cmd("EHLO outsider.test"))[0] == 250
+        mail, _ = await client.cmd("MAIL FROM:<spammer@example.com>")
+        assert mail == (250 if dsn else 550)
+        rcpt, _ = await client.cmd(f"RCPT TO:{path}")
+        assert rcpt in (250, 501, 503, 550, 553)
+        if rcpt == 250:
+            assert path.rstrip(">").endswith(DSN_DOMAIN)
+            assert (await client.cmd("DATA"))[0] == 354
+            assert await client.cmd(MESSAGE + b".") == (250, "2.0.0 OK bounce read")
+        else:
+            assert (await client.cmd("DATA"))[0] == 503
+        client.close()
+        await _nothing_went_out(relay, db, upstream)
+    assert await _count(db, "messages") == 0
 
 
 # -- 6. PROXY protocol --------------------------------------------------------------------------
