@@ -14,11 +14,20 @@ import re
 
 __all__ = ["AddressError", "domain_of", "normalise_address", "validate_address"]
 
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]+"
+# RFC 6532 UTF8-non-ascii, less the C1 controls and the surrogates (which only stand for
+# bytes that were not UTF-8: aiosmtpd decodes with surrogateescape).
+_UTF8 = "\u00a0-\ud7ff\ue000-\U0010ffff"
+_ATOM = rf"[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~\-{_UTF8}]+"
 _DOT_ATOM = re.compile(rf"{_ATOM}(?:\.{_ATOM})*")
-_QUOTED = re.compile(r'"(?:[^"\\\r\n]|\\.)*"')
-_LABEL = re.compile(r"(?!-)[A-Za-z0-9\-\u0080-\U0010ffff]{1,63}(?<!-)")
+# RFC 5321 §4.1.2 Quoted-string, printable characters only, with the minimum quoting the
+# RFC asks senders for: a backslash escapes only a double quote or a backslash. Any other
+# escape would be rewritten by aiosmtplib on the way out (email.utils.parseaddr drops the
+# backslash): the address delivered would not be the one stored and checked for suppression.
+_QUOTED = re.compile(rf'"(?:[\x20\x21\x23-\x5b\x5d-\x7e{_UTF8}]|\\["\\\\])*"')
+_LABEL = re.compile(rf"(?!-)[A-Za-z0-9\-{_UTF8}]{{1,63}}(?<!-)")
 _ADDRESS_LITERAL = re.compile(r"\[[A-Za-z0-9:.\-]+\]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+MAX_PATH_OCTETS = 256  # RFC 5321 §4.5.3.1.3, angle brackets included
 
 
 class AddressError(ValueError):
@@ -32,6 +41,12 @@ class AddressError(ValueError):
 
 def validate_address(address: str) -> str:
     """Return ``address`` without angle brackets, or raise ``AddressError``."""
+    try:
+        address.encode("utf-8")
+    except UnicodeEncodeError:
+        raise AddressError(address, "not valid UTF-8") from None
+    if _CONTROL.search(address):
+        raise AddressError(address, "control character (NUL, CR, LF, TAB, ...)")
     addr = address.strip()
     if addr.startswith("<") and addr.endswith(">"):
         addr = addr[1:-1]
@@ -45,6 +60,8 @@ def validate_address(address: str) -> str:
     if not (_DOT_ATOM.fullmatch(local) or _QUOTED.fullmatch(local)):
         raise AddressError(address, "local part has characters SMTP does not allow")
     _validate_domain(address, domain)
+    if len(addr.encode()) + 2 > MAX_PATH_OCTETS:
+        raise AddressError(address, f"longer than {MAX_PATH_OCTETS} octets as <path>")
     return addr
 
 

@@ -1,4 +1,4 @@
-"""What the relay reads from a message's header: From domain, Message-ID, campaign.
+"""What the relay reads from a message's header: From domain, Message-ID, campaign, hops.
 
 Only the header block is parsed (the body is never decoded), and any bytes
 are accepted: a broken header costs that field, never the message.
@@ -12,7 +12,7 @@ from email.utils import getaddresses
 
 from policies.addresses import domain_of
 
-__all__ = ["HeaderSummary", "summarise_headers"]
+__all__ = ["HeaderSummary", "count_received", "summarise_headers"]
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")  # as the email package splits lines
 _FIELD_NAME = re.compile(r"([\x21-\x39\x3b-\x7e]*):")  # printable ASCII but ":"
@@ -82,3 +82,19 @@ def summarise_headers(raw: bytes, campaign_header: str) -> HeaderSummary:
         message_id=_text(headers.get("message-id")),
         campaign=_text(headers.get(campaign_key)),
     )
+
+
+def count_received(raw: bytes) -> int:
+    """How many ``Received:`` fields the header of ``raw`` has: the hops it made so far.
+
+    RFC 5321 §6.3: counting them is how a server detects a mail loop."""
+    count = 0
+    for line in _LINE_BREAK.split(_header_block(raw).decode("latin-1")):
+        if line[:1] in (" ", "\t") or line.startswith("From "):
+            continue
+        field = _FIELD_NAME.match(line)
+        if field is None:
+            break
+        if field.group(1).lower() == "received":
+            count += 1
+    return count

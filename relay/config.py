@@ -117,7 +117,19 @@ class SmtpConfig:
     require_tls: bool = False
     auth_required: bool = False
     users: tuple[SmtpUser, ...] = ()
-    session_timeout: timedelta = timedelta(minutes=5)
+    session_timeout: timedelta = timedelta(minutes=5)  # idle, waiting for the next command
+    # Abusive clients (relay/limits.py); counts are per relay process and per session.
+    max_connections: int = 500
+    data_timeout: timedelta = timedelta(minutes=10)  # the whole DATA phase, 354 to final dot
+    min_data_rate: int = 1024  # bytes/s averaged over the DATA phase, once the grace is over
+    min_data_rate_grace: timedelta = timedelta(seconds=30)
+    max_noops: int = 50  # per session, counted from the last accepted message
+    max_rsets: int = 50
+    max_invalid_commands: int = 10
+    # RFC 5321 §6.3: a loop-detecting threshold SHOULD be "at least 100 Received entries".
+    max_hops: int = 100
+    # Proxies that speak the PROXY protocol (v1 or v2) to us; empty: off.
+    proxy_protocol_from: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     # Relay processes sharing the listener (SO_REUSEPORT), each with intake and delivery;
     # one event loop is the ceiling of one process. Default: one per CPU core.
     processes: int = field(default_factory=lambda: os.cpu_count() or 1)
@@ -488,8 +500,20 @@ def _read_smtp(r: _Reader, base: Path) -> SmtpConfig:
         auth_required=r.get("auth_required", False, _bool),
         users=tuple(users),
         session_timeout=r.get("session_timeout", d.session_timeout, _duration),
+        max_connections=r.get("max_connections", d.max_connections, _positive_int),
+        data_timeout=r.get("data_timeout", d.data_timeout, _duration),
+        min_data_rate=r.get("min_data_rate", d.min_data_rate, parse_size),
+        min_data_rate_grace=r.get("min_data_rate_grace", d.min_data_rate_grace, _duration),
+        max_noops=r.get("max_noops", d.max_noops, _positive_int),
+        max_rsets=r.get("max_rsets", d.max_rsets, _positive_int),
+        max_invalid_commands=r.get("max_invalid_commands", d.max_invalid_commands, _positive_int),
+        max_hops=r.get("max_hops", d.max_hops, _positive_int),
+        proxy_protocol_from=r.get("proxy_protocol_from", (), _list_of(_cidr)),
         processes=r.get("processes", d.processes, _processes),
     )
+    for key in ("session_timeout", "data_timeout"):
+        if getattr(cfg, key) <= timedelta(0):
+            r.error((key,), "must be longer than 0s (e.g. '5m')")
     if (cfg.tls_cert is None) != (cfg.tls_key is None):
         r.error(("tls_key",), "tls_cert and tls_key must be set together")
     if cfg.require_tls and cfg.tls_cert is None:

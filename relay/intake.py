@@ -7,7 +7,14 @@ The relay's contract with its clients lives here:
   recipient and the accepted event are committed; any failure answers
   451 4.3.0 and the client keeps the message;
 - mail to the DSN domain (``[dsn] domain``) is a bounce coming back: it is
-  taken from any client, read by ``relay.bounces`` and never relayed.
+  taken from any client, read by ``relay.bounces`` and never relayed;
+- hostile input is refused before anything is stored: addresses SMTP does not allow
+  (``policies.addresses``), a non-ASCII address without SMTPUTF8 and, in mail to relay,
+  data with a line end other than CRLF or a NUL (``policies.line_endings``: no SMTP
+  smuggling through us) or more ``Received:`` fields than ``[smtp] max_hops`` (a loop);
+- abusive clients are cut (``relay.limits``) and PROXY headers are honoured only from
+  ``[smtp] proxy_protocol_from`` (``relay.proxy``); the SMTP conversation itself is
+  ``relay.protocol.RelaySMTP``, which calls the hooks here.
 """
 
 from __future__ import annotations
@@ -15,28 +22,32 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ipaddress
-import re
 import secrets
 import ssl
 import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, AnyStr
+from typing import Any
 
 import structlog
+from aiosmtpd.proxy_protocol import ProxyData
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from policies.addresses import AddressError, domain_of, normalise_address, validate_address
-from policies.headers import summarise_headers
+from policies.headers import count_received, summarise_headers
+from policies.line_endings import bad_line_ending
 from relay import faults, replies
 from relay.batching import GroupBatcher
 from relay.bounces import BounceReader
 from relay.commit import GroupCommitter
 from relay.config import Rules, SmtpConfig
 from relay.errors import ListenError, StoreError
+from relay.limits import Limits
 from relay.metrics import Metrics
 from relay.passwords import verify_password
+from relay.protocol import RelaySMTP
+from relay.proxy import UnusableHeader, client_behind
 from relay.store import IncomingMessage, Recipient, Store
 
 __all__ = ["IntakeHandler", "RelaySMTP", "start_intake"]
@@ -63,50 +74,6 @@ class SessionState:
     # The open transaction carries bounces for the DSN domain (True), mail to relay (False),
     # or has no recipient yet (None); the two never mix.
     bounce_transaction: bool | None = None
-
-
-# "<dot-atom@hostname>": what nearly every MAIL/RCPT carries. aiosmtpd parses each path with
-# the email package's header grammar, a tenth of the relay's CPU per message; a path this
-# plain reads the same either way (tests/relay/test_intake.py checks), anything else still
-# goes through aiosmtpd's parser.
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-_PLAIN_PATH = re.compile(rf"[ \t]*<({_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})*)>[ \t]*")
-
-
-class RelaySMTP(SMTP):
-    """aiosmtpd's protocol with our replies for the conditions it answers itself."""
-
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        plain = _PLAIN_PATH.match(arg)
-        limit = self.local_part_limit
-        if plain is not None and not (limit and len(plain.group(1).rpartition("@")[0]) > limit):
-            return plain.group(1), arg[plain.end() :]
-        try:
-            address, rest = super()._getaddr(arg)  # aiosmtpd is untyped: name the types
-        except Exception:
-            # The email package's grammar crashes on input like '"' or '1@[' (IndexError,
-            # AttributeError): that is a syntax error for the client (501/553), not a 451
-            # that invites it to send the same again.
-            return None, None
-        return address, rest
-
-    async def push(self, status: AnyStr) -> None:
-        if isinstance(status, bytes):
-            await super().push(status)
-            return
-        if self.event_handler.shutting_down and status.startswith("220 "):
-            # The listener is closing: a connection that slipped in is told to come back.
-            await super().push(replies.SHUTTING_DOWN)
-            if self.transport is not None:
-                self.transport.close()
-            return
-        await super().push(replies.rewrite_builtin(status))
-
-    def connection_lost(self, error: Exception | None) -> None:
-        if self.session is not None:
-            self.event_handler.session_closed(self.session)
-        super().connection_lost(error)
 
 
 class IntakeHandler:
@@ -174,6 +141,49 @@ class IntakeHandler:
                 refused=state.refused,
             )
 
+    def session_cut(self, session: Session, reason: str, **details: object) -> None:
+        """A limit (``relay.limits``) ends the session: count it and say why."""
+        state = self._state(session)
+        self.metrics.rejected.labels(reason).inc()
+        log.warning(
+            "intake.session_cut",
+            reason=reason,
+            session_id=state.session_id,
+            peer=state.peer,
+            action="replied 421 and closed the connection; nothing of an unfinished "
+            "message is stored",
+            **details,
+        )
+
+    def proxy_refused(self, session: Session, error: str) -> None:
+        """A PROXY header was missing, malformed or not ours to honour: the session ends."""
+        state = self._state(session)
+        self.metrics.rejected.labels("proxy_refused").inc()
+        log.warning(
+            "intake.proxy_refused",
+            error=error,
+            session_id=state.session_id,
+            peer=state.peer,
+            action="closed the connection; a proxy must be listed in [smtp] "
+            "proxy_protocol_from and send a valid header first",
+        )
+
+    async def handle_PROXY(
+        self, server: SMTP, session: Session, envelope: Envelope, proxy_data: ProxyData
+    ) -> bool:
+        """A listed proxy's header: the client it names is the session's peer from now on."""
+        proxy = _peer_ip(session)
+        try:
+            client = client_behind(proxy_data)
+        except UnusableHeader as exc:
+            self.proxy_refused(session, str(exc))
+            return False
+        if client is not None:
+            session.peer = client  # type: ignore[assignment]  # a peername tuple, as aiosmtpd sets
+        self._state(session)  # binds the session's log context with the client as peer
+        structlog.contextvars.bind_contextvars(proxy=proxy)
+        return True
+
     def _may_relay(self, session: Session) -> bool:
         if session.authenticated:
             return True
@@ -213,9 +223,12 @@ class IntakeHandler:
             return self._refusal(session)
         if address not in ("", "<>"):
             try:
-                validate_address(address)
+                address = validate_address(address)
             except AddressError as exc:
+                self.metrics.rejected.labels("malformed_address").inc()
                 return replies.BAD_SENDER.format(why=exc.why)
+            if not (address.isascii() or envelope.smtp_utf8):
+                return self._non_ascii(address)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return replies.OK
@@ -229,6 +242,13 @@ class IntakeHandler:
         rcpt_options: list[str],
     ) -> str:
         state = self._state(session)
+        try:
+            address = validate_address(address)
+        except AddressError as exc:
+            self.metrics.rejected.labels("malformed_address").inc()
+            return replies.BAD_ADDRESS.format(why=exc.why)
+        if not (address.isascii() or envelope.smtp_utf8):
+            return self._non_ascii(address)
         if self.bounces is not None and self.bounces.is_bounce_address(address):
             return self._bounce_rcpt(state, envelope, address)
         if not self._may_relay(session):
@@ -238,11 +258,6 @@ class IntakeHandler:
         if len(envelope.rcpt_tos) >= self.smtp.max_recipients:
             self.metrics.rejected.labels("too_many_recipients").inc()
             return replies.TOO_MANY_RECIPIENTS
-        try:
-            address = validate_address(address)
-        except AddressError as exc:
-            self.metrics.rejected.labels("malformed_address").inc()
-            return replies.BAD_ADDRESS.format(why=exc.why)
         key = normalise_address(address)
         with structlog.contextvars.bound_contextvars(recipient=key):
             try:
@@ -263,15 +278,16 @@ class IntakeHandler:
         envelope.rcpt_options.extend(rcpt_options)
         return replies.RCPT_OK
 
+    def _non_ascii(self, address: str) -> str:
+        self.metrics.rejected.labels("non_ascii_address").inc()
+        log.info("intake.address_refused", reason="non-ASCII without SMTPUTF8", address=address)
+        return replies.NON_ASCII_ADDRESS
+
     def _bounce_rcpt(self, state: SessionState, envelope: Envelope, address: str) -> str:
         if state.bounce_transaction is False:
             return replies.BOUNCES_SEPARATELY
         if len(envelope.rcpt_tos) >= self.smtp.max_recipients:
             return replies.TOO_MANY_RECIPIENTS
-        try:
-            address = validate_address(address)
-        except AddressError as exc:
-            return replies.BAD_ADDRESS.format(why=exc.why)
         envelope.rcpt_tos.append(address)
         self._open_transaction(state, bounces=True)
         return replies.RCPT_OK
@@ -301,10 +317,43 @@ class IntakeHandler:
         state = self._state(session)
         try:
             if state.bounce_transaction and self.bounces is not None:
+                # Read here, never relayed: no server after us to smuggle to or loop with,
+                # and a refused bounce would only come back as a double bounce.
                 return await self._read_bounce(state, envelope)
+            refusal = self._refuse_data(state, envelope.original_content or b"")
+            if refusal is not None:
+                return refusal
             return await self._accept(session, envelope)
         finally:
             self._close_transaction(state)
+
+    def _refuse_data(self, state: SessionState, body: bytes) -> str | None:
+        """The reply refusing mail to relay as a whole, or None: smuggling, then mail loops."""
+        what = bad_line_ending(body)
+        if what is not None:
+            state.refused += 1
+            self.metrics.rejected.labels("bad_line_ending").inc()
+            log.warning(
+                "intake.data_refused",
+                reason="bad_line_ending",
+                found=what,
+                action="replied 550 5.5.2, nothing stored; the client must send CRLF lines",
+            )
+            return replies.BAD_LINE_ENDING.format(what=what)
+        hops = count_received(body)
+        if hops > self.smtp.max_hops:
+            state.refused += 1
+            self.metrics.rejected.labels("too_many_hops").inc()
+            log.warning(
+                "intake.data_refused",
+                reason="too_many_hops",
+                hops=hops,
+                max_hops=self.smtp.max_hops,
+                action="replied 554 5.4.0, nothing stored; look for a routing loop "
+                "(a route or an MX pointing back at a relay that sent it here)",
+            )
+            return replies.TOO_MANY_HOPS
+        return None
 
     async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         self._close_transaction(self._state(session))
@@ -462,10 +511,13 @@ async def start_intake(
     tls = _tls_context(smtp)
     loop = asyncio.get_running_loop()
     host, port = listen or smtp.listen
+    limits = Limits.from_config(smtp)
 
     def factory() -> SMTP:
         return RelaySMTP(
             handler,
+            limits=limits,
+            proxies=smtp.proxy_protocol_from,
             data_size_limit=smtp.max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,

@@ -8,12 +8,22 @@ from __future__ import annotations
 
 __all__ = [
     "BAD_ADDRESS",
+    "BAD_LINE_ENDING",
     "CLIENT_NOT_ALLOWED",
+    "DATA_TIMEOUT",
+    "DATA_TOO_SLOW",
+    "IDLE_TIMEOUT",
+    "NON_ASCII_ADDRESS",
     "OK",
+    "PROXY_REFUSED",
     "QUEUED",
     "SUPPRESSED",
     "TEMPORARY_FAILURE",
     "TOO_BIG",
+    "TOO_MANY_COMMANDS",
+    "TOO_MANY_CONNECTIONS",
+    "TOO_MANY_HOPS",
+    "TOO_MANY_INVALID_COMMANDS",
     "TOO_MANY_RECIPIENTS",
     "rewrite_builtin",
 ]
@@ -32,12 +42,31 @@ TEMPORARY_FAILURE = "451 4.3.0 Temporary local problem, please try again later"
 BOUNCE_READ = "250 2.0.0 OK bounce read"
 BOUNCES_SEPARATELY = "452 4.5.3 Send mail to the bounce domain in a transaction of its own"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, please try again later"
+# RFC 6531 §3.7.4.1: a non-ASCII address in a transaction without SMTPUTF8.
+NON_ASCII_ADDRESS = "553 5.6.7 Non-ASCII address needs the SMTPUTF8 parameter on MAIL FROM"
+
+# Abusive clients (relay/limits.py): each of these ends the session.
+TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
+TOO_MANY_COMMANDS = "421 4.7.0 Too many {command} commands, closing connection"
+TOO_MANY_INVALID_COMMANDS = "421 4.7.0 Too many invalid commands, closing connection"
+IDLE_TIMEOUT = "421 4.4.2 Timeout waiting for the next command, closing connection"
+DATA_TIMEOUT = "421 4.4.2 DATA took too long, closing connection; message not accepted"
+DATA_TOO_SLOW = "421 4.4.2 DATA too slow, closing connection; message not accepted"
+PROXY_REFUSED = "421 4.7.0 PROXY header not accepted from this client, closing connection"
+
+# Refused at the end of DATA; nothing is stored.
+TOO_MANY_HOPS = "554 5.4.0 Too many hops (mail loop?)"
+# As Postfix's smtpd_forbid_bare_newline = reject: SMTP smuggling needs a line end that one
+# server takes for CRLF and the next does not.
+BAD_LINE_ENDING = "550 5.5.2 Message data has {what}: end every line with CRLF, send no NUL"
 
 # aiosmtpd answers a few conditions itself without enhanced status codes;
 # rewrite them to the replies DESIGN.md promises.
 _BUILTIN = {
     "552 Error: message size exceeds fixed maximum message size": TOO_BIG,
     "552 Error: Too much mail data": TOO_BIG,
+    # aiosmtpd's own limit on unknown command names (5 a session) closes the connection.
+    "502 5.5.1 Too many unrecognized commands, goodbye.": TOO_MANY_INVALID_COMMANDS,
 }
 
 

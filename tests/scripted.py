@@ -3,7 +3,8 @@
 The test picks what the upstream answers: per recipient and per attempt at
 RCPT, per attempt at DATA, and per connection at the greeting. Unscripted
 steps answer 250. Everything the upstream accepted is kept in ``received``
-with the IP address the connection came from.
+with the IP address the connection came from; ``commands`` keeps every MAIL and RCPT
+line as it came over the wire (before aiosmtpd parses the address).
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class _ScriptedSMTP(SMTP):
     upstream: ScriptedUpstream
 
     async def smtp_MAIL(self, arg: str) -> None:
+        self.upstream.commands.append(f"MAIL {arg}")
         if self.upstream.drop_reused_mail and getattr(self.session, "transactions", 0):
             # The server gave up on an idle connection just as the client reused it.
             self.upstream.drop_reused_mail -= 1
@@ -102,6 +104,10 @@ class _ScriptedSMTP(SMTP):
                 self.transport.close()
             return
         await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str) -> None:
+        self.upstream.commands.append(f"RCPT {arg}")
+        await super().smtp_RCPT(arg)
 
     async def push(self, status: AnyStr) -> None:
         if status == "250-8BITMIME" and not self.upstream.eightbitmime:
@@ -142,6 +148,7 @@ class ScriptedUpstream:
         self.port = 0
         self.script = _Script()
         self.received: list[Received] = []
+        self.commands: list[str] = []  # "MAIL FROM:<...> ...", "RCPT TO:<...>" as sent
         self.rcpt_attempts: dict[str, int] = {}
         self.rcpt_default = "250 2.1.5 OK"  # the reply to recipients nobody scripted
         self.rcpt_seen: list[str] = []

@@ -31,10 +31,15 @@ def test_normalise_address(raw, normal):
         '"with space"@example.com',
         "x@[192.0.2.1]",
         "ünï@exämple.org",
+        '"a\\"b"@example.com',
+        '"a\\\\b"@example.com',
+        '"user@other.example"@example.com',
+        "p" * 64 + "@" + ".".join(["d" * 60] * 3) + ".exampl",
     ],
 )
 def test_valid_addresses(address):
-    """Dot-atoms, quoted local parts, address literals and UTF-8 (SMTPUTF8) are valid."""
+    """Dot-atoms, quoted local parts (escaping only '"' and '\\'), address literals, UTF-8
+    (SMTPUTF8) and a path of exactly 256 octets are valid."""
     assert validate_address(f"<{address}>") == address
 
 
@@ -49,6 +54,14 @@ def test_valid_addresses(address):
         ("a@bad..com", "invalid domain"),
         ("a@", "empty domain"),
         ("x" * 65 + "@example.com", "64 octets"),
+        ("a\x00b@example.com", "control character"),
+        ('"a\tb"@example.com', "control character"),
+        ('"a\\\rb"@example.com', "control character"),
+        ("a\x85b@example.com", "control character"),
+        ("a\udcffb@example.com", "not valid UTF-8"),
+        ('"a\\b"@example.com', "local part"),  # a needless escape: aiosmtplib drops it
+        ("a@" + ".".join(["d" * 63] * 4) + ".example", "255 octets"),
+        ("p" * 64 + "@" + ".".join(["d" * 60] * 3) + ".example", "256 octets"),
     ],
 )
 def test_malformed_addresses_say_why(address, why):

@@ -7,7 +7,7 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies.headers import summarise_headers
+from policies.headers import count_received, summarise_headers
 
 
 def test_reads_from_domain_message_id_and_campaign():
@@ -92,3 +92,17 @@ def test_hand_parser_agrees_with_the_email_package(fields):
     )
     summary = summarise_headers(raw, "X-Campaign-ID")
     assert (summary.message_id, summary.campaign) == _reference(raw, "X-Campaign-ID")
+
+
+def test_count_received_counts_header_fields_only():
+    """Received fields in the header, any case, folded or not; none from the body."""
+    raw = (
+        b"Received: from a by b;\r\n\tMon, 1 Jan 2024 00:00:00 +0000\r\n"
+        b"received: from c by d; Mon, 1 Jan 2024 00:00:00 +0000\r\n"
+        b"X-Received: not a hop\r\n"
+        b"Subject: s\r\n\r\n"
+        b"Received: in the body\r\n"
+    )
+    assert count_received(raw) == 2
+    assert count_received(b"") == 0
+    assert count_received(b"Subject: no trace\r\n\r\nbody") == 0

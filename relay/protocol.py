@@ -1,0 +1,229 @@
+"""One intake connection's SMTP conversation: aiosmtpd's protocol, with our replies for the
+conditions it answers itself, our limits on abusive clients (``relay.limits``) and PROXY
+headers from listed proxies (``relay.proxy``).
+
+What to answer MAIL, RCPT and DATA is the handler's business (``relay.intake``); this
+class only calls it, times and counts the client, and hangs up on it when a limit is
+passed: a 421 and the close, and nothing the client pipelined after it is read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any, AnyStr
+
+from aiosmtpd.smtp import SMTP, Session, syntax
+
+from relay import replies
+from relay.limits import INVALID, DataWatch, Limits, is_invalid
+from relay.proxy import HEADER_TIMEOUT_SECONDS, Networks, is_listed
+
+__all__ = ["RelaySMTP"]
+
+# "<dot-atom@hostname>": what nearly every MAIL/RCPT carries. aiosmtpd parses each path with
+# the email package's header grammar, a tenth of the relay's CPU per message; a path this
+# plain reads the same either way (tests/relay/test_intake.py checks), anything else still
+# goes through aiosmtpd's parser.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_PLAIN_PATH = re.compile(rf"[ \t]*<({_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})*)>[ \t]*")
+
+
+class RelaySMTP(SMTP):
+    """aiosmtpd's protocol with our replies, our limits (``relay.limits``) and PROXY headers.
+
+    ``limits`` None (a parser test) runs without limits; the listener always passes them."""
+
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        limits: Limits | None = None,
+        proxies: Networks = (),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(handler, **kwargs)
+        self._limits = limits
+        self._budget = limits.budget() if limits is not None else None
+        self._data_watch: DataWatch | None = None
+        self._proxies = proxies
+        self._admitted = False
+
+    # -- addresses ----------------------------------------------------------------------------
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        plain = _PLAIN_PATH.match(arg)
+        limit = self.local_part_limit
+        if plain is not None and not (limit and len(plain.group(1).rpartition("@")[0]) > limit):
+            return plain.group(1), arg[plain.end() :]
+        try:
+            address, rest = super()._getaddr(arg)  # aiosmtpd is untyped: name the types
+        except Exception:
+            # The email package's grammar crashes on input like '"' or '1@[' (IndexError,
+            # AttributeError): that is a syntax error for the client (501/553), not a 451
+            # that invites it to send the same again.
+            return None, None
+        return address, rest
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        before_starttls = self.session
+        if self.transport is None:  # the connection itself; STARTTLS calls this again
+            self._admitted = self._limits is None or self._limits.connections.admit()
+            if is_listed(transport.get_extra_info("peername"), self._proxies):
+                self._proxy_timeout = HEADER_TIMEOUT_SECONDS  # aiosmtpd reads the header
+        super().connection_made(transport)
+        if before_starttls is not None and before_starttls.proxy_data:
+            # STARTTLS starts a new session whose peer is the socket's, the proxy: the client
+            # behind the proxy stays the client (or it would relay as the proxy).
+            session = self._session()
+            session.peer = before_starttls.peer
+            session.proxy_data = before_starttls.proxy_data
+
+    async def _handle_client(self) -> None:
+        if not self._admitted:
+            assert self._limits is not None
+            self.event_handler.session_cut(
+                self.session, "too_many_connections", limit=self._limits.connections.limit
+            )
+            self._hang_up(replies.TOO_MANY_CONNECTIONS)
+            return
+        await super()._handle_client()
+        proxy_data = self._session().proxy_data
+        if self._proxy_timeout is not None and not proxy_data:
+            # aiosmtpd closed the connection: the PROXY header was missing or malformed.
+            error = getattr(proxy_data, "error", "") or "no PROXY header"
+            self.event_handler.proxy_refused(self.session, error)
+
+    def _session(self) -> Session:
+        assert self.session is not None  # set from the first connection_made on
+        return self.session
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self._stop_data_watch()
+        if self._admitted:
+            assert self._limits is not None
+            self._limits.connections.release()
+            self._admitted = False
+        if self.session is not None:
+            self.event_handler.session_closed(self.session)
+        super().connection_lost(error)
+
+    def _timeout_cb(self) -> None:
+        # aiosmtpd closes an idle session without a word; RFC 5321 §3.8 has the server say 421.
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.event_handler.session_cut(self.session, "idle_timeout")
+        self._hang_up(replies.IDLE_TIMEOUT)
+
+    def _hang_up(self, reply: str) -> None:
+        """Send ``reply`` and close; nothing the client sent after it is read or answered.
+
+        Cancelling the session task matters: commands already in the read buffer would
+        otherwise still be run (and answered) before the close lands."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        self._writer.write(reply.encode("ascii") + b"\r\n")
+        self.transport.close()
+        if self._handler_coroutine is not None:
+            self._handler_coroutine.cancel()
+
+    async def _hang_up_now(self, reply: str) -> None:
+        """``_hang_up`` from inside the session task: raises CancelledError, here and now."""
+        self._hang_up(reply)
+        await asyncio.sleep(0)
+
+    # -- commands -----------------------------------------------------------------------------
+
+    @syntax("NOOP [ignored]")
+    async def smtp_NOOP(self, arg: str) -> None:
+        await self._spend("NOOP")
+        await super().smtp_NOOP(arg)
+
+    @syntax("RSET")
+    async def smtp_RSET(self, arg: str) -> None:
+        await self._spend("RSET")
+        await super().smtp_RSET(arg)
+
+    async def smtp_PROXY(self, arg: str) -> None:
+        """A PROXY header that is not the first line from a listed proxy: never honoured."""
+        self.event_handler.proxy_refused(self.session, "PROXY header from a client not listed")
+        await self._hang_up_now(replies.PROXY_REFUSED)
+
+    async def _spend(self, kind: str) -> None:
+        """Count one command against the session's budget; past it, hang up."""
+        if self._budget is None or self._budget.spend(kind):
+            return
+        if kind == INVALID:
+            reason, reply = "too_many_invalid_commands", replies.TOO_MANY_INVALID_COMMANDS
+        else:
+            reason = f"too_many_{kind.lower()}s"
+            reply = replies.TOO_MANY_COMMANDS.format(command=kind)
+        self.event_handler.session_cut(self.session, reason, limit=self._budget.limit(kind))
+        await self._hang_up_now(reply)
+
+    async def push(self, status: AnyStr) -> None:
+        if isinstance(status, bytes):
+            await super().push(status)
+            return
+        if self.event_handler.shutting_down and status.startswith("220 "):
+            # The listener is closing: a connection that slipped in is told to come back.
+            await super().push(replies.SHUTTING_DOWN)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        status = replies.rewrite_builtin(status)
+        if status == replies.TOO_MANY_INVALID_COMMANDS:
+            # aiosmtpd's own limit (five unknown command names) closes the session: say so.
+            self.event_handler.session_cut(self.session, "too_many_invalid_commands")
+            await self._hang_up_now(status)
+        if is_invalid(status):
+            await self._spend(INVALID)
+        await super().push(status)
+        if status.startswith("354 "):
+            self._start_data_watch()
+
+    # -- DATA ---------------------------------------------------------------------------------
+
+    async def smtp_DATA(self, arg: str) -> None:
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self._stop_data_watch()
+
+    async def _call_handler_hook(self, command: str, *args: Any) -> Any:
+        if command == "DATA":
+            self._stop_data_watch()  # the client has sent it all; the commit is our time
+        status = await super()._call_handler_hook(command, *args)
+        accepted = command == "DATA" and isinstance(status, str) and status.startswith("250")
+        if accepted and self._budget is not None:
+            self._budget.refill()
+        return status
+
+    def data_received(self, data: bytes) -> None:
+        if self._data_watch is not None:
+            self._data_watch.count(len(data))
+        super().data_received(data)
+
+    def _start_data_watch(self) -> None:
+        if self._limits is None:
+            return
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()  # DATA has its own clock: the idle one waits
+        self._data_watch = self._limits.data_watch(self.loop, self._cut_data)
+        self._data_watch.start()
+
+    def _stop_data_watch(self) -> None:
+        if self._data_watch is None:
+            return
+        self._data_watch.stop()
+        self._data_watch = None
+        if self.transport is not None and not self.transport.is_closing():
+            self._reset_timeout()
+
+    def _cut_data(self, reason: str, details: dict[str, float]) -> None:
+        self._data_watch = None
+        self.event_handler.session_cut(self.session, reason, **details)
+        self._hang_up(replies.DATA_TIMEOUT if reason == "data_timeout" else replies.DATA_TOO_SLOW)
