@@ -12,6 +12,11 @@ backoff:
   caller's ``jitter`` in [0, 1), so that many deferred recipients of one
   provider do not all come back in the same second.
 
+The other forms are spread too: each delay is stretched by up to ``spread``
+(a share, ``[retry] spread``, 0.1 by default: ``delay * (1 + jitter *
+spread)``), so a queue that failed together (an upstream down) does not all
+come due in the same second when it returns.
+
 ``attempts`` counts delivery attempts made so far, the one that just
 soft-bounced included: after the first failure ``attempts == 1`` and the
 first step applies. Time is counted from *now* (when the bounce is handled),
@@ -92,6 +97,7 @@ class RetryRule:
     max_age: timedelta | None = None
     source: SourceChoice = SourceChoice.SAME_IP
     max_interval: timedelta | None = None  # cap on one delay (Postfix maximal_backoff_time)
+    spread: float = 0.0  # a schedule or fixed/geometric delay is stretched by up to this share
 
     @classmethod
     def build(
@@ -112,6 +118,7 @@ class RetryRule:
         max_age: timedelta | None = None,
         source: str = SourceChoice.SAME_IP,
         max_interval: timedelta | None = None,
+        spread: float = 0.0,
     ) -> RetryRule:
         """Validate config values into a rule; ``ValueError`` names the rule.
 
@@ -144,6 +151,7 @@ class RetryRule:
             max_age=max_age,
             source=_enum(name, "source", SourceChoice, source),
             max_interval=max_interval,
+            spread=_check_share(name, "spread", spread),
         )
 
     def matches(self, reply: Reply, verdict: Verdict, recipient_domain: str) -> bool:
@@ -161,6 +169,8 @@ class RetryRule:
             wanted = self.schedule[min(attempts, len(self.schedule)) - 1]
         else:
             wanted = self._interval_delay(attempts, jitter)
+        if self.backoff is not Backoff.RANDOM or self.schedule:
+            wanted *= 1.0 + jitter * self.spread
         ceiling = min(self.max_interval or _DELAY_CEILING, _DELAY_CEILING)
         return min(wanted, ceiling)
 
@@ -320,3 +330,9 @@ def _enum(name: str, label: str, enum: type[_E], value: str) -> _E:
         raise ValueError(
             f"retry rule {name!r}: {label} {value!r} is not one of {allowed}"
         ) from None
+
+
+def _check_share(name: str, label: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"retry rule {name!r}: {label} must be a share from 0 to 1, got {value!r}")
+    return float(value)

@@ -605,6 +605,16 @@ def _read_match(r: _Reader) -> dict[str, Any]:
 _DEFAULT_SCHEDULE = tuple(timedelta(minutes=m) for m in (5, 15, 60, 240, 720))
 
 
+# Retries stretched by up to this share, so that a queue that failed together is spread out.
+DEFAULT_SPREAD = 0.1
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"must be a number, got {value!r}")
+    return float(value)
+
+
 def _read_retry_rule(
     r: _Reader, name: str, match: dict[str, Any], inherit: RetryRule | None
 ) -> RetryRule | None:
@@ -638,6 +648,7 @@ def _read_retry_rule(
             source=r.get(
                 "source", SourceChoice.SAME_IP.value, _one_of(*[s.value for s in SourceChoice])
             ),
+            spread=r.get("spread", inherit.spread if inherit else DEFAULT_SPREAD, _number),
         )
     except ValueError as exc:
         r.error((), str(exc))

@@ -131,6 +131,7 @@ class _Outcome:
     suppress: bool | None
     timing: Timing | None = None
     random_backoff: bool = False
+    spread: float = 0.0  # the rule's spread: a delay may be up to this share longer
 
 
 def replay_bounce(bounce: RecordedBounce, rules: Rules) -> Replayed:
@@ -147,7 +148,7 @@ def replay_bounce(bounce: RecordedBounce, rules: Rules) -> Replayed:
         changes.append(Change(Field.CATEGORY, old.category, new.category))
     if old.suppress is not None and new.suppress is not None and old.suppress != new.suppress:
         changes.append(Change(Field.SUPPRESS, old.suppress, new.suppress))
-    if old.timing and new.timing and _timing_changed(old.timing, new.timing, new.random_backoff):
+    if old.timing and new.timing and _timing_changed(old.timing, new.timing, new):
         changes.append(Change(Field.TIMING, old.timing, new.timing))
     return Replayed(bounce, tuple(changes))
 
@@ -206,7 +207,12 @@ def _decided(bounce: RecordedBounce, rules: Rules) -> _Outcome:
     timing = Timing(decision.rule, decision.non_delivery, after)
     random_backoff = retry_rule.backoff is Backoff.RANDOM
     return _Outcome(
-        kind, decision.verdict.category.value, decision.suppress, timing, random_backoff
+        kind,
+        decision.verdict.category.value,
+        decision.suppress,
+        timing,
+        random_backoff,
+        retry_rule.spread,
     )
 
 
@@ -233,16 +239,18 @@ _KINDS = {
 }
 
 
-def _timing_changed(old: Timing, new: Timing, random_backoff: bool) -> bool:
+def _timing_changed(old: Timing, new: Timing, outcome: _Outcome) -> bool:
     if old.rule != new.rule:
         return True
     if old.gives_up is None:  # not recorded: the rule is all there is to compare
         return False
     if old.gives_up != new.gives_up:
         return True
-    if old.retry_after is None or new.retry_after is None or random_backoff:
+    if old.retry_after is None or new.retry_after is None or outcome.random_backoff:
         return False
-    return abs(old.retry_after - new.retry_after) > TOLERANCE
+    # A spread delay was stretched by a random share of up to ``spread``: only a difference
+    # beyond that range is a change of timing.
+    return abs(old.retry_after - new.retry_after) > TOLERANCE + new.retry_after * outcome.spread
 
 
 @dataclass

@@ -41,6 +41,7 @@ def delivery_config(
 
     [retry]
     schedule = ["1m", "5m"]
+    spread = 0  # exact retry times in assertions
     max_age = "1d"
 
     [[retry.rules]]

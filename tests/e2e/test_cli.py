@@ -268,3 +268,13 @@ def test_busy_port_is_a_clear_error(pg_server, tmp_path):
         assert "Traceback" not in result.stderr
     finally:
         asyncio.run(pg_server.drop_database(dsn))
+
+
+def test_retry_spread_defaults_to_a_tenth_and_rules_inherit_it(write_config):
+    from relay.config import load_config
+
+    config = load_config(
+        write_config('[[retry.rules]]\nname = "g"\nmatch = { category = ["greylisted"] }\n')
+    )
+    assert config.rules.retry.default.spread == 0.1
+    assert config.rules.retry.rules[-1].spread == 0.1

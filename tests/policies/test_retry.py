@@ -261,3 +261,21 @@ def test_modules_stay_pure():
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
     )
     assert done.stdout.strip() == ""
+
+
+def test_spread_stretches_schedule_and_fixed_delays_by_up_to_its_share():
+    """A queue that failed together does not come due together: with spread 0.1 the
+    caller's jitter stretches each delay by up to 10 %; jitter 0 gives the plain delay."""
+    schedule = RetryRule.build("s", schedule=[timedelta(minutes=10)], spread=0.1)
+    fixed = RetryRule.build("f", interval=timedelta(minutes=10), spread=0.1)
+    for rule in (schedule, fixed):
+        assert rule.delay(1, 0.0) == timedelta(minutes=10)
+        assert rule.delay(1, 0.5) == timedelta(minutes=10.5)
+        assert timedelta(minutes=10) < rule.delay(1, 0.99) < timedelta(minutes=11)
+    spread = {schedule.delay(1, j / 100) for j in range(100)}
+    assert len(spread) == 100  # a hundred deliveries, a hundred different times
+
+
+def test_spread_must_be_a_share():
+    with pytest.raises(ValueError, match="spread must be a share from 0 to 1"):
+        RetryRule.build("s", schedule=[timedelta(minutes=1)], spread=1.5)
