@@ -188,12 +188,12 @@ FINDINGS = (
     "and the 250 leaves a stored message the client will send again: a duplicate. With "
     "concurrent sessions a crash anywhere on the receive path can land in another batch's "
     "window; the runs check that every such copy is one whose 250 was never written.",
-    "**Not fixed, noted:** intake accepts a non-ASCII envelope address sent without "
-    "SMTPUTF8 (aiosmtpd decodes the line as UTF-8); delivery then fails every attempt with "
-    "a synthetic 451 until the retry rule gives up (3 days by default). RFC 6531 wants it "
-    "refused at MAIL/RCPT. Also: a malformed UTF-8 address (lone surrogates) raises "
-    "`UnicodeEncodeError` in `validate_address`, which intake answers with a generic 451 "
-    "rather than a 501.",
+    "**Fixed: non-ASCII envelopes.** Intake accepted a non-ASCII envelope address sent "
+    "without SMTPUTF8 and delivery then failed every attempt; it is refused at MAIL/RCPT "
+    "now (`553 5.6.7`, RFC 6531), and a malformed UTF-8 address gets `501`/`553`, not a "
+    "generic 451 (`tests/relay/test_hostile_clients.py`). A next hop without SMTPUTF8 gets "
+    "a UTF-8 domain as its A-label and a UTF-8 local part fails permanently "
+    "(`tests/relay/test_downgrade.py`).",
     "**Fixed, bounded: claims that never record an outcome.** An exception raised after "
     "the send (outside `_attempt`, e.g. a bug in the outcome policy) or an outcome the "
     "database refuses for good let the lease run out and the delivery be claimed again, "
@@ -202,8 +202,10 @@ FINDINGS = (
     "release or deferral); the sixth such claim gives the delivery up (expired, "
     "non_delivery, rule `unrecorded_claims`; "
     "`tests/relay/test_unrecorded_claims.py`).",
-    '**Noted:** the default retry schedule has no jitter (only `backoff = "random"` '
-    "spreads retries); a queue that failed together comes back together.",
+    "**Fixed: retries are spread by default.** The default schedule had no jitter (only "
+    '`backoff = "random"` spread retries), so a queue that failed together came back '
+    "together. `[retry] spread` (0.1 by default) now stretches every schedule, fixed and "
+    "geometric delay by a random share of up to 10 %.",
 )
 
 
