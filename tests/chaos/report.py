@@ -164,6 +164,131 @@ COVERED = (
         ),
     ),
     Covered(
+        "Slow and abusive clients: connection cap `421 4.7.0`, idle and whole-DATA timeouts, "
+        "minimum data rate, NOOP/RSET/invalid-command limits; a normal client is served "
+        "while twenty abusive ones are connected",
+        (
+            "tests/relay/test_hostile_clients.py::test_past_max_connections_a_new_client_hears_421_and_is_closed",
+            "tests/relay/test_hostile_clients.py::test_idle_client_hears_421_4_4_2_and_is_closed",
+            "tests/relay/test_hostile_clients.py::test_data_longer_than_data_timeout_is_cut_and_nothing_stored",
+            "tests/relay/test_hostile_clients.py::test_data_slower_than_min_data_rate_is_cut_fast_clients_are_not",
+            "tests/relay/test_hostile_clients.py::test_a_flood_of_noop_or_rset_is_cut_at_its_limit",
+            "tests/relay/test_hostile_clients.py::test_invalid_commands_are_cut_at_max_invalid_commands",
+            "tests/relay/test_hostile_clients.py::test_a_normal_client_is_served_while_twenty_abusive_ones_are_connected",
+        ),
+    ),
+    Covered(
+        "Received-header loop: `554 5.4.0` past `max_hops`",
+        (
+            "tests/relay/test_hostile_clients.py::test_more_received_fields_than_max_hops_is_refused_as_a_loop",
+        ),
+    ),
+    Covered(
+        "SMTP smuggling: every end-of-data variant (bare LF/CR, NUL) refused, never a second "
+        "message; CRLF and dot-stuffing intact upstream, one MAIL per message",
+        (
+            "tests/relay/test_hostile_clients.py::test_no_end_of_data_variant_smuggles_a_second_message",
+            "tests/relay/test_hostile_clients.py::test_dot_lines_and_crlf_reach_the_upstream_intact",
+        ),
+    ),
+    Covered(
+        "STARTTLS command injection in both directions (relay as server, relay as client "
+        "against an upstream that forges a reply)",
+        (
+            "tests/relay/test_starttls_injection.py::"
+            "test_commands_pipelined_after_starttls_are_discarded_by_the_relay",
+            "tests/relay/test_starttls_injection.py::"
+            "test_a_reply_injected_after_starttls_is_not_taken_by_the_relay",
+        ),
+    ),
+    Covered(
+        "Envelope addresses: control characters, NUL, invalid UTF-8, over-long parts, quoted "
+        "CRLF, UTF-8 without SMTPUTF8 refused and never stored; what goes upstream is exactly "
+        "what was stored (aiosmtplib rewrites nothing the intake accepts)",
+        (
+            "tests/relay/test_hostile_clients.py::test_hostile_recipient_is_refused_and_never_stored",
+            "tests/relay/test_hostile_clients.py::test_hostile_sender_is_refused",
+            "tests/relay/test_hostile_clients.py::test_recipients_reach_the_upstream_exactly_as_stored",
+            "tests/relay/test_hostile_clients.py::test_no_address_the_intake_accepts_is_rewritten_by_aiosmtplib",
+        ),
+    ),
+    Covered(
+        "Open relay: source routes, `%` hack, `!` paths, quoted `@`, IP literals, trailing "
+        "dots from outside `allowed_clients` relay nothing; PROXY headers only from listed "
+        "proxies, and the proxied client decides",
+        (
+            "tests/relay/test_hostile_clients.py::test_an_outsider_relays_nothing_whatever_the_routing_trick",
+            "tests/relay/test_hostile_clients.py::test_a_proxy_header_from_anyone_else_is_refused_and_never_honoured",
+            "tests/relay/test_hostile_clients.py::test_relaying_is_decided_by_the_proxied_client_not_the_proxy",
+            "tests/relay/test_hostile_clients.py::test_starttls_through_a_proxy_keeps_the_proxied_client",
+        ),
+    ),
+    Covered(
+        "Memory: fifty concurrent near-limit messages stay within the documented bound",
+        (
+            "tests/relay/test_hostile_clients.py::test_fifty_concurrent_near_limit_messages_keep_rss_bounded",
+        ),
+    ),
+    Covered(
+        "Next hop without SMTPUTF8 / 8BITMIME: A-label domain, permanent 5.6.7 / 5.6.3, "
+        "nobody suppressed, no loop",
+        (
+            "tests/relay/test_downgrade.py::"
+            "test_a_utf8_domain_goes_as_its_a_label_and_a_utf8_local_part_fails",
+            "tests/relay/test_downgrade.py::"
+            "test_an_8bit_body_to_a_7bit_server_fails_once_and_suppresses_nobody",
+        ),
+    ),
+    Covered(
+        "Suppression races: a bounce stops the queued mail to its address, many writers make "
+        "one entry, a removal racing a bounce ends in a defined state with both recorded; "
+        "search wildcards are literal",
+        (
+            "tests/relay/test_suppression_races.py::"
+            "test_a_hard_bounce_stops_the_queued_mail_to_the_address",
+            "tests/relay/test_suppression_races.py::test_many_writers_make_one_entry",
+            "tests/relay/test_suppression_races.py::"
+            "test_a_removal_racing_a_new_bounce_ends_defined_and_both_are_recorded",
+            "tests/relay/test_suppression_races.py::test_search_wildcards_are_literal",
+            "tests/policies/test_addresses.py::test_normalise_address",
+        ),
+    ),
+    Covered(
+        "Fuzzing of reply parsing, templates, classification, addresses and import files",
+        (
+            "tests/policies/test_fuzz.py::"
+            "test_reply_parsing_templates_hints_and_classification_never_raise",
+            "tests/policies/test_fuzz.py::test_addresses_either_validate_or_raise_address_error",
+            "tests/policies/test_fuzz.py::test_suppression_files_never_raise",
+        ),
+    ),
+    Covered(
+        "Exports: NUL, XML-illegal control characters, MIME-encoded and template-looking "
+        "payloads leave CSV and XLSX whole, with no formula or hyperlink cell; a reply with a "
+        "NUL is still recorded; login renews the session",
+        (
+            "tests/relay/test_report.py::"
+            "test_hostile_texts_export_without_formulas_links_or_a_broken_file",
+            "tests/relay/test_bounce_intelligence.py::"
+            "test_a_reply_with_nul_and_control_characters_is_recorded",
+            "tests/relay/test_admin_pages.py::test_login_renews_the_session",
+        ),
+    ),
+    Covered(
+        "A delivery whose claims keep ending with nothing recorded is given up",
+        (
+            "tests/relay/test_unrecorded_claims.py::"
+            "test_claims_that_keep_running_out_give_the_delivery_up",
+        ),
+    ),
+    Covered(
+        "A provider incident suppresses nobody and is released in one step",
+        (
+            "tests/relay/test_bounce_intelligence.py::"
+            "test_an_incident_suppresses_nobody_and_is_released_in_one_step",
+        ),
+    ),
+    Covered(
         "Secrets from the environment, not the config file",
         ("tests/e2e/test_cli.py::test_secrets_from_environment",),
     ),
