@@ -97,7 +97,8 @@ def classify_lines(lines: Iterable[str], rules: Rules, *, out: TextIO = sys.stdo
     return status
 
 
-def _fmt(value: Any) -> str:
+def fmt(value: Any) -> str:
+    """A value as one line of command output (times to the second, None as empty)."""
     if isinstance(value, datetime):
         return value.strftime("%Y-%m-%d %H:%M:%S")
     return "" if value is None else str(value).replace("\n", " ")
@@ -109,7 +110,7 @@ async def queue_list(store: Store, state: str | None, limit: int, out: TextIO) -
     for r in rows:
         print(
             "\t".join(
-                _fmt(r[k])
+                fmt(r[k])
                 for k in (
                     "id",
                     "queue_id",
@@ -129,13 +130,13 @@ async def queue_show(store: Store, delivery_id: int, out: TextIO) -> bool:
     if row is None:
         return False
     for key, value in row.items():
-        print(f"{key:17} {_fmt(value)}", file=out)
+        print(f"{key:17} {fmt(value)}", file=out)
     print("events:", file=out)
     for e in await store.events_of_delivery(delivery_id):
         print(
-            f"  {_fmt(e['occurred_at'])} {e['type']:12} attempt={_fmt(e['attempt'])} "
-            f"code={_fmt(e['code'])} category={_fmt(e['category'])} rule={_fmt(e['rule'])} "
-            f"ip={_fmt(e['source_ip'])} {_fmt(e['reply_text'])[:160]}",
+            f"  {fmt(e['occurred_at'])} {e['type']:12} attempt={fmt(e['attempt'])} "
+            f"code={fmt(e['code'])} category={fmt(e['category'])} rule={fmt(e['rule'])} "
+            f"ip={fmt(e['source_ip'])} {fmt(e['reply_text'])[:160]}",
             file=out,
         )
     return True
@@ -152,10 +153,10 @@ async def profile_show(store: Store, address: str, out: TextIO) -> bool:
     print(f"address   {key}", file=out)
     print(f"status    {status}", file=out)
     if profile:
-        print(f"changed   {_fmt(profile['status_changed_at'])}", file=out)
+        print(f"changed   {fmt(profile['status_changed_at'])}", file=out)
         if profile["suppression_reason"]:
             print(
-                f"suppressed {_fmt(profile['suppressed_at'])} ({profile['suppression_source']})"
+                f"suppressed {fmt(profile['suppressed_at'])} ({profile['suppression_source']})"
                 f": {profile['suppression_reason']}",
                 file=out,
             )
@@ -165,9 +166,9 @@ async def profile_show(store: Store, address: str, out: TextIO) -> bool:
     print("bounces:", file=out)
     for b in bounces:
         print(
-            f"  {_fmt(b['occurred_at'])} {b['type']:12} {_fmt(b['code'])} "
-            f"{_fmt(b['category'])} ip={_fmt(b['source_ip'])} "
-            f"campaign={_fmt(b['campaign'])} {_fmt(b['reply_text'])[:160]}",
+            f"  {fmt(b['occurred_at'])} {b['type']:12} {fmt(b['code'])} "
+            f"{fmt(b['category'])} ip={fmt(b['source_ip'])} "
+            f"campaign={fmt(b['campaign'])} {fmt(b['reply_text'])[:160]}",
             file=out,
         )
     return True
@@ -189,7 +190,7 @@ async def suppression_list(store: Store, args: Any, out: TextIO) -> int:
         args.search, args.reason, since, args.limit, (args.page - 1) * args.limit
     )
     for row in rows:
-        print(f"{row.address}\t{row.source}\t{_fmt(row.created_at)}\t{row.reason}", file=out)
+        print(f"{row.address}\t{row.source}\t{fmt(row.created_at)}\t{row.reason}", file=out)
     if len(rows) == args.limit:
         print(f"(more: --page {args.page + 1})", file=sys.stderr)
     return 0
@@ -224,7 +225,7 @@ async def suppression_remove(store: Store, address: str, reason: str, actor: str
         print(f"bounce-relay: {key} is not on the suppression list", file=sys.stderr)
         return 1
     print(
-        f"{key}: removed (was {removed.source} since {_fmt(removed.created_at)}: "
+        f"{key}: removed (was {removed.source} since {fmt(removed.created_at)}: "
         f"{removed.reason}); its profile is active again, audited as {actor}"
     )
     return 0
@@ -251,7 +252,7 @@ async def suppression_export(store: Store, output: str | None) -> int:
         writer.writerow(["address", "reason", "source", "created_at"])
         async for row in store.iter_suppressions():
             writer.writerow(
-                [neutralise(row.address), neutralise(row.reason), row.source, _fmt(row.created_at)]
+                [neutralise(row.address), neutralise(row.reason), row.source, fmt(row.created_at)]
             )
     finally:
         if output:
@@ -263,7 +264,7 @@ async def audit_show(store: Store, limit: int, out: TextIO) -> int:
     for row in await store.audit_log(limit):
         detail = json.dumps(row["detail"]) if row["detail"] else ""
         print(
-            f"{_fmt(row['occurred_at'])}\t{row['actor']}\t{row['action']}\t{row['subject']}\t"
+            f"{fmt(row['occurred_at'])}\t{row['actor']}\t{row['action']}\t{row['subject']}\t"
             f"{row['reason']}\t{detail}",
             file=out,
         )

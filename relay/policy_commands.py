@@ -12,6 +12,7 @@ from typing import Any, TextIO
 
 from policies.addresses import AddressError, normalise_address, validate_address
 from relay.clock import utc_now
+from relay.commands import fmt as _fmt
 from relay.store import Store
 
 __all__ = [
@@ -23,12 +24,6 @@ __all__ = [
     "incidents_list",
     "suppression_why",
 ]
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S")
-    return "" if value is None else str(value).replace("\n", " ")
 
 
 def _json_default(value: Any) -> str:
