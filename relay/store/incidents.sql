@@ -4,7 +4,9 @@
 -- Open an incident for every (template, destination, source IP) whose hard bounces in
 -- ($2, $1] reached $3 distinct recipients and a share $4 of the recipients tried there from
 -- that IP; destination is the answering host ($5 = 'mx') or the recipient domain ('domain').
--- A key with an open incident is skipped; the unique index settles a race between relays.
+-- What was tried is counted in one pass over the window's events, and only when some key
+-- has reached $3 (an empty candidate list skips the pass). A key with an open incident is
+-- skipped; the unique index settles a race between relays.
 WITH hard AS (
     SELECT e.template,
            CASE WHEN $5 = 'mx' THEN e.destination ELSE e.recipient_domain END AS destination,
@@ -17,25 +19,28 @@ WITH hard AS (
       AND e.source_ip IS NOT NULL AND e.destination IS NOT NULL
     GROUP BY 1, 2, 3
     HAVING count(DISTINCT e.recipient) >= $3
-), judged AS (
-    SELECT h.*,
-           (SELECT count(DISTINCT t.recipient) FROM events t
-            WHERE t.source_ip = h.source_ip AND t.occurred_at > $2 AND t.occurred_at <= $1
-              AND t.type IN ('delivered', 'soft_bounce', 'hard_bounce')
-              AND CASE WHEN $5 = 'mx' THEN t.destination ELSE t.recipient_domain END
-                  = h.destination) AS attempted
-    FROM hard h
+), fresh AS (
+    SELECT h.* FROM hard h
     WHERE NOT EXISTS (SELECT 1 FROM incidents i
                       WHERE i.state = 'open' AND i.template = h.template
                         AND i.destination = h.destination AND i.scope = $5
                         AND i.source_ip = h.source_ip)
+), tried AS (
+    SELECT CASE WHEN $5 = 'mx' THEN t.destination ELSE t.recipient_domain END AS destination,
+           t.source_ip, count(DISTINCT t.recipient) AS attempted
+    FROM events t
+    WHERE t.type IN ('delivered', 'soft_bounce', 'hard_bounce')
+      AND t.occurred_at > $2 AND t.occurred_at <= $1
+      AND (CASE WHEN $5 = 'mx' THEN t.destination ELSE t.recipient_domain END, t.source_ip)
+          IN (SELECT destination, source_ip FROM fresh)
+    GROUP BY 1, 2
 )
 INSERT INTO incidents (opened_at, last_seen_at, template, destination, scope, source_ip,
                        category, code, enhanced, sample_reply, recipients, attempted)
-SELECT $1, $1, template, destination, $5, source_ip, category, code, enhanced, sample_reply,
-       recipients, attempted
-FROM judged
-WHERE recipients >= $4::float8 * attempted
+SELECT $1, $1, f.template, f.destination, $5, f.source_ip, f.category, f.code, f.enhanced,
+       f.sample_reply, f.recipients, t.attempted
+FROM fresh f JOIN tried t USING (destination, source_ip)
+WHERE f.recipients >= $4::float8 * t.attempted
 ON CONFLICT DO NOTHING
 RETURNING id, template, destination, scope, source_ip, recipients, attempted, category;
 
