@@ -5,6 +5,9 @@
     bounce-relay migrate               apply the database schema
     bounce-relay hash-password         print a hash for [[smtp.users]] / [admin]
     bounce-relay suppression list|add  look at / extend the global suppression list
+    bounce-relay suppression why ADDR  every entry and bounce behind an address
+    bounce-relay incidents list|show|release   provider incidents
+    bounce-relay allowlist list|add|remove     never suppressed automatically
     bounce-relay classify REPLY        how a reply is classified and resent (or --jsonl)
     bounce-relay classify --replay     what a rules change would change in recorded bounces
     bounce-relay queue list|show|retry|purge   the delivery queue
