@@ -13,7 +13,8 @@ of what it sends to a big provider, all with one template) from ever looking lik
 
 While an incident is open its replies defer the delivery (``defer``, from another IP of the
 pool when ``other_ip``) instead of bouncing it, and suppress nobody. The store counts and
-opens incidents (every relay shares them); this module holds the rules and the arithmetic.
+opens incidents (relay/store/incidents.sql, so every relay shares them); this module holds
+the rules, which reply belongs to which incident, and what an incident does to a decision.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ __all__ = [
     "IncidentScope",
     "OpenIncident",
     "defer_for_incident",
-    "is_incident",
     "matching_incident",
 ]
 
@@ -72,14 +72,6 @@ class OpenIncident:
         return (
             template == self.template and where == self.destination and source_ip == self.source_ip
         )
-
-
-def is_incident(recipients: int, attempted: int, rules: IncidentRules) -> bool:
-    """Whether ``recipients`` distinct addresses with one reply, out of ``attempted`` tried at
-    the destination from the IP in the window, make an incident."""
-    return recipients >= rules.min_recipients and recipients >= rules.min_share * max(
-        attempted, recipients
-    )
 
 
 def matching_incident(

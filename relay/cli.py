@@ -321,7 +321,7 @@ def _cmd_hash_password(args: argparse.Namespace) -> int:
 async def _scoped(store: Any, args: argparse.Namespace) -> int:
     from relay import commands, policy_commands
 
-    domain = policy_commands.allowlist_entry(args.scope)
+    domain = policy_commands.address_or_domain(args.scope)
     if domain is None or "@" in domain:
         print(f"bounce-relay: --scope wants a sending domain, got {args.scope!r}", file=sys.stderr)
         return 2

@@ -151,7 +151,7 @@ async def suppression_why(store: Store, address: str, out: TextIO, *, as_json: b
 # -- allowlist and scoped entries --------------------------------------------------------------
 
 
-def allowlist_entry(text: str) -> str | None:
+def address_or_domain(text: str) -> str | None:
     """An address key, or a bare domain (every address in it); None (and a message) if bad."""
     text = text.strip()
     try:
@@ -175,7 +175,7 @@ async def allowlist_list(store: Store, out: TextIO) -> int:
 
 
 async def allowlist_add(store: Store, text: str, reason: str, actor: str, out: TextIO) -> int:
-    entry = allowlist_entry(text)
+    entry = address_or_domain(text)
     if entry is None:
         return 2
     added = await store.allow(entry, reason, actor)
@@ -188,7 +188,7 @@ async def allowlist_add(store: Store, text: str, reason: str, actor: str, out: T
 
 
 async def allowlist_remove(store: Store, text: str, reason: str, actor: str, out: TextIO) -> int:
-    entry = allowlist_entry(text)
+    entry = address_or_domain(text)
     if entry is None:
         return 2
     if not await store.disallow(entry, reason, actor):

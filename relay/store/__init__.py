@@ -318,6 +318,15 @@ def _whole_days(start: datetime, end: datetime) -> tuple[datetime, datetime]:
     return (day_from, day_to) if day_from < day_to else (end, end)
 
 
+def _columns(records: Sequence[Any], names: Sequence[str]) -> list[list[Any]]:
+    """One list per column for an unnest() statement. Remote text is cleaned: it must never
+    cost the write (a refused outcome lets the lease run out and the message go out again)."""
+    return [
+        [_clean(getattr(r, c)) if c in _REMOTE_TEXT else getattr(r, c) for r in records]
+        for c in names
+    ]
+
+
 def _clean(text: str | None) -> str | None:
     # PostgreSQL text cannot hold NUL; a header with one must not cost the message. Nor can
     # it hold a lone surrogate (a byte that was not UTF-8, kept by surrogateescape): "?".
@@ -599,12 +608,7 @@ class Store:
     ) -> AppliedOutcomes:
         """Apply results atomically: states, events, suppressions, cancellations (unless
         ``cancel_queued`` is off: dry_run), probation, incidents seen, bodies."""
-        # Remote text must never cost the outcome (the lease would run out and the upstream
-        # get the message again): the store cleans it like every other text it takes.
-        cols = [
-            [_clean(getattr(o, c)) if c in _REMOTE_TEXT else getattr(o, c) for o in outcomes]
-            for c in _OUTCOME_COLUMNS
-        ]
+        cols = _columns(outcomes, _OUTCOME_COLUMNS)
         by_id = {o.delivery_id: o for o in outcomes}
         async with (
             _translated("apply outcomes"),
@@ -635,11 +639,7 @@ class Store:
         """Apply what bounce messages said, atomically: events, finished deliveries,
         suppressions (source ``dsn``, or ``complaint`` for feedback reports); queued mail to
         a suppressed address is cancelled unless ``cancel_queued`` is off (dry_run)."""
-        # Remote text may hold NUL, which PostgreSQL text refuses.
-        cols = [
-            [_clean(getattr(r, c)) if c == "reply_text" else getattr(r, c) for r in records]
-            for c in _DSN_COLUMNS
-        ]
+        cols = _columns(records, _DSN_COLUMNS)
         by_id = {r.delivery_id: r for r in records}
         async with (
             _translated("apply bounce messages"),

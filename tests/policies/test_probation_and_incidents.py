@@ -9,7 +9,6 @@ from policies.incidents import (
     IncidentScope,
     OpenIncident,
     defer_for_incident,
-    is_incident,
     matching_incident,
 )
 from policies.outcome import ProbationStep, decide
@@ -89,13 +88,6 @@ def test_incident_matching_is_by_template_destination_and_source_ip():
         assert matching_incident([INCIDENT], *args) is None
     by_domain = OpenIncident(8, "template", "a.org", IncidentScope.DOMAIN, "192.0.2.1")
     assert matching_incident([by_domain], "template", "any-mx", "a.org", "192.0.2.1") is by_domain
-
-
-def test_incident_threshold_needs_both_count_and_share():
-    rules = IncidentRules(min_recipients=20, min_share=0.5)
-    assert is_incident(20, 40, rules) and is_incident(500, 500, rules)
-    assert not is_incident(19, 19, rules)  # too few
-    assert not is_incident(25, 100, rules)  # a big list's everyday bad addresses
 
 
 def test_an_incident_reply_defers_and_suppresses_nobody_until_max_age():

@@ -72,6 +72,8 @@ async def test_an_incident_suppresses_nobody_and_is_released_in_one_step(
         )
         assert incident["destination"] == f"127.0.0.1:{upstream.port}"
         assert incident["lifted"] == 50
+        metrics = relay.metrics.render().decode()
+        assert 'bounce_relay_incidents_total{event="opened"} 1.0' in metrics
         assert await count(db, "SELECT count(*) FROM suppressions") == 0
         assert await count(db, "SELECT count(*) FROM profiles WHERE status <> 'active'") == 0
         audit = await db.fetch("SELECT * FROM admin_audit WHERE action = 'suppression.remove'")
