@@ -13,9 +13,10 @@ import asyncio
 import re
 from typing import Any, AnyStr
 
-from aiosmtpd.smtp import SMTP, Session, syntax
+from aiosmtpd.smtp import MISSING, SMTP, Session, syntax
 
 from relay import replies
+from relay.data_reader import DataFrame, Verdict
 from relay.limits import INVALID, DataWatch, Limits, is_invalid
 from relay.proxy import HEADER_TIMEOUT_SECONDS, Networks, is_listed
 
@@ -49,6 +50,8 @@ class RelaySMTP(SMTP):
         self._data_watch: DataWatch | None = None
         self._proxies = proxies
         self._admitted = False
+        self._data: DataFrame | None = None
+        self._data_read: asyncio.Future[None] | None = None
 
     # -- addresses ----------------------------------------------------------------------------
 
@@ -103,10 +106,9 @@ class RelaySMTP(SMTP):
 
     def connection_lost(self, error: Exception | None) -> None:
         self._stop_data_watch()
-        if self._admitted:
-            assert self._limits is not None
+        if self._admitted and self._limits is not None:  # no limits: nothing was counted
             self._limits.connections.release()
-            self._admitted = False
+        self._admitted = False
         if self.session is not None:
             self.event_handler.session_closed(self.session)
         super().connection_lost(error)
@@ -187,11 +189,69 @@ class RelaySMTP(SMTP):
 
     # -- DATA ---------------------------------------------------------------------------------
 
+    @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, with the data read in chunks (``relay.data_reader``)."""
         try:
-            await super().smtp_DATA(arg)
+            await self._data_command(arg)
         finally:
+            self._data = self._data_read = None
             self._stop_data_watch()
+
+    async def _data_command(self, arg: str) -> None:
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        frame = await self._read_data()
+        if frame.verdict is Verdict.TOO_LONG:
+            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
+        elif frame.verdict is Verdict.TOO_MUCH:
+            await self.push("552 Error: Too much mail data")
+        if frame.verdict is not Verdict.OK:
+            self._end_transaction()
+            return
+        self.envelope.content = self.envelope.original_content = frame.content
+        status = await self._call_handler_hook("DATA")
+        self._end_transaction()
+        await self.push("250 OK" if status is MISSING else status)
+
+    async def _read_data(self) -> DataFrame:
+        """The data up to its end marker, fed by ``data_received`` from the socket directly."""
+        # Bytes the stream reader holds already (sent before our 354) are data too. read()
+        # returns them without waiting, and resumes a transport the reader had paused.
+        # asyncio has no public "how much is buffered"
+        buffered = len(self._reader._buffer)  # type: ignore[attr-defined]
+        early = await self._reader.read(buffered) if buffered else b""
+        frame = DataFrame(size_limit=self.data_size_limit, line_limit=self.line_length_limit)
+        self._data = frame
+        self._data_read = self.loop.create_future()
+        if early:
+            self._feed_data(early)
+        if not frame.ended:
+            await self._data_read  # cancelled with the session on EOF or a lost connection
+        return frame
+
+    def _end_transaction(self) -> None:
+        self._set_post_data_state()  # type: ignore[no-untyped-call]  # aiosmtpd is untyped
+
+    def _feed_data(self, data: bytes) -> None:
+        assert self._data is not None
+        assert self._data_read is not None
+        rest = self._data.feed(data)
+        if rest is None:
+            return
+        self._data = None
+        if not self._data_read.done():
+            self._data_read.set_result(None)
+        if rest:  # pipelined commands after the data: the stream reader's again
+            super().data_received(rest)
 
     async def _call_handler_hook(self, command: str, *args: Any) -> Any:
         if command == "DATA":
@@ -205,7 +265,10 @@ class RelaySMTP(SMTP):
     def data_received(self, data: bytes) -> None:
         if self._data_watch is not None:
             self._data_watch.count(len(data))
-        super().data_received(data)
+        if self._data is not None:
+            self._feed_data(data)
+        else:
+            super().data_received(data)
 
     def _start_data_watch(self) -> None:
         if self._limits is None:

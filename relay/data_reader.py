@@ -1,0 +1,91 @@
+"""Message data in chunks: the bytes of one DATA, framed as aiosmtpd frames them, found with
+``bytes.find`` instead of one Python loop turn per line.
+
+aiosmtpd reads DATA one line at a time (``readuntil`` plus bookkeeping per line), which at
+20 KB is as much CPU as everything else the relay does for a message. ``DataFrame`` takes
+whatever the socket delivered and keeps the same rules (``tests/relay/test_data_reader.py``
+compares the two on every framing case):
+
+- the data ends at the first line that is a lone dot: ``<CR><LF>.<CR><LF>``, or ``.<CR><LF>``
+  as the very first line. Lines end at CRLF only, so a bare LF or CR never ends anything
+  (the intake then refuses the data: ``policies.line_endings``);
+- a leading dot is removed from every line (RFC 5321 §4.5.2);
+- more than ``size_limit`` bytes is "too much" (552) and a line longer than ``line_limit``
+  with its CRLF is "too long" (500); either way the rest is read to the end and dropped, so
+  memory stays bounded by the limit;
+- bytes after the end marker belong to the next command (pipelining): they are handed back.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["END", "DataFrame", "Verdict"]
+
+END = b"\r\n.\r\n"
+# The DATA command's own CRLF, so that a first line of "." is found by the same search.
+_SENTINEL = b"\r\n"
+
+
+class Verdict(enum.Enum):
+    OK = "ok"
+    TOO_MUCH = "too_much"  # 552 5.3.4
+    TOO_LONG = "too_long"  # 500 5.5.2 line too long
+
+
+class DataFrame:
+    """One DATA's bytes as they arrive; ``feed`` until it returns the bytes after the end."""
+
+    def __init__(self, *, size_limit: int | None, line_limit: int) -> None:
+        self._buffer = bytearray(_SENTINEL)
+        self._size_limit = size_limit
+        self._line_limit = line_limit
+        self._scan_from = 0
+        self._dropped = 0  # bytes thrown away once the data was too much
+        self.verdict = Verdict.OK
+        self.content = b""  # the unstuffed data, once ended with Verdict.OK
+        self.ended = False
+
+    def feed(self, data: bytes) -> bytes | None:
+        """Take ``data``; once the end marker is in, the bytes after it (maybe b""), else None."""
+        assert not self.ended, "the data has ended: the rest is the next command's"
+        buffer = self._buffer
+        buffer += data
+        end = buffer.find(END, self._scan_from)
+        if end < 0:
+            # The marker may straddle this chunk and the next: look again from its length back.
+            self._scan_from = max(0, len(buffer) - len(END) + 1)
+            if self._over_size(len(buffer) - len(_SENTINEL)):
+                self._drop()
+            return None
+        rest = bytes(buffer[end + len(END) :])
+        self._finish(end)
+        return rest
+
+    def _over_size(self, received: int) -> bool:
+        # Of what has come, at most ".\r" is marker rather than data; that is the slack.
+        return self._size_limit is not None and self._dropped + received - 2 > self._size_limit
+
+    def _drop(self) -> None:
+        """Too much: keep only what the end marker could start with."""
+        self.verdict = Verdict.TOO_MUCH
+        keep = len(END) - 1
+        self._dropped += len(self._buffer) - keep
+        del self._buffer[:-keep]
+        self._scan_from = 0
+
+    def _finish(self, end: int) -> None:
+        self.ended = True
+        # The data runs to the CRLF before the dot; the sentinel is not data.
+        data = bytes(self._buffer[len(_SENTINEL) : end + 2]) if end >= len(_SENTINEL) else b""
+        self._buffer = bytearray()
+        if self.verdict is Verdict.TOO_MUCH or self._over_size(len(data) + 2):
+            self.verdict = Verdict.TOO_MUCH
+            return
+        if data and max(map(len, data.split(b"\r\n"))) + 2 > self._line_limit:
+            self.verdict = Verdict.TOO_LONG
+            return
+        # De-transparency (RFC 5321 §4.5.2): the first dot of every line goes.
+        if data.startswith(b"."):
+            data = data[1:]
+        self.content = data.replace(b"\r\n.", b"\r\n")
