@@ -16,9 +16,9 @@ from typing import Any, AnyStr
 from aiosmtpd.smtp import MISSING, SMTP, Session, syntax
 
 from relay import replies
-from relay.data_reader import DataFrame, Verdict
 from relay.limits import INVALID, DataWatch, Limits, is_invalid
 from relay.proxy import HEADER_TIMEOUT_SECONDS, Networks, is_listed
+from relay.smtp_data import DataFrame, Verdict
 
 __all__ = ["RelaySMTP"]
 
@@ -191,7 +191,7 @@ class RelaySMTP(SMTP):
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
-        """aiosmtpd's DATA, with the data read in chunks (``relay.data_reader``)."""
+        """aiosmtpd's DATA, with the data read in chunks (``relay.smtp_data``)."""
         try:
             await self._data_command(arg)
         finally:

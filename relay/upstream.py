@@ -31,6 +31,7 @@ import structlog
 from policies.classify import Category, category_of
 from policies.replies import Reply, reply_from_smtp, synthetic_reply
 from relay.config import DeliveryConfig, RouteConfig
+from relay.smtp_data import wire_form
 
 __all__ = ["Destination", "Transaction", "TransactionResult", "Upstream"]
 
@@ -287,8 +288,8 @@ class Upstream:
             await _rset(client)
             return too_many
         try:
-            response = await client.data(
-                transaction.body, timeout=self.config.data_timeout.total_seconds()
+            response = await _data(
+                client, transaction.body, timeout=self.config.data_timeout.total_seconds()
             )
             reply = reply_from_smtp(response.code, response.message)
         except aiosmtplib.SMTPResponseException as exc:
@@ -418,6 +419,27 @@ def _failure_reply(where: str, exc: BaseException) -> Reply:
     if isinstance(exc, ssl.SSLError):
         return synthetic_reply(421, "4.7.0", f"TLS with {where} failed: {_describe(exc)}")
     return synthetic_reply(421, "4.4.1", f"connect to {where}: {_describe(exc)}")
+
+
+async def _data(client: aiosmtplib.SMTP, body: bytes, timeout: float) -> aiosmtplib.SMTPResponse:
+    """aiosmtplib's ``data()`` through its protocol's public commands, with the body in its
+    wire form from ``relay.smtp_data`` rather than from aiosmtplib's per-byte regexes."""
+    protocol = client.protocol
+    if protocol is None:
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    wire = wire_form(body)
+    try:
+        start = await protocol.execute_command(b"DATA", timeout=timeout)
+        if start.code != aiosmtplib.SMTPStatus.start_input:
+            raise aiosmtplib.SMTPDataError(start.code, start.message)
+        protocol.write(wire)
+        response = await protocol.read_response(timeout=timeout)  # expects it before any await
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+        client.close()  # as data() does: the connection is in an unknown state
+        raise
+    if response.code != aiosmtplib.SMTPStatus.completed:
+        raise aiosmtplib.SMTPDataError(response.code, response.message)
+    return response
 
 
 async def _rset(client: aiosmtplib.SMTP) -> None:

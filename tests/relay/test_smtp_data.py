@@ -1,4 +1,4 @@
-"""DATA read in chunks (``relay.data_reader``) frames message data exactly as stock aiosmtpd
+"""DATA read in chunks (``relay.smtp_data``) frames message data exactly as stock aiosmtpd
 does line by line: the same end of data, the same de-transparency, the same refusals, and
 pipelined commands after the data still answered. The framing is checked on its own, then
 against a real stock aiosmtpd server over loopback sockets with the same bytes cut into
@@ -11,11 +11,12 @@ import contextlib
 
 import pytest
 from aiosmtpd.smtp import SMTP
+from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from relay.data_reader import DataFrame, Verdict
 from relay.protocol import RelaySMTP
+from relay.smtp_data import DataFrame, Verdict, wire_form
 
 SIZE_LIMIT = 3000
 LINE_LIMIT = 1001  # aiosmtpd's default, which the relay keeps
@@ -205,3 +206,27 @@ def test_chunked_data_is_read_as_stock_aiosmtpd_reads_it(data, cuts):
     (stock_replies, stock_contents), (our_replies, our_contents) = asyncio.run(both())
     assert our_contents == stock_contents
     assert our_replies == stock_replies
+
+
+# -- sending -----------------------------------------------------------------------------------
+
+
+def _aiosmtplib_wire(body: bytes) -> bytes:
+    """What aiosmtplib's execute_data_command writes after the 354, by its own functions."""
+    return PERIOD_REGEX.sub(b"..", normalize_message_line_endings(body)) + b".\r\n"
+
+
+@settings(max_examples=2000, deadline=None)
+@example(body=b"")
+@example(body=b".")
+@example(body=b".\r\n..\r\n")
+@example(body=b"a\n.b\r.c")
+@given(body=st.lists(_PIECES, max_size=30).map(b"".join))
+def test_the_wire_form_is_what_aiosmtplib_would_send(body):
+    assert wire_form(body) == _aiosmtplib_wire(body)
+
+
+def test_what_the_intake_reads_back_from_the_wire_form_is_the_body():
+    body = b".lead\r\n..two\r\nplain\r\nx.\r\n"
+    frame, rest = _frame(wire_form(body))
+    assert (frame.content, rest) == (body, b"")
