@@ -150,6 +150,7 @@ class Relay:
             max_batch=config.store.commit_batch,
             max_inflight=max(1, config.store.pool_max_size // 2),
             on_commit=self.worker.wake if self.worker else None,
+            direct=self.worker,
             clock=self._clock,
         )
         self._stack.push_async_callback(committer.close)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import random
 import secrets
 import socket
@@ -83,6 +84,11 @@ class DeliveryWorker:
         self._backlog = False
         self._slots = asyncio.Semaphore(config.concurrency)
         self._active: set[asyncio.Task[None]] = set()
+        # Deliveries the committer leased to us as it committed them (relay.commit), until
+        # their transactions start; taken only while run() claims.
+        self._running = False
+        self._taking = 0
+        self._handovers: set[asyncio.Task[None]] = set()
         self._sources = SourceIPs()
         self._random = random.Random()
         # Outcomes of transactions finishing together are applied in one store transaction.
@@ -100,11 +106,48 @@ class DeliveryWorker:
 
     async def run(self) -> None:
         """Claim and deliver until cancelled; ``stop`` deals with transactions in flight."""
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.config.poll_interval.total_seconds())
-            self._wake.clear()
-            await self._claim_while_due()
+        self._running = True
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._wake.wait(), self.config.poll_interval.total_seconds()
+                    )
+                self._wake.clear()
+                await self._claim_while_due()
+        finally:
+            self._running = False
+
+    # -- deliveries leased as they are committed (relay.commit.DirectDelivery) ----------------
+
+    @property
+    def lease(self) -> timedelta:
+        return self.config.lease
+
+    def can_take(self, deliveries: int) -> bool:
+        """Whether ``deliveries`` more can start now: only then are they leased to us."""
+        return self._running and self._free() >= deliveries
+
+    def take(self, claimed: list[ClaimedDelivery], bodies: dict[int, bytes | None]) -> None:
+        """Start the deliveries the committer leased to us, with their bodies from memory."""
+        if not claimed:
+            return
+        self.metrics.leased.labels("commit").inc(len(claimed))
+        self._taking += len(claimed)
+        # A context of its own: the committer's holds whichever session started its batch.
+        task = asyncio.create_task(
+            self._dispatch(claimed, bodies), name="delivery.handover", context=contextvars.Context()
+        )
+        self._handovers.add(task)
+
+        def taken(task: asyncio.Task[None]) -> None:
+            self._handovers.discard(task)
+            self._taking -= len(claimed)
+
+        task.add_done_callback(taken)
+
+    def _free(self) -> int:
+        return self.config.concurrency - len(self._active) - self._taking
 
     async def stop(self, run_task: asyncio.Task[None], grace: float) -> None:
         """Shutdown: claim nothing more, give transactions in flight ``grace`` seconds to
@@ -112,6 +155,10 @@ class DeliveryWorker:
         run_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await run_task
+        for handover in list(self._handovers):  # what has not started gives its leases back
+            handover.cancel()
+        if self._handovers:
+            await asyncio.gather(*self._handovers, return_exceptions=True)
         if self._active:
             log.info("delivery.draining", transactions=len(self._active), grace_seconds=grace)
             await asyncio.wait(list(self._active), timeout=grace)
@@ -134,7 +181,7 @@ class DeliveryWorker:
 
     async def _claim_while_due(self) -> int:
         total = 0
-        while (free := self.config.concurrency - len(self._active)) > 0:
+        while (free := self._free()) > 0:
             # Claim no more than can start now: work that waits for a slot would hold
             # leases other relays could use (and shutdown would have to hand back).
             wanted = min(self.config.batch, free)
@@ -150,21 +197,28 @@ class DeliveryWorker:
             self._backlog = len(claimed) == wanted
             if not claimed:
                 return total
+            self.metrics.leased.labels("claim").inc(len(claimed))
             total += len(claimed)
             await self._dispatch(claimed)
         return total
 
-    async def _dispatch(self, claimed: list[ClaimedDelivery]) -> None:
+    async def _dispatch(
+        self, claimed: list[ClaimedDelivery], bodies: dict[int, bytes | None] | None = None
+    ) -> None:
+        """Start a transaction per group of ``claimed``; ``bodies`` None: read them first."""
         rules = self.rules()
         groups = _group(claimed, rules, per_delivery=self.return_paths is not None)
         started = 0
         try:
-            try:
-                bodies = await self.store.message_bodies(sorted({d.message_id for d in claimed}))
-            except StoreError as exc:
-                # The leases run out and another pass (or relay) picks them up again.
-                log.warning("delivery.bodies_unavailable", error=str(exc))
-                return
+            if bodies is None:
+                try:
+                    bodies = await self.store.message_bodies(
+                        sorted({d.message_id for d in claimed})
+                    )
+                except StoreError as exc:
+                    # The leases run out and another pass (or relay) picks them up again.
+                    log.warning("delivery.bodies_unavailable", error=str(exc))
+                    return
             for group in groups:
                 await self._slots.acquire()
                 task = asyncio.create_task(
@@ -213,7 +267,9 @@ class DeliveryWorker:
             rest = [d for d in rest if d not in poisoned]
             held = [d for d in rest if _held_by_probation(d)]
             if held:
-                await self._defer(held, [_probation_end(d, self.clock()) for d in held])
+                await self._defer(
+                    held, [_probation_end(d, self.clock()) for d in held], for_probation=True
+                )
             live = [d for d in rest if not _held_by_probation(d)]
             if live:
                 destination = live[0].recipient_domain
@@ -435,11 +491,15 @@ class DeliveryWorker:
         if decision.non_delivery:
             m.non_delivery.inc()
 
-    async def _defer(self, group: list[ClaimedDelivery], until: list[datetime]) -> None:
+    async def _defer(
+        self, group: list[ClaimedDelivery], until: list[datetime], *, for_probation: bool = False
+    ) -> None:
         """Hand deliveries back untried, each due again at its time in ``until``."""
         try:
             deferred = await self.store.defer_leases(
-                self.clock(), [(d.id, d.lease_token, t) for d, t in zip(group, until, strict=True)]
+                self.clock(),
+                [(d.id, d.lease_token, t) for d, t in zip(group, until, strict=True)],
+                for_probation=for_probation,
             )
         except StoreError as exc:
             log.warning("delivery.defer_failed", error=str(exc), action="the leases run out")

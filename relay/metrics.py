@@ -61,6 +61,12 @@ class Metrics:
             ["event"],
             registry=r,
         )
+        self.leased = Counter(
+            "bounce_relay_deliveries_leased",
+            "Deliveries leased: as they were committed (sent at once, from memory) or by a claim",
+            ["how"],
+            registry=r,
+        )
         self.delivery_latency = Histogram(
             "bounce_relay_delivery_latency_seconds",
             "From acceptance to the upstream's 2xx",

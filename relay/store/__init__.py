@@ -351,6 +351,12 @@ async def roll_up_bounces(
     await conn.execute(QUERIES["roll_up_bounces"], occurred_at, event_ids, timeout=timeout)
 
 
+def _accepted(rows: Sequence[Any]) -> list[AcceptedMessage]:
+    """One per message, from accept_messages' rows (one per delivery)."""
+    by_id = {r["id"]: AcceptedMessage(r["id"], r["queue_id"], r["received_at"]) for r in rows}
+    return list(by_id.values())
+
+
 def _claimed(row: Any) -> ClaimedDelivery:
     fields = dict(row)
     probation = fields.pop("probation")
@@ -431,6 +437,42 @@ class Store:
         ``before_commit`` (the fault suite's ``commit.before_commit``) runs the statement in
         an explicit transaction and is called after it, before COMMIT: the one moment a
         single autocommit statement never shows its client. Without it: one round trip."""
+        rows = await self._accept(now, batch, None, None, before_commit)
+        return _accepted(rows)
+
+    async def accept_and_lease(
+        self,
+        now: datetime,
+        batch: Sequence[IncomingMessage],
+        owner: str,
+        lease: timedelta,
+        *,
+        before_commit: Callable[[], None] | None = None,
+    ) -> tuple[list[AcceptedMessage], list[ClaimedDelivery]]:
+        """``accept_messages``, with the deliveries leased to ``owner`` as they are committed:
+        claimed, checked and returned as ``claim_due_deliveries`` would (no claim to follow)."""
+        rows = await self._accept(now, batch, owner, lease, before_commit)
+        claimed = [
+            _claimed(
+                {
+                    **{k: v for k, v in r.items() if k not in ("id", "delivery_id")},
+                    "id": r["delivery_id"],
+                    "message_id": r["id"],
+                }
+            )
+            for r in rows
+            if r["delivery_id"] is not None
+        ]
+        return _accepted(rows), sorted(claimed, key=lambda d: d.id)
+
+    async def _accept(
+        self,
+        now: datetime,
+        batch: Sequence[IncomingMessage],
+        owner: str | None,
+        lease: timedelta | None,
+        before_commit: Callable[[], None] | None,
+    ) -> list[Any]:
         cols: list[list[Any]] = [[] for _ in range(14)]
         for m in batch:
             row = (
@@ -459,15 +501,15 @@ class Store:
                 conn.transaction(),
             ):
                 rows = await conn.fetch(
-                    QUERIES["accept_messages"], *cols, now, timeout=self.timeout
+                    QUERIES["accept_messages"], *cols, now, owner, lease, timeout=self.timeout
                 )
                 before_commit()
         else:
             async with _translated("accept messages"):
                 rows = await self.pool.fetch(
-                    QUERIES["accept_messages"], *cols, now, timeout=self.timeout
+                    QUERIES["accept_messages"], *cols, now, owner, lease, timeout=self.timeout
                 )
-        return [AcceptedMessage(r["id"], r["queue_id"], r["received_at"]) for r in rows]
+        return list(rows)
 
     async def suppression_reasons(self, checks: Sequence[tuple[str, str]]) -> list[str | None]:
         """Why each (address key, sending domain) may not get mail (None where it may), in
@@ -770,9 +812,14 @@ class Store:
         return len(rows)
 
     async def defer_leases(
-        self, now: datetime, deferrals: Sequence[tuple[int, int, datetime]]
+        self,
+        now: datetime,
+        deferrals: Sequence[tuple[int, int, datetime]],
+        *,
+        for_probation: bool = False,
     ) -> int:
-        """Give (delivery id, lease token, due) back untried: no attempt, no event."""
+        """Give (delivery id, lease token, due) back untried: no attempt, no event. Held
+        ``for_probation``: due now instead if the probation has ended meanwhile."""
         async with _translated("defer deliveries"):
             rows = await self.pool.fetch(
                 QUERIES["defer_leases"],
@@ -780,6 +827,7 @@ class Store:
                 [t for _, t, _ in deferrals],
                 [due for _, _, due in deferrals],
                 now,
+                [for_probation] * len(deferrals),
                 timeout=self.timeout,
             )
         return len(rows)

@@ -3,26 +3,46 @@
 
 -- accept_messages --
 -- Store a batch of messages, their deliveries and accepted events in one statement (one commit).
+-- Without an owner ($16 NULL) the deliveries are queued, due at $15. With one, they are born
+-- leased to it for $17: it sends them at once, from memory (relay.commit). A row per delivery
+-- comes back, with its message's id, queue id and time, and when leased all that
+-- claim_due_deliveries returns for it.
 WITH m AS (
     INSERT INTO messages (queue_id, envelope_sender, from_domain, message_id, campaign, size,
                           body, client_address, session_id, smtputf8, received_at)
     SELECT *, $15::timestamptz FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
                          $5::text[], $6::integer[], $7::bytea[], $8::text[], $9::text[],
                          $10::boolean[])
-    RETURNING id, queue_id, received_at, campaign, from_domain, envelope_sender
+    RETURNING id, queue_id, received_at, campaign, from_domain, envelope_sender, smtputf8
 ), d AS (
     INSERT INTO deliveries (message_id, recipient, recipient_key, recipient_domain,
-                            next_attempt_at, updated_at)
-    SELECT m.id, r.recipient, r.recipient_key, r.recipient_domain, $15, $15
+                            next_attempt_at, updated_at, state, lease_owner, lease_until,
+                            lease_token, unrecorded_claims)
+    SELECT m.id, r.recipient, r.recipient_key, r.recipient_domain, $15, $15,
+           CASE WHEN $16::text IS NULL THEN 'queued' ELSE 'inflight' END,
+           $16, $15 + $17::interval,
+           CASE WHEN $16 IS NULL THEN NULL ELSE nextval('lease_tokens') END,
+           CASE WHEN $16 IS NULL THEN 0 ELSE 1 END
     FROM unnest($11::text[], $12::text[], $13::text[], $14::text[])
          AS r (queue_id, recipient, recipient_key, recipient_domain)
     JOIN m USING (queue_id)
+    RETURNING id, message_id, recipient, recipient_key, recipient_domain, attempts,
+              unrecorded_claims - 1 AS unrecorded_claims, first_failure_at, lease_token,
+              last_source_ip, avoid_source_ip
 ), e AS (
     INSERT INTO events (type, occurred_at, message_id, queue_id, campaign, from_domain,
                         envelope_sender)
     SELECT 'accepted', received_at, id, queue_id, campaign, from_domain, envelope_sender FROM m
 )
-SELECT id, queue_id, received_at FROM m;
+SELECT m.id, m.queue_id, m.received_at, d.id AS delivery_id, d.recipient, d.recipient_key,
+       d.recipient_domain, d.attempts, d.unrecorded_claims, d.first_failure_at, d.lease_token,
+       d.last_source_ip, d.avoid_source_ip, m.envelope_sender, m.from_domain, m.campaign,
+       m.smtputf8, c.suppressed, c.allowlisted, c.probation
+FROM m
+LEFT JOIN d ON d.message_id = m.id
+LEFT JOIN LATERAL (
+    SELECT * FROM delivery_checks(d.recipient_key, m.envelope_sender) WHERE $16 IS NOT NULL
+) c ON true;
 
 -- suppression_reasons --
 -- Why each (address, sending domain) may not get mail (NULL where it may), in input order;
@@ -121,8 +141,8 @@ SELECT current_setting('fsync') AS fsync,
 -- claim_due_deliveries --
 -- Lease up to $4 due deliveries to owner $1 at time $2 for $3: queued and due, or inflight with a
 -- lease that ran out (its relay died). SKIP LOCKED lets any number of relays claim side by side.
--- Each comes with the suppression check (suppression_check, 0006) for its message's sending
--- domain, and its address's probation (confirm_hard), if any.
+-- Each comes with its checks (delivery_checks, 0008): the suppression precedence for its
+-- message's sending domain, and its address's probation (confirm_hard), if any.
 WITH queued AS (
     SELECT id FROM deliveries
     WHERE state = 'queued' AND next_attempt_at <= $2
@@ -150,11 +170,9 @@ WITH queued AS (
               m.queue_id, m.envelope_sender, m.from_domain, m.campaign, m.smtputf8,
               m.received_at
 )
-SELECT c.*, s.reason IS NOT NULL AS suppressed, s.allowlisted,
-       (SELECT p FROM probation p WHERE p.address = c.recipient_key) AS probation
+SELECT c.*, k.suppressed, k.allowlisted, k.probation
 FROM claimed c
-CROSS JOIN LATERAL suppression_check(
-    ARRAY[c.recipient_key], ARRAY[lower(substring(c.envelope_sender FROM '@([^@>]*)>?$'))]) s;
+CROSS JOIN LATERAL delivery_checks(c.recipient_key, c.envelope_sender) k;
 
 -- message_bodies --
 -- The bodies of the given messages (NULL once released).
@@ -515,11 +533,23 @@ RETURNING d.id;
 
 -- defer_leases --
 -- Hand claimed deliveries back untried, due again at $3 (a destination slowed down, an address
--- on probation): no attempt counted, no event; fenced by token.
+-- on probation): no attempt counted, no event; fenced by token. Those held for a probation
+-- ($5 true) whose probation has ended meanwhile are due now: end_probation made the held mail
+-- due while these were still leased. The probation row is locked, so an end_probation running
+-- now either waits for this (and then finds them queued) or has ended it (and they go now).
+WITH held AS (
+    SELECT p.address FROM probation p
+    WHERE p.address IN (SELECT d.recipient_key FROM deliveries d
+                        JOIN unnest($1::bigint[], $5::boolean[]) AS h (id, held) USING (id)
+                        WHERE h.held)
+    FOR KEY SHARE
+)
 UPDATE deliveries d
 SET state = 'queued', lease_until = NULL, lease_owner = NULL, lease_token = NULL, unrecorded_claims = 0,
-    next_attempt_at = l.due, updated_at = $4
-FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[]) AS l (id, token, due)
+    next_attempt_at = CASE WHEN l.held AND d.recipient_key NOT IN (SELECT address FROM held)
+                           THEN $4 ELSE l.due END,
+    updated_at = $4
+FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[], $5::boolean[]) AS l (id, token, due, held)
 WHERE d.id = l.id AND d.lease_token = l.token AND d.state = 'inflight'
 RETURNING d.id;
 
