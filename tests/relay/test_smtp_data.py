@@ -16,7 +16,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from relay.protocol import RelaySMTP
-from relay.smtp_data import DataFrame, Verdict, wire_form
+from relay.smtp_data import DataFrame, Verdict, _has_long_line, wire_form
 
 SIZE_LIMIT = 3000
 LINE_LIMIT = 1001  # aiosmtpd's default, which the relay keeps
@@ -230,3 +230,14 @@ def test_what_the_intake_reads_back_from_the_wire_form_is_the_body():
     body = b".lead\r\n..two\r\nplain\r\nx.\r\n"
     frame, rest = _frame(wire_form(body))
     assert (frame.content, rest) == (body, b"")
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    lines=st.lists(st.integers(min_value=0, max_value=40), max_size=30),
+    limit=st.integers(min_value=2, max_value=30),
+)
+def test_the_long_line_check_agrees_with_splitting_into_lines(lines, limit):
+    data = b"".join(b"x" * n + b"\r\n" for n in lines)
+    by_splitting = any(len(line) + 2 > limit for line in data.split(b"\r\n")[:-1])
+    assert _has_long_line(data, limit) == by_splitting
