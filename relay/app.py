@@ -148,7 +148,6 @@ class Relay:
         committer = GroupCommitter(
             self.store,
             max_batch=config.store.commit_batch,
-            max_inflight=max(1, config.store.pool_max_size // 2),
             on_commit=self.worker.wake if self.worker else None,
             direct=self.worker,
             clock=self._clock,

@@ -3,9 +3,12 @@
 Each caller hands one item to ``GroupBatcher.submit`` and waits for its own
 result. One collector task takes whatever has queued up while the previous
 batches were running and processes it in one call (one statement, one
-commit), with a few batches in flight at once. Fifty sessions or fifty
-deliveries finishing together therefore cost a handful of round trips, not
-fifty; a lone caller waits for nobody.
+commit). Fifty sessions or fifty deliveries finishing together therefore
+cost a handful of round trips, not fifty; a lone caller waits for nobody.
+
+By default one batch is in flight and the next gathers meanwhile (the intake
+commit allows two): with four in flight, batches came out smaller and the
+relay spent about a tenth more CPU per message at 50 sessions (BENCHMARKS.md).
 
 Used for the intake commit (``relay.commit``), the RCPT suppression check and
 the delivery outcomes (``relay.delivery``).
@@ -45,7 +48,7 @@ class GroupBatcher(Generic[T, R]):
         *,
         name: str,
         max_batch: int = 256,
-        max_inflight: int = 4,
+        max_inflight: int = 1,
     ) -> None:
         self._process = process
         self._name = name

@@ -44,7 +44,7 @@ class GroupCommitter:
         store: Store,
         *,
         max_batch: int = 256,
-        max_inflight: int = 4,
+        max_inflight: int = 2,
         on_commit: Callable[[Sequence[AcceptedMessage]], None] | None = None,
         direct: DirectDelivery | None = None,
         clock: Clock = utc_now,
