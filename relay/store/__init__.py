@@ -351,6 +351,19 @@ async def roll_up_bounces(
     await conn.execute(QUERIES["roll_up_bounces"], occurred_at, event_ids, timeout=timeout)
 
 
+def _entails_more(o: OutcomeRecord) -> bool:
+    """Whether applying ``o`` takes more than the apply_outcomes statement (``_follow_up``,
+    ``_probation_and_incidents``): a bounce (rollup, maybe a suppression), probation, an
+    incident."""
+    return (
+        o.event in _BOUNCES
+        or o.suppress
+        or o.probation_until is not None
+        or bool(o.probation_end)
+        or o.incident_id is not None
+    )
+
+
 def _accepted(rows: Sequence[Any]) -> list[AcceptedMessage]:
     """One per message, from accept_messages' rows (one per delivery)."""
     by_id = {r["id"]: AcceptedMessage(r["id"], r["queue_id"], r["received_at"]) for r in rows}
@@ -652,21 +665,31 @@ class Store:
         ``cancel_queued`` is off: dry_run), probation, incidents seen, bodies."""
         cols = _columns(outcomes, _OUTCOME_COLUMNS)
         by_id = {o.delivery_id: o for o in outcomes}
-        async with (
-            _translated("apply outcomes"),
-            self.pool.acquire(timeout=self.timeout) as conn,
-            conn.transaction(),
-        ):
-            rows = await conn.fetch(QUERIES["apply_outcomes"], now, *cols, timeout=self.timeout)
-            added, cancelled = await self._follow_up(
-                conn,
-                now,
-                rows,
-                by_id,
-                (("hard_bounce", "hard_bounced", _BOUNCES),),
-                cancel_queued=cancel_queued,
-            )
-            await self._probation_and_incidents(conn, now, rows, by_id)
+        if not any(_entails_more(o) for o in outcomes):
+            # Deliveries and rescheduled retries only: the statement is all of it (bodies
+            # released included), one round trip with no transaction around it.
+            async with _translated("apply outcomes"):
+                rows = await self.pool.fetch(
+                    QUERIES["apply_outcomes"], now, *cols, timeout=self.timeout
+                )
+            added = cancelled = 0
+        else:
+            async with (
+                _translated("apply outcomes"),
+                self.pool.acquire(timeout=self.timeout) as conn,
+                conn.transaction(),
+            ):
+                rows = await conn.fetch(QUERIES["apply_outcomes"], now, *cols, timeout=self.timeout)
+                added, cancelled = await self._follow_up(
+                    conn,
+                    now,
+                    rows,
+                    by_id,
+                    (("hard_bounce", "hard_bounced", _BOUNCES),),
+                    cancel_queued=cancel_queued,
+                    release_bodies=False,  # the statement did
+                )
+                await self._probation_and_incidents(conn, now, rows, by_id)
         return AppliedOutcomes(
             applied=len(rows),
             fenced=len(outcomes) - len(rows),
@@ -713,6 +736,7 @@ class Store:
         suppressions: Sequence[tuple[str, str, tuple[str, ...]]],
         *,
         cancel_queued: bool = True,
+        release_bodies: bool = True,
     ) -> tuple[int, int]:
         """What applied results entail, in the caller's transaction: suppressions (per
         (source, profile status, events) of ``suppressions``), released bodies, the bounce
@@ -741,9 +765,12 @@ class Store:
                 )
                 added += counts["added"]
                 cancelled += counts["cancelled"]
-        await conn.execute(
-            QUERIES["release_bodies"], list({r["message_id"] for r in rows}), timeout=self.timeout
-        )
+        if release_bodies:
+            await conn.execute(
+                QUERIES["release_bodies"],
+                list({r["message_id"] for r in rows}),
+                timeout=self.timeout,
+            )
         bounces = [r["event_id"] for r in rows if by_id[r["delivery_id"]].event in _BOUNCES]
         if bounces:  # a batch of deliveries only costs no extra round trips
             await roll_up_bounces(conn, now, bounces, self.timeout)

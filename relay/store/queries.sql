@@ -202,7 +202,17 @@ WITH o AS (
         last_code = o.code, last_reply = o.reply_text, updated_at = $1
     FROM o
     WHERE d.id = o.delivery_id AND d.lease_token = o.lease_token AND d.state = 'inflight'
-    RETURNING d.id, d.message_id, d.recipient_key, d.recipient_domain, d.attempts
+    RETURNING d.id, d.message_id, d.recipient_key, d.recipient_domain, d.attempts, d.state
+), finished AS (
+    SELECT id, message_id FROM u WHERE state NOT IN ('queued', 'inflight')
+), released AS (
+    -- The bodies of messages these outcomes leave with no open delivery. The deliveries this
+    -- statement finishes still read as open here (one snapshot), hence "not finished".
+    UPDATE messages m SET body = NULL
+    WHERE m.id IN (SELECT message_id FROM finished) AND m.body IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM deliveries d
+                      WHERE d.message_id = m.id AND d.state IN ('queued', 'inflight')
+                        AND d.id NOT IN (SELECT id FROM finished))
 ), e AS (
     INSERT INTO events (occurred_at, type, message_id, delivery_id, queue_id, campaign,
                         from_domain, envelope_sender, source_ip, destination, recipient,

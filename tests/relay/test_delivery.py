@@ -538,3 +538,27 @@ async def test_tls_required_but_not_offered_is_soft(upstream, start_relay, db):
         True,
     )
     assert upstream.received == []
+
+
+async def test_a_body_is_kept_while_any_delivery_is_open_and_released_with_the_last(
+    upstream, start_relay, db, clock
+):
+    """Delivered and retried recipients of one message: the body stays while the retry is
+    queued (it is sent again from it) and goes when the last delivery is final."""
+    upstream.on_rcpt("later@example.org", "451 4.2.0 try again", "250 2.1.5 OK")
+    async with start_relay(upstream.port) as relay:
+        await send(relay, ["now@example.org", "later@example.org"])
+        await eventually(in_state(db, "now@example.org", "delivered"))
+        await eventually(in_state(db, "later@example.org", "queued"))
+        assert await db.fetchval("SELECT body IS NOT NULL FROM messages")
+        clock.advance(hours=2)
+        relay.worker.wake()
+        await eventually(in_state(db, "later@example.org", "delivered"))
+        await eventually(lambda: _body_released(db))
+        await send(relay, ["alone@example.org"])
+        await eventually(in_state(db, "alone@example.org", "delivered"))
+        await eventually(lambda: _body_released(db))
+
+
+async def _body_released(db) -> bool:
+    return bool(await db.fetchval("SELECT bool_and(body IS NULL) FROM messages"))
