@@ -41,32 +41,7 @@ DB=br_bench_$$
 cat > "$WORK/start-relay.sh" <<EOF
 #!/usr/bin/env bash
 set -e
-cat > "$WORK/config.toml" <<TOML
-[smtp]
-listen = "127.0.0.1:2540"
-hostname = "relay.bench"
-max_recipients = 1000
-[store]
-dsn = "\${RELAY_DSN}"
-data_dir = "$WORK/var"
-pool_max_size = 20
-[[pools]]
-name = "default"
-source_ips = ["127.0.0.1"]
-[[routes]]
-domains = ["*"]
-mode = "static"
-hosts = ["127.0.0.1:\${SINK_PORT}"]
-tls = "off"
-[delivery]
-concurrency = 200
-connections_per_destination = 100
-messages_per_connection = 100000
-[admin]
-listen = "127.0.0.1:0"
-[log]
-level = "warning"
-TOML
+"$HERE/relay-config.sh" 2540 "\${SINK_PORT}" "$WORK/var" > "$WORK/config.toml"
 exec "$PY" -m relay serve --config "$WORK/config.toml"
 EOF
 chmod +x "$WORK/start-relay.sh"

@@ -155,3 +155,58 @@ async def load(
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+# -- for the shell benchmarks (cpu_per_message.sh) -------------------------------------------
+
+
+def _database_dsn(dsn: str, name: str) -> str:
+    return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
+
+
+async def _admin(dsn: str, statement: str) -> None:
+    admin = await asyncpg.connect(dsn)
+    try:
+        await admin.execute(statement)
+    finally:
+        await admin.close()
+
+
+async def _wait_final(dsn: str, timeout: float) -> None:
+    """Until the relay has migrated the database and no delivery is queued or in flight."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(asyncpg.UndefinedTableError):
+            conn = await asyncpg.connect(dsn)
+            try:
+                open_ = await conn.fetchval(
+                    "SELECT count(*) FROM deliveries WHERE state IN ('queued', 'inflight')"
+                )
+            finally:
+                await conn.close()
+            if open_ == 0:
+                return
+        await asyncio.sleep(0.05)
+    raise SystemExit(f"deliveries still open after {timeout:.0f} s")
+
+
+def main(argv: list[str]) -> None:
+    """createdb DSN NAME | dropdb DSN NAME | dsn DSN NAME | wait-port PORT SECONDS |
+    wait-final DSN SECONDS"""
+    match argv:
+        case ["createdb", dsn, name]:
+            asyncio.run(_admin(dsn, f'CREATE DATABASE "{name}"'))
+        case ["dropdb", dsn, name]:
+            asyncio.run(_admin(dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        case ["dsn", dsn, name]:
+            print(_database_dsn(dsn, name))
+        case ["wait-port", port, seconds]:
+            asyncio.run(wait_port(int(port), float(seconds)))
+        case ["wait-final", dsn, seconds]:
+            asyncio.run(_wait_final(dsn, float(seconds)))
+        case _:
+            raise SystemExit(f"usage: support.py {main.__doc__}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

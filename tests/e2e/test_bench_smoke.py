@@ -152,3 +152,20 @@ def test_relay_throughput_smoke(server_dsn):
     [line] = [_fields(x) for x in out.splitlines() if x.startswith("relay_throughput")]
     assert float(line["relay_msgs_per_sec"]) > 0
     assert float(line["relay_vs_direct"]) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not Path("/usr/sbin/smtp-source").exists(),
+    reason="needs Postfix's smtp-source and smtp-sink (.ci/run installs them)",
+)
+def test_cpu_per_message_smoke(server_dsn):
+    out = _run(
+        "bash",
+        "bench/cpu_per_message.sh",
+        "--smoke",
+        env={"BOUNCE_RELAY_TEST_DSN": server_dsn, "PYTHON": sys.executable},
+    )
+    [line] = [_fields(x) for x in out.splitlines() if x.startswith("cpu_per_message_summary")]
+    assert float(line["msgs_per_sec"]) > 0
+    assert float(line["relay_cpu_ms"]) > 0
