@@ -41,9 +41,15 @@ SHUTDOWN_GRACE_SECONDS = 30.0
 
 
 async def open_store(
-    config: Config, stack: AsyncExitStack, *, dsn: str | None = None, migrate: bool = True
+    config: Config,
+    stack: AsyncExitStack,
+    *,
+    dsn: str | None = None,
+    migrate: bool = True,
+    queue_pool: bool = False,
 ) -> Store:
-    """Connect to ``dsn`` / ``[store] dsn``, or start the embedded server; migrate."""
+    """Connect to ``dsn`` / ``[store] dsn``, or start the embedded server; migrate.
+    ``queue_pool``: a relay that serves (``relay.store.create_store``)."""
     dsn = dsn or config.store.dsn
     if not dsn:
         embedded = EmbeddedPostgres(config.store.data_dir)
@@ -51,7 +57,10 @@ async def open_store(
         stack.callback(embedded.stop)
         log.info("store.embedded_started", pgdata=str(embedded.pgdata))
     store = await create_store(
-        dsn, min_size=config.store.pool_min_size, max_size=config.store.pool_max_size
+        dsn,
+        min_size=config.store.pool_min_size,
+        max_size=config.store.pool_max_size,
+        queue_pool=queue_pool,
     )
     stack.push_async_callback(store.close)
     await store.check_durability()
@@ -111,7 +120,7 @@ class Relay:
 
     async def _start(self) -> None:
         config = self.config
-        self.store = await open_store(config, self._stack, dsn=self._dsn)
+        self.store = await open_store(config, self._stack, dsn=self._dsn, queue_pool=True)
         vacuum = asyncio.create_task(
             vacuum_while_autovacuum_is_off(self.store), name="maintenance.vacuum"
         )

@@ -23,9 +23,10 @@ WITH m AS (
            $16, $15 + $17::interval,
            CASE WHEN $16 IS NULL THEN NULL ELSE nextval('lease_tokens') END,
            CASE WHEN $16 IS NULL THEN 0 ELSE 1 END
-    FROM unnest($11::text[], $12::text[], $13::text[], $14::text[])
-         AS r (queue_id, recipient, recipient_key, recipient_domain)
+    FROM unnest($11::text[], $12::text[], $13::text[], $14::text[]) WITH ORDINALITY
+         AS r (queue_id, recipient, recipient_key, recipient_domain, n)
     JOIN m USING (queue_id)
+    ORDER BY r.n  -- delivery ids in the order the client gave the recipients
     RETURNING id, message_id, recipient, recipient_key, recipient_domain, attempts,
               unrecorded_claims - 1 AS unrecorded_claims, first_failure_at, lease_token,
               last_source_ip, avoid_source_ip

@@ -562,3 +562,16 @@ async def test_a_body_is_kept_while_any_delivery_is_open_and_released_with_the_l
 
 async def _body_released(db) -> bool:
     return bool(await db.fetchval("SELECT bool_and(body IS NULL) FROM messages"))
+
+
+async def test_the_queue_statements_have_a_pool_of_their_own_with_generic_plans(
+    upstream, start_relay
+):
+    """A serving relay plans its queue statements once (relay.store.create_store); reports
+    and the admin pages keep PostgreSQL's own choice, on their own connections."""
+    async with start_relay(upstream.port) as relay:
+        store = relay.store
+        assert store.queue is not store.pool
+        assert await store.queue.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
+        assert await store.pool.fetchval("SHOW plan_cache_mode") == "auto"
+        assert store.pool.get_max_size() == 4
