@@ -27,6 +27,7 @@ from support import (
     relay_process,
     rss_mb,
     scratch_database,
+    sink_name,
     sink_process,
     wait_port,
 )
@@ -106,7 +107,8 @@ async def main() -> None:
     print(
         f"backlog messages={args.messages} deferred_after_seconds={deferred_seconds:.0f} "
         f"rss_mb_deferred={held:.0f} rss_mb_peak={peak:.0f} "
-        f"drain_seconds={drain_seconds:.1f} drain_msgs_per_sec={args.messages / drain_seconds:.0f}"
+        f"drain_seconds={drain_seconds:.1f} drain_msgs_per_sec={args.messages / drain_seconds:.0f} "
+        f"sink={sink_name()}"
     )
 
 
