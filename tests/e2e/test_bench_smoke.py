@@ -169,3 +169,22 @@ def test_cpu_per_message_smoke(server_dsn):
     [line] = [_fields(x) for x in out.splitlines() if x.startswith("cpu_per_message_summary")]
     assert float(line["msgs_per_sec"]) > 0
     assert float(line["relay_cpu_ms"]) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(PEER_BENCH is None, reason="shared/bench/baseline_relay.py not on this machine")
+def test_session_latency_smoke(server_dsn):
+    out = _run(
+        sys.executable,
+        "bench/session_latency.py",
+        "--dsn",
+        server_dsn,
+        "--messages",
+        "20",
+        "--rounds",
+        "1",
+        env={"PEER_BENCH_DIR": str(PEER_BENCH)},
+    )
+    [line] = [_fields(x) for x in out.splitlines() if x.startswith("session_latency")]
+    assert float(line["relay_ms"]) > 0
+    assert float(line["relay_vs_proxy"]) > 0
