@@ -14,18 +14,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import secrets
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+from support import DEFAULT_DSN, database_dsn, run_with_peak_rss
 
 from policies.outcome import decide
 from policies.replies import parse_reply
@@ -91,10 +89,6 @@ def _verdicts(rules: Rules, domains: list[str]) -> dict[tuple[int, str], _Record
                 None if at is None else at - now,
             )
     return out
-
-
-def _with_db(dsn: str, name: str) -> str:
-    return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
 
 
 async def seed(dsn: str, rules: Rules, bounces: int, days: int, end: datetime) -> None:
@@ -192,18 +186,12 @@ def time_replay(dsn: str, days: int) -> None:
             config = Path(tmp) / f"{label}.toml"
             config.write_text(CONFIG.format(dsn=dsn) + extra)
             out = Path(tmp) / f"{label}.out"
-            rss_file = Path(tmp) / f"{label}.rss"
             command = [sys.executable, "-m", "relay", "classify", "--replay"]
             command += ["--since", f"{days + 1}d", "--config", str(config)]
             t = time.perf_counter()
             with out.open("w") as sink:
-                subprocess.run(
-                    ["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *command],
-                    stdout=sink,
-                    check=True,
-                )
+                rss = run_with_peak_rss(command, stdout=sink)
             seconds = time.perf_counter() - t
-            rss = int(rss_file.read_text().split()[-1]) / 1024
             summary = out.read_text().splitlines()[-1]
             print(f"replay rules={label} seconds={seconds:.1f} peak_rss_mb={rss:.0f}")
             print(f"  {summary}")
@@ -215,9 +203,7 @@ async def main() -> None:
     )
     parser.add_argument(
         "--dsn",
-        default=os.environ.get(
-            "BOUNCE_RELAY_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
+        default=DEFAULT_DSN,
     )
     parser.add_argument("--bounces", type=int, default=1_000_000)
     parser.add_argument("--days", type=int, default=7)
@@ -226,7 +212,7 @@ async def main() -> None:
     name = f"br_replay_bench_{secrets.token_hex(3)}"
     admin = await asyncpg.connect(args.dsn)
     await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = _with_db(args.dsn, name)
+    dsn = database_dsn(args.dsn, name)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "rules.toml"

@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import secrets
-import subprocess
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+from support import DEFAULT_DSN, database_dsn, run_with_peak_rss
 
 from relay.store import create_store, roll_up_bounces
 from relay.store.migrate import apply_migrations
@@ -58,10 +56,6 @@ JOIN LATERAL (
 ) AS p ON true
 RETURNING id
 """
-
-
-def _with_db(dsn: str, name: str) -> str:
-    return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
 
 
 async def seed(dsn: str, events: int, days: int, end: datetime) -> float:
@@ -151,13 +145,10 @@ def time_export(dsn: str, start: datetime, end: datetime) -> None:
         for fmt in ("csv", "xlsx"):
             out = Path(tmp) / f"report.{fmt}"
             t = time.perf_counter()
-            rss_file = Path(tmp) / f"{fmt}.rss"
             command = [sys.executable, "-m", "relay", "report", "--config", str(config)]
             command += ["--from", start.isoformat(), "--to", end.isoformat(), "--type", "all"]
             command += ["--raw", "--format", fmt, "-o", str(out)]
-            # GNU time reports the child's own peak RSS (KiB), not the bench's.
-            subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *command], check=True)
-            rss = int(rss_file.read_text().split()[-1]) / 1024
+            rss = run_with_peak_rss(command)
             lines = sum(1 for _ in out.open("rb")) if fmt == "csv" else "-"
             print(
                 f"export format={fmt} lines={lines} seconds={time.perf_counter() - t:.1f} "
@@ -171,9 +162,7 @@ async def main() -> None:
     )
     parser.add_argument(
         "--dsn",
-        default=os.environ.get(
-            "BOUNCE_RELAY_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
+        default=DEFAULT_DSN,
     )
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--days", type=int, default=30)
@@ -188,7 +177,7 @@ async def main() -> None:
     name = f"br_report_bench_{secrets.token_hex(3)}"
     admin = await asyncpg.connect(args.dsn)
     await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = _with_db(args.dsn, name)
+    dsn = database_dsn(args.dsn, name)
     end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     try:
         await seed(dsn, args.events, args.days, end)

@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import IO
 from urllib.parse import urlsplit, urlunsplit
 
 import aiosmtplib
@@ -24,6 +25,20 @@ DEFAULT_DSN = os.environ.get(
     "BOUNCE_RELAY_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 BODY_HEAD = b"From: bench@example.com\r\nSubject: bench\r\nX-Campaign-ID: bench\r\n\r\n"
+
+
+def database_dsn(dsn: str, name: str) -> str:
+    """``dsn`` with its database replaced by ``name``."""
+    return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
+
+
+def run_with_peak_rss(command: list[str], stdout: IO[str] | None = None) -> float:
+    """Run ``command``; its own peak RSS in MB (GNU time: the child's, not the bench's)."""
+    with tempfile.NamedTemporaryFile(suffix=".rss") as rss:
+        subprocess.run(
+            ["/usr/bin/time", "-f", "%M", "-o", rss.name, *command], stdout=stdout, check=True
+        )
+        return int(Path(rss.name).read_text().split()[-1]) / 1024
 
 
 def free_port() -> int:
@@ -51,7 +66,7 @@ async def scratch_database(dsn: str) -> AsyncIterator[str]:
     admin = await asyncpg.connect(dsn)
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
+        yield database_dsn(dsn, name)
     finally:
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         await admin.close()
@@ -180,10 +195,6 @@ def percentile(values: list[float], p: float) -> float:
 # -- for the shell benchmarks (cpu_per_message.sh) -------------------------------------------
 
 
-def _database_dsn(dsn: str, name: str) -> str:
-    return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
-
-
 async def _admin(dsn: str, statement: str) -> None:
     admin = await asyncpg.connect(dsn)
     try:
@@ -219,7 +230,7 @@ def main(argv: list[str]) -> None:
         case ["dropdb", dsn, name]:
             asyncio.run(_admin(dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         case ["dsn", dsn, name]:
-            print(_database_dsn(dsn, name))
+            print(database_dsn(dsn, name))
         case ["wait-port", port, seconds]:
             asyncio.run(wait_port(int(port), float(seconds)))
         case ["wait-final", dsn, seconds]:

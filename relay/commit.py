@@ -72,17 +72,18 @@ class GroupCommitter:
             accepted, leased = await self._store.accept_and_lease(
                 self._clock(), batch, direct.owner, direct.lease, before_commit=self._before_commit
             )
-            faults.crash_point("commit.after_commit")
-            bodies = {m.queue_id: m.body for m in batch}
-            direct.take(leased, {a.id: bodies[a.queue_id] for a in accepted})
         else:
+            direct, leased = None, []
             accepted = await self._store.accept_messages(
                 self._clock(), batch, before_commit=self._before_commit
             )
-            # tests/chaos: durable, and no session has heard its 250 yet.
-            faults.crash_point("commit.after_commit")
-            if self._on_commit is not None:
-                self._on_commit(accepted)
+        # tests/chaos: durable, and no session has heard its 250 yet.
+        faults.crash_point("commit.after_commit")
+        if direct is not None:
+            bodies = {m.queue_id: m.body for m in batch}
+            direct.take(leased, {a.id: bodies[a.queue_id] for a in accepted})
+        elif self._on_commit is not None:
+            self._on_commit(accepted)
         by_id = {a.queue_id: a for a in accepted}
         return [by_id[m.queue_id] for m in batch]
 

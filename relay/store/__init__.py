@@ -366,7 +366,10 @@ def _entails_more(o: OutcomeRecord) -> bool:
 
 def _accepted(rows: Sequence[Any]) -> list[AcceptedMessage]:
     """One per message, from accept_messages' rows (one per delivery)."""
-    by_id = {r["id"]: AcceptedMessage(r["id"], r["queue_id"], r["received_at"]) for r in rows}
+    by_id = {
+        r["message_id"]: AcceptedMessage(r["message_id"], r["queue_id"], r["received_at"])
+        for r in rows
+    }
     return list(by_id.values())
 
 
@@ -470,18 +473,8 @@ class Store:
         """``accept_messages``, with the deliveries leased to ``owner`` as they are committed:
         claimed, checked and returned as ``claim_due_deliveries`` would (no claim to follow)."""
         rows = await self._accept(now, batch, owner, lease, before_commit)
-        claimed = [
-            _claimed(
-                {
-                    **{k: v for k, v in r.items() if k not in ("id", "delivery_id")},
-                    "id": r["delivery_id"],
-                    "message_id": r["id"],
-                }
-            )
-            for r in rows
-            if r["delivery_id"] is not None
-        ]
-        return _accepted(rows), sorted(claimed, key=lambda d: d.id)
+        claimed = sorted((_claimed(r) for r in rows if r["id"] is not None), key=lambda d: d.id)
+        return _accepted(rows), claimed
 
     async def _accept(
         self,
@@ -859,7 +852,7 @@ class Store:
                 [t for _, t, _ in deferrals],
                 [due for _, _, due in deferrals],
                 now,
-                [for_probation] * len(deferrals),
+                for_probation,
                 timeout=self.timeout,
             )
         return len(rows)

@@ -6,7 +6,7 @@
 -- Without an owner ($16 NULL) the deliveries are queued, due at $15. With one, they are born
 -- leased to it for $17: it sends them at once, from memory (relay.commit). A row per delivery
 -- comes back, with its message's id, queue id and time, and when leased all that
--- claim_due_deliveries returns for it.
+-- claim_due_deliveries returns for it, under the same names.
 WITH m AS (
     INSERT INTO messages (queue_id, envelope_sender, from_domain, message_id, campaign, size,
                           body, client_address, session_id, smtputf8, received_at)
@@ -35,7 +35,7 @@ WITH m AS (
                         envelope_sender)
     SELECT 'accepted', received_at, id, queue_id, campaign, from_domain, envelope_sender FROM m
 )
-SELECT m.id, m.queue_id, m.received_at, d.id AS delivery_id, d.recipient, d.recipient_key,
+SELECT m.id AS message_id, m.queue_id, m.received_at, d.id, d.recipient, d.recipient_key,
        d.recipient_domain, d.attempts, d.unrecorded_claims, d.first_failure_at, d.lease_token,
        d.last_source_ip, d.avoid_source_ip, m.envelope_sender, m.from_domain, m.campaign,
        m.smtputf8, c.suppressed, c.allowlisted, c.probation
@@ -550,17 +550,15 @@ RETURNING d.id;
 -- now either waits for this (and then finds them queued) or has ended it (and they go now).
 WITH held AS (
     SELECT p.address FROM probation p
-    WHERE p.address IN (SELECT d.recipient_key FROM deliveries d
-                        JOIN unnest($1::bigint[], $5::boolean[]) AS h (id, held) USING (id)
-                        WHERE h.held)
+    WHERE $5 AND p.address IN (SELECT recipient_key FROM deliveries WHERE id = ANY($1::bigint[]))
     FOR KEY SHARE
 )
 UPDATE deliveries d
 SET state = 'queued', lease_until = NULL, lease_owner = NULL, lease_token = NULL, unrecorded_claims = 0,
-    next_attempt_at = CASE WHEN l.held AND d.recipient_key NOT IN (SELECT address FROM held)
+    next_attempt_at = CASE WHEN $5::boolean AND d.recipient_key NOT IN (SELECT address FROM held)
                            THEN $4 ELSE l.due END,
     updated_at = $4
-FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[], $5::boolean[]) AS l (id, token, due, held)
+FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[]) AS l (id, token, due)
 WHERE d.id = l.id AND d.lease_token = l.token AND d.state = 'inflight'
 RETURNING d.id;
 

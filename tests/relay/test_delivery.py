@@ -15,6 +15,7 @@ import trustme
 
 from relay.app import Relay
 from relay.config import load_config
+from relay.store import OTHER_POOL_MAX_SIZE
 from tests.delivery_support import (
     BODY,
     delivery_config,
@@ -574,4 +575,4 @@ async def test_the_queue_statements_have_a_pool_of_their_own_with_generic_plans(
         assert store.queue is not store.pool
         assert await store.queue.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
         assert await store.pool.fetchval("SHOW plan_cache_mode") == "auto"
-        assert store.pool.get_max_size() == 4
+        assert store.pool.get_max_size() == OTHER_POOL_MAX_SIZE
