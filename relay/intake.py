@@ -222,16 +222,24 @@ class IntakeHandler:
             # With a DSN domain anyone may send it bounces; RCPT decides.
             return self._refusal(session)
         if address not in ("", "<>"):
-            try:
-                address = validate_address(address)
-            except AddressError as exc:
-                self.metrics.rejected.labels("malformed_address").inc()
-                return replies.BAD_SENDER.format(why=exc.why)
-            if not (address.isascii() or envelope.smtp_utf8):
-                return self._non_ascii(address)
+            address, refusal = self._checked(address, envelope, replies.BAD_SENDER)
+            if refusal is not None:
+                return refusal
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return replies.OK
+
+    def _checked(self, address: str, envelope: Envelope, bad: str) -> tuple[str, str | None]:
+        """``address`` as SMTP allows it, or the refusal: ``bad`` with why it is malformed,
+        or a non-ASCII address without SMTPUTF8."""
+        try:
+            address = validate_address(address)
+        except AddressError as exc:
+            self.metrics.rejected.labels("malformed_address").inc()
+            return address, bad.format(why=exc.why)
+        if not (address.isascii() or envelope.smtp_utf8):
+            return address, self._non_ascii(address)
+        return address, None
 
     async def handle_RCPT(
         self,
@@ -242,13 +250,9 @@ class IntakeHandler:
         rcpt_options: list[str],
     ) -> str:
         state = self._state(session)
-        try:
-            address = validate_address(address)
-        except AddressError as exc:
-            self.metrics.rejected.labels("malformed_address").inc()
-            return replies.BAD_ADDRESS.format(why=exc.why)
-        if not (address.isascii() or envelope.smtp_utf8):
-            return self._non_ascii(address)
+        address, refusal = self._checked(address, envelope, replies.BAD_ADDRESS)
+        if refusal is not None:
+            return refusal
         if self.bounces is not None and self.bounces.is_bounce_address(address):
             return self._bounce_rcpt(state, envelope, address)
         if not self._may_relay(session):

@@ -213,10 +213,16 @@ async def test_backends_terminated(private_pg: PrivatePostgres, tmp_path: Path) 
         admin = await asyncpg.connect(dsn)
         try:
             for _ in range(5):
-                terminated[0] += await admin.fetchval(
-                    "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND pid <> pg_backend_pid()) t"
-                )
+                async with admin.transaction():
+                    # Commits wait on this lock, so the cut always meets work in flight (a
+                    # relay quick enough is otherwise seldom caught mid-statement).
+                    await admin.execute("LOCK TABLE messages IN SHARE MODE")
+                    await asyncio.sleep(0.2)
+                    terminated[0] += await admin.fetchval(
+                        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid)"
+                        " FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND pid <> pg_backend_pid()) t"
+                    )
                 await asyncio.sleep(0.4)
         finally:
             await admin.close()
