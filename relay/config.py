@@ -48,10 +48,13 @@ __all__ = [
 ]
 
 CONFIG_ENV = "BOUNCE_RELAY_CONFIG"
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _SIZE = re.compile(r"^\s*(\d+)\s*(KB|MB|GB|B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}
+
+
+MAX_OUTCOME_WINDOW = timedelta(seconds=1)
 
 
 def parse_duration(value: str) -> timedelta:
@@ -59,7 +62,7 @@ def parse_duration(value: str) -> timedelta:
     match = _DURATION.match(value) if isinstance(value, str) else None
     if not match:
         raise ValueError(
-            f"bad duration {value!r}: use a number with s, m, h or d, e.g. '30s', '5m'"
+            f"bad duration {value!r}: use a number with ms, s, m, h or d, e.g. '30s', '5m'"
         )
     return timedelta(seconds=float(match[1]) * _UNITS[match[2]])
 
@@ -182,6 +185,8 @@ class DeliveryConfig:
     lease: timedelta = timedelta(minutes=15)
     batch: int = 100
     poll_interval: timedelta = timedelta(seconds=1)
+    # How long a finished delivery's outcome waits for others to share its commit.
+    outcome_window: timedelta = timedelta(milliseconds=20)
     nameservers: tuple[str, ...] = ()
     dns_port: int = 0
     shutdown_grace: timedelta = timedelta(seconds=30)  # 0: the resolver's default (53)
@@ -471,6 +476,16 @@ def _duration(value: Any) -> timedelta:
     return parse_duration(_str(value))
 
 
+def _outcome_window(value: Any) -> timedelta:
+    window = _duration(value)
+    if window > MAX_OUTCOME_WINDOW:
+        raise ValueError(
+            f"outcome_window {_str(value)!r} is too long: at most '1s' (a relay that stops "
+            "in the window sends those messages again); '0s' turns it off"
+        )
+    return window
+
+
 def _lower(value: Any) -> str:
     return _str(value).strip().lower()
 
@@ -722,6 +737,7 @@ def _read_delivery(r: _Reader) -> DeliveryConfig:
         lease=r.get("lease", d.lease, _duration),
         batch=r.get("batch", d.batch, _positive_int),
         poll_interval=r.get("poll_interval", d.poll_interval, _duration),
+        outcome_window=r.get("outcome_window", d.outcome_window, _outcome_window),
         nameservers=r.get("nameservers", (), _list_of(_ip)),
         dns_port=r.get("dns_port", 0, _port),
         shutdown_grace=r.get("shutdown_grace", d.shutdown_grace, _duration),

@@ -91,9 +91,14 @@ class DeliveryWorker:
         self._handovers: set[asyncio.Task[None]] = set()
         self._sources = SourceIPs()
         self._random = random.Random()
-        # Outcomes of transactions finishing together are applied in one store transaction.
+        # Outcomes of transactions finishing within outcome_window of each other are applied
+        # in one store transaction: with deliveries finishing one at a time, each commit
+        # of their own competed with the intake's (BENCHMARKS.md).
         self._outcomes: GroupBatcher[list[OutcomeRecord], int] = GroupBatcher(
-            self._apply_outcomes, name="delivery.outcomes", max_batch=256
+            self._apply_outcomes,
+            name="delivery.outcomes",
+            max_batch=256,
+            window=config.outcome_window.total_seconds(),
         )
         # Open provider incidents, kept current by relay.incidents.IncidentWatch.
         self.incidents: list[OpenIncident] = []

@@ -14,7 +14,7 @@ import pytest
 import trustme
 
 from relay.app import Relay
-from relay.config import load_config
+from relay.config import ConfigErrors, load_config
 from relay.store import OTHER_POOL_MAX_SIZE
 from tests.delivery_support import (
     BODY,
@@ -576,3 +576,54 @@ async def test_the_queue_statements_have_a_pool_of_their_own_with_generic_plans(
         assert await store.queue.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
         assert await store.pool.fetchval("SHOW plan_cache_mode") == "auto"
         assert store.pool.get_max_size() == OTHER_POOL_MAX_SIZE
+
+
+async def test_deliveries_finishing_within_the_outcome_window_share_one_commit(
+    upstream, start_relay, db
+):
+    """Three messages sent one after another within a window: their three outcomes are
+    written by one transaction (the rows' xmin)."""
+    async with start_relay(upstream.port, 'outcome_window = "1s"') as relay:
+        for n in range(3):
+            await send(relay, [f"w{n}@example.org"])
+        for n in range(3):
+            await eventually(in_state(db, f"w{n}@example.org", "delivered"))
+    writers = await db.fetch(
+        "SELECT DISTINCT xmin::text FROM events WHERE type = 'delivered' AND recipient LIKE 'w%'"
+    )
+    assert len(writers) == 1
+
+
+@pytest.mark.parametrize("grace", ["30s", "0s"])
+async def test_shutdown_in_the_outcome_window_still_records_the_outcome(
+    upstream, start_relay, db, grace
+):
+    """The relay stops while a delivery's outcome waits in its window: the outcome is written
+    on the way out, not left for the lease to run out and the message to go again. With
+    grace the window runs out while shutdown waits; without, shutdown cuts the delivery's
+    task and the batcher still sends the batch it holds."""
+    extra = f'outcome_window = "1s"\nshutdown_grace = "{grace}"'
+    async with start_relay(upstream.port, extra) as relay:
+        await send(relay, ["late@example.org"])
+        await eventually(lambda: _delivered_count(relay))
+        assert await state_of(db, "late@example.org") == "inflight"
+    assert await state_of(db, "late@example.org") == "delivered"
+    assert len(upstream.delivered_to("late@example.org")) == 1
+
+
+async def _delivered_count(relay: Relay) -> bool:
+    """Whether an outcome ``delivered`` was decided (it is then handed to the batcher)."""
+    [family] = relay.metrics.deliveries.collect()
+    return any(
+        s.name.endswith("_total") and s.labels["outcome"] == "delivered" and s.value
+        for s in family.samples
+    )
+
+
+def test_outcome_window_is_read_in_milliseconds_and_bounded(make_config):
+    assert make_config('[delivery]\noutcome_window = "5ms"\n').delivery.outcome_window == (
+        timedelta(milliseconds=5)
+    )
+    assert make_config().delivery.outcome_window == timedelta(milliseconds=20)
+    with pytest.raises(ConfigErrors, match=r"outcome_window '2s' is too long"):
+        make_config('[delivery]\noutcome_window = "2s"\n')
