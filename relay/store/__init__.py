@@ -19,6 +19,7 @@ from importlib import resources
 from typing import Any
 
 import asyncpg
+import structlog
 
 from policies.incidents import IncidentRules, IncidentScope, OpenIncident
 from relay.errors import StoreError, StoreUnavailable, UnsafeDatabase
@@ -35,6 +36,8 @@ __all__ = [
     "SuppressionRow",
     "create_store",
 ]
+
+log = structlog.get_logger("relay.store")
 
 
 def _load_queries() -> dict[str, str]:
@@ -671,6 +674,7 @@ class Store:
                     QUERIES["apply_outcomes"], now, *cols, timeout=self.timeout
                 )
             added = cancelled = 0
+            cancelled_messages: set[int] = set()
         else:
             async with (
                 _translated("apply outcomes"),
@@ -678,16 +682,19 @@ class Store:
                 conn.transaction(),
             ):
                 rows = await conn.fetch(QUERIES["apply_outcomes"], now, *cols, timeout=self.timeout)
-                added, cancelled = await self._follow_up(
+                added, cancelled, cancelled_messages = await self._follow_up(
                     conn,
                     now,
                     rows,
                     by_id,
                     (("hard_bounce", "hard_bounced", _BOUNCES),),
                     cancel_queued=cancel_queued,
-                    release_bodies=False,  # the statement did
                 )
                 await self._probation_and_incidents(conn, now, rows, by_id)
+        # The statement released what it could; what it kept for a sibling that read as open
+        # is looked at again now that this is committed.
+        kept = {r["message_id"] for r in rows if r["body_kept"]}
+        await self._release_bodies(self.queue, kept | cancelled_messages)
         return AppliedOutcomes(
             applied=len(rows),
             fenced=len(outcomes) - len(rows),
@@ -710,7 +717,7 @@ class Store:
             conn.transaction(),
         ):
             rows = await conn.fetch(QUERIES["apply_dsn_results"], now, *cols, timeout=self.timeout)
-            added, cancelled = await self._follow_up(
+            added, cancelled, cancelled_messages = await self._follow_up(
                 conn,
                 now,
                 rows,
@@ -718,6 +725,7 @@ class Store:
                 (("dsn", "hard_bounced", _BOUNCES), ("complaint", "complained", ("complaint",))),
                 cancel_queued=cancel_queued,
             )
+        await self._release_bodies(self.pool, {r["message_id"] for r in rows} | cancelled_messages)
         return AppliedDsn(
             recorded=len(rows),
             skipped=len(records) - len(rows),
@@ -734,13 +742,14 @@ class Store:
         suppressions: Sequence[tuple[str, str, tuple[str, ...]]],
         *,
         cancel_queued: bool = True,
-        release_bodies: bool = True,
-    ) -> tuple[int, int]:
+    ) -> tuple[int, int, set[int]]:
         """What applied results entail, in the caller's transaction: suppressions (per
-        (source, profile status, events) of ``suppressions``), released bodies, the bounce
-        rollup. ``rows`` carry delivery_id, recipient_key, message_id and event_id.
-        How many addresses were suppressed and queued deliveries cancelled."""
+        (source, profile status, events) of ``suppressions``) and the bounce rollup.
+        ``rows`` carry delivery_id, recipient_key, message_id and event_id. How many
+        addresses were suppressed and queued deliveries cancelled, and the messages of
+        those cancelled (their bodies are for ``_release_bodies`` after the commit)."""
         added = cancelled = 0
+        cancelled_messages: set[int] = set()
         for source, status, events in suppressions:
             chosen: dict[str, tuple[str, int]] = {}
             for r in rows:
@@ -763,16 +772,32 @@ class Store:
                 )
                 added += counts["added"]
                 cancelled += counts["cancelled"]
-        if release_bodies:
-            await conn.execute(
-                QUERIES["release_bodies"],
-                list({r["message_id"] for r in rows}),
-                timeout=self.timeout,
-            )
+                cancelled_messages.update(counts["cancelled_messages"])
         bounces = [r["event_id"] for r in rows if by_id[r["delivery_id"]].event in _BOUNCES]
         if bounces:  # a batch of deliveries only costs no extra round trips
             await roll_up_bounces(conn, now, bounces, self.timeout)
-        return added, cancelled
+        return added, cancelled, cancelled_messages
+
+    async def _release_bodies(self, pool: Any, message_ids: set[int]) -> None:
+        """Drop the bodies of ``message_ids`` that no delivery needs any more. Called after
+        the commit that finished their deliveries: two transactions finishing the last two
+        deliveries of one message each see the other's as open, and whichever of their
+        releases runs last sees both committed. The results are durable already, so a
+        failure here is logged, not raised: that body stays until a sibling finishes."""
+        if not message_ids:
+            return
+        try:
+            async with _translated("release bodies"):
+                await pool.execute(
+                    QUERIES["release_bodies"], sorted(message_ids), timeout=self.timeout
+                )
+        except StoreError as exc:
+            log.warning(
+                "store.release_bodies_failed",
+                messages=len(message_ids),
+                error=str(exc),
+                action="the bodies stay stored; delivery results are recorded",
+            )
 
     async def _probation_and_incidents(
         self, conn: Any, now: datetime, rows: Sequence[Any], by_id: Mapping[int, OutcomeRecord]
@@ -889,12 +914,13 @@ class Store:
 
     async def purge_delivery(self, delivery_id: int, actor: str, reason: str) -> bool:
         async with _translated("purge delivery"):
-            return (
-                await self.pool.fetchval(
-                    QUERIES["purge_delivery"], delivery_id, actor, reason, timeout=self.timeout
-                )
-                is not None
+            row = await self.pool.fetchrow(
+                QUERIES["purge_delivery"], delivery_id, actor, reason, timeout=self.timeout
             )
+        if row is None:
+            return False
+        await self._release_bodies(self.pool, {row["message_id"]})
+        return True
 
     async def profile(self, address_key: str) -> dict[str, Any] | None:
         async with _translated("read profile"):

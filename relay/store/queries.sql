@@ -209,11 +209,14 @@ WITH o AS (
 ), released AS (
     -- The bodies of messages these outcomes leave with no open delivery. The deliveries this
     -- statement finishes still read as open here (one snapshot), hence "not finished".
+    -- A message kept here (body_kept below) is looked at again after the commit: a sibling
+    -- that a concurrent transaction finished still reads as open in this snapshot.
     UPDATE messages m SET body = NULL
     WHERE m.id IN (SELECT message_id FROM finished) AND m.body IS NOT NULL
       AND NOT EXISTS (SELECT 1 FROM deliveries d
                       WHERE d.message_id = m.id AND d.state IN ('queued', 'inflight')
                         AND d.id NOT IN (SELECT id FROM finished))
+    RETURNING m.id
 ), e AS (
     INSERT INTO events (occurred_at, type, message_id, delivery_id, queue_id, campaign,
                         from_domain, envelope_sender, source_ip, destination, recipient,
@@ -238,13 +241,15 @@ WITH o AS (
     FROM u JOIN o ON o.delivery_id = u.id JOIN messages m ON m.id = u.message_id
     WHERE o.non_delivery
 )
-SELECT u.id AS delivery_id, u.message_id, u.recipient_key, e.id AS event_id
+SELECT u.id AS delivery_id, u.message_id, u.recipient_key, e.id AS event_id,
+       u.state NOT IN ('queued', 'inflight')
+           AND u.message_id NOT IN (SELECT id FROM released) AS body_kept
 FROM u JOIN e ON e.delivery_id = u.id;
 
 -- suppress_recipients --
 -- Bounces and complaints that suppress: suppression entry (source $5; the first cause is kept),
 -- profile status $6, and every other queued delivery to the address cancelled with a
--- suppressed event.
+-- suppressed event; the messages of those cancelled, whose bodies may be released after commit.
 WITH s AS (
     -- An allowlisted address is never suppressed automatically; $7 false (dry_run) cancels
     -- nothing queued.
@@ -275,7 +280,8 @@ WITH s AS (
            jsonb_build_object('why', 'recipient suppressed while queued')
     FROM c JOIN messages m ON m.id = c.message_id
 )
-SELECT (SELECT count(*) FROM ins) AS added, (SELECT count(*) FROM c) AS cancelled;
+SELECT (SELECT count(*) FROM ins) AS added, (SELECT count(*) FROM c) AS cancelled,
+       ARRAY(SELECT DISTINCT message_id FROM c) AS cancelled_messages;
 
 -- apply_dsn_results --
 -- Results read from bounce messages, one per delivery named by a verified return path.
@@ -336,7 +342,8 @@ INSERT INTO events (occurred_at, type, envelope_sender, recipient, recipient_dom
 VALUES ($1, 'dsn_unmatched', $2, $3, $4, $5, $6::jsonb, 'dsn');
 
 -- release_bodies --
--- Drop the bodies of messages whose deliveries are all final.
+-- Drop the bodies of messages whose deliveries are all final. Run after the commit that
+-- finished them, so it sees what concurrent transactions finished too.
 UPDATE messages m SET body = NULL
 WHERE m.id = ANY($1::bigint[]) AND m.body IS NOT NULL
   AND NOT EXISTS (SELECT 1 FROM deliveries d
@@ -376,13 +383,13 @@ RETURNING id;
 WITH c AS (
     UPDATE deliveries SET state = 'cancelled', updated_at = now()
     WHERE id = $1 AND state = 'queued'
-    RETURNING id, recipient_key
+    RETURNING id, message_id, recipient_key
 ), a AS (
     INSERT INTO admin_audit (actor, action, subject, reason, detail)
     SELECT $2, 'queue.purge', c.recipient_key, $3, jsonb_build_object('delivery_id', c.id)
     FROM c
 )
-SELECT id FROM c;
+SELECT id, message_id FROM c;
 
 -- profile --
 -- An address's profile row, with its suppression entry when there is one.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import ssl
 from collections.abc import AsyncIterator
@@ -15,7 +16,7 @@ import trustme
 
 from relay.app import Relay
 from relay.config import ConfigErrors, load_config
-from relay.store import OTHER_POOL_MAX_SIZE
+from relay.store import OTHER_POOL_MAX_SIZE, IncomingMessage, OutcomeRecord, Recipient
 from tests.delivery_support import (
     BODY,
     delivery_config,
@@ -371,8 +372,6 @@ async def test_lease_fencing_keeps_a_late_worker_from_overwriting(upstream, star
         [new] = await store.claim_due_deliveries("relay-b", clock(), timedelta(seconds=5), 10)
         assert new.id == old.id
         assert new.lease_token != old.lease_token
-        from relay.store import OutcomeRecord
-
         late = await store.apply_outcomes(
             clock(),
             [
@@ -627,3 +626,101 @@ def test_outcome_window_is_read_in_milliseconds_and_bounded(make_config):
     assert make_config().delivery.outcome_window == timedelta(milliseconds=20)
     with pytest.raises(ConfigErrors, match=r"outcome_window '2s' is too long"):
         make_config('[delivery]\noutcome_window = "2s"\n')
+
+
+async def test_the_last_two_deliveries_finished_at_once_release_the_body(
+    upstream, start_relay, db, db_dsn, clock
+):
+    """Two transactions finish the last two deliveries of one message together, each
+    snapshot taken before the other commits: each sees the other's delivery as open and
+    keeps the body. The release after the commit sees both and drops it. (A third
+    connection holds both rows so that the two statements start before either commits.)"""
+    async with start_relay(upstream.port, "enabled = false") as relay:
+        store = relay.store
+        await send(relay, ["one@example.org", "two@example.org"])
+        claimed = await store.claim_due_deliveries("relay-a", clock(), timedelta(minutes=5), 10)
+        assert len(claimed) == 2
+        holder = await asyncpg.connect(db_dsn)
+        try:
+            lock = holder.transaction()
+            await lock.start()
+            await holder.execute(
+                "SELECT 1 FROM deliveries WHERE id = ANY($1::bigint[]) FOR UPDATE",
+                [d.id for d in claimed],
+            )
+            both = asyncio.gather(
+                *(
+                    store.apply_outcomes(
+                        clock(),
+                        [
+                            OutcomeRecord(
+                                delivery_id=d.id,
+                                lease_token=d.lease_token,
+                                state="delivered",
+                                event="delivered",
+                                code=250,
+                            )
+                        ],
+                    )
+                    for d in claimed
+                )
+            )
+            await eventually(lambda: _waiting_for_locks(db, 2))
+            await lock.commit()
+            results = await both
+        finally:
+            await holder.close()
+    assert [r.applied for r in results] == [1, 1]
+    assert await _body_released(db)
+
+
+async def _waiting_for_locks(db, n: int) -> bool:
+    return await db.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted") >= n
+
+
+async def test_a_hard_bounce_releases_the_bodies_of_the_mail_it_cancels(
+    upstream, start_relay, db, clock
+):
+    """A hard bounce cancels the other mail queued to that address; a cancelled message
+    with nothing else open has its body released like a delivered one."""
+    upstream.on_rcpt("gone@example.org", "451 4.2.0 later", "550 5.1.1 no such user")
+    async with start_relay(upstream.port) as relay:
+        await send(relay, ["gone@example.org"])
+        await eventually(in_state(db, "gone@example.org", "queued"))
+        async with relay.store.queue.acquire() as conn:  # a second message, queued behind it
+            await conn.execute(
+                "UPDATE deliveries SET next_attempt_at = $1", clock() + timedelta(days=1)
+            )
+        await relay.store.accept_messages(clock(), [_incoming("Q2", "gone@example.org")])
+        await retry_due(relay, clock, hours=2)
+        await eventually(lambda: _states(db, "gone@example.org", {"bounced", "cancelled"}))
+        await eventually(lambda: _body_released(db))
+
+
+async def _states(db, recipient: str, states: set[str]) -> bool:
+    rows = await db.fetch("SELECT state FROM deliveries WHERE recipient_key = $1", recipient)
+    return {r["state"] for r in rows} == states
+
+
+def _incoming(queue_id: str, recipient: str) -> IncomingMessage:
+    return IncomingMessage(
+        queue_id=queue_id,
+        envelope_sender="bounces@mail.example.com",
+        recipients=(Recipient(recipient, recipient, recipient.rpartition("@")[2]),),
+        body=BODY,
+        from_domain="mail.example.com",
+        message_id=None,
+        campaign="c1",
+        client_address="127.0.0.1",
+        session_id="s",
+        smtputf8=False,
+    )
+
+
+async def test_purging_a_queued_delivery_releases_its_body(upstream, start_relay, db):
+    async with start_relay(upstream.port, "enabled = false") as relay:
+        await send(relay, ["purge@example.org"])
+        delivery_id = await db.fetchval("SELECT id FROM deliveries")
+        assert await relay.store.purge_delivery(delivery_id, "ops", "test")
+    assert await state_of(db, "purge@example.org") == "cancelled"
+    assert await _body_released(db)
