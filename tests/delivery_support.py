@@ -12,6 +12,7 @@ import aiosmtplib
 import asyncpg
 
 from relay.app import Relay
+from relay.store import ClaimedDelivery, IncomingMessage, OutcomeRecord, Recipient
 from tests.scripted import FakeClock
 
 BODY = b"From: News <news@mail.example.com>\r\nX-Campaign-ID: c1\r\nSubject: t\r\n\r\nhello\r\n"
@@ -101,3 +102,28 @@ async def events_of(db: asyncpg.Connection, recipient: str) -> list[asyncpg.Reco
 async def retry_due(relay: Relay, clock: FakeClock, **delta: float) -> None:
     clock.advance(**delta)
     relay.worker.wake()
+
+
+def incoming(
+    queue_id: str, recipient: str, sender_domain: str = "mail.example.com", body: bytes = BODY
+) -> IncomingMessage:
+    """A one-recipient message as the intake hands it to the store."""
+    return IncomingMessage(
+        queue_id=queue_id,
+        envelope_sender=f"bounces@{sender_domain}",
+        recipients=(Recipient(recipient, recipient, recipient.rpartition("@")[2]),),
+        body=body,
+        from_domain=sender_domain,
+        message_id=None,
+        campaign="c1",
+        client_address="127.0.0.1",
+        session_id="s",
+        smtputf8=False,
+    )
+
+
+def delivered(d: ClaimedDelivery) -> OutcomeRecord:
+    """The outcome of a 250 for the claimed delivery ``d``."""
+    return OutcomeRecord(
+        delivery_id=d.id, lease_token=d.lease_token, state="delivered", event="delivered", code=250
+    )

@@ -16,13 +16,15 @@ import trustme
 
 from relay.app import Relay
 from relay.config import ConfigErrors, load_config
-from relay.store import OTHER_POOL_MAX_SIZE, IncomingMessage, OutcomeRecord, Recipient
+from relay.store import OTHER_POOL_MAX_SIZE, OutcomeRecord
 from tests.delivery_support import (
     BODY,
+    delivered,
     delivery_config,
     events_of,
     eventually,
     in_state,
+    incoming,
     retry_due,
     send,
     state_of,
@@ -386,18 +388,7 @@ async def test_lease_fencing_keeps_a_late_worker_from_overwriting(upstream, star
             ],
         )
         assert (late.applied, late.fenced) == (0, 1)
-        current = await store.apply_outcomes(
-            clock(),
-            [
-                OutcomeRecord(
-                    delivery_id=new.id,
-                    lease_token=new.lease_token,
-                    state="delivered",
-                    event="delivered",
-                    code=250,
-                )
-            ],
-        )
+        current = await store.apply_outcomes(clock(), [delivered(new)])
         assert (current.applied, current.fenced) == (1, 0)
     assert await state_of(db, "f@example.org") == "delivered"
     assert await db.fetchval("SELECT count(*) FROM suppressions") == 0
@@ -648,23 +639,7 @@ async def test_the_last_two_deliveries_finished_at_once_release_the_body(
                 "SELECT 1 FROM deliveries WHERE id = ANY($1::bigint[]) FOR UPDATE",
                 [d.id for d in claimed],
             )
-            both = asyncio.gather(
-                *(
-                    store.apply_outcomes(
-                        clock(),
-                        [
-                            OutcomeRecord(
-                                delivery_id=d.id,
-                                lease_token=d.lease_token,
-                                state="delivered",
-                                event="delivered",
-                                code=250,
-                            )
-                        ],
-                    )
-                    for d in claimed
-                )
-            )
+            both = asyncio.gather(*(store.apply_outcomes(clock(), [delivered(d)]) for d in claimed))
             await eventually(lambda: _waiting_for_locks(db, 2))
             await lock.commit()
             results = await both
@@ -691,7 +666,7 @@ async def test_a_hard_bounce_releases_the_bodies_of_the_mail_it_cancels(
             await conn.execute(
                 "UPDATE deliveries SET next_attempt_at = $1", clock() + timedelta(days=1)
             )
-        await relay.store.accept_messages(clock(), [_incoming("Q2", "gone@example.org")])
+        await relay.store.accept_messages(clock(), [incoming("Q2", "gone@example.org")])
         await retry_due(relay, clock, hours=2)
         await eventually(lambda: _states(db, "gone@example.org", {"bounced", "cancelled"}))
         await eventually(lambda: _body_released(db))
@@ -700,21 +675,6 @@ async def test_a_hard_bounce_releases_the_bodies_of_the_mail_it_cancels(
 async def _states(db, recipient: str, states: set[str]) -> bool:
     rows = await db.fetch("SELECT state FROM deliveries WHERE recipient_key = $1", recipient)
     return {r["state"] for r in rows} == states
-
-
-def _incoming(queue_id: str, recipient: str) -> IncomingMessage:
-    return IncomingMessage(
-        queue_id=queue_id,
-        envelope_sender="bounces@mail.example.com",
-        recipients=(Recipient(recipient, recipient, recipient.rpartition("@")[2]),),
-        body=BODY,
-        from_domain="mail.example.com",
-        message_id=None,
-        campaign="c1",
-        client_address="127.0.0.1",
-        session_id="s",
-        smtputf8=False,
-    )
 
 
 async def test_purging_a_queued_delivery_releases_its_body(upstream, start_relay, db):

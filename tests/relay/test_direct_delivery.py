@@ -8,23 +8,8 @@ from __future__ import annotations
 import dataclasses
 from datetime import timedelta
 
-from relay.store import ClaimedDelivery, IncomingMessage, Recipient
-from tests.delivery_support import eventually, in_state, send
-
-
-def _message(queue_id: str, recipient: str, sender_domain: str = "mail.example.com"):
-    return IncomingMessage(
-        queue_id=queue_id,
-        envelope_sender=f"bounces@{sender_domain}",
-        recipients=(Recipient(recipient, recipient, recipient.rpartition("@")[2]),),
-        body=b"Subject: x\r\n\r\nx\r\n",
-        from_domain=sender_domain,
-        message_id=None,
-        campaign="c1",
-        client_address="127.0.0.1",
-        session_id="s",
-        smtputf8=False,
-    )
+from relay.store import ClaimedDelivery
+from tests.delivery_support import eventually, in_state, incoming, send
 
 
 def _comparable(d: ClaimedDelivery) -> dict:
@@ -64,10 +49,10 @@ async def test_a_delivery_leased_at_commit_carries_what_a_claim_gives(
             "plain@example.org",
         ]
         now = clock()
-        queued = [_message(f"Q{n}", r) for n, r in enumerate(recipients)]
+        queued = [incoming(f"Q{n}", r) for n, r in enumerate(recipients)]
         await store.accept_messages(now, queued)
         claimed = await store.claim_due_deliveries("relay-a", now, timedelta(minutes=5), 10)
-        leased_batch = [_message(f"L{n}", r) for n, r in enumerate(recipients)]
+        leased_batch = [incoming(f"L{n}", r) for n, r in enumerate(recipients)]
         accepted, leased = await store.accept_and_lease(
             now, leased_batch, "relay-a", timedelta(minutes=5)
         )
@@ -98,7 +83,7 @@ async def test_a_relay_that_dies_holding_leases_from_its_commit_loses_nothing(
     runs out another relay claims and delivers it, exactly once."""
     async with start_relay(upstream.port) as relay:
         await relay.store.accept_and_lease(
-            clock(), [_message("DEAD1", "orphan@example.org")], "dead-relay", timedelta(minutes=5)
+            clock(), [incoming("DEAD1", "orphan@example.org")], "dead-relay", timedelta(minutes=5)
         )
         assert await relay.worker.run_once() == 0  # the lease holds: nothing to claim
         assert await in_state(db, "orphan@example.org", "inflight")()
