@@ -80,7 +80,7 @@ class GroupBatcher(Generic[T, R]):
         # Retrieve the outcome even when the caller is gone, so no error goes unobserved.
         future.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._queue.put_nowait((item, future))
-        if self._held and len(self._held) + self._queue.qsize() >= self._max_batch:
+        if self._held and self._batch_full():
             self._full.set()  # a full batch goes now, window or not
         # shield: a caller that goes away mid-batch must not cancel its batch-mates.
         return await asyncio.shield(future)
@@ -109,7 +109,7 @@ class GroupBatcher(Generic[T, R]):
     async def _collect(self) -> None:
         while True:
             self._held = [await self._queue.get()]
-            if self._window and 1 + self._queue.qsize() < self._max_batch:
+            if self._window and not self._batch_full():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full.wait(), self._window)
             await self._slots.acquire()
@@ -120,6 +120,10 @@ class GroupBatcher(Generic[T, R]):
             task = asyncio.create_task(self._run(batch), name=self._name)
             self._batches.add(task)
             task.add_done_callback(self._batches.discard)
+
+    def _batch_full(self) -> bool:
+        """Whether the batch the collector holds, with what queued behind it, is full."""
+        return len(self._held) + self._queue.qsize() >= self._max_batch
 
     async def _run(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:

@@ -53,7 +53,7 @@ _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _SIZE = re.compile(r"^\s*(\d+)\s*(KB|MB|GB|B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}
 
-
+# A relay killed inside the window sends what it holds again: keep that short.
 MAX_OUTCOME_WINDOW = timedelta(seconds=1)
 
 
@@ -480,8 +480,9 @@ def _outcome_window(value: Any) -> timedelta:
     window = _duration(value)
     if window > MAX_OUTCOME_WINDOW:
         raise ValueError(
-            f"outcome_window {_str(value)!r} is too long: at most '1s' (a relay that stops "
-            "in the window sends those messages again); '0s' turns it off"
+            f"outcome_window {_str(value)!r} is too long: at most "
+            f"'{MAX_OUTCOME_WINDOW.total_seconds():g}s' (a relay that stops in the window "
+            "sends those messages again); '0s' turns it off"
         )
     return window
 

@@ -595,13 +595,13 @@ async def test_shutdown_in_the_outcome_window_still_records_the_outcome(
     extra = f'outcome_window = "1s"\nshutdown_grace = "{grace}"'
     async with start_relay(upstream.port, extra) as relay:
         await send(relay, ["late@example.org"])
-        await eventually(lambda: _delivered_count(relay))
+        await eventually(lambda: _outcome_decided(relay))
         assert await state_of(db, "late@example.org") == "inflight"
     assert await state_of(db, "late@example.org") == "delivered"
     assert len(upstream.delivered_to("late@example.org")) == 1
 
 
-async def _delivered_count(relay: Relay) -> bool:
+async def _outcome_decided(relay: Relay) -> bool:
     """Whether an outcome ``delivered`` was decided (it is then handed to the batcher)."""
     [family] = relay.metrics.deliveries.collect()
     return any(
@@ -650,7 +650,12 @@ async def test_the_last_two_deliveries_finished_at_once_release_the_body(
 
 
 async def _waiting_for_locks(db, n: int) -> bool:
-    return await db.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted") >= n
+    """Whether ``n`` statements on this database wait for a lock."""
+    waiting = await db.fetchval(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    return waiting >= n
 
 
 async def test_a_hard_bounce_releases_the_bodies_of_the_mail_it_cancels(
