@@ -184,6 +184,7 @@ class Relay:
                 self._admin_listen or config.admin.listen,
                 config.admin.tokens,
                 config.admin.password_hash,
+                clock=self._clock,
             )
             self._stack.push_async_callback(runner.cleanup)
         self.port = self.server.sockets[0].getsockname()[1]

@@ -23,6 +23,7 @@ from aiohttp import web
 
 from policies.addresses import AddressError, normalise_address, validate_address
 from relay import report
+from relay.clock import Clock, utc_now
 from relay.config import AdminToken
 from relay.passwords import verify_password
 from relay.store import Store
@@ -70,7 +71,9 @@ def _iso(value: datetime) -> str:
     return value.isoformat()
 
 
-def add_api_routes(app: web.Application, store: Store, tokens: tuple[AdminToken, ...]) -> None:
+def add_api_routes(
+    app: web.Application, store: Store, tokens: tuple[AdminToken, ...], clock: Clock = utc_now
+) -> None:
     check = _Tokens(tokens)
 
     async def bounces(request: web.Request) -> web.StreamResponse:
@@ -94,6 +97,7 @@ def add_api_routes(app: web.Application, store: Store, tokens: tuple[AdminToken,
                 group_by=_GROUPS[group],
                 top=top,
                 raw=q.get("raw") in ("1", "true"),
+                now=clock(),
             )
         except (report.ReportError, ValueError) as exc:
             return _bad_request(str(exc))

@@ -27,7 +27,7 @@ from multidict import MultiDictProxy
 
 from policies.addresses import AddressError, normalise_address, validate_address
 from relay import report
-from relay.clock import utc_now
+from relay.clock import Clock, utc_now
 from relay.passwords import verify_password
 from relay.store import ReportRow, Store
 
@@ -161,8 +161,9 @@ _FORM = web.RequestKey("form", MultiDictProxy[Any])
 
 
 class _Pages:
-    def __init__(self, store: Store, password_hash: str) -> None:
+    def __init__(self, store: Store, password_hash: str, clock: Clock = utc_now) -> None:
         self.store = store
+        self.clock = clock
         self.auth = _Auth(password_hash)
 
     def login_required(self, handler: Handler) -> Handler:
@@ -244,6 +245,7 @@ class _Pages:
             campaigns=[c for c in q.getall("campaign", []) if c],
             kind=q.get("type", "soft"),
             group_by=q.get("group_by", "from-domain"),
+            now=self.clock(),
         )
 
     def _rows(self, flt: report.ReportFilter) -> Any:
@@ -581,7 +583,9 @@ class _Pages:
                 "/incidents?"
                 + urlencode({"notice": "Releasing needs a reason and the confirmation box."})
             )
-        released = await self.store.release_incident(int(raw_id), utc_now(), "admin page", reason)
+        released = await self.store.release_incident(
+            int(raw_id), self.clock(), "admin page", reason
+        )
         notice = (
             f"Incident #{raw_id} released: {released[0]} suppressions lifted, "
             f"{released[1]} deferred deliveries due now."
@@ -594,8 +598,10 @@ class _Pages:
         raise web.HTTPSeeOther("/report")
 
 
-def add_page_routes(app: web.Application, store: Store, password_hash: str) -> None:
-    pages = _Pages(store, password_hash)
+def add_page_routes(
+    app: web.Application, store: Store, password_hash: str, clock: Clock = utc_now
+) -> None:
+    pages = _Pages(store, password_hash, clock)
     app.router.add_get("/", pages.home)
     app.router.add_get("/login", pages.login_form)
     app.router.add_post("/login", pages.login)

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 import structlog
 from aiohttp import web
@@ -19,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from relay.admin.api import add_api_routes
 from relay.admin.pages import add_page_routes
+from relay.clock import Clock, utc_now
 from relay.config import AdminToken
 from relay.errors import ListenError, StoreError
 from relay.metrics import Metrics
@@ -35,6 +35,7 @@ def _app(
     serving: Callable[[], bool],
     tokens: tuple[AdminToken, ...],
     password_hash: str = "",
+    clock: Clock = utc_now,
 ) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
@@ -57,7 +58,7 @@ def _app(
         except StoreError as exc:
             log.warning("metrics.queue_unavailable", error=str(exc))
         else:
-            now = datetime.now(UTC)
+            now = clock()
             for state in ("queued", "inflight"):
                 metrics.queue_depth.labels(state).set(stats.get(state, (0, None))[0])
             oldest = stats.get("queued", (0, None))[1]
@@ -74,9 +75,9 @@ def _app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", scrape)
     if tokens:
-        add_api_routes(app, store, tokens)
+        add_api_routes(app, store, tokens, clock)
     if password_hash:
-        add_page_routes(app, store, password_hash)
+        add_page_routes(app, store, password_hash, clock)
     return app
 
 
@@ -87,9 +88,12 @@ async def start_admin(
     listen: tuple[str, int],
     tokens: tuple[AdminToken, ...] = (),
     password_hash: str = "",
+    clock: Clock = utc_now,
 ) -> tuple[web.AppRunner, int]:
     """Start listening; return the runner (to clean up) and the bound port."""
-    runner = web.AppRunner(_app(store, metrics, serving, tokens, password_hash), access_log=None)
+    runner = web.AppRunner(
+        _app(store, metrics, serving, tokens, password_hash, clock), access_log=None
+    )
     await runner.setup()
     site = web.TCPSite(runner, listen[0], listen[1])
     try:

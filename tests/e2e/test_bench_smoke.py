@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.tools import needs
+
 REPO = Path(__file__).resolve().parents[2]
 PEER_BENCH = next(
     (
@@ -134,9 +136,9 @@ def test_webhook_trigger_bench_smoke(server_dsn):
 
 @pytest.mark.slow
 @pytest.mark.skipif(PEER_BENCH is None, reason="shared/bench/peer-bench.sh not on this machine")
-@pytest.mark.skipif(
-    os.geteuid() != 0 and not Path("/usr/sbin/smtp-source").exists(),
-    reason="peer-bench needs Postfix's smtp-source (installed as root)",
+@needs(
+    os.geteuid() == 0 or Path("/usr/sbin/smtp-source").exists(),
+    "peer-bench needs Postfix's smtp-source (installed as root)",
 )
 def test_relay_throughput_smoke(server_dsn):
     out = _run(
@@ -155,9 +157,9 @@ def test_relay_throughput_smoke(server_dsn):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not Path("/usr/sbin/smtp-source").exists(),
-    reason="needs Postfix's smtp-source and smtp-sink (.ci/run installs them)",
+@needs(
+    Path("/usr/sbin/smtp-source").exists(),
+    "needs Postfix's smtp-source and smtp-sink (.ci/run installs them)",
 )
 def test_cpu_per_message_smoke(server_dsn):
     out = _run(
