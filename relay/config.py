@@ -131,6 +131,12 @@ class SmtpConfig:
     max_invalid_commands: int = 10
     # RFC 5321 §6.3: a loop-detecting threshold SHOULD be "at least 100 Received entries".
     max_hops: int = 100
+    # Failed AUTH (535): after this many in one session, 421 and disconnect; a client
+    # address with auth_failures_per_client failures inside auth_failure_window is refused
+    # AUTH (421) until the window has passed.
+    max_auth_failures: int = 3
+    auth_failures_per_client: int = 10
+    auth_failure_window: timedelta = timedelta(minutes=15)
     # Proxies that speak the PROXY protocol (v1 or v2) to us; empty: off.
     proxy_protocol_from: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     # Relay processes sharing the listener (SO_REUSEPORT), each with intake and delivery;
@@ -165,6 +171,9 @@ class RouteConfig:
     username: str = ""
     password: str = ""
     mx_port: int = 25  # mode "mx": the port MX hosts are contacted on (tests use another)
+    # Recipients at an address literal (user@[192.0.2.1]) are delivered to that IP only
+    # through a route that says so; otherwise RCPT refuses them (550 5.1.2).
+    address_literals: bool = False
 
     def matches(self, domain: str) -> bool:
         return any(
@@ -203,6 +212,9 @@ class AdminConfig:
     listen: tuple[str, int] = ("127.0.0.1", 8025)
     password_hash: str = ""
     tokens: tuple[AdminToken, ...] = ()
+    # Reverse proxies whose X-Forwarded-For names the client (login limits key on it);
+    # from anyone else the header is ignored.
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -212,6 +224,10 @@ class DsnConfig:
     domain: str = ""
     prefix: str = "bounces"
     secret: str = ""
+    # Bounces that match no delivery are kept for inspection: at most this many per client
+    # address per hour (the rest are refused with 450), and for this long.
+    max_unmatched_per_client: int = 100
+    unmatched_retention: timedelta = timedelta(days=7)
 
     @property
     def return_paths(self) -> ReturnPaths | None:
@@ -524,6 +540,11 @@ def _read_smtp(r: _Reader, base: Path) -> SmtpConfig:
         max_rsets=r.get("max_rsets", d.max_rsets, _positive_int),
         max_invalid_commands=r.get("max_invalid_commands", d.max_invalid_commands, _positive_int),
         max_hops=r.get("max_hops", d.max_hops, _positive_int),
+        max_auth_failures=r.get("max_auth_failures", d.max_auth_failures, _positive_int),
+        auth_failures_per_client=r.get(
+            "auth_failures_per_client", d.auth_failures_per_client, _positive_int
+        ),
+        auth_failure_window=r.get("auth_failure_window", d.auth_failure_window, _duration),
         proxy_protocol_from=r.get("proxy_protocol_from", (), _list_of(_cidr)),
         processes=r.get("processes", d.processes, _processes),
     )
@@ -593,6 +614,7 @@ def _read_routes(r: _Reader, pools: tuple[PoolConfig, ...]) -> tuple[RouteConfig
             username=t.get("username", "", _str),
             password=t.get("password", "", _str),
             mx_port=t.get("mx_port", 25, _port),
+            address_literals=t.get("address_literals", False, _bool),
         )
         if route.mode in ("smarthost", "static") and not route.hosts:
             t.error(("hosts",), f"mode {route.mode!r} needs at least one host:port")
@@ -756,6 +778,7 @@ def _read_admin(r: _Reader) -> AdminConfig:
         listen=r.get("listen", AdminConfig.listen, lambda v: parse_hostport(_str(v))),
         password_hash=r.get("password_hash", "", _str),
         tokens=tuple(tokens),
+        trusted_proxies=r.get("trusted_proxies", (), _list_of(_cidr)),
     )
     r.finish()
     return cfg
@@ -776,8 +799,17 @@ def _read_dsn(r: _Reader) -> DsnConfig:
                 f"[dsn] domain is set, so a secret of at least {MIN_SECRET_LENGTH} bytes is "
                 'required to sign return paths (e.g. secret = "env:BOUNCE_RELAY_DSN_SECRET")',
             )
+    d = DsnConfig()
+    max_unmatched = r.get("max_unmatched_per_client", d.max_unmatched_per_client, _positive_int)
+    retention = r.get("unmatched_retention", d.unmatched_retention, _duration)
     r.finish()
-    return DsnConfig(domain=domain, prefix=prefix, secret=secret)
+    return DsnConfig(
+        domain=domain,
+        prefix=prefix,
+        secret=secret,
+        max_unmatched_per_client=max_unmatched,
+        unmatched_retention=retention,
+    )
 
 
 def _read_incidents(r: _Reader) -> IncidentRules:
