@@ -16,6 +16,8 @@
 
 Config comes from --config, else $BOUNCE_RELAY_CONFIG, else ./config.toml.
 Exit codes: 0 ok, 1 the command failed (message on stderr), 2 bad usage or config.
+Stored text is printed escaped: control, bidi and other format characters show as
+\\x1b, \\u202e, ... and a backslash as \\\\ (policies/text.py says which and why).
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ import sys
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from policies.states import DeliveryState
+from policies.text import printable, printable_lines
 from relay.config import Config, Rules, config_path, load_config
 from relay.errors import ConfigErrors, RelayError
 
@@ -238,7 +241,7 @@ def _load(args: argparse.Namespace) -> Config:
 def _cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args)
     print(
-        f"{config.path}: ok ({len(config.rules.routes)} route(s), "
+        f"{printable(str(config.path))}: ok ({len(config.rules.routes)} route(s), "
         f"{len(config.rules.pools)} pool(s), {len(config.rules.retry.rules)} retry rule(s), "
         f"{len(config.rules.classify_rules)} classify rule(s))"
     )
@@ -381,7 +384,10 @@ def _cmd_suppression(args: argparse.Namespace) -> int:
         try:
             lines = Path(args.file).read_text(encoding="utf-8").splitlines(keepends=True)
         except (OSError, UnicodeDecodeError) as exc:
-            print(f"bounce-relay: cannot read {args.file}: {exc}", file=sys.stderr)
+            print(
+                f"bounce-relay: cannot read {printable(args.file)}: {printable(str(exc))}",
+                file=sys.stderr,
+            )
             return 2
 
     async def work(store: Any) -> int:
@@ -496,7 +502,7 @@ def _cmd_queue(args: argparse.Namespace) -> int:
         else:
             found = await store.purge_delivery(args.id, args.actor, args.reason)
             if found:
-                print(f"delivery {args.id} cancelled (audited as {args.actor})")
+                print(f"delivery {args.id} cancelled (audited as {printable(args.actor)})")
         if not found:
             print(f"bounce-relay: no queued delivery {args.id}", file=sys.stderr)
         return 0 if found else 1
@@ -514,7 +520,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     async def work(store: Any) -> int:
         if await profile_show(store, args.address, sys.stdout):
             return 0
-        print(f"bounce-relay: nothing known about {args.address}", file=sys.stderr)
+        print(f"bounce-relay: nothing known about {printable(args.address)}", file=sys.stderr)
         return 1
 
     return asyncio.run(_with_store(config, work))
@@ -522,6 +528,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from relay import report
+    from relay.commands import TerminalCsv
     from relay.logging import configure_logging
 
     try:
@@ -544,17 +551,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
         return 2
     config = _load(args)
     configure_logging("warning")
+    text: TextIO = sys.stdout
     with contextlib.ExitStack() as files:
         if fmt == "xlsx":
             binary = (
                 files.enter_context(open(args.output, "wb")) if args.output else sys.stdout.buffer
             )
+        elif args.output:
+            text = files.enter_context(open(args.output, "w", encoding="utf-8", newline=""))
         else:
-            text = (
-                files.enter_context(open(args.output, "w", encoding="utf-8", newline=""))
-                if args.output
-                else sys.stdout
-            )
+            # CSV on a terminal is escaped (the table escapes its cells); to a pipe it is data.
+            text = TerminalCsv.wrap(sys.stdout) if fmt == "csv" else sys.stdout
 
         async def work(store: Any) -> int:
             rows = store.iter_bounce_report(
@@ -602,10 +609,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args)
     except ConfigErrors as exc:
-        print(f"bounce-relay: {exc}", file=sys.stderr)
+        print(f"bounce-relay: {printable_lines(str(exc))}", file=sys.stderr)
         return 2
     except RelayError as exc:
-        print(f"bounce-relay: {exc}", file=sys.stderr)
+        # A store error may quote what the database said about a stored value.
+        print(f"bounce-relay: {printable_lines(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

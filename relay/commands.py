@@ -2,6 +2,12 @@
 
 Each function takes parsed values (and a Store where the database is needed)
 and writes to ``out``; ``cli.py`` only parses arguments and dispatches.
+
+Everything stored was written by someone else (a remote server's reply, a message's
+headers, another administrator's reason): every value goes out through ``fmt`` or
+``policies.text.printable``, every JSON document through ``terminal_json``, so no control,
+bidi or other format character reaches the operator's terminal raw and no field can add a
+column or a row to tab-separated output.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from policies.addresses import AddressError, normalise_address, validate_address
 from policies.classify import Kind, classify
@@ -20,12 +26,21 @@ from policies.replies import parse_reply
 from policies.retry import preview_schedule, select_rule
 from policies.suppression_file import read_suppression_csv
 from policies.templates import template_of
+from policies.text import printable, terminal_json
 from relay.clock import utc_now
 from relay.config import Rules
 from relay.report import neutralise
 from relay.store import Store
 
-__all__ = ["classify_lines", "classify_one", "profile_show", "queue_list", "queue_show"]
+__all__ = [
+    "TerminalCsv",
+    "classify_lines",
+    "classify_one",
+    "fmt",
+    "profile_show",
+    "queue_list",
+    "queue_show",
+]
 
 
 def _template(text: str) -> str:
@@ -64,10 +79,10 @@ def classify_one(
 ) -> None:
     result = _classification(reply_text, domain, rules, utc_now(), with_schedule=True)
     if as_json:
-        print(json.dumps(result, indent=2), file=out)
+        print(terminal_json(result, indent=2), file=out)
         return
     for key in ("kind", "category", "suppress", "rule", "template"):
-        print(f"{key:9} {result[key]}", file=out)
+        print(f"{key:9} {printable(str(result[key]))}", file=out)
     for i, at in enumerate(result.get("next_attempts", []), start=2):
         print(f"attempt {i} at {at}", file=out)
 
@@ -89,19 +104,43 @@ def classify_lines(lines: Iterable[str], rules: Rules, *, out: TextIO = sys.stdo
                 raise TypeError("reply must be a string")
             domain = str(item.get("domain") or "")
         except (ValueError, KeyError, TypeError) as exc:
-            print(json.dumps({"line": number, "error": f"bad input: {exc}"}), file=out)
+            print(terminal_json({"line": number, "error": f"bad input: {exc}"}), file=out)
             status = 1
             continue
         result = _classification(reply_text, domain, rules, now, with_schedule=False)
-        print(json.dumps(result), file=out)
+        print(terminal_json(result), file=out)
     return status
 
 
-def fmt(value: Any) -> str:
-    """A value as one line of command output (times to the second, None as empty)."""
+def fmt(value: Any, limit: int | None = None) -> str:
+    """A value as one field of command output: times to the second, None as empty, text
+    through ``printable`` (escaped, one line, cut at ``limit`` characters)."""
     if isinstance(value, datetime):
         return value.strftime("%Y-%m-%d %H:%M:%S")
-    return "" if value is None else str(value).replace("\n", " ")
+    return "" if value is None else printable(str(value), limit)
+
+
+class TerminalCsv:
+    """A text stream for CSV written to a terminal: each ``write`` is one row (the csv
+    module writes a row per call), its CRLF kept and everything else escaped, a line break
+    inside a quoted cell included. Written to a file or a pipe, CSV is data and keeps its
+    bytes; only a terminal needs this."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+
+    def write(self, text: str) -> int:
+        row, end = (text[:-2], "\r\n") if text.endswith("\r\n") else (text, "")
+        self.out.write(printable(row) + end)
+        return len(text)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+    @classmethod
+    def wrap(cls, out: TextIO) -> TextIO:
+        """``out`` itself unless it is a terminal."""
+        return cast(TextIO, cls(out)) if out.isatty() else out
 
 
 async def queue_list(store: Store, state: str | None, limit: int, out: TextIO) -> None:
@@ -134,9 +173,9 @@ async def queue_show(store: Store, delivery_id: int, out: TextIO) -> bool:
     print("events:", file=out)
     for e in await store.events_of_delivery(delivery_id):
         print(
-            f"  {fmt(e['occurred_at'])} {e['type']:12} attempt={fmt(e['attempt'])} "
+            f"  {fmt(e['occurred_at'])} {fmt(e['type']):12} attempt={fmt(e['attempt'])} "
             f"code={fmt(e['code'])} category={fmt(e['category'])} rule={fmt(e['rule'])} "
-            f"ip={fmt(e['source_ip'])} {fmt(e['reply_text'])[:160]}",
+            f"ip={fmt(e['source_ip'])} {fmt(e['reply_text'], 160)}",
             file=out,
         )
     return True
@@ -150,25 +189,26 @@ async def profile_show(store: Store, address: str, out: TextIO) -> bool:
     if profile is None and not deliveries and not bounces:
         return False
     status = profile["status"] if profile else "active"
-    print(f"address   {key}", file=out)
-    print(f"status    {status}", file=out)
+    print(f"address   {fmt(key)}", file=out)
+    print(f"status    {fmt(status)}", file=out)
     if profile:
         print(f"changed   {fmt(profile['status_changed_at'])}", file=out)
         if profile["suppression_reason"]:
             print(
-                f"suppressed {fmt(profile['suppressed_at'])} ({profile['suppression_source']})"
-                f": {profile['suppression_reason']}",
+                f"suppressed {fmt(profile['suppressed_at'])} "
+                f"({fmt(profile['suppression_source'])}): {fmt(profile['suppression_reason'])}",
                 file=out,
             )
     print(
-        "deliveries " + (", ".join(f"{s}={n}" for s, n in deliveries.items()) or "none"), file=out
+        "deliveries " + (", ".join(f"{fmt(s)}={n}" for s, n in deliveries.items()) or "none"),
+        file=out,
     )
     print("bounces:", file=out)
     for b in bounces:
         print(
-            f"  {fmt(b['occurred_at'])} {b['type']:12} {fmt(b['code'])} "
+            f"  {fmt(b['occurred_at'])} {fmt(b['type']):12} {fmt(b['code'])} "
             f"{fmt(b['category'])} ip={fmt(b['source_ip'])} "
-            f"campaign={fmt(b['campaign'])} {fmt(b['reply_text'])[:160]}",
+            f"campaign={fmt(b['campaign'])} {fmt(b['reply_text'], 160)}",
             file=out,
         )
     return True
@@ -190,7 +230,10 @@ async def suppression_list(store: Store, args: Any, out: TextIO) -> int:
         args.search, args.reason, since, args.limit, (args.page - 1) * args.limit
     )
     for row in rows:
-        print(f"{row.address}\t{row.source}\t{fmt(row.created_at)}\t{row.reason}", file=out)
+        print(
+            f"{fmt(row.address)}\t{fmt(row.source)}\t{fmt(row.created_at)}\t{fmt(row.reason)}",
+            file=out,
+        )
     if len(rows) == args.limit:
         print(f"(more: --page {args.page + 1})", file=sys.stderr)
     return 0
@@ -212,7 +255,7 @@ async def suppression_add(store: Store, address: str, reason: str, actor: str) -
     added = await store.add_suppression(
         key, reason, "manual", profile_status="suppressed", actor=actor
     )
-    print(f"{key}: {'suppressed' if added else 'already suppressed (unchanged)'}")
+    print(f"{fmt(key)}: {'suppressed' if added else 'already suppressed (unchanged)'}")
     return 0
 
 
@@ -222,11 +265,11 @@ async def suppression_remove(store: Store, address: str, reason: str, actor: str
         return 1
     removed = await store.remove_suppression(key, actor, reason)
     if removed is None:
-        print(f"bounce-relay: {key} is not on the suppression list", file=sys.stderr)
+        print(f"bounce-relay: {fmt(key)} is not on the suppression list", file=sys.stderr)
         return 1
     print(
-        f"{key}: removed (was {removed.source} since {fmt(removed.created_at)}: "
-        f"{removed.reason}); its profile is active again, audited as {actor}"
+        f"{fmt(key)}: removed (was {fmt(removed.source)} since {fmt(removed.created_at)}: "
+        f"{fmt(removed.reason)}); its profile is active again, audited as {fmt(actor)}"
     )
     return 0
 
@@ -236,17 +279,21 @@ async def suppression_import(
 ) -> int:
     parsed = read_suppression_csv(lines, reason)
     for number, why in parsed.errors:
-        print(f"{name}:{number}: {why}", file=sys.stderr)
+        print(f"{fmt(name)}:{number}: {fmt(why)}", file=sys.stderr)
     added = await store.import_suppressions(parsed.entries, actor, name) if parsed.entries else 0
     print(
-        f"{name}: {added} added, {len(parsed.entries) - added} already listed, "
+        f"{fmt(name)}: {added} added, {len(parsed.entries) - added} already listed, "
         f"{parsed.duplicates} duplicate lines, {len(parsed.errors)} bad lines"
     )
     return 1 if parsed.errors else 0
 
 
 async def suppression_export(store: Store, output: str | None) -> int:
-    target = Path(output).open("w", encoding="utf-8", newline="") if output else sys.stdout  # noqa: SIM115, ASYNC230
+    target = (
+        Path(output).open("w", encoding="utf-8", newline="")  # noqa: SIM115, ASYNC230
+        if output
+        else TerminalCsv.wrap(sys.stdout)
+    )
     try:
         writer = csv.writer(target, lineterminator="\r\n")
         writer.writerow(["address", "reason", "source", "created_at"])
@@ -262,10 +309,10 @@ async def suppression_export(store: Store, output: str | None) -> int:
 
 async def audit_show(store: Store, limit: int, out: TextIO) -> int:
     for row in await store.audit_log(limit):
-        detail = json.dumps(row["detail"]) if row["detail"] else ""
+        detail = terminal_json(row["detail"]) if row["detail"] else ""
         print(
-            f"{fmt(row['occurred_at'])}\t{row['actor']}\t{row['action']}\t{row['subject']}\t"
-            f"{row['reason']}\t{detail}",
+            f"{fmt(row['occurred_at'])}\t{fmt(row['actor'])}\t{fmt(row['action'])}\t"
+            f"{fmt(row['subject'])}\t{fmt(row['reason'])}\t{detail}",
             file=out,
         )
     return 0
@@ -286,15 +333,15 @@ def dsn_parse(paths: Iterable[str], rules: Rules, *, out: TextIO, err: TextIO) -
             raw = Path(path).read_bytes()
             parsed = parse_bounce(raw)
         except OSError as exc:
-            print(f"bounce-relay: {path}: cannot read: {exc.strerror or exc}", file=err)
+            print(f"bounce-relay: {fmt(path)}: cannot read: {fmt(exc.strerror or exc)}", file=err)
             status = 2
             continue
         except NotAMessage as exc:
-            print(f"bounce-relay: {path}: not a mail message ({exc})", file=err)
+            print(f"bounce-relay: {fmt(path)}: not a mail message ({fmt(exc)})", file=err)
             status = 2
             continue
         except MalformedBounce as exc:
-            print(f"bounce-relay: {path}: cannot be parsed safely ({exc})", file=err)
+            print(f"bounce-relay: {fmt(path)}: cannot be parsed safely ({fmt(exc)})", file=err)
             status = 2
             continue
         if parsed is None:
@@ -331,5 +378,7 @@ def dsn_parse(paths: Iterable[str], rules: Rules, *, out: TextIO, err: TextIO) -
                 "format": parsed.format,
                 "loop": parsed.loop,
             }
-            print(json.dumps(line, ensure_ascii=False), file=out)
+            # ensure_ascii off keeps UTF-8 text readable; terminal_json escapes what would
+            # still reach the terminal raw (DEL, C1, bidi and other format characters).
+            print(terminal_json(line, ensure_ascii=False), file=out)
     return status

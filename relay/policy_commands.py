@@ -1,16 +1,19 @@
 """What the bounce-intelligence commands print: incidents, suppression why, the allowlist.
 
-Like ``commands.py``: parsed values in, text out; ``cli.py`` parses and dispatches.
+Like ``commands.py``: parsed values in, text out; ``cli.py`` parses and dispatches. And
+like there, every stored value is printed through ``fmt`` (``policies.text.printable``) and
+every JSON document through ``terminal_json``: entries, replies, templates, reasons and
+actors were written by remote servers or other administrators.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from datetime import datetime
 from typing import Any, TextIO
 
 from policies.addresses import AddressError, normalise_address, validate_address
+from policies.text import terminal_json
 from relay.clock import utc_now
 from relay.commands import fmt as _fmt
 from relay.store import Store
@@ -87,7 +90,7 @@ async def incident_release(
         return 1
     lifted, due_now = released
     print(
-        f"incident {incident_id} released (audited as {actor}): {lifted} suppressions lifted,"
+        f"incident {incident_id} released (audited as {_fmt(actor)}): {lifted} suppressions lifted,"
         f" profiles active again; {due_now} deferred deliveries due now",
         file=out,
     )
@@ -112,37 +115,41 @@ async def suppression_why(store: Store, address: str, out: TextIO, *, as_json: b
             "bounces": evidence.bounces,
             "audit": evidence.audit,
         }
-        print(json.dumps(document, default=_json_default, indent=2), file=out)
+        print(terminal_json(document, default=_json_default, indent=2), file=out)
         return 0
-    print(f"address  {evidence.address}", file=out)
+    print(f"address  {_fmt(evidence.address)}", file=out)
     if not evidence.entries:
         print("entries  none: mail to this address goes out", file=out)
     for e in evidence.entries:
-        kind = e["kind"] if e["scope"] is None else f"{e['kind']} ({e['scope']})"
+        kind = _fmt(e["kind"]) if e["scope"] is None else f"{_fmt(e['kind'])} ({_fmt(e['scope'])})"
         until = f" until {_fmt(e['until'])}" if e["until"] else ""
         print(
-            f"entry    {kind}: {e['source']} since {_fmt(e['created_at'])}{until}: {e['reason']}",
+            f"entry    {kind}: {_fmt(e['source'])} since {_fmt(e['created_at'])}{until}: "
+            f"{_fmt(e['reason'])}",
             file=out,
         )
     print(f"bounces  {len(evidence.bounces)} recorded (newest first)", file=out)
     for b in evidence.bounces:
         incident = (
-            f" incident={b['incident_id']} ({b['incident_state']})" if b["incident_id"] else ""
+            f" incident={b['incident_id']} ({_fmt(b['incident_state'])})"
+            if b["incident_id"]
+            else ""
         )
         print(
-            f"  {_fmt(b['occurred_at'])} {b['type']} via {b['source']}"
+            f"  {_fmt(b['occurred_at'])} {_fmt(b['type'])} via {_fmt(b['source'])}"
             f" code={_fmt(b['code'])} {_fmt(b['enhanced'])} category={_fmt(b['category'])}"
             f" rule={_fmt(b['rule'])} suppress={_fmt(b['suppress'])}"
             f" ip={_fmt(b['source_ip'])} destination={_fmt(b['destination'])}"
             f" campaign={_fmt(b['campaign'])} queue_id={_fmt(b['queue_id'])}{incident}",
             file=out,
         )
-        print(f"      reply:    {_fmt(b['reply_text'])[:300]}", file=out)
-        print(f"      template: {_fmt(b['template'])[:300]}", file=out)
+        print(f"      reply:    {_fmt(b['reply_text'], 300)}", file=out)
+        print(f"      template: {_fmt(b['template'], 300)}", file=out)
     for a in evidence.audit:
-        detail = f" {json.dumps(a['detail'], default=_json_default)}" if a["detail"] else ""
+        detail = f" {terminal_json(a['detail'], default=_json_default)}" if a["detail"] else ""
         print(
-            f"audit    {_fmt(a['occurred_at'])} {a['actor']} {a['action']}: {a['reason']}{detail}",
+            f"audit    {_fmt(a['occurred_at'])} {_fmt(a['actor'])} {_fmt(a['action'])}: "
+            f"{_fmt(a['reason'])}{detail}",
             file=out,
         )
     return 0
@@ -168,7 +175,8 @@ def address_or_domain(text: str) -> str | None:
 async def allowlist_list(store: Store, out: TextIO) -> int:
     for row in await store.allowlist():
         print(
-            f"{row['entry']}\t{_fmt(row['created_at'])}\t{row['actor']}\t{row['reason']}",
+            f"{_fmt(row['entry'])}\t{_fmt(row['created_at'])}\t{_fmt(row['actor'])}\t"
+            f"{_fmt(row['reason'])}",
             file=out,
         )
     return 0
@@ -180,7 +188,7 @@ async def allowlist_add(store: Store, text: str, reason: str, actor: str, out: T
         return 2
     added = await store.allow(entry, reason, actor)
     print(
-        f"{entry}: {'allowlisted' if added else 'already allowlisted (unchanged)'}; automatic"
+        f"{_fmt(entry)}: {'allowlisted' if added else 'already allowlisted (unchanged)'}; automatic"
         " suppressions no longer hold for it (an administrator's entries still do)",
         file=out,
     )
@@ -192,9 +200,9 @@ async def allowlist_remove(store: Store, text: str, reason: str, actor: str, out
     if entry is None:
         return 2
     if not await store.disallow(entry, reason, actor):
-        print(f"bounce-relay: {entry} is not on the allowlist", file=sys.stderr)
+        print(f"bounce-relay: {_fmt(entry)} is not on the allowlist", file=sys.stderr)
         return 1
-    print(f"{entry}: removed from the allowlist (audited as {actor})", file=out)
+    print(f"{_fmt(entry)}: removed from the allowlist (audited as {_fmt(actor)})", file=out)
     return 0
 
 
@@ -203,8 +211,8 @@ async def scoped_add(
 ) -> int:
     added = await store.add_scoped_suppression(key, domain, reason, actor)
     print(
-        f"{key}: {'suppressed' if added else 'already suppressed (unchanged)'} for mail from"
-        f" {domain}",
+        f"{_fmt(key)}: {'suppressed' if added else 'already suppressed (unchanged)'} for mail"
+        f" from {_fmt(domain)}",
         file=out,
     )
     return 0
@@ -214,7 +222,13 @@ async def scoped_remove(
     store: Store, key: str, domain: str, reason: str, actor: str, out: TextIO
 ) -> int:
     if not await store.remove_scoped_suppression(key, domain, actor, reason):
-        print(f"bounce-relay: {key} is not suppressed for mail from {domain}", file=sys.stderr)
+        print(
+            f"bounce-relay: {_fmt(key)} is not suppressed for mail from {_fmt(domain)}",
+            file=sys.stderr,
+        )
         return 1
-    print(f"{key}: mail from {domain} may go to it again (audited as {actor})", file=out)
+    print(
+        f"{_fmt(key)}: mail from {_fmt(domain)} may go to it again (audited as {_fmt(actor)})",
+        file=out,
+    )
     return 0

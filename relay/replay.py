@@ -28,12 +28,14 @@ was not decided by the rules alone; it is counted apart and never listed as a
 change of the rules.
 
 ``replay_bounce`` and ``Tally`` are pure; ``run_replay`` reads the store and
-writes the output (a table, or JSON lines with ``--jsonl``), summary last.
+writes the output (a table, or JSON lines with ``--jsonl``), summary last. Replies and
+addresses are remote data: the table shows them through ``policies.text.printable`` and
+the JSON lines go through ``terminal_json``, so no control or bidi character reaches the
+terminal raw.
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import AsyncIterable
 from dataclasses import dataclass, field
@@ -45,6 +47,7 @@ from policies.outcome import decide, decide_reported
 from policies.replies import Reply
 from policies.retry import Backoff, format_duration, select_rule
 from policies.states import EventType
+from policies.text import printable, terminal_json
 from relay.config import Rules, parse_duration
 from relay.store import RecordedBounce, Store
 
@@ -348,7 +351,7 @@ async def run_replay(
         tally.add(replayed)
         if replayed.changes:
             if as_jsonl:
-                print(json.dumps(_json_row(replayed), ensure_ascii=False), file=out)
+                print(terminal_json(_json_row(replayed), ensure_ascii=False), file=out)
             else:
                 if tally.changed == 1:
                     print(_HEADER, file=out)
@@ -360,7 +363,7 @@ async def run_replay(
         progress.write("\n")
     period = {"since": _iso(since), "until": _iso(until)}
     if as_jsonl:
-        print(json.dumps({"summary": {**period, **tally.as_json()}}), file=out)
+        print(terminal_json({"summary": {**period, **tally.as_json()}}), file=out)
     else:
         print(f"{period['since']} to {period['until']}: {tally.line()}", file=out)
     return tally
@@ -375,8 +378,8 @@ def _table_row(replayed: Replayed) -> str:
     b = replayed.bounce
     when = b.occurred_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
     code = str(b.code) if b.code else "-"
-    changes = "; ".join(str(c) for c in replayed.changes)
-    recipient = _printable(b.recipient or "")
+    changes = printable("; ".join(str(c) for c in replayed.changes))
+    recipient = printable(b.recipient or "")
     reply = _trim(_first_line(b.reply_text), _REPLY_WIDTH)
     return f"{when}  {recipient:{_RECIPIENT_WIDTH}}  {code:4}  {reply:{_REPLY_WIDTH}}  {changes}"
 
@@ -417,11 +420,6 @@ def _first_line(text: str | None) -> str:
     return lines[0] if lines else ""
 
 
-def _printable(text: str) -> str:
-    # Replies and addresses are remote data: no terminal escape sequences reach the screen.
-    return "".join(ch if ch.isprintable() else "?" for ch in text)
-
-
 def _trim(text: str, width: int) -> str:
-    text = " ".join(_printable(text).split())
-    return text if len(text) <= width else text[: width - 1] + "…"
+    # Runs of spaces (and tabs) become one: the table is aligned by spaces, not tabs.
+    return printable(" ".join(text.split()), width)

@@ -2,9 +2,14 @@
 
 Texts are generic on purpose: a reply never carries an exception name, a
 host name or SQL (RELIABILITY: a failure inside a session is 451 4.3.0).
+A stored text a reply does carry (the suppression reason) goes in through a
+function here that makes it one bounded line of printable ASCII: CR LF in it
+would end the reply early and start another the client takes for ours.
 """
 
 from __future__ import annotations
+
+from policies.text import ascii_line
 
 __all__ = [
     "BAD_ADDRESS",
@@ -26,6 +31,7 @@ __all__ = [
     "TOO_MANY_INVALID_COMMANDS",
     "TOO_MANY_RECIPIENTS",
     "rewrite_builtin",
+    "suppressed",
 ]
 
 OK = "250 2.1.0 OK"
@@ -34,6 +40,11 @@ QUEUED = "250 2.0.0 OK queued as {queue_id}"
 BAD_ADDRESS = "501 5.1.3 Bad recipient address syntax: {why}"
 BAD_SENDER = "501 5.1.7 Bad sender address syntax: {why}"
 SUPPRESSED = "550 5.7.1 <{address}> is on the suppression list ({reason}); message not sent"
+# RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets with its CRLF. SUPPRESSED's own
+# text is 60 of them; an address of 254 (the longest a path holds) leaves 196 for the reason.
+MAX_REPLY_LINE = 510
+SUPPRESSED_ADDRESS_MAX = 254
+SUPPRESSED_REASON_MAX = 196
 CLIENT_NOT_ALLOWED = "550 5.7.1 Relaying denied: client {peer} is not allowed to relay"
 AUTH_REQUIRED = "530 5.7.0 Authentication required"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
@@ -68,6 +79,17 @@ _BUILTIN = {
     # aiosmtpd's own limit on unknown command names (5 a session) closes the connection.
     "502 5.5.1 Too many unrecognized commands, goodbye.": TOO_MANY_INVALID_COMMANDS,
 }
+
+
+def suppressed(address: str, reason: str) -> str:
+    """The RCPT refusal of a suppressed address. The reason was set by an administrator or
+    taken from a remote server's bounce; the address may be UTF-8 (SMTPUTF8): both become
+    printable ASCII on one line (``?`` for anything else), and the reply stays within
+    RFC 5321's line length."""
+    return SUPPRESSED.format(
+        address=ascii_line(address, SUPPRESSED_ADDRESS_MAX),
+        reason=ascii_line(reason, SUPPRESSED_REASON_MAX),
+    )
 
 
 def rewrite_builtin(status: str) -> str:

@@ -9,7 +9,11 @@ Bounce texts come from remote servers and campaign names from message
 headers: both are hostile. A cell that a spreadsheet would read as a formula
 (starting with ``=``, ``+``, ``-``, ``@``, tab or CR) is prefixed with ``'``
 as OWASP recommends, in CSV and XLSX alike, and XLSX cells are written as
-strings, never parsed.
+strings, never parsed. Control characters break neither: the csv module quotes a
+cell with a line break, xlsxwriter writes XML-illegal ones as ``_xHHHH_``; so both
+keep the stored text. The table is for a terminal: every cell goes through
+``policies.text.printable`` (escaped, one line), so an escape sequence in a reply
+cannot reach the screen and a line break cannot add a row.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import IO, Any, TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from policies.text import printable
 from relay.store import ReportRow
 
 __all__ = [
@@ -224,8 +229,8 @@ async def render_table(
     collected = [row async for row in rows]
     lines = [flt.columns]
     for row in collected:
-        cells = [_text(c).replace("\n", " ") for c in _cells(row, flt.raw)]
-        cells[1] = cells[1] if len(cells[1]) <= width else cells[1][: width - 1] + "…"
+        cells = [printable(_text(c)) for c in _cells(row, flt.raw)]
+        cells[1] = printable(_text(row.bounce_text), width)
         lines.append(cells)
     total = _totals(collected) + ([""] if flt.raw else [])
     widths = [max(len(line[i]) for line in [*lines, total]) for i in range(len(flt.columns))]

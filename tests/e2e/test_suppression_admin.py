@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import re
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import aiosmtplib
 import asyncpg
 import pytest
 
+from relay import replies
 from relay.app import Relay
 
 
@@ -135,3 +137,42 @@ async def test_import_reports_bad_lines_keeps_good_ones_and_is_idempotent(config
     ]
     paged = await run(config_path, "suppression", "list", "--limit", "1", "--page", "2")
     assert len(paged.stdout.splitlines()) == 1
+
+
+HOSTILE_REASONS = [
+    "user_unknown: 550 5.1.1 x\r\n250 2.1.5 OK",  # would end the 550 and forge a 250
+    "bare\rcarriage",
+    "bare\nline feed",
+    "nul\x00byte",
+    "escape \x1b]0;pwned\x07\x1b[2J",
+    "bidi \u202eevil\u202c, NEL\x85, separator\u2028, DEL\x7f",
+    "Müller asked by phone",
+    "x" * 10_240,
+]
+_ONE_LINE = re.compile(
+    r"550 5\.7\.1 <[\x20-\x7e]*> is on the suppression list \([\x20-\x7e]*\); message not sent"
+)
+
+
+@pytest.mark.parametrize("reason", HOSTILE_REASONS)
+def test_suppressed_reply_is_one_line_of_printable_ascii(reason):
+    """The reason in the RCPT refusal was set by an administrator or taken from a remote
+    server's bounce: it reaches the client as one line of printable ASCII, and the reply
+    stays within RFC 5321's 512 octets with CRLF."""
+    reply = replies.suppressed("pat@example.org", reason)
+    assert _ONE_LINE.fullmatch(reply), reply
+    assert reply.startswith("550 5.7.1 <pat@example.org> is on the suppression list (")
+    assert len(reply) <= replies.MAX_REPLY_LINE
+
+
+def test_suppressed_reply_with_the_longest_address_and_a_long_reason():
+    address = "a" * 64 + "@" + ".".join(["b" * 61] * 3) + ".ccc"  # 254 characters
+    assert len(address) == 254
+    reply = replies.suppressed(address, "y" * 10_240)
+    assert f"<{address}>" in reply
+    assert len(reply) == replies.MAX_REPLY_LINE
+    assert reply.endswith("...); message not sent")
+    # An SMTPUTF8 address and a reason with ordinary text keep their readable parts.
+    assert replies.suppressed("jörg@example.de", "asked  by\tphone") == (
+        "550 5.7.1 <j?rg@example.de> is on the suppression list (asked by phone); message not sent"
+    )
