@@ -185,6 +185,7 @@ class Relay:
                 config.admin.tokens,
                 config.admin.password_hash,
                 clock=self._clock,
+                trusted_proxies=config.admin.trusted_proxies,
             )
             self._stack.push_async_callback(runner.cleanup)
         self.port = self.server.sockets[0].getsockname()[1]

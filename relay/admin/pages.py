@@ -2,42 +2,56 @@
 
 Served on ``[admin] listen`` only when ``[admin] password_hash`` is set. Sessions live in
 memory (a restart logs everyone out); the cookie is HttpOnly, SameSite=Strict and Secure
-behind TLS; every form that changes something carries the session's CSRF token; failed
-logins are rate-limited per client address. Every string from outside (bounce texts,
-campaigns, addresses) goes through ``html.escape``; pages need no JavaScript (the chart
-is server-drawn SVG) and load nothing from outside the machine.
+behind TLS; every form that changes something carries the session's CSRF token, and the
+login form a token of its own (a random cookie and, in the form, its HMAC under a
+per-process key: a page elsewhere can neither read nor forge the pair). Every POST must come
+from the admin's own origin (``Origin``, else ``Referer``; neither: refused). Failed logins
+are limited per client address (``LOGIN_ATTEMPTS`` in ``LOGIN_WINDOW``, then 429 with
+Retry-After); the attempt is counted before the password is checked, so parallel guesses
+cannot slip past the limit, and the check runs off the event loop (``SecretChecker``).
+Every string from outside (bounce texts, campaigns, addresses) goes through
+``html.escape``; numbers in parameters go through ``parse_number`` (400 when not digits in
+range). Pages need no JavaScript (the chart is server-drawn SVG), load nothing from
+outside the machine, and take their style from /admin.css, so the Content-Security-Policy
+needs no 'unsafe-inline'.
 """
 
 from __future__ import annotations
 
-import asyncio
+import hashlib
 import hmac
 import io
 import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from html import escape
 from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
 from multidict import MultiDictProxy
+from yarl import URL
 
 from policies.addresses import AddressError, normalise_address, validate_address
 from relay import report
+from relay.admin.api import PERIOD_OUT_OF_RANGE, BadNumber, parse_number
 from relay.clock import Clock, utc_now
-from relay.passwords import verify_password
+from relay.passwords import AttemptLimit, CheckerBusy, SecretChecker
 from relay.store import ReportRow, Store
 
-__all__ = ["add_page_routes"]
+__all__ = ["COOKIE", "LOGIN_COOKIE", "PASSWORD_CHECKER", "add_page_routes"]
 
 COOKIE = "br_session"
+LOGIN_COOKIE = "br_login"  # the login form's own CSRF cookie (before there is a session)
 SESSION_SECONDS = 8 * 3600
 LOGIN_ATTEMPTS = 5  # failed logins per client ...
-LOGIN_WINDOW = 300.0  # ... in this many seconds, then 429 until the window passes
+LOGIN_WINDOW = timedelta(seconds=300)  # ... in this window, then 429 until it passes
 PAGE_ROWS = 50
+MAX_PAGE = 1_000_000  # of the suppression list: offset at most 50 million rows
+MAX_ID = 2**63 - 1  # deliveries and incidents have bigint ids
+PASSWORD_CHECKER = web.AppKey("password_checker", SecretChecker)
 
 _STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#222}
@@ -59,9 +73,10 @@ class _Session:
 
 @dataclass
 class _Auth:
-    password_hash: str
+    checker: SecretChecker
+    attempts: AttemptLimit
     sessions: dict[str, _Session] = field(default_factory=dict)
-    failures: dict[str, list[float]] = field(default_factory=dict)
+    form_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
 
     def session(self, request: web.Request) -> _Session | None:
         sid = request.cookies.get(COOKIE, "")
@@ -71,14 +86,74 @@ class _Auth:
             return None
         return found
 
-    def limited(self, client: str) -> bool:
-        now = time.monotonic()
-        recent = [t for t in self.failures.get(client, []) if now - t < LOGIN_WINDOW]
-        self.failures[client] = recent
-        return len(recent) >= LOGIN_ATTEMPTS
+    def login_token(self, nonce: str) -> str:
+        """The login form's hidden field for the browser holding cookie ``nonce``."""
+        raw = nonce.encode("utf-8", "surrogatepass")  # a cookie may hold any bytes
+        return hmac.new(self.form_key, raw, hashlib.sha256).hexdigest()
+
+    def login_token_ok(self, request: web.Request, form: MultiDictProxy[Any]) -> bool:
+        nonce = request.cookies.get(LOGIN_COOKIE, "")
+        return bool(nonce) and _same(str(form.get("csrf", "")), self.login_token(nonce))
 
 
-def _page(title: str, body: str, *, nav: bool = True) -> web.Response:
+def _same(sent: str, expected: str) -> bool:
+    """Constant-time comparison that takes any text (compare_digest refuses non-ASCII str)."""
+    return hmac.compare_digest(sent.encode("utf-8", "surrogatepass"), expected.encode())
+
+
+def _secure(request: web.Request) -> bool:
+    # X-Forwarded-Proto from anyone may only make the cookie stricter (Secure), so it is
+    # honoured even from a peer that is not a trusted proxy.
+    return request.secure or request.headers.get("X-Forwarded-Proto") == "https"
+
+
+def _own_origins(request: web.Request) -> set[str]:
+    """The origins this request may come from: its own scheme and Host, and what a proxy in
+    front says they were. A cross-site page cannot set these headers on a browser's request,
+    so they need not come from a trusted proxy to be believed here."""
+    schemes = {request.scheme}
+    proto = request.headers.get("X-Forwarded-Proto", "").rsplit(",", 1)[-1].strip().lower()
+    if proto in ("http", "https"):
+        schemes.add(proto)
+    hosts = {request.host.lower()}
+    forwarded_host = request.headers.get("X-Forwarded-Host", "").rsplit(",", 1)[-1].strip()
+    if forwarded_host:
+        hosts.add(forwarded_host.lower())
+    return {f"{scheme}://{host}" for scheme in schemes for host in hosts}
+
+
+def _origin_of(request: web.Request) -> str | None:
+    """The origin a POST says it comes from: Origin, else the Referer's origin, else None."""
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        return origin.strip().lower()
+    referer = request.headers.get("Referer")
+    if not referer:
+        return None
+    try:
+        url = URL(referer)
+        return str(url.origin()).lower() if url.absolute else None
+    except ValueError:
+        return None
+
+
+def same_origin_only(handler: Handler) -> Handler:
+    """Refuse (403) a POST that does not show it comes from the admin's own origin."""
+
+    async def checked(request: web.Request) -> web.StreamResponse:
+        origin = _origin_of(request)
+        if origin is None or origin not in _own_origins(request):
+            raise web.HTTPForbidden(
+                text=f"POST refused: its origin ({origin or 'none sent'}) is not this admin "
+                "page's own. Browsers send the Origin header themselves; a script should use "
+                "the JSON API with a bearer token, or send Origin: <the admin page's URL>.\n"
+            )
+        return await handler(request)
+
+    return checked
+
+
+def _page(title: str, body: str, *, nav: bool = True, status: int = 200) -> web.Response:
     links = (
         '<nav><a href="/report">Bounces report</a><a href="/suppression">Suppression list</a>'
         '<a href="/queue">Queue</a><a href="/incidents">Incidents</a><a href="/profile">Profile</a>'
@@ -89,10 +164,15 @@ def _page(title: str, body: str, *, nav: bool = True) -> web.Response:
     )
     html = (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)} — '
-        f"bounce-relay</title><style>{_STYLE}</style></head><body>{links}<main>"
-        f"<h1>{escape(title)}</h1>{body}</main></body></html>"
+        'bounce-relay</title><link rel="stylesheet" href="/admin.css"></head>'
+        f"<body>{links}<main><h1>{escape(title)}</h1>{body}</main></body></html>"
     )
-    return web.Response(text=html, content_type="text/html")
+    return web.Response(text=html, content_type="text/html", status=status)
+
+
+def _refused(title: str, why: str) -> web.Response:
+    """A 400 page saying what was wrong with the request."""
+    return _page(title, f'<p class="err">{escape(why)}</p>', status=400)
 
 
 def _csrf_field(session: _Session) -> str:
@@ -164,7 +244,10 @@ class _Pages:
     def __init__(self, store: Store, password_hash: str, clock: Clock = utc_now) -> None:
         self.store = store
         self.clock = clock
-        self.auth = _Auth(password_hash)
+        self.auth = _Auth(
+            SecretChecker([("admin", password_hash)]),
+            AttemptLimit(LOGIN_ATTEMPTS, LOGIN_WINDOW, clock),
+        )
 
     def login_required(self, handler: Handler) -> Handler:
         async def wrapped(request: web.Request) -> web.StreamResponse:
@@ -175,7 +258,7 @@ class _Pages:
             if request.method == "POST":
                 form = await request.post()
                 sent = str(form.get("csrf", ""))
-                if not hmac.compare_digest(sent, session.csrf):
+                if not _same(sent, session.csrf):
                     raise web.HTTPForbidden(text="missing or wrong CSRF token")
                 request[_FORM] = form
             response = await handler(request)
@@ -188,29 +271,59 @@ class _Pages:
     async def login_form(
         self, request: web.Request, error: str = "", status: int = 200
     ) -> web.Response:
+        # The pre-session CSRF pair: a random cookie, and in the form its HMAC.
+        nonce = request.cookies.get(LOGIN_COOKIE, "")
+        fresh = not 0 < len(nonce) <= 128
+        if fresh:
+            nonce = secrets.token_urlsafe(32)
         message = f'<p class="err">{escape(error)}</p>' if error else ""
         body = (
-            f'{message}<form method="post" action="/login"><label>Password '
-            '<input type="password" name="password" autofocus></label>'
+            f'{message}<form method="post" action="/login">'
+            f'<input type="hidden" name="csrf" value="{self.auth.login_token(nonce)}">'
+            '<label>Password <input type="password" name="password" autofocus></label>'
             "<button>Log in</button></form>"
         )
-        response = _page("Log in", body, nav=False)
-        response.set_status(status)
+        response = _page("Log in", body, nav=False, status=status)
+        if fresh:
+            response.set_cookie(
+                LOGIN_COOKIE, nonce, httponly=True, samesite="Strict", secure=_secure(request)
+            )
+        return response
+
+    async def _login_refused(
+        self, request: web.Request, why: str, status: int, retry_after: int
+    ) -> web.Response:
+        response = await self.login_form(request, why, status)
+        response.headers["Retry-After"] = str(retry_after)
         return response
 
     async def login(self, request: web.Request) -> web.Response:
         client = request.remote or "?"
-        if self.auth.limited(client):
-            return await self.login_form(
-                request, "Too many failed logins; wait a few minutes.", 429
+        attempts = self.auth.attempts
+        # Counted before the first await and given back only on success: parallel guesses
+        # all see the earlier ones, so at most LOGIN_ATTEMPTS passwords are ever checked.
+        if not attempts.reserve(client):
+            wait = attempts.retry_after(client)
+            return await self._login_refused(
+                request, f"Too many failed logins; try again in {wait} s.", 429, wait
             )
         form = await request.post()
-        password = str(form.get("password", ""))
-        # scrypt is slow on purpose: keep it off the event loop
-        if not await asyncio.to_thread(verify_password, password, self.auth.password_hash):
-            self.auth.failures.setdefault(client, []).append(time.monotonic())
+        if not self.auth.login_token_ok(request, form):
+            attempts.release(client)  # no password was tried
+            raise web.HTTPForbidden(
+                text="The login form expired or came from another page: reload /login and "
+                "log in from there.\n"
+            )
+        try:
+            name = await self.auth.checker.match(str(form.get("password", "")))
+        except CheckerBusy:
+            attempts.release(client)
+            return await self._login_refused(
+                request, "Too many logins being checked; try again in a second.", 503, 1
+            )
+        if name is None:
             return await self.login_form(request, "Wrong password.", 401)
-        self.auth.failures.pop(client, None)
+        attempts.release(client)
         # A login always starts a new session and ends the one the browser brought along, so
         # an identifier known before the login (fixation) is worth nothing after it.
         self.auth.sessions.pop(request.cookies.get(COOKIE, ""), None)
@@ -219,13 +332,12 @@ class _Pages:
             secrets.token_urlsafe(32), time.monotonic() + SESSION_SECONDS
         )
         response = web.HTTPSeeOther("/report")
-        secure = request.secure or request.headers.get("X-Forwarded-Proto") == "https"
         response.set_cookie(
             COOKIE,
             sid,
             httponly=True,
             samesite="Strict",
-            secure=secure,
+            secure=_secure(request),
             max_age=SESSION_SECONDS,
             path="/",
         )
@@ -253,13 +365,21 @@ class _Pages:
             flt.start, flt.end, flt.types, flt.campaigns, flt.group_by, flt.top
         )
 
+    def _checked_filter(self, request: web.Request) -> report.ReportFilter:
+        """The report's filter from the query; ``ValueError`` says what is wrong with it."""
+        try:
+            return self._filter(request)
+        except OverflowError as exc:
+            raise ValueError(PERIOD_OUT_OF_RANGE) from exc
+
     async def report_page(self, request: web.Request) -> web.Response:
         try:
-            flt = self._filter(request)
-        except report.ReportError as exc:
+            flt = self._checked_filter(request)
+        except ValueError as exc:  # ReportError, or a period beyond the calendar
             return _page(
                 "Bounces report",
                 f'<p class="err">{escape(str(exc))}</p><p><a href="/report">Back</a></p>',
+                status=400,
             )
         campaigns = await self.store.campaigns_in_period(flt.start, flt.end)
         rows: list[ReportRow] = [r async for r in self._rows(flt)]
@@ -326,8 +446,8 @@ class _Pages:
     async def report_file(self, request: web.Request) -> web.StreamResponse:
         fmt = request.match_info["fmt"]
         try:
-            flt = self._filter(request)
-        except report.ReportError as exc:
+            flt = self._checked_filter(request)
+        except ValueError as exc:
             raise web.HTTPBadRequest(text=str(exc)) from exc
         if fmt == "csv":
             text = io.StringIO(newline="")
@@ -346,8 +466,10 @@ class _Pages:
 
     async def suppression_page(self, request: web.Request) -> web.Response:
         search = request.query.get("search") or None
-        raw_page = request.query.get("page", "1")
-        page = max(1, int(raw_page)) if raw_page.isdigit() else 1
+        try:
+            page = parse_number(request.query.get("page"), "page", 1, MAX_PAGE) or 1
+        except BadNumber as exc:
+            return _refused("Suppression list", str(exc))
         entries = await self.store.suppressions_with_cause(
             search, PAGE_ROWS, (page - 1) * PAGE_ROWS
         )
@@ -384,8 +506,13 @@ class _Pages:
             + '<form method="get"><input name="search" placeholder="address contains" '
             f'value="{escape(search or "")}"><button>Search</button></form>'
             + _table(["address", "source", "since", "reason", "bounce that caused it", ""], rows)
-            + f'<p><a href="?{escape(urlencode({"search": search or "", "page": page + 1}))}">'
-            "next page</a></p><h2>Audit log</h2>"
+            + (
+                f'<p><a href="?{escape(urlencode({"search": search or "", "page": page + 1}))}">'
+                "next page</a></p>"
+                if page < MAX_PAGE
+                else ""
+            )
+            + "<h2>Audit log</h2>"
             + _table(["when", "who", "what", "address", "why"], audit_rows)
         )
         return _page("Suppression list", body)
@@ -409,14 +536,17 @@ class _Pages:
         raise web.HTTPSeeOther("/suppression?" + urlencode({"notice": notice}))
 
     async def queue_page(self, request: web.Request) -> web.Response:
+        try:
+            delivery_id = parse_number(request.query.get("id"), "id", 1, MAX_ID)
+        except BadNumber as exc:
+            return _refused("Queue", f"delivery {exc}")
         stats = await self.store.queue_stats()
         counts = [
             [escape(state), str(n), _when(oldest)] for state, (n, oldest) in sorted(stats.items())
         ]
         reasons = [[escape(reply), str(n)] for reply, n in await self.store.deferral_reasons()]
         history = ""
-        if request.query.get("id", "").isdigit():
-            delivery_id = int(request.query["id"])
+        if delivery_id is not None:
             events = await self.store.events_of_delivery(delivery_id)
             history = f"<h2>Delivery {delivery_id}</h2>" + _table(
                 ["when", "event", "attempt", "code", "category", "rule", "source IP", "reply"],
@@ -447,7 +577,10 @@ class _Pages:
         address = request.query.get("address", "")
         result = ""
         if address:
-            key = normalise_address(address)
+            try:
+                key = normalise_address(address)
+            except AddressError as exc:
+                return _refused("Profile", f"address: {exc}")
             profile = await self.store.profile(key)
             evidence = await self.store.suppression_evidence(key)
             status = profile["status"] if profile else "active"
@@ -577,40 +710,50 @@ class _Pages:
 
     async def incident_release(self, request: web.Request) -> web.StreamResponse:
         form = request[_FORM]
-        raw_id, reason = str(form.get("id", "")), str(form.get("reason", "")).strip()
-        if form.get("confirm") != "yes" or not reason or not raw_id.isdigit():
+        reason = str(form.get("reason", "")).strip()
+        try:
+            incident_id = parse_number(str(form.get("id", "")), "incident id", 1, MAX_ID)
+        except BadNumber as exc:
+            raise web.HTTPBadRequest(text=f"{exc}\n") from exc
+        if form.get("confirm") != "yes" or not reason or incident_id is None:
             raise web.HTTPSeeOther(
                 "/incidents?"
                 + urlencode({"notice": "Releasing needs a reason and the confirmation box."})
             )
         released = await self.store.release_incident(
-            int(raw_id), self.clock(), "admin page", reason
+            incident_id, self.clock(), "admin page", reason
         )
         notice = (
-            f"Incident #{raw_id} released: {released[0]} suppressions lifted, "
+            f"Incident #{incident_id} released: {released[0]} suppressions lifted, "
             f"{released[1]} deferred deliveries due now."
             if released
-            else f"Incident #{raw_id} was released already."
+            else f"Incident #{incident_id} was released already."
         )
         raise web.HTTPSeeOther("/incidents?" + urlencode({"notice": notice}))
 
     async def home(self, request: web.Request) -> web.StreamResponse:
         raise web.HTTPSeeOther("/report")
 
+    async def stylesheet(self, request: web.Request) -> web.Response:
+        return web.Response(text=_STYLE, content_type="text/css")
+
 
 def add_page_routes(
     app: web.Application, store: Store, password_hash: str, clock: Clock = utc_now
 ) -> None:
     pages = _Pages(store, password_hash, clock)
+    app[PASSWORD_CHECKER] = pages.auth.checker
+    guarded = pages.login_required
     app.router.add_get("/", pages.home)
+    app.router.add_get("/admin.css", pages.stylesheet)
     app.router.add_get("/login", pages.login_form)
-    app.router.add_post("/login", pages.login)
-    app.router.add_post("/logout", pages.login_required(pages.logout))
+    app.router.add_post("/login", same_origin_only(pages.login))
+    app.router.add_post("/logout", same_origin_only(guarded(pages.logout)))
     app.router.add_get("/report", pages.login_required(pages.report_page))
     app.router.add_get(r"/report.{fmt:csv|xlsx}", pages.login_required(pages.report_file))
     app.router.add_get("/suppression", pages.login_required(pages.suppression_page))
-    app.router.add_post("/suppression/remove", pages.login_required(pages.suppression_remove))
+    app.router.add_post("/suppression/remove", same_origin_only(guarded(pages.suppression_remove)))
     app.router.add_get("/queue", pages.login_required(pages.queue_page))
     app.router.add_get("/profile", pages.login_required(pages.profile_page))
     app.router.add_get("/incidents", pages.login_required(pages.incidents_page))
-    app.router.add_post("/incidents/release", pages.login_required(pages.incident_release))
+    app.router.add_post("/incidents/release", same_origin_only(guarded(pages.incident_release)))

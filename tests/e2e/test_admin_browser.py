@@ -12,8 +12,10 @@ import os
 import shutil
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp import web
 
 from relay.app import Relay
 from relay.passwords import hash_password
@@ -37,40 +39,53 @@ async def _seed(relay: Relay) -> str:
     return await seed_hostile_bounce(relay.store, "A")
 
 
-@pytest.mark.slow
-async def test_admin_page_in_a_real_browser(db_dsn, make_config, tmp_path):
-    """Log in, filter the report by a campaign, download its CSV, see the XSS payload as text,
-    remove an address from the suppression list; screenshot the report."""
-    from playwright.async_api import async_playwright
-
-    config = make_config(
+def _config(make_config: Any) -> Any:
+    return make_config(
         '[smtp]\nlisten = "127.0.0.1:0"\nhostname = "relay.test"\n'
         f'[admin]\nlisten = "127.0.0.1:0"\npassword_hash = "{hash_password(PASSWORD)}"\n'
         "[delivery]\nenabled = false\n",
         replace_base=True,
     )
+
+
+async def _launch(pw: Any) -> Any:
+    return await pw.chromium.launch(
+        executable_path=CHROMIUM,
+        args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+    )
+
+
+async def _log_in(page: Any, url: str) -> None:
+    await page.goto(url + "/report")
+    assert page.url.endswith("/login")
+    await page.fill("input[name=password]", PASSWORD)
+    await page.click("button")
+    assert page.url.endswith("/report")
+
+
+@pytest.mark.slow
+async def test_admin_page_in_a_real_browser(db_dsn, make_config, tmp_path):
+    """Log in, filter the report by a campaign, download its CSV, see the XSS payload as text,
+    remove an address from the suppression list; screenshot the report. The browser reports
+    no Content-Security-Policy violation and the stylesheet (/admin.css) applies."""
+    from playwright.async_api import async_playwright
+
+    config = _config(make_config)
     artifacts = Path(os.environ.get("BOUNCE_RELAY_ARTIFACTS") or tmp_path)
     artifacts.mkdir(parents=True, exist_ok=True)
     async with Relay(config, dsn=db_dsn, listen=("127.0.0.1", 0), clock=lambda: NOW) as relay:
         xss = await _seed(relay)
         url = f"http://127.0.0.1:{relay.admin_port}"
         async with async_playwright() as pw:
-            browser = await pw.chromium.launch(
-                executable_path=CHROMIUM,
-                args=[
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-background-networking",
-                ],
-            )
+            browser = await _launch(pw)
             page = await browser.new_page(accept_downloads=True)
             dialogs: list[str] = []
             page.on("dialog", lambda d: dialogs.append(d.message))
-            await page.goto(url + "/report")
-            assert page.url.endswith("/login")
-            await page.fill("input[name=password]", PASSWORD)
-            await page.click("button")
+            console: list[str] = []
+            page.on("console", lambda m: console.append(m.text))
+            await _log_in(page, url)
+            nav = await page.eval_on_selector("nav", "e => getComputedStyle(e).backgroundColor")
+            assert nav == "rgb(31, 58, 95)"  # from /admin.css, allowed by the CSP
             # The default period (the 30 days before the relay's clock) offers the seeded
             # campaigns; narrow it to the seeded day and pick one.
             await page.fill("input[name=from]", f"{T0:%Y-%m-%d}T00:00")
@@ -95,3 +110,46 @@ async def test_admin_page_in_a_real_browser(db_dsn, make_config, tmp_path):
             assert "Removed gone@example.org." in await page.inner_text("main")
             await browser.close()
     assert (artifacts / "admin-report.png").stat().st_size > 1000
+    assert not [m for m in console if "Content Security Policy" in m], console
+
+
+@pytest.mark.slow
+async def test_another_site_cannot_frame_the_admin_page(db_dsn, make_config):
+    """Clickjacking: a page on another origin (another port of the same host, so even the
+    SameSite=Strict session cookie goes along) puts /suppression, with its Remove buttons,
+    in a frame. Chromium refuses to render it (frame-ancestors 'none', X-Frame-Options)."""
+    from playwright.async_api import async_playwright
+
+    async with Relay(_config(make_config), dsn=db_dsn, listen=("127.0.0.1", 0)) as relay:
+        await relay.store.add_suppression("gone@example.org", "user_unknown", "hard_bounce")
+        url = f"http://127.0.0.1:{relay.admin_port}"
+
+        async def framing_page(request: web.Request) -> web.Response:
+            return web.Response(
+                text=f'<!doctype html><title>win a prize</title><iframe src="{url}/suppression" '
+                'width="900" height="600"></iframe>',
+                content_type="text/html",
+            )
+
+        evil = web.Application()
+        evil.router.add_get("/", framing_page)
+        runner = web.AppRunner(evil)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        evil_port = runner.addresses[0][1]
+        try:
+            async with async_playwright() as pw:
+                browser = await _launch(pw)
+                page = await browser.new_page()
+                await _log_in(page, url)
+                await page.goto(f"http://127.0.0.1:{evil_port}/")
+                iframe = await page.wait_for_selector("iframe")
+                frame = await iframe.content_frame()
+                assert frame is not None
+                await frame.wait_for_load_state()
+                framed = await frame.content()
+                await browser.close()
+        finally:
+            await runner.cleanup()
+    assert "gone@example.org" not in framed and "Remove</button>" not in framed

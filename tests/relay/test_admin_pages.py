@@ -1,4 +1,7 @@
-"""The admin page over HTTP: login, CSRF, rate limit, report, downloads, suppression removal."""
+"""The admin page over HTTP: login, CSRF, rate limit, report, downloads, suppression removal.
+
+Every POST carries the admin's own Origin (as a browser does) and the login form's token;
+tests/relay/test_admin_hardening.py checks what happens without them."""
 
 from __future__ import annotations
 
@@ -41,9 +44,25 @@ def base(relay: Relay) -> str:
     return f"http://127.0.0.1:{relay.admin_port}"
 
 
+def browser() -> aiohttp.ClientSession:
+    """A client that, like a browser, keeps cookies and names its origin on every POST."""
+    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+
+
+async def login_post(
+    http: aiohttp.ClientSession, relay: Relay, password: str, **kw: bool
+) -> aiohttp.ClientResponse:
+    """GET the login form (its cookie and hidden token), then POST it with ``password``."""
+    async with http.get(base(relay) + "/login") as r:
+        token = re.search(r'name="csrf" value="([^"]+)"', await r.text())
+    assert token is not None
+    data = {"password": password, "csrf": token[1]}
+    return await http.post(base(relay) + "/login", data=data, headers={"Origin": base(relay)}, **kw)
+
+
 async def logged_in(relay: Relay) -> tuple[aiohttp.ClientSession, str]:
-    http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
-    async with http.post(base(relay) + "/login", data={"password": PASSWORD}) as r:
+    http = browser()
+    async with await login_post(http, relay, PASSWORD) as r:
         assert r.status == 200
         assert str(r.url).endswith("/report")
         page = await r.text()
@@ -62,24 +81,25 @@ async def test_no_session_redirects_to_login(relay):
 
 
 async def test_wrong_password_refused_then_rate_limited(relay):
-    """Wrong passwords get 401; after five, even the right one waits (429)."""
-    async with aiohttp.ClientSession() as http:
+    """Wrong passwords get 401; after five, even the right one waits (429, Retry-After)."""
+    async with browser() as http:
         for _ in range(5):
-            async with http.post(base(relay) + "/login", data={"password": "nope"}) as r:
+            async with await login_post(http, relay, "nope") as r:
                 assert r.status == 401
-        async with http.post(base(relay) + "/login", data={"password": PASSWORD}) as r:
+        async with await login_post(http, relay, PASSWORD) as r:
             assert r.status == 429
+            assert int(r.headers["Retry-After"]) >= 1
 
 
 async def test_session_cookie_flags(relay):
     """The session cookie is HttpOnly and SameSite=Strict."""
     async with (
-        aiohttp.ClientSession() as http,
-        http.post(base(relay) + "/login", data={"password": PASSWORD}, allow_redirects=False) as r,
+        browser() as http,
+        await login_post(http, relay, PASSWORD, allow_redirects=False) as r,
     ):
-        cookie = r.headers["Set-Cookie"]
-    assert "HttpOnly" in cookie
-    assert "SameSite=Strict" in cookie
+        cookie = r.cookies[COOKIE]
+    assert cookie["httponly"]
+    assert cookie["samesite"] == "Strict"
 
 
 async def test_report_page_download_and_xss_as_text(relay):
@@ -118,9 +138,12 @@ async def test_remove_needs_csrf_and_works_with_it(relay):
     http, csrf = await logged_in(relay)
     async with http:
         form = {"address": "gone@example.org", "reason": "customer called", "confirm": "yes"}
-        async with http.post(base(relay) + "/suppression/remove", data=form) as r:
+        own = {"Origin": base(relay)}
+        async with http.post(base(relay) + "/suppression/remove", data=form, headers=own) as r:
             assert r.status == 403
-        async with http.post(base(relay) + "/suppression/remove", data={**form, "csrf": csrf}) as r:
+        async with http.post(
+            base(relay) + "/suppression/remove", data={**form, "csrf": csrf}, headers=own
+        ) as r:
             assert r.status == 200
             page = await r.text()
     assert "Removed gone@example.org." in page
@@ -179,9 +202,12 @@ async def test_incidents_page_release_and_why_on_the_profile_page(relay, db_dsn)
         async with http.get(base(relay) + "/profile?address=gone@example.org") as r:
             why = await r.text()
         form = {"id": str(incident_id), "reason": "provider fixed it", "confirm": "yes"}
-        async with http.post(base(relay) + "/incidents/release", data=form) as r:
+        own = {"Origin": base(relay)}
+        async with http.post(base(relay) + "/incidents/release", data=form, headers=own) as r:
             assert r.status == 403
-        async with http.post(base(relay) + "/incidents/release", data={**form, "csrf": csrf}) as r:
+        async with http.post(
+            base(relay) + "/incidents/release", data={**form, "csrf": csrf}, headers=own
+        ) as r:
             released = await r.text()
     assert "<script>alert" not in listing and escape(hostile) in listing
     assert "Release</button>" in listing
@@ -195,10 +221,10 @@ async def test_login_renews_the_session(relay):
     """Logging in again issues a new session id and the old one stops working."""
     http, _ = await logged_in(relay)
     async with http:
-        [old] = [c.value for c in http.cookie_jar]
-        async with http.post(base(relay) + "/login", data={"password": PASSWORD}) as r:
+        [old] = [c.value for c in http.cookie_jar if c.key == COOKIE]
+        async with await login_post(http, relay, PASSWORD) as r:
             assert r.status == 200
-        [new] = [c.value for c in http.cookie_jar]
+        [new] = [c.value for c in http.cookie_jar if c.key == COOKIE]
         assert new != old
         async with (
             aiohttp.ClientSession(cookies={COOKIE: old}) as stale,

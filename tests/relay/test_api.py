@@ -99,7 +99,7 @@ async def test_csv_bytes_match_the_cli_writer_and_xlsx_opens(relay):
         ("&group_by=campaign", "use from_domain or ip"),
         ("&type=bogus", "use soft, hard or all"),
         ("&format=pdf", "use json, csv or xlsx"),
-        ("&top=ten", "invalid literal"),
+        ("&top=ten", "top 'ten': use a whole number from 1 to"),
     ],
 )
 async def test_bad_report_filters_are_400(relay, query, message):
