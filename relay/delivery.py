@@ -7,6 +7,12 @@ at once. Each reply goes through ``policies.outcome.decide`` and the result
 is applied atomically by the store, fenced by the lease token. New messages
 wake the loop straight after their commit; deferred ones are picked up when
 due by a short timer.
+
+Some outcomes never suppress, whatever the reply and the operator's classify
+rules say: an allowlisted address, a recipient at an address literal
+(``user@[192.0.2.1]``: an IP is no mailbox's lasting home, and mail to it
+bypasses the MX a domain publishes), and a recipient whose transaction ended in
+a protocol error (``relay.upstream``: its reply may quote a stale line).
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from relay.clock import Clock, utc_now
 from relay.config import DeliveryConfig, Rules
 from relay.errors import StoreError, StoreUnavailable
 from relay.metrics import Metrics
-from relay.routing import SourceIPs, pool_for, route_for
+from relay.routing import SourceIPs, is_address_literal, pool_for, route_for
 from relay.store import ClaimedDelivery, OutcomeRecord, Store
 from relay.throttle import DestinationThrottle
 from relay.upstream import Transaction, TransactionResult, Upstream
@@ -430,7 +436,7 @@ class DeliveryWorker:
             suppress_on=rules.suppress_on,
             jitter=self._random.random(),
         )
-        if d.allowlisted:
+        if d.allowlisted or is_address_literal(d.recipient_domain) or d.recipient in result.spared:
             decision = decision.spare()
         if decision.hint is not None:
             self.throttle.slow_down(d.recipient_domain, decision.hint, now)
@@ -568,15 +574,17 @@ class DeliveryWorker:
 def _group(
     claimed: Sequence[ClaimedDelivery], rules: Rules, *, per_delivery: bool
 ) -> list[list[ClaimedDelivery]]:
-    """Recipients of one message that share a route (and, for MX, a domain) go together,
-    unless each needs its own envelope sender (VERP)."""
+    """Recipients of one message that share a route (and, for MX or an address literal, a
+    domain) go together, unless each needs its own envelope sender (VERP). A literal
+    never shares a transaction with names: where it may go is decided apart."""
     if per_delivery:
         return [[d] for d in claimed]
     groups: dict[tuple[int, int, str], list[ClaimedDelivery]] = {}
     for d in claimed:
         route = route_for(rules.routes, d.recipient_domain)
         route_index = rules.routes.index(route) if route is not None else -1
-        per_domain = d.recipient_domain if route is None or route.mode == "mx" else ""
+        apart = route is None or route.mode == "mx" or is_address_literal(d.recipient_domain)
+        per_domain = d.recipient_domain if apart else ""
         groups.setdefault((d.message_id, route_index, per_domain), []).append(d)
     return list(groups.values())
 

@@ -3,16 +3,46 @@
 Routes: first match on the recipient domain (``*`` matches all, ``*.example.com``
 subdomains). Pools: a campaign claim wins, then a sending (From) domain claim,
 then the route's own pool; inside a pool source IPs take turns (round-robin).
+
+A recipient domain in brackets is an address literal (RFC 5321 §4.1.3): an IP,
+not a name; ``literal_ip`` reads it, and only a route with ``address_literals``
+sends mail to it (relay.upstream).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 from collections.abc import Iterator
 
 from relay.config import PoolConfig, RouteConfig, Rules
 
-__all__ = ["SourceIPs", "pool_for", "route_for"]
+__all__ = ["SourceIPs", "is_address_literal", "literal_ip", "pool_for", "route_for"]
+
+
+def is_address_literal(domain: str) -> bool:
+    """Whether ``domain`` is an address literal ("[192.0.2.1]", "[IPv6:2001:db8::1]")."""
+    return domain.startswith("[") and domain.endswith("]")
+
+
+def literal_ip(domain: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The IP of the address literal ``domain``; ValueError saying why when it names
+    none we deliver to: a general literal (``[tag:...]``, RFC 5321 §4.1.3), a malformed
+    address, a zone index, or an address no host has (unspecified, multicast)."""
+    inner = domain[1:-1] if is_address_literal(domain) else domain
+    tag, colon, rest = inner.partition(":")
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+    if not colon:
+        ip = ipaddress.IPv4Address(inner)
+    elif tag.lower() == "ipv6":
+        ip = ipaddress.IPv6Address(rest)
+        if ip.scope_id:
+            raise ValueError(f"{rest!r} has a zone index, which means nothing off this host")
+    else:
+        raise ValueError(f"address literal tag {tag!r} is not supported (only IPv4 and IPv6:)")
+    if ip.is_unspecified or ip.is_multicast:
+        raise ValueError(f"{ip} is not the address of a host")
+    return ip
 
 
 def route_for(routes: tuple[RouteConfig, ...], domain: str) -> RouteConfig | None:

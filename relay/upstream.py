@@ -11,16 +11,44 @@ finished transaction leaves a clean state, RFC 5321 §4.1.4; an RSET per message
 would be one more round trip), up to
 ``messages_per_connection`` transactions; ``connections_per_destination``
 caps concurrent transactions per host:port.
+
+The in-step rule: one command, one reply, nothing else. A delivery counts as
+delivered only when the end of its data was answered 2xx on a connection that
+was in step before and after that reply. Why: without pipelining each reply is
+paired with the command just sent, so a stale line (a second reply to an earlier
+command, a line the server sent unasked) is read as the answer to the next one;
+a RCPT's ``250`` taken for the answer to DATA marks mail delivered that never
+arrived, the body is then released, and the message is lost. So each command
+checks the connection before and after (``_Connection.ask``). A malformed line,
+a reply the command cannot have (``354`` to MAIL, anything but ``354`` to DATA),
+more reply lines than commands, or bytes left over after a reply fail the
+transaction in progress soft (``451 4.5.0 ... protocol error``, never
+suppressing: its earlier replies may have been stale lines too); no reply in
+time ends it as a lost connection (``421 4.4.2``). Either way the connection is
+closed, never pooled. aiosmtplib silently drops bytes that arrive while no
+command waits, so ``_ReplyLines`` counts the reply lines that arrive; a pooled
+connection that received anything while idle is closed, not reused. A ``2xx``
+to the end of data followed by a surplus line is not trusted either: the
+message is sent again (a duplicate is better than a loss).
+
+Address literals (``user@[192.0.2.1]``, ``user@[IPv6:2001:db8::1]``) are never
+looked up in DNS: a route with ``address_literals = true`` sends them to that IP
+(``mx``, on ``mx_port``) or to its hosts as usual (``smarthost``, ``static``).
+Through a route without it, and for a literal that is no host's address, the
+attempt fails soft (``550 5.4.4`` / ``550 5.1.3``, synthetic: our configuration,
+never "no such domain", which would suppress).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import aiosmtplib
 import dns.asyncresolver
@@ -28,9 +56,11 @@ import dns.exception
 import dns.resolver
 import structlog
 
+from policies.addresses import AddressError, ascii_domain
 from policies.classify import Category, category_of
 from policies.replies import Reply, reply_from_smtp, synthetic_reply
 from relay.config import DeliveryConfig, RouteConfig
+from relay.routing import is_address_literal, literal_ip
 from relay.smtp_data import wire_form
 
 __all__ = ["Destination", "Transaction", "TransactionResult", "Upstream"]
@@ -69,15 +99,128 @@ class TransactionResult:
     replies: dict[str, Reply] = field(default_factory=dict)
     source_ip: str | None = None
     destination: str | None = None
+    # Recipients whose reply must never suppress them: a protocol failure's reply carries
+    # the server's words, which an operator's classify rule could read as a hard bounce.
+    spared: set[str] = field(default_factory=set)
+
+
+# What an SMTP reply line starts with: three digits, the first 1-5, then a space, a hyphen
+# (more lines follow) or the line's end (RFC 5321 §4.2).
+_REPLY_HEAD = re.compile(rb"[1-5][0-9]{2}(?:[ \-\r\n]|$)")
+
+
+class _ReplyLines(asyncio.Protocol):
+    """Sits between a connection's transport and aiosmtplib's protocol and counts the
+    replies that arrive (lines that end one: "250 ..." does, "250-..." does not).
+
+    aiosmtplib parses one reply per command and silently drops bytes that arrive while
+    no command waits for a reply, so it cannot tell that a server said more than it was
+    asked; this count can (``_Connection.out_of_step``). It looks at the first four
+    bytes of each line only: linear in what arrives.
+    """
+
+    def __init__(self, inner: asyncio.Protocol) -> None:
+        self.inner = inner
+        self.replies = 0
+        self.malformed: bytes | None = None  # the start of the first line that is no reply
+        self._head = b""  # the first bytes (up to 4) of a line whose end has not arrived
+
+    @classmethod
+    def install(cls, client: aiosmtplib.SMTP) -> _ReplyLines:
+        """Put a counter in front of ``client``'s protocol (after STARTTLS: the transport
+        changes with it)."""
+        protocol = client.protocol
+        if protocol is None or protocol.transport is None:
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        lines = cls(protocol)
+        protocol.transport.set_protocol(lines)
+        return lines
+
+    @property
+    def partial(self) -> bool:
+        """Whether the start of a line has arrived without its end."""
+        return bool(self._head)
+
+    def data_received(self, data: bytes) -> None:
+        self._count(data)
+        self.inner.data_received(data)
+
+    def _count(self, data: bytes) -> None:
+        start = 0
+        while (end := data.find(b"\n", start)) != -1:
+            head = (self._head + data[start : min(end + 1, start + 4)])[:4]
+            self._head = b""
+            if not _REPLY_HEAD.match(head):
+                self.malformed = self.malformed or head
+            elif head[3:4] != b"-":
+                self.replies += 1
+            start = end + 1
+        if start < len(data):
+            self._head = (self._head + data[start : start + 4])[:4]
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
+class _ProtocolError(Exception):
+    """The upstream's replies are out of step with our commands (see the module
+    docstring): nothing more read on this connection can be trusted."""
+
+    recipients: tuple[str, ...] = ()  # those of the transaction it broke into
 
 
 @dataclass
 class _Connection:
     client: aiosmtplib.SMTP
     source_ip: str
+    lines: _ReplyLines
     used: int = 0
     idle_since: float = 0.0
     reused: bool = False
+    replies_read: int = 0  # replies read since ``lines`` started counting
+
+    def out_of_step(self) -> str | None:
+        """Why the replies that arrived are not the ones we read, or None when in step."""
+        if self.lines.malformed is not None:
+            return f"malformed reply line starting {self.lines.malformed!r}"
+        if self.lines.replies != self.replies_read:
+            extra = self.lines.replies - self.replies_read
+            return f"{extra} reply line(s) more than commands sent"
+        if self.lines.partial or _buffered(self.client):
+            return "bytes after the last reply that no command asked for"
+        return None
+
+    async def ask(
+        self, what: str, command: Callable[[], Awaitable[aiosmtplib.SMTPResponse]]
+    ) -> aiosmtplib.SMTPResponse:
+        """Send one command and read its one reply, in step before and after; a reply
+        aiosmtplib raises as a refusal is returned like any other (the caller judges)."""
+        self._require_in_step(f"before {what}")
+        try:
+            response = await command()
+        except aiosmtplib.SMTPResponseException as exc:
+            if exc.code == aiosmtplib.SMTPStatus.invalid_response:
+                raise _ProtocolError(f"{what}: malformed reply ({exc.message.strip()})") from exc
+            response = aiosmtplib.SMTPResponse(exc.code, exc.message)
+        self.replies_read += 1
+        self._require_in_step(f"after the reply to {what}")
+        if not 100 <= response.code <= 599:
+            raise _ProtocolError(f"{what}: malformed reply code {response.code}")
+        return response
+
+    def _require_in_step(self, when: str) -> None:
+        why = self.out_of_step()
+        if why is not None:
+            raise _ProtocolError(f"{why} ({when})")
 
 
 class _Stale(Exception):
@@ -109,10 +252,10 @@ class Upstream:
 
     async def destinations(self, route: RouteConfig, domain: str) -> list[Destination] | Reply:
         """Where mail for ``domain`` goes on ``route``, or the Reply that ends the attempt."""
+        if is_address_literal(domain):
+            return _literal_destinations(route, domain)
         if route.mode != "mx":
-            return [
-                Destination(h, p, route.tls, route.username, route.password) for h, p in route.hosts
-            ]
+            return _route_hosts(route)
         return await self._mx_destinations(route, domain)
 
     async def _mx_destinations(self, route: RouteConfig, domain: str) -> list[Destination] | Reply:
@@ -213,6 +356,10 @@ class Upstream:
                 except _Stale:
                     await _quit(conn.client, polite=False)
                     fresh = True  # once, on a new connection
+                except _ProtocolError as error:
+                    await _quit(conn.client, polite=False)
+                    _protocol_failure(result, transaction, destination, conn, error)
+                    return result
                 except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
                     reply = synthetic_reply(
                         421,
@@ -237,12 +384,16 @@ class Upstream:
     ) -> None:
         """One or more SMTP transactions: recipients refused as "too many" get a new one."""
         pending = list(transaction.recipients)
-        first = conn.reused
+        stale_possible = conn.reused
         while pending:
-            retry_later = await self._transaction(
-                conn.client, transaction, pending, replies, stale_possible=first
-            )
-            first = False
+            try:
+                retry_later = await self._transaction(
+                    conn, transaction, pending, replies, stale_possible=stale_possible
+                )
+            except _ProtocolError as error:
+                error.recipients = tuple(pending)
+                raise
+            stale_possible = False
             if len(retry_later) == len(pending):
                 return  # the server took none of them: keep its 452/552 as the reply
             for r in retry_later:
@@ -251,52 +402,55 @@ class Upstream:
 
     async def _transaction(
         self,
-        client: aiosmtplib.SMTP,
+        conn: _Connection,
         transaction: Transaction,
         recipients: list[str],
         replies: dict[str, Reply],
         *,
         stale_possible: bool = False,
     ) -> list[str]:
+        """MAIL, RCPT for each of ``recipients``, DATA; their replies in ``replies``. Returns
+        the recipients refused as "too many", which go in the next transaction."""
+        client = conn.client
         envelope = _envelope(client, transaction, recipients, replies)
         if envelope is None:
             return []
         sender, wire, options, encoding = envelope
-        recipients = list(wire)
         try:
-            await client.mail(sender, options=options, encoding=encoding)
+            mail = await conn.ask(
+                "MAIL", partial(client.mail, sender, options=options, encoding=encoding)
+            )
         except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
             if stale_possible:
                 raise _Stale from exc
             raise
-        except aiosmtplib.SMTPResponseException as exc:
-            for r in recipients:
-                replies[r] = reply_from_smtp(exc.code, exc.message)
-            await _rset(client)
+        _expect(mail, "MAIL", _FINAL_CLASSES)
+        if mail.code // 100 != 2:
+            replies.update(dict.fromkeys(wire, reply_from_smtp(mail.code, mail.message)))
+            await _reset(conn)
             return []
-        accepted, too_many = [], []
-        for r in recipients:
-            try:
-                await client.rcpt(wire[r], encoding=encoding)
-                accepted.append(r)
-            except aiosmtplib.SMTPResponseException as exc:
-                reply = replies[r] = reply_from_smtp(exc.code, exc.message)
-                if category_of(reply) is Category.TOO_MANY_RECIPIENTS:
-                    # RFC 5321 §4.5.3.1.10: temporary; these go in the next transaction.
-                    too_many.append(r)
+        accepted, too_many = await _recipients(conn, wire, encoding, replies)
         if not accepted:
-            await _rset(client)
+            await _reset(conn)
             return too_many
-        try:
-            response = await _data(
-                client, transaction.body, timeout=self.config.data_timeout.total_seconds()
-            )
-            reply = reply_from_smtp(response.code, response.message)
-        except aiosmtplib.SMTPResponseException as exc:
-            reply = reply_from_smtp(exc.code, exc.message)
-        for r in accepted:
-            replies[r] = reply
+        reply = await self._data(conn, transaction.body)
+        replies.update(dict.fromkeys(accepted, reply))
         return too_many
+
+    async def _data(self, conn: _Connection, body: bytes) -> Reply:
+        """DATA, the body once the server said 354, and the server's word on it.
+
+        The DATA command waits command_timeout (RFC 5321 §4.5.3.2.4 gives it minutes, not
+        the end of data's ten); the end of the data waits data_timeout."""
+        client = conn.client
+        start = await conn.ask("DATA", partial(client.execute_command, b"DATA"))
+        if start.code != aiosmtplib.SMTPStatus.start_input:
+            raise _ProtocolError(f"DATA answered {start.code}, not 354{_quoted(start)}")
+        wire = wire_form(body)
+        timeout = self.config.data_timeout.total_seconds()
+        end = await conn.ask("the end of data", partial(_send_body, client, wire, timeout))
+        _expect(end, "the end of data", _FINAL_CLASSES)
+        return reply_from_smtp(end.code, end.message)
 
     # -- connections ----------------------------------------------------------------------------
 
@@ -306,7 +460,11 @@ class Upstream:
         idle = self._idle.get((destination.host, destination.port, source_ip), [])
         while idle and not fresh:
             conn = idle.pop()
-            if time.monotonic() - conn.idle_since < _IDLE_SECONDS and conn.client.is_connected:
+            if (
+                time.monotonic() - conn.idle_since < _IDLE_SECONDS
+                and conn.client.is_connected
+                and _in_step(destination, conn, "reuse")
+            ):
                 conn.reused = True
                 return conn
             await _quit(conn.client, polite=False)
@@ -330,6 +488,9 @@ class Upstream:
             await self._secure(client, destination, where)
             if destination.username:
                 await client.login(destination.username, destination.password)
+            # Counting starts here: aiosmtplib's own buffer check (``_buffered``) covers
+            # what the greeting, EHLO and AUTH left behind.
+            lines = _ReplyLines.install(client)
         except aiosmtplib.SMTPConnectResponseError as exc:
             # The server itself spoke (e.g. 421 or 554 at greeting): a real reply.
             raise _ConnectFailed(reply_from_smtp(exc.code, exc.message)) from exc
@@ -346,7 +507,7 @@ class Upstream:
             raise _ConnectFailed(_failure_reply(where, exc)) from exc
         sockname = client.get_transport_info("sockname")
         used_ip = str(sockname[0]) if sockname else source_ip
-        return _Connection(client, used_ip)
+        return _Connection(client, used_ip, lines)
 
     async def _secure(self, client: aiosmtplib.SMTP, destination: Destination, where: str) -> None:
         await client.ehlo()  # learn the extensions (STARTTLS, AUTH, SIZE, SMTPUTF8)
@@ -368,11 +529,18 @@ class Upstream:
                     421, "4.7.0", f"TLS handshake with {where} failed: {_describe(exc)}"
                 )
             ) from exc
+        # RFC 3207 §4.2: what EHLO said before TLS no longer holds, and aiosmtplib forgot
+        # it. Ask again now: the extensions decide the MAIL options (8BITMIME, SMTPUTF8),
+        # and an EHLO aiosmtplib would slip in before MAIL later is a reply we did not count.
+        await client.ehlo()
 
     def _release(self, destination: Destination, conn: _Connection) -> None:
         conn.used += 1
         key = (destination.host, destination.port, conn.source_ip)
         idle = self._idle.setdefault(key, [])
+        if not _in_step(destination, conn, "release"):
+            conn.client.close()
+            return
         if (
             conn.used >= self.config.messages_per_connection
             or not conn.client.is_connected
@@ -421,30 +589,123 @@ def _failure_reply(where: str, exc: BaseException) -> Reply:
     return synthetic_reply(421, "4.4.1", f"connect to {where}: {_describe(exc)}")
 
 
-async def _data(client: aiosmtplib.SMTP, body: bytes, timeout: float) -> aiosmtplib.SMTPResponse:
-    """aiosmtplib's ``data()`` through its protocol's public commands, with the body in its
-    wire form from ``relay.smtp_data`` rather than from aiosmtplib's per-byte regexes."""
+# Replies a MAIL, RCPT or the end of data may have; anything else (1xx, 3xx) is a server
+# out of step with us.
+_FINAL_CLASSES = frozenset({2, 4, 5})
+
+
+def _expect(response: aiosmtplib.SMTPResponse, what: str, classes: frozenset[int]) -> None:
+    if response.code // 100 not in classes:
+        raise _ProtocolError(f"{what} answered {response.code}{_quoted(response)}")
+
+
+def _quoted(response: aiosmtplib.SMTPResponse) -> str:
+    """The server's words for a protocol error's text: its first line, cut short, ASCII."""
+    lines = response.message.splitlines()
+    first = lines[0][:120].encode("ascii", "replace").decode("ascii") if lines else ""
+    return f" ({response.code} {first})" if first else ""
+
+
+def _buffered(client: aiosmtplib.SMTP) -> int:
+    """Bytes aiosmtplib holds after the last reply it parsed. A second reply that arrived
+    in the same read as the first stays there, to be taken for the next command's reply.
+    (``_buffer`` is aiosmtplib's own; tests/relay/test_upstream_protocol.py fails if it
+    goes.)"""
+    buffer = getattr(client.protocol, "_buffer", b"")
+    return len(buffer)
+
+
+def _in_step(destination: Destination, conn: _Connection, when: str) -> bool:
+    why = conn.out_of_step()
+    if why is None:
+        return True
+    log.warning(
+        "upstream.out_of_step",
+        destination=destination.name,
+        source_ip=conn.source_ip,
+        why=why,
+        at=when,
+        action="connection closed, not reused",
+    )
+    return False
+
+
+def _protocol_failure(
+    result: TransactionResult,
+    transaction: Transaction,
+    destination: Destination,
+    conn: _Connection,
+    error: _ProtocolError,
+) -> None:
+    """Every recipient of the transaction in progress gets a soft, non-suppressing reply,
+    whatever it was answered before: those replies may have been stale lines. Recipients
+    an earlier transaction of this message ended in step (after "too many recipients")
+    keep theirs."""
+    reply = synthetic_reply(
+        451,
+        "4.5.0",
+        f"protocol error with {destination.name} ({conn.source_ip}): {error}; connection closed",
+    )
+    log.warning(
+        "upstream.protocol_error",
+        destination=destination.name,
+        source_ip=conn.source_ip,
+        error=str(error),
+        action="connection closed; the recipients are retried on a new connection",
+    )
+    for r in transaction.recipients:
+        if r in error.recipients or r not in result.replies:
+            result.replies[r] = reply
+            result.spared.add(r)
+
+
+async def _recipients(
+    conn: _Connection, wire: dict[str, str], encoding: str, replies: dict[str, Reply]
+) -> tuple[list[str], list[str]]:
+    """RCPT for each recipient: (accepted, refused as "too many"); refusals in ``replies``."""
+    accepted: list[str] = []
+    too_many: list[str] = []
+    for r, address in wire.items():
+        response = await conn.ask("RCPT", partial(conn.client.rcpt, address, encoding=encoding))
+        _expect(response, "RCPT", _FINAL_CLASSES)
+        if response.code // 100 == 2:
+            accepted.append(r)
+            continue
+        reply = replies[r] = reply_from_smtp(response.code, response.message)
+        if category_of(reply) is Category.TOO_MANY_RECIPIENTS:
+            # RFC 5321 §4.5.3.1.10: temporary; these go in the next transaction.
+            too_many.append(r)
+    return accepted, too_many
+
+
+async def _send_body(
+    client: aiosmtplib.SMTP, wire: bytes, timeout: float
+) -> aiosmtplib.SMTPResponse:
+    """The body in its wire form from ``relay.smtp_data`` (rather than through aiosmtplib's
+    per-byte regexes) and the server's reply to its end."""
     protocol = client.protocol
     if protocol is None:
         raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-    wire = wire_form(body)
     try:
-        start = await protocol.execute_command(b"DATA", timeout=timeout)
-        if start.code != aiosmtplib.SMTPStatus.start_input:
-            raise aiosmtplib.SMTPDataError(start.code, start.message)
         protocol.write(wire)
-        response = await protocol.read_response(timeout=timeout)  # expects it before any await
+        return await protocol.read_response(timeout=timeout)  # expects it before any await
     except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
         client.close()  # as data() does: the connection is in an unknown state
         raise
-    if response.code != aiosmtplib.SMTPStatus.completed:
-        raise aiosmtplib.SMTPDataError(response.code, response.message)
-    return response
 
 
-async def _rset(client: aiosmtplib.SMTP) -> None:
-    with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
-        await client.rset()
+async def _reset(conn: _Connection) -> None:
+    """RSET after an envelope the server refused. A 4xx/5xx to it (a server shutting
+    down) or a lost connection keeps the refusals, which were read in step, and closes
+    the connection; a reply RSET cannot have is a protocol error."""
+    try:
+        response = await conn.ask("RSET", conn.client.rset)
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError):
+        conn.client.close()
+        return
+    _expect(response, "RSET", _FINAL_CLASSES)
+    if response.code // 100 != 2:
+        conn.client.close()
 
 
 async def _quit(client: aiosmtplib.SMTP, *, polite: bool = True) -> None:
@@ -453,6 +714,30 @@ async def _quit(client: aiosmtplib.SMTP, *, polite: bool = True) -> None:
             await client.quit(timeout=5)
     with contextlib.suppress(Exception):
         client.close()
+
+
+def _route_hosts(route: RouteConfig) -> list[Destination]:
+    return [Destination(h, p, route.tls, route.username, route.password) for h, p in route.hosts]
+
+
+def _literal_destinations(route: RouteConfig, domain: str) -> list[Destination] | Reply:
+    """Where a recipient at an address literal goes: never through DNS. Failures are
+    synthetic 5xx the classifier reads as soft (our configuration, not the recipient's
+    fault; never X.1.2, which would suppress the address as a domain that does not exist)."""
+    if not route.address_literals:
+        return synthetic_reply(
+            550,
+            "5.4.4",
+            f"address literal {domain}: the route for it does not allow address literals "
+            "(set address_literals = true on that [[routes]] entry to deliver to the IP)",
+        )
+    if route.mode != "mx":
+        return _route_hosts(route)  # the literal is just a recipient the smarthost routes
+    try:
+        ip = literal_ip(domain)
+    except ValueError as exc:
+        return synthetic_reply(550, "5.1.3", f"address literal {domain} cannot be delivered: {exc}")
+    return [Destination(str(ip), route.mx_port, route.tls)]
 
 
 # What a next hop without SMTPUTF8 / 8BITMIME cannot take: permanent (RFC 6531 §3.5, RFC 6152),
@@ -478,8 +763,8 @@ def downgrade_address(address: str) -> str | None:
     if not at or not local.isascii():
         return None
     try:
-        return f"{local}@{domain.encode('idna').decode('ascii')}"
-    except UnicodeError:
+        return f"{local}@{ascii_domain(domain)}"  # IDNA 2008, as every key (policies.addresses)
+    except AddressError:
         return None
 
 

@@ -6,7 +6,7 @@ Fixtures built on them live in tests/relay/conftest.py.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import aiosmtplib
 import asyncpg
@@ -108,10 +108,21 @@ def incoming(
     queue_id: str, recipient: str, sender_domain: str = "mail.example.com", body: bytes = BODY
 ) -> IncomingMessage:
     """A one-recipient message as the intake hands it to the store."""
+    return incoming_to(queue_id, [recipient], sender_domain, body)
+
+
+def incoming_to(
+    queue_id: str,
+    recipients: Sequence[str],
+    sender_domain: str = "mail.example.com",
+    body: bytes = BODY,
+) -> IncomingMessage:
+    """A message to ``recipients`` (already in their normal form) as the intake hands it
+    to the store: also what mail queued before a change of config or intake looks like."""
     return IncomingMessage(
         queue_id=queue_id,
         envelope_sender=f"bounces@{sender_domain}",
-        recipients=(Recipient(recipient, recipient, recipient.rpartition("@")[2]),),
+        recipients=tuple(Recipient(r, r, r.rpartition("@")[2]) for r in recipients),
         body=body,
         from_domain=sender_domain,
         message_id=None,

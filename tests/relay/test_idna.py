@@ -210,3 +210,31 @@ async def test_a_sharp_s_recipient_reaches_a_7bit_server_as_its_a_label(
         state = await _final_state(db, U_LABEL)
     assert state == "delivered"
     assert [r.recipients for r in upstream.received] == [[A_LABEL]]
+
+
+def test_config_domains_take_the_form_of_every_key(make_config):
+    """Route, pool, classify-rule and DSN domains written as U-labels match the A-label keys
+    the intake makes (before, `domains = ["straße.de"]` never matched anything)."""
+    config = make_config(
+        '[[pools]]\nname = "p"\nsource_ips = ["127.0.0.1"]\nfrom_domains = ["STRAẞE.de"]\n'
+        '[[routes]]\ndomains = ["*.straße.de", "ｅｘａｍｐｌｅ．com"]\nmode = "mx"\npool = "p"\n'  # noqa: RUF001
+        '[[classify.rules]]\nname = "r"\nmatch = { domain = ["straße.de."] }\n'
+        'kind = "soft"\ncategory = "mailbox_full"\n'
+        '[dsn]\ndomain = "bounces.straße.de"\nsecret = "0123456789abcdef0123"\n',
+        replace_base=True,
+    )
+    [pool] = [p for p in config.rules.pools if p.name == "p"]
+    assert pool.from_domains == frozenset({"xn--strae-oqa.de"})
+    assert config.rules.routes[0].domains == ("*.xn--strae-oqa.de", "example.com")
+    assert config.rules.routes[0].matches("mx.xn--strae-oqa.de")
+    assert not config.rules.routes[0].matches("mx.strasse.de")
+    assert config.dsn.domain == "bounces.xn--strae-oqa.de"
+    paths = config.dsn.return_paths
+    assert paths is not None and paths.is_ours("x@BOUNCES.STRAẞE.DE")
+
+
+def test_config_refuses_a_domain_without_an_idna_2008_form(write_config):
+    from relay.config import ConfigErrors
+
+    with pytest.raises(ConfigErrors, match="domains"):
+        load_config(write_config('[[routes]]\ndomains = ["xn--bogus.de"]\n', replace_base=True))
