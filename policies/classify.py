@@ -97,6 +97,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from policies.addresses import AddressError, ascii_domain
 from policies.replies import Reply, enhanced_matches, is_enhanced_pattern
 
 __all__ = [
@@ -255,12 +256,13 @@ def check_criteria(
     text: str | None = None,
 ) -> Criteria:
     """Validate rule criteria from config; ``ValueError`` starts with
-    ``owner`` ("classify rule 'x'"). Domains are lower-cased; ``text`` is
+    ``owner`` ("classify rule 'x'"). Domains take the form of every key (IDNA 2008
+    A-labels, ``policies.addresses``); ``text`` is
     compiled case-insensitively because servers capitalise at random."""
     return Criteria(
         codes=_check_codes(owner, codes),
         enhanced=_check_enhanced(owner, enhanced),
-        domains=frozenset(d.strip().lower().rstrip(".") for d in domains),
+        domains=_check_domains(owner, domains),
         text=_compile(owner, text),
     )
 
@@ -799,6 +801,13 @@ def _enhanced_category(enhanced: str | None) -> Category | None:
 
 
 # --- rule validation --------------------------------------------------------
+
+
+def _check_domains(owner: str, domains: Iterable[str]) -> frozenset[str]:
+    try:
+        return frozenset(ascii_domain(d) for d in domains)
+    except AddressError as exc:
+        raise ValueError(f"{owner}: domain {exc.address!r}: {exc.why}") from None
 
 
 def _check_codes(owner: str, codes: Iterable[int]) -> frozenset[int]:

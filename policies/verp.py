@@ -20,6 +20,8 @@ import hmac
 import re
 from dataclasses import dataclass
 
+from policies.addresses import AddressError, ascii_domain
+
 __all__ = ["MIN_SECRET_LENGTH", "ReturnPaths"]
 
 MIN_SECRET_LENGTH = 16
@@ -50,17 +52,27 @@ class ReturnPaths:
     def is_ours(self, address: str) -> bool:
         """Whether ``address`` is at the DSN domain (mail to it is read, never relayed)."""
         _, at, domain = address.strip().strip("<>").rpartition("@")
-        return bool(at) and domain.rstrip(".").lower() == self.domain
+        return bool(at) and self._at_our_domain(domain)
 
     def delivery_of(self, address: str) -> int | None:
         """The delivery a return path names; None when it is not ours or does not verify."""
         local, at, domain = address.strip().strip("<>").rpartition("@")
-        if not at or domain.rstrip(".").lower() != self.domain:
+        if not at or not self._at_our_domain(domain):
             return None
         prefix, plus, token = local.rpartition("+")
         if not plus or prefix.lower() != self.prefix.lower():
             return None
         return self._verify(token)
+
+    def _at_our_domain(self, domain: str) -> bool:
+        # Any spelling of the domain (U-label, A-label, upper case, trailing dot) is ours;
+        # the configured domain is already in the one form (policies.addresses).
+        if domain.isascii() and domain.rstrip(".").lower() == self.domain:
+            return True  # the common case, without the IDNA work
+        try:
+            return ascii_domain(domain) == self.domain
+        except AddressError:
+            return False
 
     def find_delivery(self, text: str) -> int | None:
         """The first verified return path anywhere in ``text`` (the headers a feedback

@@ -34,6 +34,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, TextIO
 
+from policies.addresses import AddressError, ascii_domain, validate_address
 from policies.states import DeliveryState
 from policies.text import printable, printable_lines
 from relay.config import Config, Rules, config_path, load_config
@@ -428,7 +429,12 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     if not args.reply:
         print("bounce-relay: classify needs a REPLY argument or --jsonl", file=sys.stderr)
         return 2
-    classify_one(args.reply, args.domain.lower(), rules, as_json=args.json)
+    try:
+        domain = ascii_domain(args.domain) if args.domain else ""
+    except AddressError as exc:
+        print(f"bounce-relay: --domain {printable(args.domain)}: {exc.why}", file=sys.stderr)
+        return 2
+    classify_one(args.reply, domain, rules, as_json=args.json)
     return 0
 
 
@@ -516,6 +522,12 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
     config = _load(args)
     configure_logging("warning")
+
+    try:
+        validate_address(args.address)
+    except AddressError as exc:
+        print(f"bounce-relay: {printable(args.address)}: {exc.why}", file=sys.stderr)
+        return 2
 
     async def work(store: Any) -> int:
         if await profile_show(store, args.address, sys.stdout):

@@ -20,7 +20,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO, cast
 
-from policies.addresses import AddressError, normalise_address, validate_address
+from policies.addresses import (
+    AddressError,
+    ascii_domain,
+    domain_of,
+    normalise_address,
+    validate_address,
+)
 from policies.classify import Kind, classify
 from policies.replies import parse_reply
 from policies.retry import preview_schedule, select_rule
@@ -103,6 +109,7 @@ def classify_lines(lines: Iterable[str], rules: Rules, *, out: TextIO = sys.stdo
             if not isinstance(reply_text, str):
                 raise TypeError("reply must be a string")
             domain = str(item.get("domain") or "")
+            domain = ascii_domain(domain) if domain else ""
         except (ValueError, KeyError, TypeError) as exc:
             print(terminal_json({"line": number, "error": f"bad input: {exc}"}), file=out)
             status = 1
@@ -347,7 +354,7 @@ def dsn_parse(paths: Iterable[str], rules: Rules, *, out: TextIO, err: TextIO) -
         if parsed is None:
             continue
         for result in parsed.recipients:
-            domain = (result.recipient or "").rpartition("@")[2].lower()
+            domain = domain_of(result.recipient or "")
             decision = decide_reported(
                 result.action,
                 result.reply(),

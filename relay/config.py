@@ -23,7 +23,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from policies.addresses import AddressError, validate_address
+from policies.addresses import AddressError, ascii_domain, domain_pattern, validate_address
 from policies.classify import Category, ClassifyRule, Kind, SuppressOn
 from policies.incidents import IncidentRules, IncidentScope
 from policies.retry import Backoff, RetryPolicy, RetryRule, SourceChoice
@@ -507,6 +507,16 @@ def _lower(value: Any) -> str:
     return _str(value).strip().lower()
 
 
+def _domain(value: Any) -> str:
+    """A mail domain in the one form every key uses (IDNA 2008 A-labels, policies.addresses)."""
+    return ascii_domain(_str(value).strip())
+
+
+def _domain_or_pattern(value: Any) -> str:
+    """``*``, ``*.example.com`` or a domain, in the same form."""
+    return domain_pattern(_str(value).strip())
+
+
 # -- sections --------------------------------------------------------------------------------
 
 
@@ -585,7 +595,7 @@ def _read_pools(r: _Reader) -> tuple[PoolConfig, ...]:
         pool = PoolConfig(
             name=p.get("name", "", _str),
             source_ips=p.get("source_ips", (), _list_of(_ip)),
-            from_domains=frozenset(p.get("from_domains", (), _list_of(_lower))),
+            from_domains=frozenset(p.get("from_domains", (), _list_of(_domain))),
             campaigns=frozenset(p.get("campaigns", (), _list_of(_str))),
         )
         if not pool.name:
@@ -606,7 +616,7 @@ def _read_routes(r: _Reader, pools: tuple[PoolConfig, ...]) -> tuple[RouteConfig
     names = {p.name for p in pools}
     for t in r.tables("routes"):
         route = RouteConfig(
-            domains=t.get("domains", ("*",), _list_of(_lower)),
+            domains=t.get("domains", ("*",), _list_of(_domain_or_pattern)),
             mode=t.get("mode", "mx", _one_of("mx", "smarthost", "static")),
             hosts=t.get("hosts", (), _list_of(lambda v: parse_hostport(_str(v), 25))),
             pool=t.get("pool", pools[0].name, _str),
@@ -633,7 +643,7 @@ def _read_match(r: _Reader) -> dict[str, Any]:
         "categories": match.get("category", (), _list_of(_str)),
         "enhanced": match.get("enhanced", (), _list_of(_str)),
         "codes": match.get("code", (), _list_of(_positive_int)),
-        "domains": match.get("domain", (), _list_of(_lower)),
+        "domains": match.get("domain", (), _list_of(_domain)),
         "text": match.get("text", None, _str),
     }
     match.finish()
@@ -785,7 +795,7 @@ def _read_admin(r: _Reader) -> AdminConfig:
 
 
 def _read_dsn(r: _Reader) -> DsnConfig:
-    domain = r.get("domain", "", _lower).rstrip(".")
+    domain = r.get("domain", "", lambda v: _domain(v) if _str(v).strip() else "")
     prefix = r.get("prefix", "bounces", _verp_prefix)
     secret = r.get("secret", "", _str)
     if domain:

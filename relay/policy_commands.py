@@ -12,7 +12,7 @@ import sys
 from datetime import datetime
 from typing import Any, TextIO
 
-from policies.addresses import AddressError, normalise_address, validate_address
+from policies.addresses import AddressError, ascii_domain, normalise_address, validate_address
 from policies.text import terminal_json
 from relay.clock import utc_now
 from relay.commands import fmt as _fmt
@@ -166,10 +166,10 @@ def address_or_domain(text: str) -> str | None:
             validate_address(text)
             return normalise_address(text)
         validate_address(f"postmaster@{text}")
+        return ascii_domain(text)
     except AddressError as exc:
         print(f"bounce-relay: {text!r} is neither an address nor a domain: {exc}", file=sys.stderr)
         return None
-    return text.lower().rstrip(".")
 
 
 async def allowlist_list(store: Store, out: TextIO) -> int:

@@ -43,6 +43,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, TextIO
 
+from policies.addresses import domain_of
 from policies.outcome import decide, decide_reported
 from policies.replies import Reply
 from policies.retry import Backoff, format_duration, select_rule
@@ -184,7 +185,7 @@ def _decided(bounce: RecordedBounce, rules: Rules) -> _Outcome:
         text=bounce.reply_text or "",
         synthetic=bounce.synthetic,
     )
-    domain = (bounce.recipient_domain or (bounce.recipient or "").rpartition("@")[2]).lower()
+    domain = bounce.recipient_domain or domain_of(bounce.recipient or "")
     if bounce.source == "dsn":
         return _decided_reported(bounce, reply, domain, rules)
     first_failure = bounce.first_failure_at
