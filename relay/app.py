@@ -170,6 +170,7 @@ class Relay:
             metrics=self.metrics,
             bounces=self._bounce_reader(config),
             rules=lambda: self.rules,
+            clock=self._clock,
         )
         self._stack.push_async_callback(self.handler.close)
         self.server = await start_intake(

@@ -11,7 +11,15 @@ The relay's contract with its clients lives here:
 - hostile input is refused before anything is stored: addresses SMTP does not allow
   (``policies.addresses``), a non-ASCII address without SMTPUTF8 and, in mail to relay,
   data with a line end other than CRLF or a NUL (``policies.line_endings``: no SMTP
-  smuggling through us) or more ``Received:`` fields than ``[smtp] max_hops`` (a loop);
+  smuggling through us) or ``[smtp] max_hops`` ``Received:`` fields or more (a loop:
+  554 5.4.6), and a recipient at an address literal (``user@[192.0.2.1]``) unless its
+  route has ``address_literals`` (550 5.1.2): never looked up as a name, never suppressed;
+- every message stored starts with our own ``Received:`` field (RFC 5321 §4.4), so that
+  a route or MX pointing back at us is a loop that ``max_hops`` ends; what the client
+  says of itself (its EHLO name) is named there only when it is a well-formed domain or
+  address literal;
+- SMTP AUTH is checked in worker threads (``relay.passwords.SecretChecker``), never on
+  the event loop; failed attempts are counted by ``relay.protocol.RelaySMTP``;
 - abusive clients are cut (``relay.limits``) and PROXY headers are honoured only from
   ``[smtp] proxy_protocol_from`` (``relay.proxy``); the SMTP conversation itself is
   ``relay.protocol.RelaySMTP``, which calls the hooks here.
@@ -20,19 +28,19 @@ The relay's contract with its clients lives here:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import ipaddress
+import re
 import secrets
 import ssl
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from email.utils import format_datetime
 
 import structlog
 from aiosmtpd.proxy_protocol import ProxyData
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from policies.addresses import AddressError, domain_of, normalise_address, validate_address
 from policies.headers import count_received, summarise_headers
@@ -40,14 +48,16 @@ from policies.line_endings import bad_line_ending
 from relay import faults, replies
 from relay.batching import GroupBatcher
 from relay.bounces import BounceReader
+from relay.clock import Clock, utc_now
 from relay.commit import GroupCommitter
 from relay.config import Rules, SmtpConfig
 from relay.errors import ListenError, StoreError
 from relay.limits import Limits
 from relay.metrics import Metrics
-from relay.passwords import verify_password
-from relay.protocol import RelaySMTP
+from relay.passwords import SecretChecker
+from relay.protocol import RelaySMTP, peer_ip
 from relay.proxy import UnusableHeader, client_behind
+from relay.routing import is_address_literal, literal_ip, route_for
 from relay.store import IncomingMessage, Recipient, Store
 
 __all__ = ["IntakeHandler", "RelaySMTP", "start_intake"]
@@ -56,6 +66,14 @@ log = structlog.get_logger("relay.intake")
 
 # Longer than the store's own statement timeout: this only catches a commit that hangs.
 COMMIT_TIMEOUT_SECONDS = 30.0
+
+
+# An EHLO name our Received field repeats: an RFC 5321 Domain (LDH labels) in ASCII. Any
+# other name, and a longer one, is replaced by the client's address literal.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HELO_DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+MAX_HELO_NAME = 253  # RFC 1035 §2.3.4
+MAX_LOGGED_LOGIN = 100  # bytes of a failed login a log line repeats
 
 
 def _new_id() -> str:
@@ -74,6 +92,8 @@ class SessionState:
     # The open transaction carries bounces for the DSN domain (True), mail to relay (False),
     # or has no recipient yet (None); the two never mix.
     bounce_transaction: bool | None = None
+    # The peer as our Received fields write it ([192.0.2.1]); worked out at the first one.
+    address_literal: str = ""
 
 
 class IntakeHandler:
@@ -89,8 +109,11 @@ class IntakeHandler:
         metrics: Metrics | None = None,
         bounces: BounceReader | None = None,
         rules: Callable[[], Rules] | None = None,
+        clock: Clock = utc_now,
     ) -> None:
         self.metrics = metrics or Metrics()
+        self.clock = clock  # the date of our Received fields; the AUTH failure window
+        self._date: tuple[int, str] = (0, "")  # (second, its RFC 5322 form): made once a second
         self.rules = rules
         self.bounces = bounces
         self.store = store
@@ -102,7 +125,8 @@ class IntakeHandler:
         self._open: set[str] = set()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._auth_cache: set[tuple[str, bytes]] = set()
+        # scrypt in worker threads; a login verified before is answered from memory.
+        self._logins = SecretChecker((u.name, u.password_hash) for u in smtp.users)
         self._sessions: weakref.WeakKeyDictionary[Session, SessionState] = (
             weakref.WeakKeyDictionary()
         )
@@ -124,7 +148,7 @@ class IntakeHandler:
         """
         state = self._sessions.get(session)
         if state is None:
-            state = self._sessions[session] = SessionState(peer=_peer_ip(session))
+            state = self._sessions[session] = SessionState(peer=peer_ip(session))
             structlog.contextvars.bind_contextvars(session_id=state.session_id, peer=state.peer)
         return state
 
@@ -172,7 +196,7 @@ class IntakeHandler:
         self, server: SMTP, session: Session, envelope: Envelope, proxy_data: ProxyData
     ) -> bool:
         """A listed proxy's header: the client it names is the session's peer from now on."""
-        proxy = _peer_ip(session)
+        proxy = peer_ip(session)
         try:
             client = client_behind(proxy_data)
         except UnusableHeader as exc:
@@ -190,7 +214,7 @@ class IntakeHandler:
         if self.smtp.auth_required:
             return False
         try:
-            ip = ipaddress.ip_address(_peer_ip(session))
+            ip = ipaddress.ip_address(peer_ip(session))
         except ValueError:
             return False
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
@@ -203,7 +227,7 @@ class IntakeHandler:
         log.warning("intake.client_refused", reason="not in allowed_clients")
         if self.smtp.auth_required:
             return replies.AUTH_REQUIRED
-        return replies.CLIENT_NOT_ALLOWED.format(peer=_peer_ip(session))
+        return replies.CLIENT_NOT_ALLOWED.format(peer=peer_ip(session))
 
     # -- hooks --------------------------------------------------------------------------------
 
@@ -262,6 +286,9 @@ class IntakeHandler:
         if len(envelope.rcpt_tos) >= self.smtp.max_recipients:
             self.metrics.rejected.labels("too_many_recipients").inc()
             return replies.TOO_MANY_RECIPIENTS
+        refusal = self._literal_refusal(address)
+        if refusal is not None:
+            return refusal
         key = normalise_address(address)
         with structlog.contextvars.bound_contextvars(recipient=key):
             try:
@@ -282,6 +309,25 @@ class IntakeHandler:
         envelope.rcpt_options.extend(rcpt_options)
         return replies.RCPT_OK
 
+    def _literal_refusal(self, address: str) -> str | None:
+        """The refusal of a recipient at an address literal, or None (not a literal, or
+        one its route takes). Refused here, it is never stored: never looked up as a name,
+        never bounced and never suppressed."""
+        domain = domain_of(address)
+        if not is_address_literal(domain):
+            return None
+        try:
+            literal_ip(domain)
+        except ValueError as exc:
+            self.metrics.rejected.labels("malformed_address").inc()
+            return replies.BAD_ADDRESS.format(why=f"address literal {domain}: {exc}")
+        route = route_for(self.rules().routes, domain) if self.rules is not None else None
+        if route is not None and route.address_literals:
+            return None
+        self.metrics.rejected.labels("address_literal").inc()
+        log.info("intake.address_refused", reason="address literal", address=address)
+        return replies.ADDRESS_LITERAL_REFUSED
+
     def _non_ascii(self, address: str) -> str:
         self.metrics.rejected.labels("non_ascii_address").inc()
         log.info("intake.address_refused", reason="non-ASCII without SMTPUTF8", address=address)
@@ -299,7 +345,7 @@ class IntakeHandler:
     async def _reject_suppressed(
         self, session: Session, envelope: Envelope, address: str, key: str, reason: str
     ) -> str:
-        reply = replies.SUPPRESSED.format(address=address, reason=reason)
+        reply = replies.suppressed(address, reason)
         state = self._state(session)
         state.refused += 1
         self.metrics.rejected.labels("suppressed").inc()
@@ -345,7 +391,7 @@ class IntakeHandler:
             )
             return replies.BAD_LINE_ENDING.format(what=what)
         hops = count_received(body)
-        if hops > self.smtp.max_hops:
+        if hops >= self.smtp.max_hops:  # ours would make one more than max_hops
             state.refused += 1
             self.metrics.rejected.labels("too_many_hops").inc()
             log.warning(
@@ -353,7 +399,7 @@ class IntakeHandler:
                 reason="too_many_hops",
                 hops=hops,
                 max_hops=self.smtp.max_hops,
-                action="replied 554 5.4.0, nothing stored; look for a routing loop "
+                action="replied 554 5.4.6, nothing stored; look for a routing loop "
                 "(a route or an MX pointing back at a relay that sent it here)",
             )
             return replies.TOO_MANY_HOPS
@@ -386,12 +432,18 @@ class IntakeHandler:
     async def _accept(self, session: Session, envelope: Envelope) -> str:
         faults.crash_point("intake.after_data")  # tests/chaos: the DATA is in, nothing queued
         queue_id = _new_id()
-        body: bytes = envelope.original_content or b""
+        sent: bytes = envelope.original_content or b""
         recipients: dict[str, Recipient] = {}
         for address in envelope.rcpt_tos:
             key = normalise_address(address)
             recipients.setdefault(key, Recipient(address, key, domain_of(key)))
-        summary = summarise_headers(body, self.campaign_header)
+        summary = summarise_headers(sent, self.campaign_header)
+        trace = self._trace(session, queue_id, list(recipients.values()))
+        # The bytes sent follow our field unchanged. That makes a copy: the data as sent
+        # goes now (the envelope held the last reference), not after the commit.
+        body = trace + sent
+        envelope.content = envelope.original_content = None
+        del sent
         message = IncomingMessage(
             queue_id=queue_id,
             envelope_sender=envelope.mail_from or "",
@@ -400,7 +452,7 @@ class IntakeHandler:
             from_domain=summary.from_domain,
             message_id=summary.message_id,
             campaign=summary.campaign,
-            client_address=_peer_ip(session),
+            client_address=peer_ip(session),
             session_id=self._state(session).session_id,
             smtputf8=bool(envelope.smtp_utf8),
         )
@@ -431,11 +483,35 @@ class IntakeHandler:
             )
         return replies.QUEUED.format(queue_id=queue_id)
 
+    def _trace(self, session: Session, queue_id: str, recipients: Sequence[Recipient]) -> bytes:
+        """Our Received field for a message of ``session`` (``received_field``). Hot path:
+        what does not change within a session or a second is worked out once."""
+        state = self._state(session)
+        if not state.address_literal:
+            state.address_literal = _address_literal(state.peer)
+        client = state.address_literal
+        return received_field(
+            helo=_helo_name(session.host_name, client),
+            client=client,
+            hostname=self.smtp.hostname,
+            protocol=_protocol(session),
+            queue_id=queue_id,
+            recipient=recipients[0].address if len(recipients) == 1 else None,
+            date=self._now_rfc5322(),
+        )
+
+    def _now_rfc5322(self) -> str:
+        now = self.clock()
+        second = int(now.timestamp())
+        if second != self._date[0]:
+            self._date = (second, format_datetime(now))
+        return self._date[1]
+
     async def _read_bounce(self, state: SessionState, envelope: Envelope) -> str:
         assert self.bounces is not None
         body: bytes = envelope.original_content or b""
         try:
-            await asyncio.wait_for(
+            refusal = await asyncio.wait_for(
                 self.bounces.read(body, envelope.mail_from or "", envelope.rcpt_tos, state.peer),
                 COMMIT_TIMEOUT_SECONDS,
             )
@@ -444,6 +520,9 @@ class IntakeHandler:
             return replies.TEMPORARY_FAILURE
         except StoreError as exc:
             return _store_unavailable("bounce", exc)
+        if refusal is not None:  # over the client's unmatched limit, or no parser
+            state.refused += 1
+            return refusal
         state.accepted += 1
         return replies.BOUNCE_READ
 
@@ -455,24 +534,28 @@ class IntakeHandler:
 
     # -- AUTH ---------------------------------------------------------------------------------
 
-    def authenticate(
-        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
-    ) -> AuthResult:
-        if not isinstance(auth_data, LoginPassword):
-            return AuthResult(success=False, handled=False)
-        login = auth_data.login.decode("utf-8", "replace")
-        password = auth_data.password.decode("utf-8", "replace")
-        digest = hashlib.sha256(auth_data.password).digest()
-        if (login, digest) in self._auth_cache:
-            return AuthResult(success=True, auth_data=login)
-        for user in self.smtp.users:
-            # scrypt is slow on purpose; a verified pair is cached so a busy
-            # client does not pay it on every session.
-            if user.name == login and verify_password(password, user.password_hash):
-                self._auth_cache.add((login, digest))
-                return AuthResult(success=True, auth_data=login)
-        log.warning("intake.auth_failed", login=login)
-        return AuthResult(success=False, handled=False)
+    async def check_login(self, login: bytes, password: bytes) -> str | None:
+        """The user ``login`` names when ``password`` is theirs, else None; raises
+        ``CheckerBusy`` when too many new passwords are being checked already. scrypt
+        runs in a worker thread, once per new (login, password): a verified pair is
+        answered from memory, so a busy client does not pay it on every session."""
+        name = login.decode("utf-8", "surrogateescape")
+        # Bytes that are not UTF-8 stay surrogates: they match no configured password.
+        secret = password.decode("utf-8", "surrogateescape")
+        return await self._logins.match(secret, among=(name,))
+
+    def auth_failed(self, session: Session, login: bytes, count: int) -> None:
+        """A wrong password (535): logged with the login and the session's count."""
+        state = self._state(session)
+        self.metrics.rejected.labels("auth_failed").inc()
+        log.warning(
+            "intake.auth_failed",
+            login=login[:MAX_LOGGED_LOGIN].decode("utf-8", "replace"),
+            count=count,
+            max_auth_failures=self.smtp.max_auth_failures,
+            session_id=state.session_id,
+            peer=state.peer,
+        )
 
 
 def _store_unavailable(phase: str, exc: StoreError) -> str:
@@ -486,11 +569,63 @@ def _store_unavailable(phase: str, exc: StoreError) -> str:
     return replies.TEMPORARY_FAILURE
 
 
-def _peer_ip(session: Session) -> str:
-    peer = session.peer
-    if isinstance(peer, tuple) and peer:
-        return str(peer[0])
-    return str(peer)
+def received_field(
+    *,
+    helo: str,
+    client: str,
+    hostname: str,
+    protocol: str,
+    queue_id: str,
+    recipient: str | None,
+    date: str,
+) -> bytes:
+    """Our trace field (RFC 5321 §4.4), folded before each clause: ``helo`` and ``client``
+    must be checked already (``_helo_name``, ``_address_literal``); ``recipient`` is named
+    only when the message has exactly one (naming one of several would show Bcc's)."""
+    to = f"\r\n\tfor <{recipient}>" if recipient is not None else ""
+    return (
+        f"Received: from {helo} ({client})\r\n"
+        f"\tby {hostname} with {protocol} id {queue_id}{to};\r\n"
+        f"\t{date}\r\n"
+    ).encode("utf-8", "surrogateescape")
+
+
+def _helo_name(helo: str | None, client: str) -> str:
+    """What the client called itself, if it is a domain or an address literal; else
+    ``client``, its own address literal: a hostile EHLO name never reaches a header."""
+    if helo and len(helo) <= MAX_HELO_NAME:
+        if _HELO_DOMAIN.fullmatch(helo):
+            return helo
+        if is_address_literal(helo):
+            try:
+                literal_ip(helo)
+            except ValueError:
+                return client
+            return helo
+    return client
+
+
+def _address_literal(address: str) -> str:
+    """The client's address as RFC 5321 writes it: [192.0.2.1], [IPv6:2001:db8::1]."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return "unknown"  # no TCP peer address (never over TCP): nothing of it is repeated
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is None:
+            return f"[IPv6:{ip.compressed}]"
+        ip = ip.ipv4_mapped
+    return f"[{ip}]"
+
+
+def _protocol(session: Session) -> str:
+    """The "with" keyword (RFC 5321 §4.4, RFC 3848): SMTP after HELO, ESMTP after EHLO,
+    plus S with STARTTLS and A with AUTH."""
+    if not session.extended_smtp:
+        return "SMTP"
+    tls = "S" if session.ssl is not None else ""
+    auth = "A" if session.authenticated else ""
+    return f"ESMTP{tls}{auth}"
 
 
 def _tls_context(smtp: SmtpConfig) -> ssl.SSLContext | None:
@@ -515,7 +650,7 @@ async def start_intake(
     tls = _tls_context(smtp)
     loop = asyncio.get_running_loop()
     host, port = listen or smtp.listen
-    limits = Limits.from_config(smtp)
+    limits = Limits.from_config(smtp, handler.clock)
 
     def factory() -> SMTP:
         return RelaySMTP(
@@ -531,8 +666,7 @@ async def start_intake(
             require_starttls=smtp.require_tls,
             timeout=smtp.session_timeout.total_seconds(),
             auth_required=smtp.auth_required,
-            auth_require_tls=True,
-            authenticator=handler.authenticate if smtp.users else None,
+            auth_require_tls=True,  # RelaySMTP asks handler.check_login, off the event loop
             loop=loop,
         )
 

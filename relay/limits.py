@@ -11,6 +11,12 @@ Postfix's smtpd has the same knobs (``smtpd_client_connection_count_limit``,
 - ``DataWatch``: the DATA phase as a whole (``data_timeout``) and its average pace once a
   grace period is over (``min_data_rate``). A client that drips its message is cut with
   421 4.4.2 and nothing is stored.
+- Failed SMTP AUTH: ``max_auth_failures`` a session (the session's own count), and
+  ``auth_failures_per_client`` per client address inside ``auth_failure_window``, counted
+  for every session of this process by ``auth_failures`` (``relay.passwords.AttemptLimit``:
+  in memory, at most ``MAX_AUTH_CLIENTS`` addresses, the least recently seen forgotten
+  first, so a flood of addresses cannot grow it). An IPv6 client is counted by its /64
+  (``client_key``): one host commonly has a whole /64 to pick source addresses from.
 
 These only count and keep time; ``relay.intake.RelaySMTP`` asks them and hangs up.
 """
@@ -18,18 +24,34 @@ These only count and keep time; ``relay.intake.RelaySMTP`` asks them and hangs u
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from relay.clock import Clock, utc_now
 from relay.config import SmtpConfig
+from relay.passwords import AttemptLimit
 
-__all__ = ["INVALID", "CommandBudget", "ConnectionCount", "DataWatch", "Limits", "is_invalid"]
+__all__ = [
+    "INVALID",
+    "MAX_AUTH_CLIENTS",
+    "CommandBudget",
+    "ConnectionCount",
+    "DataWatch",
+    "Limits",
+    "client_key",
+    "is_invalid",
+]
 
 INVALID = "invalid"  # the CommandBudget kind of a command answered as a protocol error
 
 # Syntax errors, unknown commands, bad sequence, unknown parameters (RFC 5321 §4.2.2-4.2.3).
 _PROTOCOL_ERRORS = ("500", "501", "502", "503", "504", "555")
+
+# Client addresses whose failed AUTH attempts are remembered: at most auth_failures_per_client
+# timestamps each, so some hundred bytes an address, a few MB in all.
+MAX_AUTH_CLIENTS = 10_000
 
 
 def is_invalid(reply: str) -> bool:
@@ -142,18 +164,35 @@ class DataWatch:
         )
 
 
+def client_key(address: str) -> str:
+    """Who a client address is, for counting: an IPv4 address (also IPv4-mapped IPv6) as
+    itself, an IPv6 address as its /64; anything else (a test's odd peer) as it is."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is None:
+            return str(ipaddress.IPv6Network((ip, 64), strict=False))
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
 @dataclass(frozen=True)
 class Limits:
-    """The ``[smtp]`` limits of one listener, and its connection count."""
+    """The ``[smtp]`` limits of one listener, its connection count and its count of
+    failed AUTH attempts per client."""
 
     connections: ConnectionCount
     commands: Mapping[str, int]
     data_timeout: float
     min_data_rate: float
     min_data_rate_grace: float
+    max_auth_failures: int
+    auth_failures: AttemptLimit  # keyed by client_key(client address)
 
     @classmethod
-    def from_config(cls, smtp: SmtpConfig) -> Limits:
+    def from_config(cls, smtp: SmtpConfig, clock: Clock = utc_now) -> Limits:
         return cls(
             connections=ConnectionCount(smtp.max_connections),
             commands={
@@ -164,6 +203,13 @@ class Limits:
             data_timeout=smtp.data_timeout.total_seconds(),
             min_data_rate=float(smtp.min_data_rate),
             min_data_rate_grace=smtp.min_data_rate_grace.total_seconds(),
+            max_auth_failures=smtp.max_auth_failures,
+            auth_failures=AttemptLimit(
+                smtp.auth_failures_per_client,
+                smtp.auth_failure_window,
+                clock,
+                max_clients=MAX_AUTH_CLIENTS,
+            ),
         )
 
     def budget(self) -> CommandBudget:

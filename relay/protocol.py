@@ -5,22 +5,29 @@ headers from listed proxies (``relay.proxy``).
 What to answer MAIL, RCPT and DATA is the handler's business (``relay.intake``); this
 class only calls it, times and counts the client, and hangs up on it when a limit is
 passed: a 421 and the close, and nothing the client pipelined after it is read.
+
+AUTH (PLAIN and LOGIN, as aiosmtpd reads them) is checked by the handler's
+``check_login``, awaited: aiosmtpd's authenticator hook is synchronous, and scrypt on the
+event loop would hold up every session. Each wrong password is counted for the session
+and for the client address (``relay.limits``); past either limit the next AUTH hears 421
+4.7.0 and the connection is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any, AnyStr
+from typing import Any, AnyStr, NamedTuple
 
-from aiosmtpd.smtp import MISSING, SMTP, Session, syntax
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, Session, syntax
 
 from relay import replies
-from relay.limits import INVALID, DataWatch, Limits, is_invalid
+from relay.limits import INVALID, DataWatch, Limits, client_key, is_invalid
+from relay.passwords import CheckerBusy
 from relay.proxy import HEADER_TIMEOUT_SECONDS, Networks, is_listed
 from relay.smtp_data import DataFrame, Verdict
 
-__all__ = ["RelaySMTP"]
+__all__ = ["RelaySMTP", "peer_ip"]
 
 # "<dot-atom@hostname>": what nearly every MAIL/RCPT carries. aiosmtpd parses each path with
 # the email package's header grammar, a tenth of the relay's CPU per message; a path this
@@ -29,6 +36,12 @@ __all__ = ["RelaySMTP"]
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
 _PLAIN_PATH = re.compile(rf"[ \t]*<({_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})*)>[ \t]*")
+
+
+class _Unchecked(NamedTuple):
+    """Credentials aiosmtpd has read and not checked (``RelaySMTP._authenticate``)."""
+
+    credentials: LoginPassword
 
 
 class RelaySMTP(SMTP):
@@ -52,6 +65,8 @@ class RelaySMTP(SMTP):
         self._admitted = False
         self._data: DataFrame | None = None
         self._data_read: asyncio.Future[None] | None = None
+        self._auth_failures = 0  # wrong passwords in this session
+        self._password_refused = False  # the AUTH command being answered had a wrong one
 
     # -- addresses ----------------------------------------------------------------------------
 
@@ -187,6 +202,70 @@ class RelaySMTP(SMTP):
         if status.startswith("354 "):
             self._start_data_watch()
 
+    # -- AUTH ---------------------------------------------------------------------------------
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        """aiosmtpd's AUTH, counted: an attempt is reserved for the client before anything
+        is checked (parallel sessions cannot all guess before the first failure counts)
+        and kept only when the password was wrong."""
+        if self._limits is None:
+            await super().smtp_AUTH(arg)
+            return
+        client = client_key(peer_ip(self._session()))
+        await self._refuse_auth_past_limits(self._limits, client)
+        self._password_refused = False
+        try:
+            await super().smtp_AUTH(arg)
+        finally:
+            if not self._password_refused:  # right, malformed, aborted or never checked
+                self._limits.auth_failures.release(client)
+
+    async def _refuse_auth_past_limits(self, limits: Limits, client: str) -> None:
+        """Hang up on a session past max_auth_failures, or a client past its count."""
+        if self._auth_failures >= limits.max_auth_failures:
+            self.event_handler.session_cut(
+                self.session, "too_many_auth_failures", limit=limits.max_auth_failures
+            )
+            await self._hang_up_now(replies.AUTH_TOO_MANY_FAILURES)
+        if not limits.auth_failures.reserve(client):
+            self.event_handler.session_cut(
+                self.session,
+                "auth_client_blocked",
+                client=client,
+                limit=limits.auth_failures.attempts,
+                retry_after=limits.auth_failures.retry_after(client),
+            )
+            await self._hang_up_now(replies.AUTH_CLIENT_BLOCKED)
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._checked(await super().auth_PLAIN(_, args))
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._checked(await super().auth_LOGIN(_, args))
+
+    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
+        """aiosmtpd's synchronous check, called by its PLAIN and LOGIN readers: hand the
+        credentials on unchecked; ``_checked`` awaits the real check."""
+        return AuthResult(success=False, handled=False, auth_data=_Unchecked(auth_data))
+
+    async def _checked(self, read: AuthResult) -> AuthResult:
+        """The verdict on credentials aiosmtpd has read (anything else: aiosmtpd has
+        answered it already, a 501 for bad base64 or an aborted exchange)."""
+        if not isinstance(read.auth_data, _Unchecked):
+            return read
+        credentials = read.auth_data.credentials
+        try:
+            login = await self.event_handler.check_login(credentials.login, credentials.password)
+        except CheckerBusy:
+            return AuthResult(success=False, handled=False, message=replies.AUTH_BUSY)
+        if login is not None:
+            return AuthResult(success=True, auth_data=login)
+        self._password_refused = True
+        self._auth_failures += 1
+        self.event_handler.auth_failed(self._session(), credentials.login, self._auth_failures)
+        return AuthResult(success=False, handled=False)  # aiosmtpd answers 535 5.7.8
+
     # -- DATA ---------------------------------------------------------------------------------
 
     @syntax("DATA")
@@ -218,6 +297,7 @@ class RelaySMTP(SMTP):
             self._end_transaction()
             return
         self.envelope.content = self.envelope.original_content = frame.content
+        frame.content = b""  # the envelope's reference is the only one: the handler may drop it
         status = await self._call_handler_hook("DATA")
         self._end_transaction()
         await self.push("250 OK" if status is MISSING else status)
@@ -290,3 +370,11 @@ class RelaySMTP(SMTP):
         self._data_watch = None
         self.event_handler.session_cut(self.session, reason, **details)
         self._hang_up(replies.DATA_TIMEOUT if reason == "data_timeout" else replies.DATA_TOO_SLOW)
+
+
+def peer_ip(session: Session) -> str:
+    """The client's address (the one a PROXY header named, if any)."""
+    peer = session.peer
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return str(peer)

@@ -12,6 +12,10 @@ from __future__ import annotations
 from policies.text import ascii_line
 
 __all__ = [
+    "ADDRESS_LITERAL_REFUSED",
+    "AUTH_BUSY",
+    "AUTH_CLIENT_BLOCKED",
+    "AUTH_TOO_MANY_FAILURES",
     "BAD_ADDRESS",
     "BAD_LINE_ENDING",
     "CLIENT_NOT_ALLOWED",
@@ -66,7 +70,16 @@ DATA_TOO_SLOW = "421 4.4.2 DATA too slow, closing connection; message not accept
 PROXY_REFUSED = "421 4.7.0 PROXY header not accepted from this client, closing connection"
 
 # Refused at the end of DATA; nothing is stored.
-TOO_MANY_HOPS = "554 5.4.0 Too many hops (mail loop?)"
+# RFC 3463 X.4.6: routing loop detected (RFC 5321 §6.3).
+TOO_MANY_HOPS = "554 5.4.6 Too many hops (mail loop?)"
+# RFC 3463 X.1.2: bad destination system address.
+ADDRESS_LITERAL_REFUSED = "550 5.1.2 Address literals are not accepted here"
+# AUTH (RFC 4954 §6). The 421s end the session; the 454 is counted as no failure.
+AUTH_TOO_MANY_FAILURES = "421 4.7.0 Too many failed authentication attempts"
+AUTH_CLIENT_BLOCKED = (
+    "421 4.7.0 Too many failed authentication attempts from your address, try again later"
+)
+AUTH_BUSY = "454 4.7.0 Temporary authentication failure, try again later"
 # As Postfix's smtpd_forbid_bare_newline = reject: SMTP smuggling needs a line end that one
 # server takes for CRLF and the next does not.
 BAD_LINE_ENDING = "550 5.5.2 Message data has {what}: end every line with CRLF, send no NUL"

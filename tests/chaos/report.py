@@ -178,9 +178,150 @@ COVERED = (
         ),
     ),
     Covered(
-        "Received-header loop: `554 5.4.0` past `max_hops`",
+        "Mail loop: the relay prepends its own `Received:` field, which counts toward "
+        "`max_hops`; a route or MX pointing back at the relay ends after `max_hops` passes "
+        "with `554 5.4.6`, one bounce, nobody suppressed (before: thousands of copies)",
         (
-            "tests/relay/test_hostile_clients.py::test_more_received_fields_than_max_hops_is_refused_as_a_loop",
+            "tests/relay/test_trace_and_loops.py::"
+            "test_a_route_back_to_the_relay_itself_ends_after_max_hops_passes",
+            "tests/relay/test_trace_and_loops.py::test_our_field_counts_toward_max_hops",
+            "tests/relay/test_hostile_clients.py::test_max_hops_received_fields_are_refused_as_a_loop",
+        ),
+    ),
+    Covered(
+        "A hostile EHLO name (control characters, CR, NUL, injected clauses, over-long, "
+        "non-ASCII) never reaches our `Received:` field; the client's address stands in",
+        (
+            "tests/relay/test_trace_and_loops.py::test_a_hostile_ehlo_name_never_reaches_the_header",
+            "tests/relay/test_trace_and_loops.py::test_a_well_formed_ehlo_name_is_kept",
+        ),
+    ),
+    Covered(
+        "SMTP AUTH: scrypt in worker threads (clients greeted while ten checks run; past the "
+        "checker's capacity `454 4.7.0`); `max_auth_failures` per session then `421`, "
+        "`auth_failures_per_client` per address (IPv6 /64) in the window then `421`",
+        (
+            "tests/relay/test_auth_limits.py::test_clients_are_greeted_while_ten_auth_checks_run",
+            "tests/relay/test_auth_limits.py::"
+            "test_past_the_checkers_capacity_auth_hears_454_and_counts_nothing",
+            "tests/relay/test_auth_limits.py::test_a_session_is_cut_after_max_auth_failures",
+            "tests/relay/test_auth_limits.py::"
+            "test_a_client_address_is_refused_auth_until_its_window_passes",
+            "tests/relay/test_auth_limits.py::test_a_client_is_an_ipv4_address_or_an_ipv6_64",
+        ),
+    ),
+    Covered(
+        "IP-literal recipients: refused at RCPT (`550 5.1.2`) unless their route has "
+        "`address_literals`; never looked up in DNS as names, never suppressed; a literal "
+        "route delivers to the IP",
+        (
+            "tests/relay/test_hostile_clients.py::"
+            "test_an_address_literal_recipient_is_refused_where_its_route_does_not_allow_it",
+            "tests/relay/test_hostile_clients.py::"
+            "test_a_route_with_address_literals_takes_the_literals_it_matches",
+            "tests/relay/test_hostile_clients.py::test_a_malformed_address_literal_is_a_syntax_error",
+            "tests/relay/test_delivery.py::"
+            "test_an_address_literal_on_an_mx_route_goes_to_that_ip_never_to_dns",
+            "tests/relay/test_delivery.py::test_a_5xx_from_a_literal_destination_never_suppresses",
+            "tests/relay/test_delivery.py::"
+            "test_an_address_literal_through_an_mx_route_without_address_literals",
+            "tests/relay/test_routing.py::test_a_literal_that_is_no_host_address_fails_without_dns",
+        ),
+    ),
+    Covered(
+        "Upstream out of step (malformed line, two replies to one command, `354` to MAIL, a "
+        "surplus line after EHLO or after the data, a line sent while pooled): soft "
+        "`451 4.5.0`, the connection closed and never pooled; nothing recorded delivered "
+        "that the upstream did not receive",
+        (
+            "tests/relay/test_upstream_protocol.py::test_a_malformed_reply_line_is_a_protocol_error",
+            "tests/relay/test_upstream_protocol.py::"
+            "test_two_replies_to_one_rcpt_never_mark_the_message_delivered",
+            "tests/relay/test_upstream_protocol.py::test_a_354_to_mail_is_a_protocol_error",
+            "tests/relay/test_upstream_protocol.py::"
+            "test_a_surplus_line_after_ehlo_is_caught_before_mail",
+            "tests/relay/test_upstream_protocol.py::"
+            "test_a_surplus_reply_after_the_data_is_not_read_by_the_next_transaction",
+            "tests/relay/test_upstream_protocol.py::"
+            "test_a_line_sent_while_the_connection_was_idle_keeps_it_out_of_the_pool",
+            "tests/relay/test_upstream_protocol.py::"
+            "test_replies_are_counted_over_starttls_on_either_event_loop",
+            "tests/relay/test_upstream_protocol.py::"
+            "test_no_delivery_is_recorded_that_the_upstream_never_received",
+        ),
+    ),
+    Covered(
+        "Anything but `354` to DATA (`250`, `220`, `554`, `250` then `354`) is a soft "
+        "protocol error, never delivered; a missing reply times out on `command_timeout`",
+        (
+            "tests/relay/test_upstream_protocol.py::test_anything_but_354_to_data_is_a_protocol_error",
+            "tests/relay/test_upstream_protocol.py::"
+            "test_a_2xx_and_a_354_to_data_is_a_protocol_error",
+            "tests/relay/test_upstream_protocol.py::test_a_250_to_data_is_never_recorded_delivered",
+            "tests/relay/test_upstream_protocol.py::"
+            "test_a_missing_reply_to_data_times_out_on_the_command_timeout",
+        ),
+    ),
+    Covered(
+        "Admin and API secrets: a flood of bogus bearer tokens never delays SMTP greetings "
+        "(scrypt in worker threads, bounded, HMAC-keyed caches; 503 past capacity); token "
+        "guessing 429 per client; 60 parallel wrong passwords, at most 5 checked",
+        (
+            "tests/relay/test_admin_hardening.py::test_bogus_token_flood_keeps_the_smtp_greeting_fast",
+            "tests/relay/test_admin_hardening.py::test_repeated_bogus_token_is_refused_without_scrypt",
+            "tests/relay/test_admin_hardening.py::test_api_failures_are_limited_per_client",
+            "tests/relay/test_admin_hardening.py::test_parallel_wrong_passwords_check_at_most_five",
+            "tests/relay/test_admin_hardening.py::test_login_limit_ends_with_its_window",
+            "tests/relay/test_admin_hardening.py::"
+            "test_login_limit_keys_on_the_client_behind_a_trusted_proxy",
+        ),
+    ),
+    Covered(
+        "Admin page: cross-site POSTs and login CSRF refused (403), no framing (CSP "
+        "`frame-ancestors 'none'`, X-Frame-Options, checked in Chromium), no-store; hostile "
+        "numbers in page/API parameters are 400, never 500",
+        (
+            "tests/relay/test_admin_hardening.py::test_post_from_another_origin_is_refused",
+            "tests/relay/test_admin_hardening.py::test_login_needs_the_forms_csrf_token",
+            "tests/relay/test_admin_hardening.py::"
+            "test_every_admin_response_forbids_framing_and_caching",
+            "tests/e2e/test_admin_browser.py::test_another_site_cannot_frame_the_admin_page",
+            "tests/relay/test_admin_hardening.py::test_bad_numbers_in_pages_are_400",
+            "tests/relay/test_admin_hardening.py::test_bad_numbers_in_api_reports_are_400",
+        ),
+    ),
+    Covered(
+        "IDNA 2008 (UTS 46 non-transitional): `straße.de` is `xn--strae-oqa.de` and never "
+        "`strasse.de` for suppression keys, routing, MX lookup and downgrade; domains with no "
+        "IDNA 2008 form refused at RCPT",
+        (
+            "tests/relay/test_idna.py::"
+            "test_suppressing_the_u_label_refuses_the_a_label_and_not_strasse",
+            "tests/relay/test_idna.py::test_suppressing_the_a_label_refuses_every_u_label_spelling",
+            "tests/relay/test_idna.py::test_mail_to_a_sharp_s_domain_goes_to_its_own_mx_not_to_strasse",
+            "tests/relay/test_idna.py::test_a_domain_without_an_idna_2008_form_is_refused_at_rcpt",
+            "tests/relay/test_idna.py::test_a_sharp_s_recipient_reaches_a_7bit_server_as_its_a_label",
+            "tests/relay/test_idna.py::test_config_domains_take_the_form_of_every_key",
+            "tests/policies/test_addresses.py::test_every_spelling_of_a_domain_has_one_key_both_ways",
+            "tests/policies/test_addresses.py::test_a_domain_of_absurd_length_is_refused_in_bounded_time",
+        ),
+    ),
+    Covered(
+        "Remote text (ESC, BEL, OSC, C1, DEL, bidi and zero-width characters, CR/LF/tab in a "
+        "field) never reaches the operator's terminal raw from any command; a stored reason "
+        "echoed in the RCPT `550` is one printable line",
+        (
+            "tests/e2e/test_terminal_escaping.py::test_queue_list_and_show",
+            "tests/e2e/test_terminal_escaping.py::test_profile_show",
+            "tests/e2e/test_terminal_escaping.py::test_suppression_list_and_audit",
+            "tests/e2e/test_terminal_escaping.py::test_suppression_why_text_and_json",
+            "tests/e2e/test_terminal_escaping.py::test_incidents_list_and_show",
+            "tests/e2e/test_terminal_escaping.py::test_report_table",
+            "tests/e2e/test_terminal_escaping.py::test_classify_replay_table_and_jsonl",
+            "tests/e2e/test_terminal_escaping.py::test_dsn_parse",
+            "tests/e2e/test_terminal_escaping.py::test_csv_on_a_terminal_is_escaped",
+            "tests/e2e/test_suppression_admin.py::"
+            "test_suppression_refusal_is_one_line_whatever_the_reason",
         ),
     ),
     Covered(

@@ -176,3 +176,30 @@ def test_suppressed_reply_with_the_longest_address_and_a_long_reason():
     assert replies.suppressed("jörg@example.de", "asked  by\tphone") == (
         "550 5.7.1 <j?rg@example.de> is on the suppression list (asked by phone); message not sent"
     )
+
+
+@pytest.mark.slow
+async def test_suppression_refusal_is_one_line_whatever_the_reason(config_path, db_dsn):
+    """A reason holding CR LF cannot end the 550 early and forge a reply the client reads as
+    the answer to its next command: the client hears exactly one line for RCPT."""
+    from relay.config import load_config
+
+    reason = "asked\r\n250 2.1.5 OK \x1b[2J"
+    added = await run(config_path, "suppression", "add", "pat@example.org", "--reason", reason)
+    assert added.returncode == 0, added.stderr
+    async with Relay(load_config(config_path), dsn=db_dsn, listen=("127.0.0.1", 0)) as relay:
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        try:
+            writer.write(b"HELO client.test\r\nMAIL FROM:<s@example.com>\r\n")
+            writer.write(b"RCPT TO:<pat@example.org>\r\nQUIT\r\n")
+            await writer.drain()
+            lines = (await asyncio.wait_for(reader.read(), 10)).split(b"\r\n")
+        finally:
+            writer.close()
+    assert lines[3:] == [
+        b"550 5.7.1 <pat@example.org> is on the suppression list (asked 250 2.1.5 OK ?[2J); "
+        b"message not sent",
+        lines[4],
+        b"",
+    ]
+    assert lines[4].startswith(b"221 ")

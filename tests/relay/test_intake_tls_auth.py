@@ -1,4 +1,5 @@
-"""STARTTLS, require_tls and SMTP AUTH (PLAIN/LOGIN, only after STARTTLS)."""
+"""STARTTLS, require_tls and SMTP AUTH (PLAIN/LOGIN, only after STARTTLS), and what our
+Received field says of them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiosmtplib
+import asyncpg
 import pytest
 import trustme
 
@@ -157,3 +159,26 @@ async def test_auth_required_refuses_allowed_client_without_login(start, client_
         await client.quit()
     assert refused.value.code == 530
     assert reply.startswith("2.0.0")
+
+
+@pytest.mark.parametrize(("login", "protocol"), [(False, b"ESMTPS"), (True, b"ESMTPSA")])
+async def test_received_field_says_tls_and_auth(start, client_tls, db_dsn, login, protocol):
+    """Our Received field's "with" (RFC 3848): ESMTPS after STARTTLS, ESMTPSA after
+    STARTTLS and AUTH; the rest of the stored body is the message as sent."""
+    async with start() as relay:
+        client = await _connect(relay, "127.0.0.1", client_tls)
+        await client.starttls()
+        await client.ehlo()
+        if login:
+            await client.auth_plain("app", "s3cret-pass")
+        await client.sendmail("app@example.com", ["r@example.org"], MESSAGE)
+        await client.quit()
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        body = bytes(await conn.fetchval("SELECT body FROM messages"))
+    finally:
+        await conn.close()
+    field, _, rest = body.partition(b";\r\n\t")
+    assert field.startswith(b"Received: from ")
+    assert f"\tby relay.test with {protocol.decode()} id ".encode() in field
+    assert rest.split(b"\r\n", 1)[1] == MESSAGE
