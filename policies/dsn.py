@@ -33,17 +33,30 @@ deeper than ``MAX_DEPTH`` or more than ``MAX_PARTS`` parts raise
 ``MalformedBounce``; a message without a header block raises
 ``NotAMessage``. Nothing else raises: undecodable bytes, unknown charsets and
 broken encodings are read as well as they can be (``errors="replace"``).
+
+The input is hostile (anyone may mail the DSN domain), so every step is linear
+in its size: no pattern rescans a run of text from each of its positions (blank
+runs are taken possessively, an opening that never closes is looked for once),
+no text is built by repeated concatenation, every recipient gets a bounded
+share of work (``MAX_RECIPIENTS``, ``_MAX_MENTIONS``), and no pure-Python codec
+with quadratic decoding (punycode, IDNA) is used as a charset.
+``bench/dsn_parse_bench.py`` measures it on each shape that used to be
+quadratic.
 """
 
 from __future__ import annotations
 
 import binascii
+import codecs
+import email.base64mime
+import email.quoprimime
 import html
 import json
 import re
+from bisect import bisect_right
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from email.header import decode_header
 
 from policies.replies import Reply, parse_reply
 
@@ -68,6 +81,13 @@ _MAX_DIAGNOSTIC = 1000
 # which keeps the text heuristics linear in practice.
 MAX_RECIPIENTS = 500
 _MAX_REPORT_LINES = 5000
+# A line longer than this names no recipient (a report line is short); also the
+# most of a line handed to the reply parser.
+_MAX_LINE = 1000
+# An address whose own block has no code borrows from at most this many lines
+# that name it: bounded work per recipient, whatever the report repeats.
+_MAX_MENTIONS = 10
+_MAX_TEXT_LOOKUPS = 10
 
 
 class NotAMessage(ValueError):
@@ -106,7 +126,7 @@ class BounceRecipient:
         enhanced = None
         found = _find_code(self.diagnostic)
         if found is not None and found[0] == self.code:
-            parsed = parse_reply(self.diagnostic[found[1] :])
+            parsed = parse_reply(_reply_line(self.diagnostic, found[1]))
             enhanced = parsed.enhanced if parsed.code == self.code else None
         return Reply(code=self.code, enhanced=enhanced or self.status, text=self.diagnostic)
 
@@ -132,6 +152,7 @@ class _Part:
     params: dict[str, str]
     body: bytes = b""
     children: list[_Part] = field(default_factory=list)
+    _decoded: dict[str, str] = field(default_factory=dict, repr=False)
 
     def get(self, name: str) -> str | None:
         name = name.lower()
@@ -139,6 +160,14 @@ class _Part:
             if key == name:
                 return value
         return None
+
+    def decoded(self, name: str) -> str:
+        """The field's value with RFC 2047 words decoded ("" when absent), decoded once
+        however many heuristics read it."""
+        name = name.lower()
+        if name not in self._decoded:
+            self._decoded[name] = _header_value(self.get(name) or "")
+        return self._decoded[name]
 
     def text(self) -> str:
         return _decode_text(self.body, self.params.get("charset", "utf-8"))
@@ -157,6 +186,10 @@ _DSN_TYPES = frozenset({"message/delivery-status", "message/global-delivery-stat
 _HEADER_LINE = re.compile(rb"^[!-9;-~]+[ \t]*:")
 _MBOX_FROM = re.compile(rb"^>?From ")
 _PARAM = re.compile(r';\s*([\w.*-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)')
+_BOUNDARY_LINE = re.compile(rb"^--([!-~]{6,70}?)(?:--)?[ \t\r]*$", re.M)
+# Python's punycode codec (and IDNA, built on it) decodes in quadratic time: no mail
+# charset anyway.
+_SLOW_CODECS = frozenset({"punycode", "idna"})
 
 
 class _Counter:
@@ -175,24 +208,29 @@ def _split_headers(data: bytes) -> tuple[list[bytes], bytes]:
     """Header lines (unfolded later) and the body. The header block ends at
     the first empty line, or at the first line that is neither a field nor a
     continuation (lenient, like most MUAs)."""
-    lines: list[bytes] = []
+    # Each field's pieces are joined once at the end: a field folded over many lines
+    # must not be copied once per line.
+    fields: list[list[bytes]] = []
     pos = 0
     size = len(data)
+    body = b""
     while pos < size:
         end = data.find(b"\n", pos)
         if end < 0:
             end = size
         line = data[pos:end].rstrip(b"\r")
         if not line.strip():
-            return lines, data[end + 1 :]
-        if line[:1] in (b" ", b"\t") and lines:
-            lines[-1] += b" " + line.strip()
-        elif _HEADER_LINE.match(line) or (not lines and _MBOX_FROM.match(line)):
-            lines.append(line)
+            body = data[end + 1 :]
+            break
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1].append(line.strip())
+        elif _HEADER_LINE.match(line) or (not fields and _MBOX_FROM.match(line)):
+            fields.append([line])
         else:
-            return lines, data[pos:]
+            body = data[pos:]
+            break
         pos = end + 1
-    return lines, b""
+    return [b" ".join(pieces) for pieces in fields], body
 
 
 def _header_value(raw: str) -> str:
@@ -200,15 +238,122 @@ def _header_value(raw: str) -> str:
     if "=?" not in raw:
         return raw
     try:
-        out = []
-        for chunk, charset in decode_header(raw):
-            if isinstance(chunk, bytes):
-                out.append(_decode_text(chunk, charset or "utf-8"))
-            else:
-                out.append(chunk)
-        return "".join(out)
+        words = _decode_words(raw)
+        if words is None:
+            return raw
+        return "".join(_decode_text(chunk, charset or "utf-8") for chunk, charset in words)
     except Exception:  # header decoding is best effort
         return raw
+
+
+# The opening of an RFC 2047 encoded word: "=?charset?Q?" (the email package's ``ecre``
+# up to its lazy ``(?P<encoded>.*?)\?=``, which is looked for separately).
+_ENCODED_WORD_HEAD = re.compile(r"=\?([^?]*?)\?([qQbB])\?")
+
+
+class _NextIndex:
+    """``text.find(needle, pos)``, remembering the last answer: asked again from a position
+    it still answers for, it does not scan again (so a run of queries moving forward scans
+    the text once)."""
+
+    def __init__(self, text: str, needle: str) -> None:
+        self._text = text
+        self._needle = needle
+        self._from = len(text) + 1  # the answer below holds for positions from here ...
+        self._found = -1  # ... up to it (-1: up to the end)
+
+    def at(self, pos: int) -> int:
+        if not (self._from <= pos and (self._found < 0 or pos <= self._found)):
+            self._from, self._found = pos, self._text.find(self._needle, pos)
+        return self._found
+
+
+def _encoded_words(text: str) -> Iterator[tuple[re.Match[str], int]]:
+    """Each RFC 2047 encoded word as ``ecre`` of ``email.header`` finds it: its opening
+    ``=?charset?Q?`` and where its closing ``?=`` starts (the first one after the opening,
+    with no line end in between). ecre looked for the closing ``?=`` from every opening,
+    quadratic when none follows; here the next ``?=`` and line end are found once for all
+    the openings that share them, and with no ``?=`` left no later opening can close."""
+    closes, newlines = _NextIndex(text, "?="), _NextIndex(text, "\n")
+    search = 0
+    while (head := _ENCODED_WORD_HEAD.search(text, search)) is not None:
+        close = closes.at(head.end())
+        if close < 0:
+            return
+        newline = newlines.at(head.end())
+        if 0 <= newline < close:  # ecre's encoded text (``.*?``) does not cross a line end
+            search = head.start() + 1
+            continue
+        yield head, close
+        search = close + 2
+
+
+def _has_encoded_word(text: str) -> bool:
+    return next(_encoded_words(text), None) is not None
+
+
+def _split_encoded(line: str) -> list[str]:
+    """``ecre.split(line)``: text, charset, encoding, encoded text, text, ..."""
+    parts: list[str] = []
+    pos = 0
+    for head, close in _encoded_words(line):
+        parts += [line[pos : head.start()], head.group(1), head.group(2), line[head.end() : close]]
+        pos = close + 2
+    parts.append(line[pos:])
+    return parts
+
+
+def _decode_words(header: str) -> list[tuple[bytes, str | None]] | None:
+    """What ``email.header.decode_header`` returns for ``header`` (None where it returns
+    the header unchanged: no encoded word), in time linear in its size: the same steps
+    without its ``list.pop(0)``, ``del`` in a loop and ``bytes +=``."""
+    if not _has_encoded_word(header):
+        return None
+    words: list[tuple[str, str | None, str | None]] = []
+    for line in header.splitlines():
+        parts = _split_encoded(line)
+        for i in range(0, len(parts), 4):
+            unencoded = parts[i].lstrip() if i == 0 else parts[i]
+            if unencoded:
+                words.append((unencoded, None, None))
+            if i + 3 < len(parts):
+                words.append((parts[i + 3], parts[i + 2].lower(), parts[i + 1].lower()))
+    # Blanks between two encoded words are dropped (RFC 2047 section 6.2).
+    dropped = {
+        n - 1
+        for n, w in enumerate(words)
+        if n > 1 and w[1] and words[n - 2][1] and words[n - 1][0].isspace()
+    }
+    decoded: list[tuple[bytes, str | None]] = []
+    for n, (text, encoding, charset) in enumerate(words):
+        if n in dropped:
+            continue
+        if encoding is None:
+            decoded.append((text.encode("raw-unicode-escape"), charset))
+        elif encoding == "q":
+            word = email.quoprimime.header_decode(text)
+            decoded.append((word.encode("raw-unicode-escape"), charset))
+        else:
+            padded = text + "==="[: (4 - len(text) % 4) % 4]
+            decoded.append((email.base64mime.decode(padded), charset))
+    # (With nothing left the email package returns a None word, which read as "keep it as
+    # written".)
+    return _collapse(decoded) if decoded else None
+
+
+def _collapse(words: list[tuple[bytes, str | None]]) -> list[tuple[bytes, str | None]]:
+    """Runs of words in one charset joined (unencoded ones with a blank), each run once."""
+    out: list[tuple[bytes, str | None]] = []
+    run: list[bytes] = []
+    charset: str | None = None
+    for word, word_charset in words:
+        if run and word_charset != charset:
+            out.append(((b" " if charset is None else b"").join(run), charset))
+            run = []
+        charset = word_charset
+        run.append(word)
+    out.append(((b" " if charset is None else b"").join(run), charset))
+    return out
 
 
 def _parse_entity(data: bytes, depth: int, counter: _Counter, default: str = "text/plain") -> _Part:
@@ -272,10 +417,19 @@ def _split_multipart(body: bytes, boundary: str, depth: int, counter: _Counter) 
 
 def _guess_boundary(body: bytes) -> str | None:
     """The boundary actually used when the declared one never occurs (a
-    rewritten header): the first ``--token`` line that occurs twice."""
-    for match in re.finditer(rb"^--([!-~]{6,70}?)(?:--)?[ \t\r]*$", body[:200_000], re.M):
+    rewritten header): the first ``--token`` line (in the first 200 KB) of
+    which there are two after the start. The delimiter lines are counted in one
+    pass (counting each candidate over the whole body was quadratic)."""
+    lines: Counter[bytes] = Counter()
+    candidates: list[bytes] = []
+    for match in _BOUNDARY_LINE.finditer(body):
         token = match.group(1)
-        if body.count(b"\n--" + token) >= 2:
+        if match.start() > 0:
+            lines[token] += 1
+        if match.start() < 200_000:
+            candidates.append(token)
+    for token in candidates:
+        if lines[token] >= 2:
             return token.decode("ascii", "replace")
     return None
 
@@ -296,6 +450,11 @@ def _decode_body(body: bytes, cte: str) -> bytes:
 def _decode_text(data: bytes, charset: str) -> str:
     name = (charset or "utf-8").strip().strip('"').lower() or "utf-8"
     if name in {"us-ascii", "ascii", "unknown-8bit", "x-unknown", "8bit", "binary"}:
+        name = "utf-8"
+    try:
+        if codecs.lookup(name).name in _SLOW_CODECS:
+            name = "utf-8"
+    except (LookupError, ValueError, TypeError):
         name = "utf-8"
     try:
         text = data.decode(name, "replace")
@@ -329,12 +488,15 @@ _BOUNCE_SUBJECT = re.compile(
     r"undeliver|undelivered|delivery (?:status|fail|notification|report|problem|has failed)|"
     r"mail delivery|failure notice|returned mail|return(?:ed)? to sender|"
     r"could not (?:be )?deliver|non[- ]?deliver|not delivered|delivery final|"
-    r"(?:delayed|warning).*(?:mail|message|deliver)|mail (?:system )?error|"
+    r"mail (?:system )?error|"
     r"unable to deliver|failed delivery|mail failure|"
     r"\bbounced?\b|\bdsn\b|zustellbar|rejected|ne peut etre|non remis|"
     r"message (?:delayed|not (?:sent|delivered))|delivery failure|failed mail",
     re.I,
 )
+# "delayed ... mail" on one line (see _bounce_subject).
+_DELAY_WORD = re.compile(r"delayed|warning", re.I)
+_MAIL_WORD = re.compile(r"mail|message|deliver", re.I)
 _DAEMON_FROM = re.compile(
     r"mailer[-_ ]?daemon|postmaster|mail delivery|delivery subsystem|"
     r"mail administrator|mail system|maildaemon|mail-daemon",
@@ -367,13 +529,15 @@ _HARD_PHRASE = re.compile(
     r"undeliverable|has expired|was not delivered|returned mail|failure notice",
     re.I,
 )
-# The start of the returned original in a text bounce.
+# The start of the returned original in a text bounce. (Runs of blanks and of
+# rule characters are taken whole, possessively: giving them back one at a
+# time cannot help a match, and on a long line each retry rescanned the line.)
 _RETURNED_MARKER = re.compile(
-    r"^\s*(?:[-=_*#>]{2,}.*?\b(?:original|copy|returned|headers?|undelivered message|"
+    r"^\s*+(?:[-=_*#>]{2,}+.*?\b(?:original|copy|returned|headers?|undelivered message|"
     r"message text|message follows|unsent message)\b"
     r"|.*\bbelow this line is a copy\b"
     r"|(?:the )?(?:original|returned|unsent) message(?: headers?)?(?: (?:follows|below|is "
-    r"(?:attached|below|included)))?\s*:?\s*$"
+    r"(?:attached|below|included)))?\s*+:?\s*+$"
     r"|original message (?:headers?|follows)"
     r"|(?:a )?copy of (?:the|your) (?:original )?message(?: (?:is )?(?:below|follows|"
     r"attached))?[.:]?\s*$"
@@ -503,16 +667,36 @@ def _returned_info(part: _Part) -> tuple[str, bool]:
 
 
 def _field_pairs(block: str) -> list[tuple[str, str]]:
-    pairs: list[tuple[str, str]] = []
+    """``(name, value)`` of each field of a header block, continuation lines joined with a
+    blank (collected and joined once: a field folded over many lines is not copied per
+    line)."""
+    fields: list[tuple[str, list[str]]] = []
     for line in block.split("\n"):
-        if line[:1] in (" ", "\t") and pairs:
-            name, value = pairs[-1]
-            pairs[-1] = (name, f"{value} {line.strip()}")
+        if line[:1] in (" ", "\t") and fields:
+            fields[-1][1].append(line.strip())
             continue
         name, sep, value = line.partition(":")
         if sep and name and " " not in name.strip():
-            pairs.append((name.strip().lower(), value.strip()))
-    return pairs
+            fields.append((name.strip().lower(), [value.strip()]))
+    return [(name, " ".join(pieces)) for name, pieces in fields]
+
+
+def _bounce_subject(subject: str) -> bool:
+    """Whether a subject reads like a bounce's: one of _BOUNCE_SUBJECT, or "delayed" or
+    "warning" with a mail word after it on the same line. The first such word of a line is
+    the one to try (a later one ends later); one pass, where ``delayed.*mail`` rescanned
+    the line from every "warning" of a subject repeating it."""
+    if _BOUNCE_SUBJECT.search(subject):
+        return True
+    pos = 0
+    while (word := _DELAY_WORD.search(subject, pos)) is not None:
+        end_of_line = subject.find("\n", word.end())
+        if end_of_line < 0:
+            end_of_line = len(subject)
+        if _MAIL_WORD.search(subject, word.end(), end_of_line):
+            return True
+        pos = end_of_line + 1
+    return False
 
 
 def _headers_loop(headers: list[tuple[str, str]]) -> bool:
@@ -526,7 +710,7 @@ def _headers_loop(headers: list[tuple[str, str]]) -> bool:
     if values.get("auto-submitted", "").lower().startswith("auto-replied"):
         return True
     subject = _header_value(values.get("subject", ""))
-    if not _BOUNCE_SUBJECT.search(subject) or re.match(r"\s*(?:re|fwd?|aw|wg)\s*:", subject, re.I):
+    if not _bounce_subject(subject) or re.match(r"\s*(?:re|fwd?|aw|wg)\s*:", subject, re.I):
         return False
     path = values.get("return-path")
     if path is not None and (path.strip(" <>") == "" or _DAEMON.match(path.strip(" <>"))):
@@ -661,7 +845,7 @@ def _status_of(field_value: str, diagnostic: str) -> str | None:
 def _enhanced_of(text: str) -> str | None:
     found = _find_code(text)
     if found is not None:
-        parsed = parse_reply(text[found[1] :])
+        parsed = parse_reply(_reply_line(text, found[1]))
         if parsed.enhanced:
             return parsed.enhanced
     for match in _ENHANCED.finditer(text):
@@ -670,6 +854,18 @@ def _enhanced_of(text: str) -> str | None:
         if subject <= 7 and (found is None or value[0] == str(found[0])[0]):
             return value
     return None
+
+
+def _reply_line(text: str, start: int) -> str:
+    """The line of ``text`` from ``start``, at most _MAX_LINE characters: all of the text
+    ``parse_reply`` reads its enhanced code from (its first line), and all it should get:
+    it splits lines on patterns that are slow on a long run of blanks."""
+    end = start + _MAX_LINE
+    for stop in ("\n", "\r"):
+        found = text.find(stop, start, end)
+        if found >= 0:
+            end = found
+    return text[start:end]
 
 
 def _find_code(text: str) -> tuple[int, int] | None:
@@ -764,18 +960,68 @@ def _body_text(root: _Part) -> str:
 
 
 def _strip_html(text: str) -> str:
-    text = re.sub(r"(?is)<(script|style)\b.*?</\1\s*>", " ", text)
-    text = re.sub(r"(?i)<br\s*/?>|</?(?:p|div|tr|li|h\d|table)\b[^>]*>", "\n", text)
-    return html.unescape(re.sub(r"<[^>]*>", " ", text))
+    """The words of an HTML part: scripts and styles dropped, block tags as line breaks,
+    other tags as blanks, entities decoded. Each step is one pass: an element or a tag
+    that never closes is searched for once, not once per opening after it (``.*?`` and
+    ``[^>]*`` patterns did that, quadratic on ``<script>`` or ``<p`` repeated)."""
+    text = _drop_elements(text)
+    text = _replace_tags(text, _BLOCK_TAG, "\n")
+    return html.unescape(_replace_tags(text, _ANY_TAG, " "))
+
+
+_ELEMENT_OPEN = re.compile(r"<(script|style)\b", re.I)
+_ELEMENT_CLOSE = {
+    "script": re.compile(r"</script\s*>", re.I),
+    "style": re.compile(r"</style\s*>", re.I),
+}
+_BLOCK_TAG = re.compile(r"<br\s*/?>|</?(?:p|div|tr|li|h\d|table)\b", re.I)
+_ANY_TAG = re.compile(r"<")
+
+
+def _drop_elements(text: str) -> str:
+    r"""``re.sub(r"(?is)<(script|style)\b.*?</\1\s*>", " ", text)`` in one pass: an
+    element runs to the first closing tag of its name; once a name has no closing tag
+    left, no later opening of it can close either."""
+    out: list[str] = []
+    pos = 0
+    unclosed: set[str] = set()
+    search = 0
+    while (opening := _ELEMENT_OPEN.search(text, search)) is not None:
+        name = opening.group(1).lower()
+        close = None if name in unclosed else _ELEMENT_CLOSE[name].search(text, opening.end())
+        if close is None:
+            unclosed.add(name)
+            search = opening.start() + 1
+            continue
+        out += [text[pos : opening.start()], " "]
+        pos = search = close.end()
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _replace_tags(text: str, opening: re.Pattern[str], by: str) -> str:
+    """Each tag that ``opening`` starts (a ``<br>`` is whole already) replaced by ``by``, up
+    to its ``>``: ``re.sub(opening.pattern + "[^>]*>", by, text)`` in one pass (with no
+    ``>`` left, no later opening can close)."""
+    out: list[str] = []
+    pos = search = 0
+    while (tag := opening.search(text, search)) is not None:
+        end = tag.end() if tag.group().endswith(">") else text.find(">", tag.end()) + 1
+        if end == 0:
+            break
+        out += [text[pos : tag.start()], by]
+        pos = search = end
+    out.append(text[pos:])
+    return "".join(out)
 
 
 def _looks_like_bounce(root: _Part, text: str) -> bool:
-    subject = _header_value(root.get("subject") or "")
-    sender = _header_value(root.get("from") or "")
+    subject = root.decoded("subject")
+    sender = root.decoded("from")
     path = root.get("return-path")
     auto = (root.get("auto-submitted") or "").lower()
     replied = bool(re.match(r"\s*(?:re|fwd?|aw|wg|tr)\s*:", subject, re.I))
-    by_subject = bool(_BOUNCE_SUBJECT.search(subject))
+    by_subject = _bounce_subject(subject)
     by_sender = bool(_DAEMON_FROM.search(sender)) or bool(_DAEMON.match(sender.strip(" <>")))
     null_path = path is not None and path.strip(" <>") == ""
     failed_header = root.get("x-failed-recipients") is not None
@@ -792,9 +1038,16 @@ def _looks_like_bounce(root: _Part, text: str) -> bool:
         return True
     # A forwarded or anonymous bounce: needs two independent signals.
     return (by_subject or null_path or auto.startswith("auto-")) and bool(
-        re.search(r"^\s*>*\s*(?:Final-Recipient|Diagnostic-Code)\s*:", text, re.I | re.M)
-        or _DAEMON_FROM.search(text[:5000])
+        _QUOTED_DSN_FIELD.search(text) or _DAEMON_FROM.search(text[:5000])
     )
+
+
+# RFC 3464 fields quoted in text. A line's leading blanks, never a line end: ``^\s*``
+# would run from each of many blank lines over all those after it.
+_QUOTED_DSN_FIELD = re.compile(
+    r"^[^\S\n]*+>*+[^\S\n]*+(?:Final-Recipient|Diagnostic-Code)\s*:", re.I | re.M
+)
+_DSN_RECIPIENT_FIELD = re.compile(r"^[^\S\n]*+(?:final|original)-recipient\s*:", re.I | re.M)
 
 
 def _unquote(text: str) -> str:
@@ -873,7 +1126,7 @@ def _from_text(root: _Part, section: str, returned: str) -> tuple[BounceRecipien
     if aws is not None:
         return aws
     # RFC 3464 fields as plain text (a DSN in a text part, a forwarded bounce).
-    if re.search(r"^\s*(?:final|original)-recipient\s*:", section, re.I | re.M):
+    if _DSN_RECIPIENT_FIELD.search(section):
         fields_text = "\n".join(
             line
             for line in section.split("\n")
@@ -914,7 +1167,7 @@ def _recipient(address: str | None, info: _Block, delayed: bool) -> BounceRecipi
 
 
 def _is_delay(root: _Part, section: str) -> bool:
-    subject = _header_value(root.get("subject") or "")
+    subject = root.decoded("subject")
     if re.search(r"delay|warning|still trying|not yet", subject, re.I):
         return True
     return bool(_DELAY_PHRASE.search(section)) and not _HARD_PHRASE.search(section)
@@ -929,42 +1182,49 @@ def _own_addresses(root: _Part) -> set[str]:
     return own
 
 
+# A line's leading blanks are taken whole (``^\s*+``) in these forms: nothing after them
+# starts with a blank, and giving them back one at a time cost a long line its length once
+# per form.
 _LINE_FORMS = (
     # an address on its own line: "  bob@example.com", "<bob@example.com>:"
-    re.compile(rf"^\s*[<\"']?({_ADDR})[>\"']?\s*:?\s*$"),
+    re.compile(rf"^\s*+[<\"']?({_ADDR})[>\"']?\s*+:?\s*+$"),
     # "<bob@example.com>: host mx said: 550 ...", "<a@b> (expanded from <c@d>): ..."
-    re.compile(rf"^\s*<({_ADDR})>(?:\s*\([^)]*\))?\s*:\s*\S"),
-    re.compile(rf"^\s*({_ADDR})\s*:\s+\S"),
+    re.compile(rf"^\s*+<({_ADDR})>(?:\s*\([^)]*\))?\s*:\s*\S"),
+    re.compile(rf"^\s*+({_ADDR})\s*:\s+\S"),
     # sendmail's "bob@example.com... User unknown"
-    re.compile(rf"^\s*<?({_ADDR})>?\.\.\.\s*\S"),
+    re.compile(rf"^\s*+<?({_ADDR})>?\.\.\.\s*\S"),
     # Exchange's "bob@example.com on 29/04/2007 ..."
-    re.compile(rf"^\s*<?({_ADDR})>?\s+on\s+\S+"),
+    re.compile(rf"^\s*+<?({_ADDR})>?\s+on\s+\S+"),
     # "bob@example.com (reason)", "bob@example.com - reason"; only with a reason
-    re.compile(rf"^\s*<?({_ADDR})>?\s+[-(\[]\s*\S"),
+    re.compile(rf"^\s*+<?({_ADDR})>?\s+[-(\[]\s*\S"),
     # "bob@example.com Invalid Address, ERROR_CODE :550"
     re.compile(
-        rf"^\s*<?({_ADDR})>?[\s,]+.*(?:invalid|unknown|error|fail|reject|full|exist|denied|"
+        rf"^\s*+<?({_ADDR})>?[\s,]++.*(?:invalid|unknown|error|fail|reject|full|exist|denied|"
         rf"refused|disabled|quota|[245]\d\d\b)",
         re.I,
     ),
     # sendmail transcripts: "550 5.1.1 <bob@example.com>... User unknown"
-    re.compile(rf"^\s*[245]\d\d[ -](?:#?[245]\.\d{{1,3}}\.\d{{1,3}}\s+)?<?({_ADDR})>?(?:\.\.\.|:)"),
+    re.compile(
+        rf"^\s*+[245]\d\d[ -](?:#?[245]\.\d{{1,3}}\.\d{{1,3}}\s+)?<?({_ADDR})>?(?:\.\.\.|:)"
+    ),
 )
 _PHRASE_FORMS = (
     re.compile(rf"RCPT\s+TO:\s*<({_ADDR})>", re.I),
     # "User mailbox exceeds allowed size: bob@example.com"
-    re.compile(rf"^\s*\w[^:]{{2,100}}:\s*<?({_ADDR})>?\s*$"),
+    re.compile(rf"^\s*+\w[^:]{{2,100}}:\s*<?({_ADDR})>?\s*$"),
+    # "recipient (expanded from <x>): bob@...": the aside ends at the next parenthesis, so a
+    # "(" that never closes is not scanned to the line's end from every keyword before it.
     re.compile(
         rf"(?:recipients?|address(?:es)?|deliver(?:ed|ing|y)? to|(?:message|mail) to|mailbox|"
-        rf"failed to|sent to|destination|user|to:)(?:\s*\([^)]*\))?\W{{0,4}}<?({_ADDR})>?",
+        rf"failed to|sent to|destination|user|to:)(?:\s*\([^()]*\))?\W{{0,4}}<?({_ADDR})>?",
         re.I,
     ),
 )
-_SENDER_LEAD = re.compile(r"(?:sent by|\bfrom|sender)\s*:?\s*$", re.I)
+_SENDER_LEAD = re.compile(r"(?:sent by|\bfrom|sender)\s*+:?\s*+$", re.I)
 _CONTACT = re.compile(r"contact|please|questions|administrator|send (?:a )?mail to|write to", re.I)
 # "To:", "From:" of a quoted header in the report are the original's, not bounced recipients.
 _HEADERISH = re.compile(
-    r"^\s*(?:from|to|cc|sender|reply-to|return-path|envelope-to|delivered-to|received|"
+    r"^\s*+(?:from|to|cc|sender|reply-to|return-path|envelope-to|delivered-to|received|"
     r"message-id|in-reply-to|references|reporting-mta|x-[\w-]+)\s*:",
     re.I,
 )
@@ -1012,26 +1272,32 @@ def _text_blocks(
     """Each address's block: from its line to the next address's line; the
     first reply code and RFC 3463 code there. An address whose block says
     nothing borrows from the lines that mention it, else from the whole
-    report when it names a single cause."""
+    report when it names a single cause. Blocks do not overlap, and the
+    mentions are indexed once: the work is linear in the report, whatever
+    the number of addresses."""
     lines = section.split("\n")
     wanted = [a.lower() for a in addresses]
     if order is None:
         order = _recipient_lines(section, set())
-    starts = sorted((line_no, a) for a, line_no in order if a in wanted)
+    wanted_set = set(wanted)
+    starts = sorted((line_no, a) for a, line_no in order if a in wanted_set)
+    begins: dict[str, int] = {}
+    for line_no, a in starts:
+        begins.setdefault(a, line_no)
     bounds = [line_no for line_no, _ in starts]
     whole = _block_info(lines)
+    mentions = _Mentions(lines)
     out: dict[str, _Block] = {}
     for address in wanted:
         info: _Block | None = None
-        begin = next((n for n, a in starts if a == address), None)
+        begin = begins.get(address)
         if begin is not None:
-            nexts = [b for b in bounds if b > begin]
-            end = min(nexts[0] if nexts else len(lines), begin + 25)
+            after = bisect_right(bounds, begin)
+            end = min(bounds[after] if after < len(bounds) else len(lines), begin + 25)
             first = _after_address(lines[begin], address)
             info = _block_info([first, *lines[begin + 1 : end]])
         if info is None or (info.code is None and info.status is None):
-            mentions = [line for line in lines if address in line.lower()]
-            by_mention = _block_info(mentions)
+            by_mention = _block_info(mentions.of(address))
             if by_mention.code is not None or by_mention.status is not None:
                 info = _Block(
                     by_mention.diagnostic,
@@ -1048,6 +1314,60 @@ def _text_blocks(
                 )
         out[address] = info
     return out
+
+
+class _Mentions:
+    """The report lines that name each address: the lines of at most _MAX_LINE characters
+    (longer ones name no recipient, see _recipient_lines) indexed once by the addresses
+    in them, the first _MAX_MENTIONS per address kept. Looking each address up in every
+    line was quadratic with hundreds of recipients. A recipient that is no address to the
+    index (a DSN's ``|/usr/bin/procmail``, a file) is looked for as text in each line,
+    for the first _MAX_TEXT_LOOKUPS such recipients of a report only. And in all, the
+    lines handed out add up to at most the report's own size: hundreds of recipients
+    named on the same long lines cannot make each of those lines be read hundreds of
+    times (an address past that borrows nothing)."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self._lines = lines
+        self._index: dict[str, list[str]] | None = None
+        self._text_lookups = 0
+        self._budget = sum(len(line) + 1 for line in lines)
+
+    def of(self, address: str) -> list[str]:
+        found = self._find(address)
+        size = sum(len(line) + 1 for line in found)
+        if size > self._budget:
+            return []
+        self._budget -= size
+        return found
+
+    def _find(self, address: str) -> list[str]:
+        if self._index is None:
+            self._index = self._build()
+        found = self._index.get(address)
+        if found is not None:
+            return found
+        if self._text_lookups >= _MAX_TEXT_LOOKUPS:
+            return []
+        self._text_lookups += 1
+        found = []
+        for line in self._lines:
+            if len(line) <= _MAX_LINE and address in line.lower():
+                found.append(line)
+                if len(found) >= _MAX_MENTIONS:
+                    break
+        return found
+
+    def _build(self) -> dict[str, list[str]]:
+        index: dict[str, list[str]] = {}
+        for line in self._lines:
+            if "@" not in line or len(line) > _MAX_LINE:
+                continue
+            for key in {a.lower().strip(".") for a in _ADDR_RE.findall(line)}:
+                found = index.setdefault(key, [])
+                if len(found) < _MAX_MENTIONS:
+                    found.append(line)
+        return index
 
 
 def _after_address(line: str, address: str) -> str:
@@ -1097,7 +1417,7 @@ def _aws_notification(text: str) -> tuple[BounceRecipient, ...] | None:
     delivery = data.get("delivery")
     if isinstance(bounce, dict):
         delayed = str(bounce.get("bounceType", "")).lower() == "transient"
-        for item in bounce.get("bouncedRecipients") or []:
+        for item in _listed(bounce.get("bouncedRecipients")):
             if not isinstance(item, dict):
                 continue
             diagnostic = _fold(_strip_type(str(item.get("diagnosticCode") or "")))
@@ -1116,7 +1436,7 @@ def _aws_notification(text: str) -> tuple[BounceRecipient, ...] | None:
             )
     elif isinstance(complaint, dict):
         kind = complaint.get("complaintFeedbackType")
-        for item in complaint.get("complainedRecipients") or []:
+        for item in _listed(complaint.get("complainedRecipients")):
             if isinstance(item, dict):
                 out.append(
                     BounceRecipient(
@@ -1134,7 +1454,7 @@ def _aws_notification(text: str) -> tuple[BounceRecipient, ...] | None:
         code = _code_of(diagnostic)
         status = _enhanced_of(diagnostic)
         host = delivery.get("remoteMtaIp") or delivery.get("reportingMTA")
-        for address in delivery.get("recipients") or []:
+        for address in _listed(delivery.get("recipients")):
             out.append(
                 BounceRecipient(
                     _address_field(str(address)),
@@ -1146,3 +1466,8 @@ def _aws_notification(text: str) -> tuple[BounceRecipient, ...] | None:
                 )
             )
     return tuple(out) or None
+
+
+def _listed(value: object) -> list[object]:
+    """A JSON list of recipients, its first MAX_RECIPIENTS (anything else: none)."""
+    return value[:MAX_RECIPIENTS] if isinstance(value, list) else []

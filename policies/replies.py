@@ -192,7 +192,9 @@ def _logical_lines(text: str) -> list[str]:
         if match is None:
             out.append(line)
             continue
-        out.extend(re.split(rf"\s+(?={match.group(1)}(?:[ -]|$))", line))
+        # (?<!\s): a split starts at the first blank of a run, so a long blank run costs
+        # one scan, not one per blank (quadratic).
+        out.extend(re.split(rf"(?<!\s)\s+(?={match.group(1)}(?:[ -]|$))", line))
     return out
 
 

@@ -115,7 +115,12 @@ class Relay:
         if return_paths is None:
             return None
         return BounceReader(
-            self.store, return_paths, lambda: self.rules, clock=self._clock, metrics=self.metrics
+            self.store,
+            return_paths,
+            lambda: self.rules,
+            clock=self._clock,
+            metrics=self.metrics,
+            dsn=config.dsn,
         )
 
     async def _start(self) -> None:

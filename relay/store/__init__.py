@@ -219,12 +219,17 @@ class DsnRecord:
     rule: str | None = None
     destination: str | None = None  # the remote MTA the bounce names
     detail: dict[str, Any] | None = None
+    # The report's Action (failed, delayed, complaint): a delivery counts each action once.
+    # None: the event stands for it.
+    action: str | None = None
 
 
 @dataclass(frozen=True)
 class AppliedDsn:
     recorded: int  # events written
-    skipped: int  # results for deliveries already final (a repeated bounce) or unknown
+    # results not recorded: the delivery is final or unknown, or it had this action reported
+    # before (a repeated bounce)
+    skipped: int
     suppressed: int
     cancelled: int
 
@@ -309,6 +314,7 @@ _DSN_COLUMNS = (
     "rule",
     "destination",
     "detail",
+    "action",
 )
 
 
@@ -835,20 +841,55 @@ class Store:
         recipient: str,
         reason: str,
         detail: dict[str, Any],
-    ) -> None:
-        """Keep a bounce message the relay dropped as a ``dsn_unmatched`` event."""
+        *,
+        peer: str,
+        since: datetime,
+        limit: int,
+    ) -> bool:
+        """Keep a bounce message the relay dropped as one ``dsn_unmatched`` event
+        (``recipient``: its first recipient; ``detail`` says which and why), unless client
+        ``peer`` has had ``limit`` kept since ``since`` already: then nothing is written and
+        the answer is False. The count and the insert hold the client's lock, so sessions of
+        one client running at once cannot go past the limit together."""
         key = recipient.strip("<>").lower()
-        async with _translated("record unmatched bounce"):
-            await self.pool.execute(
+        async with (
+            _translated("record unmatched bounce"),
+            self.pool.acquire(timeout=self.timeout) as conn,
+            conn.transaction(),
+        ):
+            await conn.execute(QUERIES["lock_dsn_unmatched_client"], peer, timeout=self.timeout)
+            kept = await conn.fetchval(
                 QUERIES["record_dsn_unmatched"],
                 now,
                 _clean(sender),
                 _clean(key),
                 key.rpartition("@")[2],
                 _clean(reason),
-                detail,
+                {**detail, "peer": peer},
+                peer,
+                since,
+                limit,
                 timeout=self.timeout,
             )
+        return kept is not None
+
+    async def count_dsn_unmatched(self, peer: str, since: datetime, limit: int) -> int:
+        """How many unusable bounce messages client ``peer`` had kept since ``since``
+        (counting stops at ``limit``: an index range scan of at most that many rows)."""
+        async with _translated("count unmatched bounces"):
+            count: int = await self.pool.fetchval(
+                QUERIES["count_dsn_unmatched"], peer, since, limit, timeout=self.timeout
+            )
+        return count
+
+    async def expire_dsn_unmatched(self, before: datetime, limit: int) -> int:
+        """Delete up to ``limit`` unusable bounce messages kept from before ``before``; how
+        many went. (Bounded, so one call never holds the table long: call it again.)"""
+        async with _translated("expire unmatched bounces"):
+            status = await self.pool.execute(
+                QUERIES["expire_dsn_unmatched"], before, limit, timeout=self.timeout
+            )
+        return int(status.split()[-1])
 
     async def release_leases(self, leases: Sequence[tuple[int, int]]) -> int:
         """Give claimed deliveries back (queued, due now); fenced by each lease token."""

@@ -20,7 +20,7 @@ WITH m AS (
                             lease_token, unrecorded_claims)
     SELECT m.id, r.recipient, r.recipient_key, r.recipient_domain, $15, $15,
            CASE WHEN $16::text IS NULL THEN 'queued' ELSE 'inflight' END,
-           $16, $15 + $17::interval,
+           $16, now() + $17::interval,  -- the database's clock: see claim_due_deliveries
            CASE WHEN $16 IS NULL THEN NULL ELSE nextval('lease_tokens') END,
            CASE WHEN $16 IS NULL THEN 0 ELSE 1 END
     FROM unnest($11::text[], $12::text[], $13::text[], $14::text[]) WITH ORDINALITY
@@ -142,6 +142,10 @@ SELECT current_setting('fsync') AS fsync,
 -- claim_due_deliveries --
 -- Lease up to $4 due deliveries to owner $1 at time $2 for $3: queued and due, or inflight with a
 -- lease that ran out (its relay died). SKIP LOCKED lets any number of relays claim side by side.
+-- Leases are set and judged by the database's clock, never a relay's: a relay whose clock ran
+-- ahead would otherwise take over live deliveries and send them a second time. ($2, the
+-- relay's clock, still says what is due: a schedule a skewed clock reads early or late costs
+-- a retry's timing, not a duplicate.)
 -- Each comes with its checks (delivery_checks, 0008): the suppression precedence for its
 -- message's sending domain, and its address's probation (confirm_hard), if any.
 WITH queued AS (
@@ -152,7 +156,7 @@ WITH queued AS (
     FOR UPDATE SKIP LOCKED
 ), stale AS (
     SELECT id FROM deliveries
-    WHERE state = 'inflight' AND lease_until < $2
+    WHERE state = 'inflight' AND lease_until < now()
     ORDER BY lease_until
     LIMIT $4
     FOR UPDATE SKIP LOCKED
@@ -160,7 +164,7 @@ WITH queued AS (
     SELECT id FROM stale UNION ALL SELECT id FROM queued LIMIT $4
 ), claimed AS (
     UPDATE deliveries d
-    SET state = 'inflight', lease_owner = $1, lease_until = $2 + $3::interval,
+    SET state = 'inflight', lease_owner = $1, lease_until = now() + $3::interval,
         lease_token = nextval('lease_tokens'), updated_at = $2,
         unrecorded_claims = d.unrecorded_claims + 1
     FROM due, messages m
@@ -287,20 +291,33 @@ SELECT (SELECT count(*) FROM ins) AS added, (SELECT count(*) FROM c) AS cancelle
 -- Results read from bounce messages, one per delivery named by a verified return path.
 -- A bounce counts for a delivery that is not final yet or was delivered: a failed one finishes
 -- it (finish_state: bounced or expired) unless a worker holds it (its own outcome wins); a
--- delayed one only records its event. A second copy of a failed DSN finds the delivery final
--- and records nothing. A complaint counts for any delivery. The event carries the delivery's
--- sending IP, and the remote MTA as its destination.
+-- delayed one only records its event. A complaint counts for any delivery. Each (delivery,
+-- action) counts once ever: its dsn_results key (0010) is taken here, so a repeated report
+-- (the same delayed DSN five times, two copies at once) records nothing more; within one
+-- batch the first result of a pair counts. The event carries the delivery's sending IP, and
+-- the remote MTA as its destination.
 WITH o AS (
     SELECT * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::boolean[], $6::integer[],
                          $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
-                         $12::text[], $13::jsonb[])
+                         $12::text[], $13::jsonb[], $14::text[]) WITH ORDINALITY
         AS o (delivery_id, event, finish_state, non_delivery, code, enhanced, reply_text,
-              template, category, rule, destination, detail)
-), cur AS (
-    SELECT d.id, d.message_id, d.recipient_key, d.recipient_domain, d.attempts,
-           d.last_source_ip, d.state, o.*
+              template, category, rule, destination, detail, action, ord)
+), reported AS (
+    SELECT DISTINCT ON (d.id, coalesce(o.action, o.event))
+           d.id, d.message_id, d.recipient_key, d.recipient_domain, d.attempts,
+           d.last_source_ip, d.state, coalesce(o.action, o.event) AS report_action, o.*
     FROM o JOIN deliveries d ON d.id = o.delivery_id
     WHERE o.event = 'complaint' OR d.state IN ('delivered', 'queued', 'inflight')
+    ORDER BY d.id, coalesce(o.action, o.event), o.ord
+), first_time AS (
+    INSERT INTO dsn_results (delivery_id, action, recorded_at)
+    SELECT id, report_action, $1 FROM reported
+    ON CONFLICT DO NOTHING
+    RETURNING delivery_id, action
+), cur AS (
+    SELECT reported.*
+    FROM reported JOIN first_time
+        ON first_time.delivery_id = reported.id AND first_time.action = reported.report_action
 ), u AS (
     UPDATE deliveries d
     SET state = cur.finish_state, last_code = cur.code, last_reply = cur.reply_text,
@@ -334,12 +351,42 @@ WITH o AS (
 SELECT e.id AS event_id, cur.id AS delivery_id, cur.recipient_key, cur.message_id, cur.state
 FROM e JOIN cur ON cur.id = e.delivery_id;
 
+-- lock_dsn_unmatched_client --
+-- Serialise the unmatched-bounce count and insert of one client address ($1) until commit:
+-- two sessions of one client cannot both take the last place under its limit.
+SELECT pg_advisory_xact_lock(hashtextextended('dsn_unmatched ' || $1, 0));
+
+-- count_dsn_unmatched --
+-- How many unusable bounce messages client $1 had kept since $2, counted up to $3 only.
+SELECT count(*) FROM (
+    SELECT 1 FROM events
+    WHERE type = 'dsn_unmatched' AND detail ->> 'peer' = $1 AND occurred_at >= $2
+    LIMIT $3
+) AS recent;
+
 -- record_dsn_unmatched --
 -- A bounce message the relay read and could not use (no or forged token, nothing parsable,
--- malformed, a loop): kept as an event so an operator can see what was dropped and why.
+-- malformed, a loop, over its parse budget): kept as one event per message, whatever the
+-- number of its recipients ($3 the first, detail lists them), so an operator can see what was
+-- dropped and why. Kept only while client $7 has had fewer than $9 since $8 (the caller holds
+-- lock_dsn_unmatched_client); no row when it is over.
 INSERT INTO events (occurred_at, type, envelope_sender, recipient, recipient_domain, reply_text,
                     detail, source)
-VALUES ($1, 'dsn_unmatched', $2, $3, $4, $5, $6::jsonb, 'dsn');
+SELECT $1, 'dsn_unmatched', $2, $3, $4, $5, $6::jsonb, 'dsn'
+WHERE (SELECT count(*) FROM (
+           SELECT 1 FROM events
+           WHERE type = 'dsn_unmatched' AND detail ->> 'peer' = $7 AND occurred_at >= $8
+           LIMIT $9
+       ) AS recent) < $9
+RETURNING id;
+
+-- expire_dsn_unmatched --
+-- Delete up to $2 unusable bounce messages kept from before $1 ([dsn] unmatched_retention).
+DELETE FROM events e
+USING (SELECT occurred_at, id FROM events
+       WHERE type = 'dsn_unmatched' AND occurred_at < $1
+       ORDER BY occurred_at LIMIT $2) AS old
+WHERE e.occurred_at = old.occurred_at AND e.id = old.id;
 
 -- release_bodies --
 -- Drop the bodies of messages whose deliveries are all final. Run after the commit that

@@ -26,18 +26,20 @@ SELECT (SELECT count(*) FROM added) + (SELECT count(*) FROM gone) AS changed,
        (SELECT count(*) FROM abandoned) AS abandoned;
 
 -- claim_webhook_events --
--- Lease up to $4 due outbox rows of webhooks $3 at time $1 until $1 + $2: never tried or due
+-- Lease up to $4 due outbox rows of webhooks $3 at time $1 for $2: never tried or due
 -- again, and not leased by a sender that may still be posting them. SKIP LOCKED lets several
--- relays claim side by side; new rows ('-infinity') come before retries.
+-- relays claim side by side; new rows ('-infinity') come before retries. Leases are set and
+-- judged by the database's clock (a relay whose clock ran ahead must not take over a row
+-- another sender is posting), as deliveries' leases are (queries.sql).
 WITH due AS (
     SELECT id FROM webhook_outbox
     WHERE delivered_at IS NULL AND given_up_at IS NULL AND next_attempt_at <= $1
-      AND (lease_until IS NULL OR lease_until <= $1) AND webhook = ANY($3::text[])
+      AND (lease_until IS NULL OR lease_until <= now()) AND webhook = ANY($3::text[])
     ORDER BY next_attempt_at, id
     LIMIT $4
     FOR UPDATE SKIP LOCKED
 )
-UPDATE webhook_outbox o SET lease_until = $1 + $2::interval
+UPDATE webhook_outbox o SET lease_until = now() + $2::interval
 FROM due WHERE o.id = due.id
 RETURNING o.id, o.webhook, o.event, o.occurred_at, o.payload, o.created_at, o.attempts,
           o.lease_until;

@@ -229,6 +229,56 @@ COVERED = (
         ),
     ),
     Covered(
+        "Hostile bounce messages (unclosed `<script>`, guessed boundaries, folded encoded "
+        "Subject, thousands of recipient groups, megabytes of returned headers): parsed in a "
+        "worker process in linear time, other clients greeted meanwhile; a parse over its "
+        "budget is kept as unmatched, never a stall (before: 20-25 s stalls at 200 KB)",
+        (
+            "tests/relay/test_hostile_bounces.py::"
+            "test_other_clients_are_greeted_while_a_hostile_bounce_is_read",
+            "tests/relay/test_hostile_bounces.py::"
+            "test_a_parse_over_budget_is_kept_as_unmatched_and_the_next_bounce_is_read",
+            "tests/policies/test_dsn_hostile.py::test_a_hostile_bounce_of_2_mb_is_parsed_within_budget",
+            "tests/policies/test_dsn_hostile.py::test_line_patterns_take_linear_time_on_long_runs",
+            "tests/policies/test_fuzz.py::test_hostile_repetitions_in_bounces_parse_within_the_deadline",
+            "tests/policies/test_replies.py::"
+            "test_a_long_blank_run_in_a_continued_reply_is_read_in_linear_time",
+        ),
+    ),
+    Covered(
+        "Hostile headers on relay mail (a From folded over megabytes, a 35 MB header, nested "
+        "comments): at most 100 KB read as the header, bounded time, a broken From costs "
+        "the field only",
+        (
+            "tests/relay/test_hostile_bounces.py::test_a_hostile_from_on_intake_does_not_hold_other_clients",
+            "tests/policies/test_headers.py::test_a_from_folded_over_megabytes_is_read_in_bounded_time",
+            "tests/policies/test_headers.py::test_a_35_mb_header_is_read_up_to_max_header_bytes",
+            "tests/policies/test_headers.py::test_nested_comments_in_from_cost_the_field_not_the_message",
+        ),
+    ),
+    Covered(
+        "Bounce-domain abuse bounded: unusable bounces limited per client address (`450 4.7.1`), "
+        "one record per message whatever its recipient count, deleted after the retention; "
+        "the same DSN repeated or sent concurrently counts once",
+        (
+            "tests/relay/test_hostile_bounces.py::test_unusable_bounces_are_limited_per_client_address",
+            "tests/relay/test_hostile_bounces.py::"
+            "test_one_message_to_a_thousand_bounce_addresses_is_one_record",
+            "tests/relay/test_hostile_bounces.py::test_unusable_bounces_are_deleted_after_the_retention",
+            "tests/relay/test_bounces.py::test_the_same_delayed_dsn_five_times_is_one_soft_bounce",
+            "tests/relay/test_bounces.py::test_two_copies_of_a_dsn_at_once_count_once",
+        ),
+    ),
+    Covered(
+        "Leases by the database's clock: a relay whose clock runs 20 minutes ahead never takes "
+        "over a live delivery (before: it sent it a second time); webhook rows the same",
+        (
+            "tests/relay/test_delivery.py::"
+            "test_a_relay_whose_clock_runs_ahead_never_takes_over_a_live_lease",
+            "tests/relay/test_webhooks.py::test_a_lease_that_runs_out_is_posted_by_another_sender",
+        ),
+    ),
+    Covered(
         "Upstream out of step (malformed line, two replies to one command, `354` to MAIL, a "
         "surplus line after EHLO or after the data, a line sent while pooled): soft "
         "`451 4.5.0`, the connection closed and never pooled; nothing recorded delivered "

@@ -190,3 +190,13 @@ def test_session_latency_smoke(server_dsn):
     [line] = [_fields(x) for x in out.splitlines() if x.startswith("session_latency")]
     assert float(line["relay_ms"]) > 0
     assert float(line["relay_vs_proxy"]) > 0
+
+
+@pytest.mark.slow
+def test_dsn_parse_bench_smoke():
+    out = _run(sys.executable, "bench/dsn_parse_bench.py", "--smoke")
+    lines = [_fields(x) for x in out.splitlines() if x.startswith("dsn_parse_bench ")]
+    assert {line["shape"] for line in lines} >= {"html_unclosed_script", "folded_from"}
+    assert all(float(line["ratio"]) > 0 for line in lines)
+    [summary] = [_fields(x) for x in out.splitlines() if x.startswith("dsn_parse_bench_summary")]
+    assert int(summary["shapes"]) == len(lines)

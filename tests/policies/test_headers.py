@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from policies import headers
 from policies.headers import count_received, summarise_headers
+from tests.policies.hostile_bounces import hostile_from_header, hostile_received_block
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_reads_from_domain_message_id_and_campaign():
@@ -106,3 +113,56 @@ def test_count_received_counts_header_fields_only():
     assert count_received(raw) == 2
     assert count_received(b"") == 0
     assert count_received(b"Subject: no trace\r\n\r\nbody") == 0
+
+
+def _summarise_in_child(raw: bytes, budget: float) -> str:
+    """summarise_headers and count_received of ``raw`` in a fresh interpreter, within
+    ``budget`` seconds (a regression fails instead of hanging the run)."""
+    code = (
+        "import sys\n"
+        "from policies.headers import count_received, summarise_headers\n"
+        "raw = sys.stdin.buffer.read()\n"
+        "print(summarise_headers(raw, 'X-Campaign-ID'), count_received(raw))\n"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            input=raw,
+            capture_output=True,
+            timeout=budget,
+            cwd=REPO,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise AssertionError(
+            f"reading {len(raw):,} bytes of header took over {budget:g} s"
+        ) from None
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    return done.stdout.decode()
+
+
+def test_a_from_folded_over_megabytes_is_read_in_bounded_time():
+    """Intake summarises every message on its event loop: a From folded over 2 MB (a value
+    built by repeated concatenation, then given whole to the address parser) costs a
+    bounded moment, and its address is still read."""
+    out = _summarise_in_child(hostile_from_header(2_000_000), budget=5.0)
+    assert "from_domain='example.com'" in out
+
+
+def test_a_35_mb_header_is_read_up_to_max_header_bytes():
+    """A header of the largest message a client may send (35 MB of tiny fields): only the
+    first MAX_HEADER_BYTES are read, so it costs what 100 KB costs; a Received field past
+    them is not counted."""
+    out = _summarise_in_child(hostile_received_block(35 * 1024 * 1024), budget=5.0)
+    assert out.split()[-1] == "0"
+    near = b"a:\r\n" * (headers.MAX_HEADER_BYTES // 4 - 100) + b"Received: x\r\n\r\n"
+    assert count_received(near) == 1
+
+
+def test_nested_comments_in_from_cost_the_field_not_the_message():
+    """The address parser recurses once per "(": a thousand of them cost the From domain,
+    never the message (intake would answer 451 forever)."""
+    raw = b"From: " + b"(" * 1000 + b"a@b.example\r\nMessage-ID: <m@x>\r\n\r\n"
+    summary = summarise_headers(raw, "X-Campaign-ID")
+    assert summary.from_domain is None
+    assert summary.message_id == "<m@x>"

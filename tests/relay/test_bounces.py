@@ -7,6 +7,7 @@ client, as the internet would.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from datetime import timedelta
@@ -181,6 +182,43 @@ async def test_a_repeated_dsn_records_nothing_more(upstream, start_relay, db):
         await mail_bounce(relay, return_path, message)
     types = [e["type"] for e in await events_of(db, "gone@example.org")]
     assert types == ["delivered", "hard_bounce"]
+
+
+def delayed_dsn(return_path: str, recipient: str) -> bytes:
+    return dsn_message(
+        return_path,
+        recipient,
+        action="delayed",
+        status="4.4.1",
+        diagnostic="smtp; 451 4.4.1 Connection timed out",
+    )
+
+
+async def test_the_same_delayed_dsn_five_times_is_one_soft_bounce(upstream, start_relay, db):
+    """A remote MTA that repeats its delay warning: the delivery counts the delayed report
+    once (a delivery and action are recorded once, by a database key); every copy is still
+    answered 250, and the final failure that follows counts: it is another action."""
+    async with start_relay(upstream.port, DSN_CONFIG) as relay:
+        return_path = await delivered_with_return_path(upstream, relay, db, "slow@example.org")
+        replies = [
+            await mail_bounce(relay, return_path, delayed_dsn(return_path, "slow@example.org"))
+            for _ in range(5)
+        ]
+        await mail_bounce(relay, return_path, dsn_message(return_path, "slow@example.org"))
+    assert all(r.startswith("2.0.0 OK bounce read") for r in replies)
+    types = [e["type"] for e in await events_of(db, "slow@example.org")]
+    assert types == ["delivered", "soft_bounce", "hard_bounce"]
+
+
+async def test_two_copies_of_a_dsn_at_once_count_once(upstream, start_relay, db):
+    """Two sessions deliver the same delayed DSN at the same moment: one soft bounce (the
+    key is taken in the statement that records it, so neither copy can miss the other)."""
+    async with start_relay(upstream.port, DSN_CONFIG) as relay:
+        return_path = await delivered_with_return_path(upstream, relay, db, "slow@example.org")
+        message = delayed_dsn(return_path, "slow@example.org")
+        await asyncio.gather(*(mail_bounce(relay, return_path, message) for _ in range(4)))
+    types = [e["type"] for e in await events_of(db, "slow@example.org")]
+    assert types == ["delivered", "soft_bounce"]
 
 
 async def test_delayed_dsn_is_a_soft_bounce_record_only(upstream, start_relay, db):

@@ -24,6 +24,7 @@ from tests.delivery_support import (
     delivery_config,
     events_of,
     eventually,
+    expire_leases,
     in_state,
     incoming,
     incoming_to,
@@ -372,7 +373,7 @@ async def test_lease_fencing_keeps_a_late_worker_from_overwriting(upstream, star
         await send(relay, ["f@example.org"])
         store = relay.store
         [old] = await store.claim_due_deliveries("relay-a", clock(), timedelta(seconds=5), 10)
-        clock.advance(seconds=6)
+        assert await expire_leases(db) == 1
         [new] = await store.claim_due_deliveries("relay-b", clock(), timedelta(seconds=5), 10)
         assert new.id == old.id
         assert new.lease_token != old.lease_token
@@ -394,6 +395,26 @@ async def test_lease_fencing_keeps_a_late_worker_from_overwriting(upstream, star
         assert (current.applied, current.fenced) == (1, 0)
     assert await state_of(db, "f@example.org") == "delivered"
     assert await db.fetchval("SELECT count(*) FROM suppressions") == 0
+
+
+async def test_a_relay_whose_clock_runs_ahead_never_takes_over_a_live_lease(
+    upstream, start_relay, db, clock
+):
+    """Leases are set and judged by the database's clock: a relay whose own clock runs 20
+    minutes ahead (past a 15-minute lease) finds nothing to claim while the lease lives,
+    and claims the delivery once it has run out by the database's clock."""
+    async with start_relay(upstream.port, "enabled = false") as relay:
+        await send(relay, ["live@example.org"])
+        store = relay.store
+        [held] = await store.claim_due_deliveries("relay-a", clock(), timedelta(minutes=15), 10)
+        ahead = clock() + timedelta(minutes=20)
+        assert await store.claim_due_deliveries("relay-b", ahead, timedelta(minutes=15), 10) == []
+        lease_until = await db.fetchval("SELECT lease_until FROM deliveries")
+        db_now = await db.fetchval("SELECT now()")
+        assert timedelta(minutes=14) < lease_until - db_now <= timedelta(minutes=15)
+        assert await expire_leases(db) == 1
+        [taken] = await store.claim_due_deliveries("relay-b", ahead, timedelta(minutes=15), 10)
+        assert (taken.id, taken.lease_token != held.lease_token) == (held.id, True)
 
 
 class RecordingDNS(ScriptedDNS):
