@@ -31,6 +31,7 @@ __all__ = [
     "domain_of",
     "domain_pattern",
     "normalise_address",
+    "search_form",
     "validate_address",
 ]
 
@@ -241,3 +242,17 @@ def domain_of(address: str) -> str:
     except AddressError:
         return ""
     return normal.rpartition("@")[2] if "@" in normal else ""
+
+
+def search_form(text: str) -> str:
+    """What to look for in suppression keys when an operator searches for ``text``: keys
+    hold A-labels, so a U-label in the search (``straße``, ``bob@straße.de``) is turned into
+    its A-label form; text with no IDNA 2008 form is searched as written, lower-cased."""
+    lowered = text.strip().lower()
+    if lowered.isascii():
+        return lowered
+    local, at, domain = lowered.rpartition("@")
+    try:
+        return f"{local}@{ascii_domain(domain)}" if at else ascii_domain(lowered)
+    except AddressError:
+        return lowered

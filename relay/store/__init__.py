@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 import structlog
 
+from policies.addresses import search_form
 from policies.incidents import IncidentRules, IncidentScope, OpenIncident
 from relay.errors import StoreError, StoreUnavailable, UnsafeDatabase
 from relay.store.migrate import apply_migrations
@@ -634,7 +635,7 @@ class Store:
         async with _translated("list suppressions"):
             rows = await self.pool.fetch(
                 QUERIES["list_suppressions"],
-                search,
+                search_form(search) if search else search,
                 reason,
                 since,
                 limit,
@@ -1056,7 +1057,11 @@ class Store:
     ) -> list[dict[str, Any]]:
         async with _translated("list suppressions"):
             rows = await self.pool.fetch(
-                QUERIES["suppressions_with_cause"], search, limit, offset, timeout=self.timeout
+                QUERIES["suppressions_with_cause"],
+                search_form(search) if search else search,
+                limit,
+                offset,
+                timeout=self.timeout,
             )
         return [dict(r) for r in rows]
 

@@ -238,3 +238,22 @@ def test_config_refuses_a_domain_without_an_idna_2008_form(write_config):
 
     with pytest.raises(ConfigErrors, match="domains"):
         load_config(write_config('[[routes]]\ndomains = ["xn--bogus.de"]\n', replace_base=True))
+
+
+async def test_searching_the_suppression_list_by_a_u_label_finds_the_a_label_key(
+    upstream, start_relay
+):
+    """Keys hold A-labels: a search written with the U-label (the address or just the
+    domain) finds the entry, and finds nothing at strasse.de."""
+    async with start_relay(upstream.port, "enabled = false") as relay:
+        await _search_by_u_label(relay.store)
+
+
+async def _search_by_u_label(store) -> None:
+    assert await commands.suppression_add(store, U_LABEL, "complaint", "ops") == 0
+    await store.add_suppression(IDNA_2003, "other domain", "manual")
+    for text in (U_LABEL, "STRAẞE.DE", "straße", A_LABEL):
+        assert [r.address for r in await store.list_suppressions(search=text)] == [A_LABEL], text
+        assert [r["address"] for r in await store.suppressions_with_cause(text, 10, 0)] == [
+            A_LABEL
+        ], text
