@@ -167,13 +167,19 @@ class Relay:
             clock=self._clock,
         )
         self._stack.push_async_callback(committer.close)
+        bounces = self._bounce_reader(config)
+        if bounces is not None:
+            expiry = asyncio.create_task(
+                bounces.expire_unmatched_forever(), name="bounces.expire_unmatched"
+            )
+            self._stack.push_async_callback(_cancel, expiry)
         self.handler = IntakeHandler(
             store=self.store,
             committer=committer,
             smtp=config.smtp,
             campaign_header=config.campaign_header,
             metrics=self.metrics,
-            bounces=self._bounce_reader(config),
+            bounces=bounces,
             rules=lambda: self.rules,
             clock=self._clock,
         )

@@ -488,6 +488,14 @@ class BounceReader:
         )
         return TOO_MANY_UNMATCHED.format(peer=peer)
 
+    async def expire_unmatched_forever(self, interval: float = 60.0) -> None:
+        """Keep the unmatched records trimmed without bounce traffic too (a relay whose
+        bounces stopped would otherwise keep its old ones): a pass at start, then one each
+        EXPIRY_INTERVAL of the relay's clock, looked at every ``interval`` seconds."""
+        while True:
+            await self._expire_unmatched(self.clock())
+            await asyncio.sleep(interval)
+
     async def _expire_unmatched(self, now: datetime) -> None:
         """Delete unmatched records older than [dsn] unmatched_retention, a batch at most
         every EXPIRY_INTERVAL: a relay that reads bounces keeps the table trimmed."""

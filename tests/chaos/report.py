@@ -265,6 +265,7 @@ COVERED = (
             "tests/relay/test_hostile_bounces.py::"
             "test_one_message_to_a_thousand_bounce_addresses_is_one_record",
             "tests/relay/test_hostile_bounces.py::test_unusable_bounces_are_deleted_after_the_retention",
+            "tests/relay/test_hostile_bounces.py::test_unusable_bounces_expire_without_bounce_traffic",
             "tests/relay/test_bounces.py::test_the_same_delayed_dsn_five_times_is_one_soft_bounce",
             "tests/relay/test_bounces.py::test_two_copies_of_a_dsn_at_once_count_once",
         ),

@@ -20,7 +20,7 @@ from typing import BinaryIO
 import aiosmtplib
 import pytest
 
-from tests.delivery_support import send
+from tests.delivery_support import eventually, send
 from tests.policies.hostile_bounces import SHAPES, hostile_from_header
 from tests.relay.test_bounces import (
     DSN_CONFIG,
@@ -248,3 +248,21 @@ async def test_unusable_bounces_are_deleted_after_the_retention(upstream, start_
         await mail_bounce(relay, FORGED, dsn_message(FORGED, "newer@example.org"))
         kept = [json.loads(r["detail"])["recipients"] for r in await _unmatched(db)]
     assert kept == [["new@example.org"], ["newer@example.org"]]
+
+
+async def test_unusable_bounces_expire_without_bounce_traffic(upstream, start_relay, db, clock):
+    """A relay whose bounces stopped still trims them: the expiry pass runs when the relay
+    starts (and every EXPIRY_INTERVAL after), not only when a bounce arrives."""
+    async with start_relay(upstream.port, DSN_CONFIG) as relay:
+        await mail_bounce(relay, FORGED, dsn_message(FORGED, "old@example.org"))
+    assert len(await _unmatched(db)) == 1
+    clock.advance(days=7, minutes=1)
+    async with start_relay(upstream.port, DSN_CONFIG):
+        await eventually(_no_unmatched(db))  # no bounce was sent to this relay
+
+
+def _no_unmatched(db):  # type: ignore[no-untyped-def]
+    async def check() -> bool:
+        return not await _unmatched(db)
+
+    return check
