@@ -11,16 +11,13 @@ against hangs, not a measurement: ``bench/dsn_parse_bench.py`` measures, and sho
 from __future__ import annotations
 
 import pickle
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from policies.dsn import MAX_RECIPIENTS, parse_bounce
+from tests.budget import run_within
 from tests.policies.hostile_bounces import SHAPES
 
-REPO = Path(__file__).resolve().parents[2]
 SIZE = 2_000_000
 BUDGET = 10.0  # seconds, interpreter start included; a linear parse of 2 MB takes about 1
 
@@ -53,19 +50,7 @@ EXPECTED: dict[str, tuple[str, int, str | None, int | None, str | None] | None] 
 
 
 def _parse_in_child(raw: bytes, budget: float) -> object:
-    try:
-        done = subprocess.run(
-            [sys.executable, "-c", _PARSE],
-            input=raw,
-            capture_output=True,
-            timeout=budget,
-            cwd=REPO,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"parse_bounce did not finish {len(raw):,} bytes within {budget:g} s")
-    assert done.returncode == 0, done.stderr.decode()[-2000:]
-    return pickle.loads(done.stdout)
+    return pickle.loads(run_within(_PARSE, raw, budget, "parse_bounce"))
 
 
 @pytest.mark.parametrize("shape", sorted(EXPECTED))
@@ -94,10 +79,7 @@ _PATTERNS = {
 def test_line_patterns_take_linear_time_on_long_runs(pattern):
     call, text = _PATTERNS[pattern]
     code = f"import policies.dsn as d\nd.{call}({text})\n"
-    try:
-        subprocess.run([sys.executable, "-c", code], timeout=BUDGET, cwd=REPO, check=True)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"{call}({text}) took more than {BUDGET:g} s")
+    run_within(code, b"", BUDGET, f"{call}({text})")
 
 
 def test_an_amazon_ses_notification_lists_at_most_max_recipients():
