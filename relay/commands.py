@@ -27,9 +27,11 @@ from policies.addresses import (
     normalise_address,
     validate_address,
 )
-from policies.classify import Kind, classify
-from policies.replies import parse_reply
-from policies.retry import preview_schedule, select_rule
+from policies.classify import Kind
+from policies.hints import ProviderHint
+from policies.outcome import Decision, decide
+from policies.replies import Reply, parse_reply
+from policies.retry import format_duration
 from policies.suppression_file import read_suppression_csv
 from policies.templates import template_of
 from policies.text import printable, terminal_json
@@ -53,11 +55,20 @@ def _template(text: str) -> str:
     return template_of(text)
 
 
+# How many next attempts `classify` shows (the schedule's last step repeats until max_age).
+_PREVIEW_STEPS = 10
+
+
 def _classification(
     reply_text: str, domain: str, rules: Rules, now: datetime, with_schedule: bool
 ) -> dict[str, Any]:
+    """What the delivery worker decides for this reply at a first attempt now: the same
+    ``policies.outcome.decide`` it calls, so the rule shown (a provider hint's included)
+    and the times are the relay's. (Facts only the worker has, an open incident, a
+    probation or an allowlisted address, may still change what it does.)"""
     reply = parse_reply(reply_text)
-    verdict = classify(reply, domain, rules=rules.classify_rules, suppress_on=rules.suppress_on)
+    decision = _decide(reply, domain, rules, attempts=1, first_failure_at=None, now=now)
+    verdict = decision.verdict
     result: dict[str, Any] = {
         "reply": reply_text,
         "domain": domain,
@@ -66,18 +77,66 @@ def _classification(
         "kind": verdict.kind.value,
         "category": verdict.category.value,
         "suppress": verdict.suppress,
-        "rule": verdict.rule,
+        "rule": decision.rule,
         "template": _template(reply_text),
+        "hint": _hint(decision.hint),
     }
     if verdict.kind is Kind.SOFT:
-        retry_rule = select_rule(rules.retry, reply, verdict, domain)
-        result["rule"] = retry_rule.name
+        result["other_source_ip"] = decision.other_source_ip
         if with_schedule:
-            result["next_attempts"] = [
-                t.isoformat(timespec="seconds")
-                for t in preview_schedule(retry_rule, now, max_steps=10)
-            ]
+            result["next_attempts"], result["gives_up"] = _schedule(
+                reply, domain, rules, decision, now
+            )
     return result
+
+
+def _decide(
+    reply: Reply,
+    domain: str,
+    rules: Rules,
+    *,
+    attempts: int,
+    first_failure_at: datetime | None,
+    now: datetime,
+) -> Decision:
+    return decide(
+        reply,
+        domain,
+        attempts=attempts,
+        first_failure_at=first_failure_at,
+        now=now,
+        retry=rules.retry,
+        classify_rules=rules.classify_rules,
+        suppress_on=rules.suppress_on,
+    )
+
+
+def _schedule(
+    reply: Reply, domain: str, rules: Rules, first: Decision, now: datetime
+) -> tuple[list[str], str | None]:
+    """The next attempts if the same reply came back every time (at most ten), and why it
+    would give up: each step is the worker's own decision at that attempt."""
+    times: list[str] = []
+    decision, attempt = first, 1
+    while decision.next_attempt_at is not None and len(times) < _PREVIEW_STEPS:
+        at = decision.next_attempt_at
+        times.append(at.isoformat(timespec="seconds"))
+        attempt += 1
+        decision = _decide(reply, domain, rules, attempts=attempt, first_failure_at=now, now=at)
+    return times, decision.give_up_reason
+
+
+def _hint(hint: ProviderHint | None) -> dict[str, Any] | None:
+    if hint is None:
+        return None
+    return {
+        "name": hint.name,
+        "provider": hint.provider,
+        "retry_after": format_duration(hint.retry_after),
+        "other_ip": hint.other_ip,
+        "slow_down": hint.slow_down,
+        "why": hint.why,
+    }
 
 
 def classify_one(
@@ -89,8 +148,16 @@ def classify_one(
         return
     for key in ("kind", "category", "suppress", "rule", "template"):
         print(f"{key:9} {printable(str(result[key]))}", file=out)
+    hint = result["hint"]
+    if hint is not None:
+        asks = [f"retry after {hint['retry_after']}"]
+        asks += ["slow down"] * hint["slow_down"] + ["another source IP"] * hint["other_ip"]
+        print(f"hint      {hint['name']} ({hint['provider']}): {', '.join(asks)}", file=out)
+        print(f"          {printable(hint['why'])}", file=out)
     for i, at in enumerate(result.get("next_attempts", []), start=2):
         print(f"attempt {i} at {at}", file=out)
+    if result.get("gives_up"):
+        print(f"gives up  {printable(result['gives_up'])}", file=out)
 
 
 def classify_lines(lines: Iterable[str], rules: Rules, *, out: TextIO = sys.stdout) -> int:

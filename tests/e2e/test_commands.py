@@ -8,6 +8,7 @@ import io
 import json
 import subprocess
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,28 @@ def test_classify_shows_kind_category_rule_and_schedule():
         "greylisting",
     )
     assert len(out["next_attempts"]) == 5  # max_attempts 6: attempts 2..6
+
+
+def test_classify_decides_as_the_relay_does_with_a_provider_hint():
+    """Yahoo's 421 TSS04: the relay's worker stays away two hours under rule yahoo-ts04;
+    `classify` asks the same decision and says so (it said `default` and minutes before)."""
+    result = cli(
+        "classify",
+        "421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected "
+        "volume or user complaints - 4.16.55.1; see https://postmaster.yahooinc.com/error-codes",
+        "--domain",
+        "yahoo.com",
+        "--json",
+        "--config",
+        str(REPO / "config.toml"),
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert (out["kind"], out["rule"]) == ("soft", "yahoo-ts04")
+    assert out["hint"]["name"] == "yahoo-ts04"
+    assert (out["hint"]["retry_after"], out["hint"]["slow_down"]) == ("2h", True)
+    first, second = (datetime.fromisoformat(t) for t in out["next_attempts"][:2])
+    assert second - first == timedelta(hours=2)
 
 
 def test_classify_jsonl_reads_stdin_and_reports_bad_lines():
