@@ -1,6 +1,6 @@
 """config.toml -> frozen dataclasses, with every error named by key and line.
 
-Each key is declared once, here, with its default beside it; the README's
+Each key is declared once, here, with its default beside it; docs/configuration.md's
 config reference uses the same names. ``load_config`` checks every key and
 raises one ``ConfigErrors`` listing all problems at once. Any string value may
 be written ``"env:NAME"`` to read it from the environment, which is how
@@ -388,7 +388,7 @@ class _Reader:
     def finish(self) -> None:
         for key in self.data:
             if key not in self.used:
-                self.error((key,), "unknown key (check the spelling against the README)")
+                self.error((key,), "unknown key (check the spelling against docs/configuration.md)")
 
 
 def _resolve_env(value: Any) -> Any:
