@@ -539,6 +539,8 @@ class IntakeHandler:
         ``CheckerBusy`` when too many new passwords are being checked already. scrypt
         runs in a worker thread, once per new (login, password): a verified pair is
         answered from memory, so a busy client does not pay it on every session."""
+        if not self.smtp.users:
+            return None  # no one to be: no scrypt (a decoy hides nothing here)
         name = login.decode("utf-8", "surrogateescape")
         # Bytes that are not UTF-8 stay surrogates: they match no configured password.
         secret = password.decode("utf-8", "surrogateescape")

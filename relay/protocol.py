@@ -213,7 +213,8 @@ class RelaySMTP(SMTP):
             await super().smtp_AUTH(arg)
             return
         client = client_key(peer_ip(self._session()))
-        await self._refuse_auth_past_limits(self._limits, client)
+        if not await self._auth_allowed(self._limits, client):
+            return  # refused (and hung up); nothing reserved, nothing to release
         self._password_refused = False
         try:
             await super().smtp_AUTH(arg)
@@ -221,13 +222,17 @@ class RelaySMTP(SMTP):
             if not self._password_refused:  # right, malformed, aborted or never checked
                 self._limits.auth_failures.release(client)
 
-    async def _refuse_auth_past_limits(self, limits: Limits, client: str) -> None:
-        """Hang up on a session past max_auth_failures, or a client past its count."""
+    async def _auth_allowed(self, limits: Limits, client: str) -> bool:
+        """Reserve an attempt for ``client``; else hang up on a session past
+        max_auth_failures, or a client past its count, and say no. (A hang-up raises
+        CancelledError here, except when the client had closed already: then the False
+        still keeps its password from being checked.)"""
         if self._auth_failures >= limits.max_auth_failures:
             self.event_handler.session_cut(
                 self.session, "too_many_auth_failures", limit=limits.max_auth_failures
             )
             await self._hang_up_now(replies.AUTH_TOO_MANY_FAILURES)
+            return False
         if not limits.auth_failures.reserve(client):
             self.event_handler.session_cut(
                 self.session,
@@ -237,6 +242,8 @@ class RelaySMTP(SMTP):
                 retry_after=limits.auth_failures.retry_after(client),
             )
             await self._hang_up_now(replies.AUTH_CLIENT_BLOCKED)
+            return False
+        return True
 
     async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
         return await self._checked(await super().auth_PLAIN(_, args))
