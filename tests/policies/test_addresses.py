@@ -155,10 +155,10 @@ def test_a_refused_domain_is_a_refused_address():
 def test_a_domain_of_absurd_length_is_refused_in_bounded_time():
     """Normalising is linear and bounded: a megabyte of domain is refused at once."""
     for domain in ("ä" * 1_000_000, "a." * 500_000, "\u00ad" * 1_000_000 + "x.example"):
-        started = time.perf_counter()
+        started = time.process_time()
         with pytest.raises(AddressError):
             normalise_address("bob@" + domain)
-        assert time.perf_counter() - started < 1.0
+        assert time.process_time() - started < 1.0  # CPU time: a busy machine is no failure
 
 
 # Pieces of domains where IDNA 2003 and 2008 part ways, or where mapping and checks bite:

@@ -241,9 +241,10 @@ async def test_time_zone_shifts_the_period(store):
     ],
 )
 def test_bad_filters_say_what_is_wrong(kwargs, message):
-    """Each bad filter raises ReportError naming the problem."""
+    """Each bad filter raises ReportError naming the problem (a missing --to is counted
+    from the test's clock, a day after the seeded bounces, not from today)."""
     with pytest.raises(ReportError, match=message):
-        parse_filter(**kwargs)
+        parse_filter(**kwargs, now=T0 + timedelta(days=1))
 
 
 PAYLOADS = [
