@@ -6,6 +6,7 @@ Fixtures built on them live in tests/relay/conftest.py.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable, Sequence
 
 import aiosmtplib
@@ -147,3 +148,12 @@ def delivered(d: ClaimedDelivery) -> OutcomeRecord:
     return OutcomeRecord(
         delivery_id=d.id, lease_token=d.lease_token, state="delivered", event="delivered", code=250
     )
+
+
+def after_our_received(body: bytes) -> bytes:
+    """``body`` less the Received field the relay puts in front of every message it stores
+    (tests/relay/test_trace_and_loops.py checks the field itself)."""
+    assert body.startswith(b"Received: from "), body[:100]
+    end = re.compile(rb"\r\n(?![ \t])").search(body)
+    assert end is not None
+    return body[end.end() :]

@@ -33,7 +33,7 @@ from relay.app import Relay
 from relay.config import SmtpConfig, load_config
 from relay.errors import ConfigErrors
 from relay.intake import RelaySMTP
-from tests.delivery_support import eventually
+from tests.delivery_support import after_our_received, eventually
 from tests.scripted import FakeClock, ScriptedUpstream
 
 MESSAGE = b"From: app@example.com\r\nSubject: hello\r\n\r\nHello there.\r\n"
@@ -505,21 +505,12 @@ async def test_no_end_of_data_variant_smuggles_a_second_message(relay_with, db, 
     assert await _count(db, "messages") == 1
     [got] = upstream.received
     assert got.recipients == ["clean@example.org"]
-    assert _after_our_received(got.body) == MESSAGE
+    assert after_our_received(got.body) == MESSAGE
     assert len([c for c in upstream.commands if c.startswith("MAIL")]) == 1
 
 
 async def _delivered(upstream: ScriptedUpstream, n: int) -> bool:
     return len(upstream.received) == n
-
-
-def _after_our_received(body: bytes) -> bytes:
-    """``body`` less the Received field the relay puts in front of every message it stores
-    (tests/relay/test_trace_and_loops.py checks the field itself)."""
-    assert body.startswith(b"Received: from "), body[:100]
-    end = re.compile(rb"\r\n(?![ \t])").search(body)
-    assert end is not None
-    return body[end.end() :]
 
 
 async def test_dot_lines_and_crlf_reach_the_upstream_intact(relay_with, db, upstream):
@@ -539,7 +530,7 @@ async def test_dot_lines_and_crlf_reach_the_upstream_intact(relay_with, db, upst
     stored = await db.fetchval("SELECT count(*) FROM messages")
     assert stored == 1
     [got] = upstream.received
-    assert _after_our_received(got.body) == meant
+    assert after_our_received(got.body) == meant
     assert got.body.count(b"\n") == got.body.count(b"\r\n")
     assert len([c for c in upstream.commands if c.startswith("MAIL")]) == 1
 

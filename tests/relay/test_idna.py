@@ -21,16 +21,12 @@ from relay.config import load_config
 from relay.upstream import downgrade_address
 from tests.delivery_support import BODY, eventually
 from tests.dns_server import ScriptedDNS
+from tests.policies.test_addresses import full_width
 from tests.scripted import ScriptedUpstream
 
 U_LABEL = "bob@straße.de"
 A_LABEL = "bob@xn--strae-oqa.de"
 IDNA_2003 = "bob@strasse.de"
-
-
-def full_width(text: str) -> str:
-    """``text`` with its ASCII letters, digits and punctuation in full-width forms."""
-    return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text)
 
 
 async def _session(relay: Relay, *, utf8: bool) -> aiosmtplib.SMTP:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
@@ -20,6 +19,7 @@ from structlog.testing import capture_logs
 from relay.app import Relay
 from relay.config import Config
 from relay.intake import RelaySMTP
+from tests.delivery_support import after_our_received
 
 MESSAGE = (
     b"From: Newsletter <news@Mail.Example.COM>\r\n"
@@ -53,15 +53,6 @@ async def _db(dsn: str) -> asyncpg.Connection:
     return await asyncpg.connect(dsn)
 
 
-def _after_our_received(body: bytes) -> bytes:
-    """``body`` less the Received field the relay puts in front of every message it stores
-    (tests/relay/test_trace_and_loops.py checks the field itself)."""
-    assert body.startswith(b"Received: from "), body[:100]
-    end = re.compile(rb"\r\n(?![ \t])").search(body)
-    assert end is not None
-    return body[end.end() :]
-
-
 async def test_three_recipients_stored_with_campaign_and_from_domain(start_relay, db_dsn):
     """One message to three recipients: one message row, three queued deliveries, one event."""
     async with start_relay() as relay:
@@ -80,7 +71,7 @@ async def test_three_recipients_stored_with_campaign_and_from_domain(start_relay
         assert msg["from_domain"] == "mail.example.com"
         assert msg["message_id"] == "<abc123@mail.example.com>"
         assert msg["envelope_sender"] == "sender@mail.example.com"
-        assert _after_our_received(bytes(msg["body"])) == MESSAGE
+        assert after_our_received(bytes(msg["body"])) == MESSAGE
         assert b"\tfor <" not in bytes(msg["body"])  # three recipients: none is named
         rows = await conn.fetch(
             "SELECT recipient, recipient_key, recipient_domain, state FROM deliveries "
@@ -300,7 +291,7 @@ async def test_smtputf8_and_8bit_bodies_stored_byte_exact(start_relay, db_dsn):
     conn = await _db(db_dsn)
     try:
         row = await conn.fetchrow("SELECT body, smtputf8, from_domain FROM messages")
-        assert _after_our_received(bytes(row["body"])) == body
+        assert after_our_received(bytes(row["body"])) == body
         assert "\tfor <ünï@exämple.org>;\r\n".encode() in bytes(row["body"])
         assert row["smtputf8"] is True
         assert row["from_domain"] == "xn--exmple-cua.com"
