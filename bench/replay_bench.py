@@ -26,7 +26,7 @@ import asyncpg
 from support import DEFAULT_DSN, database_dsn, run_with_peak_rss
 
 from policies.outcome import decide
-from policies.replies import parse_reply
+from policies.smtp_reply import parse_reply
 from relay.config import Rules, load_config
 from relay.store.migrate import apply_migrations
 

@@ -30,6 +30,7 @@ __all__ = [
     "ascii_domain",
     "domain_of",
     "domain_pattern",
+    "is_address_literal",
     "normalise_address",
     "search_form",
     "validate_address",
@@ -155,6 +156,11 @@ def _ldh_label(domain: str, label: str) -> str:
             domain, f"label {label!r} has characters other than letters, digits and hyphens"
         )
     return label
+
+
+def is_address_literal(domain: str) -> bool:
+    """Whether ``domain`` is an address literal ("[192.0.2.1]", "[IPv6:2001:db8::1]")."""
+    return domain.startswith("[") and domain.endswith("]")
 
 
 def _address_literal(domain: str) -> str:

@@ -98,7 +98,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from policies.addresses import AddressError, ascii_domain
-from policies.replies import Reply, enhanced_matches, is_enhanced_pattern
+from policies.smtp_reply import Reply, enhanced_matches, is_enhanced_pattern
 
 __all__ = [
     "RECIPIENT_CATEGORIES",

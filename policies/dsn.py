@@ -58,7 +58,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from policies.replies import Reply, parse_reply
+from policies.smtp_reply import Reply, parse_reply
 
 __all__ = [
     "MAX_BYTES",
@@ -109,6 +109,14 @@ class BounceRecipient:
     diagnostic: str
     remote_mta: str | None
     feedback_type: str | None = None
+
+    @property
+    def shown_text(self) -> str:
+        """The words a report shows for this recipient: the remote's own (the status when
+        it gave none); for a complaint, the feedback type."""
+        if self.action == "complaint":
+            return f"feedback report: {self.feedback_type or 'unspecified'}"
+        return self.diagnostic or self.status or self.action
 
     def reply(self) -> Reply:
         """A ``Reply`` for ``classify``: ``code`` as found, the enhanced code

@@ -6,7 +6,7 @@ says more than the reply's class and words: how long the provider wants us
 to stay away, whether it wants less traffic, and whether the trouble is our
 source IP. ``hint_for(reply)`` reads those codes into a ``ProviderHint``; the
 delivery worker may schedule the next attempt from it and slow the
-destination down (``relay.throttle``). A hint never changes what
+destination down (``relay.delivery.throttle``). A hint never changes what
 ``classify`` says: a 550 S3140 stays a hard bounce and a 421 TSS04 a soft
 one.
 
@@ -95,7 +95,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from types import MappingProxyType
 
-from policies.replies import Reply
+from policies.smtp_reply import Reply
 
 __all__ = ["HINTS", "ProviderHint", "hint_for"]
 

@@ -40,8 +40,15 @@ from enum import StrEnum
 
 from policies.classify import Category, ClassifyRule, Kind, SuppressOn, Verdict, classify
 from policies.hints import ProviderHint, hint_for
-from policies.replies import Reply
-from policies.retry import GiveUp, RetryPolicy, SourceChoice, next_attempt, select_rule
+from policies.retry import (
+    GiveUp,
+    RetryPolicy,
+    RetryRule,
+    SourceChoice,
+    next_attempt,
+    select_rule,
+)
+from policies.smtp_reply import Reply
 from policies.states import DeliveryState, EventType
 
 __all__ = ["Decision", "ProbationStep", "ReportedDecision", "decide", "decide_reported"]
@@ -60,6 +67,12 @@ class Decision:
     incident_id: int | None = None  # deferred because the reply is part of this incident
     probation: ProbationStep | None = None  # [policy] confirm_hard
     hint: ProviderHint | None = None  # a provider's throttling reply (policies/hints.py)
+    retry_rule: RetryRule | None = None  # the [retry] rule a soft bounce matched
+    # Filled in by policies.verdict, which owns the rest of the decision:
+    template: str | None = None  # the reply with its variable parts replaced (a bounce)
+    slow_down_until: datetime | None = None  # the hint asks to pause the destination until
+    not_suppressed: str | None = None  # why a bounce suppresses nobody
+    cancel_queued: bool = False  # suppressing cancels mail queued for the address (dry_run)
 
     @property
     def suppress(self) -> bool:
@@ -121,6 +134,7 @@ def decide(
             non_delivery=True,
             give_up_reason=at.reason,
             hint=hint,
+            retry_rule=rule,
         )
     return Decision(
         DeliveryState.QUEUED,
@@ -131,6 +145,7 @@ def decide(
         other_source_ip=rule.source is SourceChoice.OTHER_IP
         or (hint is not None and hint.other_ip),
         hint=hint,
+        retry_rule=rule,
     )
 
 
@@ -140,6 +155,10 @@ class ReportedDecision:
     verdict: Verdict
     finish_state: DeliveryState | None = None  # None: the delivery's state stays as it is
     non_delivery: bool = False
+    # Filled in by policies.verdict:
+    template: str | None = None
+    not_suppressed: str | None = None
+    cancel_queued: bool = False
 
     @property
     def suppress(self) -> bool:

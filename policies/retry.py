@@ -25,20 +25,25 @@ stop once ``max_attempts`` attempts were made, or when the next attempt would
 fall after ``first_failure_at + max_age``, so a message is never held longer
 than the operator allowed. Nothing here reads the clock or draws random
 numbers: ``now`` and ``jitter`` are parameters.
+
+The relay's own retries of its infrastructure use the same arithmetic: a webhook post
+that failed (``relay.webhooks``), an outcome the database did not take
+(``relay.delivery.worker``) and a relay process that exited (``relay.ops.supervisor``)
+wait ``doubling`` or ``scheduled`` delays from here.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TypeVar
 
 from policies.classify import Category, Criteria, Verdict, check_criteria
-from policies.replies import Reply
+from policies.smtp_reply import Reply
 
 __all__ = [
     "Backoff",
@@ -46,9 +51,11 @@ __all__ = [
     "RetryPolicy",
     "RetryRule",
     "SourceChoice",
+    "doubling",
     "format_duration",
     "next_attempt",
     "preview_schedule",
+    "scheduled",
     "select_rule",
 ]
 
@@ -166,7 +173,7 @@ class RetryRule:
         ``jitter`` in [0, 1) only matters to a random backoff."""
         _check_attempt(attempts, jitter)
         if self.schedule:
-            wanted = self.schedule[min(attempts, len(self.schedule)) - 1]
+            wanted = scheduled(self.schedule, attempts)
         else:
             wanted = self._interval_delay(attempts, jitter)
         if self.backoff is not Backoff.RANDOM or self.schedule:
@@ -258,6 +265,21 @@ def _check_attempt(attempts: int, jitter: float) -> None:
         raise ValueError(f"attempts must be 1 or more, got {attempts}")
     if not 0.0 <= jitter < 1.0:
         raise ValueError(f"jitter must be in [0, 1), got {jitter}")
+
+
+D = TypeVar("D", timedelta, float)
+
+
+def scheduled(schedule: Sequence[D], attempts: int) -> D:
+    """The delay after attempt ``attempts`` (1-based) of ``schedule``; its last step repeats."""
+    return schedule[min(max(attempts, 1), len(schedule)) - 1]
+
+
+def doubling(first: timedelta, attempts: int, cap: timedelta) -> timedelta:
+    """``first`` after the first failed attempt, doubled after each further one, at most
+    ``cap`` (``attempts`` is 1-based; a huge count cannot overflow). ``first`` > 0."""
+    factor = 1 << min(max(attempts - 1, 0), 63)
+    return cap if factor >= cap / first else first * factor
 
 
 def _power(base: float, exponent: int) -> float:

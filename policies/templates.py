@@ -15,7 +15,7 @@ What a template is
 
 The reply's words, as the provider wrote them, after four steps:
 
-1. *read*: reply code and enhanced code (RFC 3463) as ``policies.replies``
+1. *read*: reply code and enhanced code (RFC 3463) as ``policies.smtp_reply``
    reads them, continuation prefixes ("550-5.1.1 ") dropped from every line,
    Postfix-joined or not, whitespace collapsed;
 2. *mask* every variable value by its shape (table below);
@@ -122,7 +122,7 @@ PLACEHOLDERS = frozenset({EMAIL, IP, DATE, DOMAIN, ID, NUMBER, URL})
 
 # --- the reply: code, enhanced code, words -----------------------------------
 
-# The same reading as ``policies.replies`` (``parse_reply(text).code`` and
+# The same reading as ``policies.smtp_reply`` (``parse_reply(text).code`` and
 # ``.message``; a test holds the two together), with every pattern compiled
 # once: ``Reply.message`` alone costs more than this whole function may.
 _CODE = re.compile(r"^\s*(?:smtp;\s*)?([1-5]\d\d)(?=[\s-]|$)", re.IGNORECASE)

@@ -16,8 +16,8 @@ nobody waits on, the delivery outcomes: when deliveries finish one at a time,
 one statement and one commit then serve a window's worth of them instead of
 each paying its own, beside the commits that sessions do wait on.
 
-Used for the intake commit (``relay.commit``), the RCPT suppression check and
-the delivery outcomes (``relay.delivery``).
+Used for the intake commit (``relay.intake.commit``), the RCPT suppression check and
+the delivery outcomes (``relay.delivery.worker``).
 """
 
 from __future__ import annotations

@@ -1,102 +1,98 @@
 """config.toml -> frozen dataclasses, with every error named by key and line.
 
-Each key is declared once, here, with its default beside it; docs/configuration.md's
-config reference uses the same names. ``load_config`` checks every key and
-raises one ``ConfigErrors`` listing all problems at once. Any string value may
-be written ``"env:NAME"`` to read it from the environment, which is how
-secrets (a DSN with a password, AUTH hashes) stay out of the file.
+The keys themselves (TOML name, kind of value, default, meaning) are declared once, in
+``relay.config_keys``; this module reads them into the dataclasses the relay uses, whose
+defaults come from the same declarations. ``load_config`` checks every key and raises
+one ``ConfigErrors`` listing all problems at once. Any string value may be written
+``"env:NAME"`` to read it from the environment, which is how secrets (a DSN with a
+password, AUTH hashes) stay out of the file.
 
-Durations take ``s``, ``m``, ``h``, ``d`` ("90s", "5m"); sizes take ``KB``
-and ``MB`` (or a plain byte count).
+Durations take ``ms``, ``s``, ``m``, ``h``, ``d`` ("90s", "5m"); sizes take ``KB`` and
+``MB`` (or a plain byte count).
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
-import socket
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from policies.addresses import AddressError, ascii_domain, domain_pattern, validate_address
-from policies.classify import Category, ClassifyRule, Kind, SuppressOn
-from policies.incidents import IncidentRules, IncidentScope
-from policies.retry import Backoff, RetryPolicy, RetryRule, SourceChoice
+from policies.addresses import AddressError, validate_address
+from policies.classify import ClassifyRule, SuppressOn
+from policies.incidents import IncidentRules
+from policies.retry import RetryPolicy, RetryRule, SourceChoice
 from policies.verp import MIN_SECRET_LENGTH, ReturnPaths
+from relay.config_keys import (
+    MAX_OUTCOME_WINDOW,
+    WEBHOOK_EVENTS,
+    Admin,
+    AdminTokens,
+    Campaign,
+    Classify,
+    ClassifyRules,
+    Delivery,
+    Dsn,
+    Incidents,
+    Key,
+    Log,
+    LogLevel,
+    Match,
+    Policy,
+    Pools,
+    Retry,
+    RetryRules,
+    Root,
+    RouteMode,
+    Routes,
+    Section,
+    Smtp,
+    SmtpUsers,
+    Store,
+    Table,
+    TlsPolicy,
+    Webhooks,
+)
+from relay.config_values import parse_duration, parse_hostport, parse_size, resolve_env
 from relay.errors import ConfigError, ConfigErrors
 
 __all__ = [
+    "MAX_OUTCOME_WINDOW",
+    "WEBHOOK_EVENTS",
     "AdminConfig",
+    "AdminToken",
     "Config",
+    "ConfigError",
+    "ConfigErrors",
     "DeliveryConfig",
+    "DsnConfig",
+    "LogLevel",
     "PoolConfig",
     "RouteConfig",
+    "RouteMode",
     "Rules",
     "SmtpConfig",
     "SmtpUser",
     "StoreConfig",
+    "TlsPolicy",
     "WebhookConfig",
     "config_path",
     "load_config",
     "parse_duration",
+    "parse_hostport",
     "parse_size",
 ]
 
 CONFIG_ENV = "BOUNCE_RELAY_CONFIG"
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_SIZE = re.compile(r"^\s*(\d+)\s*(KB|MB|GB|B)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-# A relay killed inside the window sends what it holds again: keep that short.
-MAX_OUTCOME_WINDOW = timedelta(seconds=1)
-
-
-def parse_duration(value: str) -> timedelta:
-    """ "90s" -> 90 seconds; raise ValueError with the accepted form."""
-    match = _DURATION.match(value) if isinstance(value, str) else None
-    if not match:
-        raise ValueError(
-            f"bad duration {value!r}: use a number with ms, s, m, h or d, e.g. '30s', '5m'"
-        )
-    return timedelta(seconds=float(match[1]) * _UNITS[match[2]])
-
-
-def parse_size(value: str | int) -> int:
-    """ "35MB" -> bytes; a bare integer is bytes."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    match = _SIZE.match(value) if isinstance(value, str) else None
-    if not match or int(match[1]) <= 0:
-        raise ValueError(f"bad size {value!r}: use a positive number with KB or MB, e.g. '35MB'")
-    return int(match[1]) * _SIZE_UNITS[(match[2] or "b").lower()]
-
-
-def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, int]:
-    """ "127.0.0.1:2525", "[::1]:2525", "mx.example.net" (with a default port)."""
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"bad address {value!r}: use host:port")
-    m = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?|([^:\[\]]+)(?::(\d+))?", value.strip())
-    if not m:
-        raise ValueError(f"bad address {value!r}: use host:port, or [ipv6]:port")
-    host = m[1] or m[3]
-    port_text = m[2] or m[4]
-    if port_text is None:
-        if default_port is None:
-            raise ValueError(f"bad address {value!r}: the port is missing (host:port)")
-        return host, default_port
-    port = int(port_text)
-    if not 0 <= port <= 65535:
-        raise ValueError(f"bad port in {value!r}: must be 0-65535")
-    return host, port
-
-
-# -- dataclasses -----------------------------------------------------------------------------
+# -- dataclasses: defaults from relay.config_keys -------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -107,73 +103,67 @@ class SmtpUser:
 
 @dataclass(frozen=True)
 class SmtpConfig:
-    listen: tuple[str, int] = ("127.0.0.1", 2525)
-    hostname: str = field(default_factory=socket.getfqdn)
-    allowed_clients: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
-        ipaddress.ip_network("127.0.0.0/8"),
-        ipaddress.ip_network("::1/128"),
-    )
-    max_message_size: int = 35 * 1024**2
-    max_recipients: int = 1000
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    require_tls: bool = False
-    auth_required: bool = False
+    listen: tuple[str, int] = Smtp.listen.default
+    hostname: str = field(default_factory=lambda: Smtp.hostname.default)  # per config read
+    allowed_clients: tuple[IPNetwork, ...] = Smtp.allowed_clients.default
+    max_message_size: int = Smtp.max_message_size.default
+    max_recipients: int = Smtp.max_recipients.default
+    tls_cert: Path | None = Smtp.tls_cert.default
+    tls_key: Path | None = Smtp.tls_key.default
+    require_tls: bool = Smtp.require_tls.default
+    auth_required: bool = Smtp.auth_required.default
     users: tuple[SmtpUser, ...] = ()
-    session_timeout: timedelta = timedelta(minutes=5)  # idle, waiting for the next command
-    # Abusive clients (relay/limits.py); counts are per relay process and per session.
-    max_connections: int = 500
-    data_timeout: timedelta = timedelta(minutes=10)  # the whole DATA phase, 354 to final dot
-    min_data_rate: int = 1024  # bytes/s averaged over the DATA phase, once the grace is over
-    min_data_rate_grace: timedelta = timedelta(seconds=30)
-    max_noops: int = 50  # per session, counted from the last accepted message
-    max_rsets: int = 50
-    max_invalid_commands: int = 10
-    # RFC 5321 §6.3: a loop-detecting threshold SHOULD be "at least 100 Received entries".
-    max_hops: int = 100
-    # Failed AUTH (535): after this many in one session, 421 and disconnect; a client
-    # address with auth_failures_per_client failures inside auth_failure_window is refused
-    # AUTH (421) until the window has passed.
-    max_auth_failures: int = 3
-    auth_failures_per_client: int = 10
-    auth_failure_window: timedelta = timedelta(minutes=15)
-    # Proxies that speak the PROXY protocol (v1 or v2) to us; empty: off.
-    proxy_protocol_from: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    # Relay processes sharing the listener (SO_REUSEPORT), each with intake and delivery;
-    # one event loop is the ceiling of one process. Default: one per CPU core.
-    processes: int = field(default_factory=lambda: os.cpu_count() or 1)
+    session_timeout: timedelta = Smtp.session_timeout.default
+    max_connections: int = Smtp.max_connections.default
+    data_timeout: timedelta = Smtp.data_timeout.default
+    min_data_rate: int = Smtp.min_data_rate.default
+    min_data_rate_grace: timedelta = Smtp.min_data_rate_grace.default
+    max_noops: int = Smtp.max_noops.default
+    max_rsets: int = Smtp.max_rsets.default
+    max_invalid_commands: int = Smtp.max_invalid_commands.default
+    max_hops: int = Smtp.max_hops.default
+    max_auth_failures: int = Smtp.max_auth_failures.default
+    auth_failures_per_client: int = Smtp.auth_failures_per_client.default
+    auth_failure_window: timedelta = Smtp.auth_failure_window.default
+    proxy_protocol_from: tuple[IPNetwork, ...] = Smtp.proxy_protocol_from.default
+    processes: int = Smtp.processes.default
 
 
 @dataclass(frozen=True)
 class StoreConfig:
-    dsn: str = ""
-    data_dir: Path = Path("var")
-    pool_min_size: int = 2
-    pool_max_size: int = 10
-    commit_batch: int = 256
+    dsn: str = Store.dsn.default
+    data_dir: Path = Store.data_dir.default
+    pool_min_size: int = Store.pool_min_size.default
+    pool_max_size: int = Store.pool_max_size.default
+    commit_batch: int = Store.commit_batch.default
 
 
 @dataclass(frozen=True)
 class PoolConfig:
     name: str
     source_ips: tuple[str, ...]
-    from_domains: frozenset[str] = frozenset()
-    campaigns: frozenset[str] = frozenset()
+    from_domains: frozenset[str] = Pools.from_domains.default
+    campaigns: frozenset[str] = Pools.campaigns.default
 
 
 @dataclass(frozen=True)
 class RouteConfig:
     domains: tuple[str, ...]
-    mode: str = "mx"
-    hosts: tuple[tuple[str, int], ...] = ()
-    pool: str = "default"
-    tls: str = "opportunistic"
-    username: str = ""
-    password: str = ""
-    mx_port: int = 25  # mode "mx": the port MX hosts are contacted on (tests use another)
-    # Recipients at an address literal (user@[192.0.2.1]) are delivered to that IP only
-    # through a route that says so; otherwise RCPT refuses them (550 5.1.2).
-    address_literals: bool = False
+    mode: RouteMode = Routes.mode.default
+    hosts: tuple[tuple[str, int], ...] = Routes.hosts.default
+    # The reader gives each route the first pool; built in code, the pool [[pools]] has
+    # when the file has none.
+    pool: str = Pools.when_absent[0]["name"]
+    tls: TlsPolicy = Routes.tls.default
+    username: str = Routes.username.default
+    password: str = Routes.password.default
+    mx_port: int = Routes.mx_port.default
+    address_literals: bool = Routes.address_literals.default
+
+    def __post_init__(self) -> None:
+        # Routes built in code may name the mode and TLS policy as plain strings.
+        object.__setattr__(self, "mode", RouteMode(self.mode))
+        object.__setattr__(self, "tls", TlsPolicy(self.tls))
 
     def matches(self, domain: str) -> bool:
         return any(
@@ -184,21 +174,20 @@ class RouteConfig:
 
 @dataclass(frozen=True)
 class DeliveryConfig:
-    enabled: bool = True
-    concurrency: int = 100
-    connections_per_destination: int = 10
-    messages_per_connection: int = 100
-    connect_timeout: timedelta = timedelta(seconds=30)
-    command_timeout: timedelta = timedelta(minutes=5)
-    data_timeout: timedelta = timedelta(minutes=10)
-    lease: timedelta = timedelta(minutes=15)
-    batch: int = 100
-    poll_interval: timedelta = timedelta(seconds=1)
-    # How long a finished delivery's outcome waits for others to share its commit.
-    outcome_window: timedelta = timedelta(milliseconds=20)
-    nameservers: tuple[str, ...] = ()
-    dns_port: int = 0
-    shutdown_grace: timedelta = timedelta(seconds=30)  # 0: the resolver's default (53)
+    enabled: bool = Delivery.enabled.default
+    concurrency: int = Delivery.concurrency.default
+    connections_per_destination: int = Delivery.connections_per_destination.default
+    messages_per_connection: int = Delivery.messages_per_connection.default
+    connect_timeout: timedelta = Delivery.connect_timeout.default
+    command_timeout: timedelta = Delivery.command_timeout.default
+    data_timeout: timedelta = Delivery.data_timeout.default
+    lease: timedelta = Delivery.lease.default
+    batch: int = Delivery.batch.default
+    poll_interval: timedelta = Delivery.poll_interval.default
+    outcome_window: timedelta = Delivery.outcome_window.default
+    nameservers: tuple[str, ...] = Delivery.nameservers.default
+    dns_port: int = Delivery.dns_port.default  # 0: the resolver's default (53)
+    shutdown_grace: timedelta = Delivery.shutdown_grace.default
 
 
 @dataclass(frozen=True)
@@ -209,42 +198,27 @@ class AdminToken:
 
 @dataclass(frozen=True)
 class AdminConfig:
-    listen: tuple[str, int] = ("127.0.0.1", 8025)
-    password_hash: str = ""
+    listen: tuple[str, int] = Admin.listen.default
+    password_hash: str = Admin.password_hash.default
     tokens: tuple[AdminToken, ...] = ()
-    # Reverse proxies whose X-Forwarded-For names the client (login limits key on it);
-    # from anyone else the header is ignored.
-    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    trusted_proxies: tuple[IPNetwork, ...] = Admin.trusted_proxies.default
 
 
 @dataclass(frozen=True)
 class DsnConfig:
     """``[dsn]``: VERP return paths and bounce intake; off while ``domain`` is empty."""
 
-    domain: str = ""
-    prefix: str = "bounces"
-    secret: str = ""
-    # Bounces that match no delivery are kept for inspection: at most this many per client
-    # address per hour (the rest are refused with 450), and for this long.
-    max_unmatched_per_client: int = 100
-    unmatched_retention: timedelta = timedelta(days=7)
+    domain: str = Dsn.domain.default
+    prefix: str = Dsn.prefix.default
+    secret: str = Dsn.secret.default
+    max_unmatched_per_client: int = Dsn.max_unmatched_per_client.default
+    unmatched_retention: timedelta = Dsn.unmatched_retention.default
 
     @property
     def return_paths(self) -> ReturnPaths | None:
         if not self.domain:
             return None
         return ReturnPaths(self.domain, self.secret.encode("utf-8"), self.prefix)
-
-
-WEBHOOK_EVENTS = (
-    "delivered",
-    "soft_bounce",
-    "hard_bounce",
-    "non_delivery",
-    "suppressed",
-    "unsuppressed",
-    "incident",
-)
 
 
 @dataclass(frozen=True)
@@ -255,8 +229,12 @@ class WebhookConfig:
     url: str
     events: frozenset[str]
     secret: str
-    timeout: timedelta = timedelta(seconds=10)
-    max_age: timedelta = timedelta(days=3)  # an event not accepted by then is given up
+    timeout: timedelta = Webhooks.timeout.default
+    max_age: timedelta = Webhooks.max_age.default
+
+
+def _declared_incident_rules() -> IncidentRules:
+    return _read_incidents(_Reader.unwritten(Incidents))
 
 
 @dataclass(frozen=True)
@@ -271,8 +249,8 @@ class Rules:
     # [policy] confirm_hard: a recipient-level hard bounce suppresses only when confirmed by
     # a second one this much later (or from another source IP); None: off.
     confirm_after: timedelta | None = None
-    dry_run: bool = False  # suppression checks log and count, and refuse nothing
-    incidents: IncidentRules = field(default_factory=IncidentRules)
+    dry_run: bool = Policy.dry_run.default
+    incidents: IncidentRules = field(default_factory=_declared_incident_rules)
 
 
 @dataclass(frozen=True)
@@ -285,17 +263,18 @@ class Config:
     admin: AdminConfig
     rules: Rules
     dsn: DsnConfig = DsnConfig()
-    log_level: str = "info"
+    log_level: str = Log.level.default
     webhooks: tuple[WebhookConfig, ...] = ()
 
 
 # -- reading ---------------------------------------------------------------------------------
 
-Key = tuple[str | int, ...]
+KeyPath = tuple[str | int, ...]
 T = TypeVar("T")
+_ABSENT: Any = object()
 
 
-def _name(path: Key) -> str:
+def _name(path: KeyPath) -> str:
     out = ""
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
@@ -308,7 +287,7 @@ class _Lines:
     def __init__(self, text: str) -> None:
         self._lines = text.splitlines()
 
-    def find(self, path: Key) -> int | None:
+    def find(self, path: KeyPath) -> int | None:
         tables = [p for p in path[:-1]]
         key = path[-1] if path else None
         header = ".".join(str(p) for p in tables if isinstance(p, str))
@@ -317,7 +296,8 @@ class _Lines:
         if header:
             start_line = self._header_line(header, index)
             if start_line is None:
-                return None
+                # A key of an inline table (match = { ... }): the line of the table's key.
+                return self.find(path[:-1]) if len(path) > 2 else None
             start = start_line
             if key is None or isinstance(key, int):
                 return start_line
@@ -341,226 +321,146 @@ class _Lines:
 
 
 class _Reader:
-    """Reads one table; records errors instead of raising so all are reported."""
+    """Reads one table of a declared ``Section``; records errors instead of raising, so
+    that all are reported. Only declared keys can be read."""
 
-    def __init__(self, data: Any, path: Key, errors: list[ConfigError], lines: _Lines) -> None:
+    def __init__(
+        self,
+        data: Any,
+        path: KeyPath,
+        section: type[Section],
+        errors: list[ConfigError],
+        lines: _Lines,
+        title: str = "config.toml",
+    ) -> None:
         self.data = data if isinstance(data, dict) else {}
         self.path = path
+        self.section = section
+        self.title = title  # the table as the docs name it: [smtp], [[pools]]
         self.errors = errors
         self.lines = lines
         self.used: set[str] = set()
         if not isinstance(data, dict):
             self.error((), f"must be a table, got {type(data).__name__}")
 
-    def error(self, key: Key, why: str) -> None:
+    @classmethod
+    def unwritten(cls, section: type[Section]) -> _Reader:
+        """A table the file leaves out: every key at its default."""
+        return cls({}, (), section, [], _Lines(""))
+
+    def error(self, key: KeyPath, why: str) -> None:
         full = self.path + key
         self.errors.append(ConfigError(_name(full), why, self.lines.find(full)))
 
-    def get(self, key: str, default: Any, convert: Callable[[Any], T]) -> T:
-        """``convert(value)``; the default when absent or bad (the error is recorded).
+    def get(self, key: Key[T], default: T = _ABSENT) -> T:
+        """The key's value; its default (or ``default``) when absent or bad (the error is
+        recorded). A required key that is missing or empty is an error too."""
+        value = self.written(key)
+        why = key.fallback.required
+        if why and not value and (value is not None or key.name not in self.data):
+            self.error((key.name,), why)
+        if value is not None:
+            return value
+        return key.default if default is _ABSENT else default
 
-        ``default`` is typed Any: a default of ``()`` or None stands for any T.
-        """
-        self.used.add(key)
-        if key not in self.data:
-            return default  # type: ignore[no-any-return]
-        value = self.data[key]
+    def written(self, key: Key[T]) -> T | None:
+        """The key's value as written, or None when it is absent or bad (recorded)."""
+        if self.section.keys.get(key.name) is not key:
+            raise TypeError(f"{key} is not a key of {self.section.__name__}")
+        self.used.add(key.name)
+        if key.name not in self.data:
+            return None
         try:
-            value = _resolve_env(value)
-            return convert(value)
+            return key.value.convert(resolve_env(self.data[key.name]))
         except (ValueError, TypeError) as exc:
-            self.error((key,), str(exc))
-            return default  # type: ignore[no-any-return]
+            self.error((key.name,), str(exc))
+            return None
 
-    def sub(self, key: str) -> _Reader:
-        self.used.add(key)
-        return _Reader(self.data.get(key, {}), (*self.path, key), self.errors, self.lines)
+    def sub(self, table: Table) -> _Reader:
+        """A sub-table (``match = {...}``); absent, every key of it at its default."""
+        self._declared(table)
+        path = (*self.path, table.name)
+        in_entry = bool(self.path) and isinstance(self.path[-1], int)
+        title = f"`{table.name}` in {self.title}" if in_entry else f"[{_name(path)}]"
+        return _Reader(
+            self.data.get(table.name, {}), path, table.section, self.errors, self.lines, title
+        )
 
-    def tables(self, key: str) -> Iterator[_Reader]:
-        self.used.add(key)
-        items = self.data.get(key, [])
+    def each(self, table: Table) -> Iterator[_Reader]:
+        """The entries of an array of tables; the section's ``when_absent`` when it has none."""
+        self._declared(table)
+        items = self.data.get(table.name, [])
         if not isinstance(items, list):
-            self.error((key,), "must be an array of tables ([[...]])")
+            self.error((table.name,), "must be an array of tables ([[...]])")
             return
-        for i, item in enumerate(items):
-            yield _Reader(item, (*self.path, key, i), self.errors, self.lines)
+        title = f"[[{_name((*self.path, table.name))}]]"
+        for i, item in enumerate(items or table.section.when_absent):
+            path = (*self.path, table.name, i)
+            yield _Reader(item, path, table.section, self.errors, self.lines, title)
+
+    def _declared(self, table: Table) -> None:
+        if self.section.tables.get(table.name) is not table:
+            raise TypeError(f"{table} is not a table of {self.section.__name__}")
+        self.used.add(table.name)
 
     def finish(self) -> None:
-        for key in self.data:
-            if key not in self.used:
-                self.error((key,), "unknown key (check the spelling against docs/configuration.md)")
+        for name in self.data:
+            if name not in self.used:
+                self.error((name,), self._unknown(name))
+
+    def _unknown(self, name: str) -> str:
+        listed = f"the keys of {self.title}" if self.path else "the tables of config.toml"
+        close = difflib.get_close_matches(name, self.section.names(), n=1, cutoff=0.7)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return f"unknown key ({hint}check the spelling against {listed} in docs/configuration.md)"
 
 
-def _resolve_env(value: Any) -> Any:
-    if isinstance(value, str) and value.startswith("env:"):
-        name = value[4:]
-        if name not in os.environ:
-            raise ValueError(f"environment variable {name} is not set")
-        return os.environ[name]
-    return value
-
-
-def _str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"must be a string, got {value!r}")
-    return value
-
-
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"must be true or false, got {value!r}")
-    return value
-
-
-def _positive_int(value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"must be a positive integer, got {value!r}")
-    return value
-
-
-def _port(value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 65536:
-        raise ValueError(f"must be a port number 1-65535, got {value!r}")
-    return value
-
-
-def _processes(value: Any) -> int:
-    if value == "auto":
-        return os.cpu_count() or 1
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 64:
-        raise ValueError(f'must be "auto" or a number of processes 1-64, got {value!r}')
-    return value
-
-
-def _positive_float(value: Any) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"must be a positive number, got {value!r}")
-    return float(value)
-
-
-def _list_of(convert: Callable[[Any], T]) -> Callable[[Any], tuple[T, ...]]:
-    def read(value: Any) -> tuple[T, ...]:
-        if not isinstance(value, list):
-            value = [value]
-        out = []
-        for i, item in enumerate(value):
-            try:
-                out.append(convert(_resolve_env(item)))
-            except (ValueError, TypeError) as exc:
-                raise ValueError(f"item {i}: {exc}") from exc
-        return tuple(out)
-
-    return read
-
-
-def _one_of(*choices: str) -> Callable[[Any], str]:
-    def read(value: Any) -> str:
-        if value not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}; got {value!r}")
-        return str(value)
-
-    return read
-
-
-def _cidr(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    try:
-        return ipaddress.ip_network(_str(value), strict=False)
-    except ValueError as exc:
-        raise ValueError(f"bad CIDR {value!r}: {exc}") from exc
-
-
-def _ip(value: Any) -> str:
-    try:
-        return str(ipaddress.ip_address(_str(value)))
-    except ValueError as exc:
-        raise ValueError(f"bad IP address {value!r}") from exc
-
-
-def _existing_file(base: Path) -> Callable[[Any], Path]:
-    def read(value: Any) -> Path:
-        path = Path(_str(value))
-        if not path.is_absolute():
-            path = base / path
-        if not path.is_file():
-            raise ValueError(f"file not found: {path}")
-        return path
-
-    return read
-
-
-def _duration(value: Any) -> timedelta:
-    return parse_duration(_str(value))
-
-
-def _outcome_window(value: Any) -> timedelta:
-    window = _duration(value)
-    if window > MAX_OUTCOME_WINDOW:
-        raise ValueError(
-            f"outcome_window {_str(value)!r} is too long: at most "
-            f"'{MAX_OUTCOME_WINDOW.total_seconds():g}s' (a relay that stops in the window "
-            "sends those messages again); '0s' turns it off"
-        )
-    return window
-
-
-def _lower(value: Any) -> str:
-    return _str(value).strip().lower()
-
-
-def _domain(value: Any) -> str:
-    """A mail domain in the one form every key uses (IDNA 2008 A-labels, policies.addresses)."""
-    return ascii_domain(_str(value).strip())
-
-
-def _domain_or_pattern(value: Any) -> str:
-    """``*``, ``*.example.com`` or a domain, in the same form."""
-    return domain_pattern(_str(value).strip())
+def _config_file(r: _Reader, key: Key[Path | None], base: Path) -> Path | None:
+    """A file named relative to the config file; it must exist."""
+    path = r.get(key)
+    if path is None:
+        return None
+    path = path if path.is_absolute() else base / path
+    if not path.is_file():
+        r.error((key.name,), f"file not found: {path}")
+        return None
+    return path
 
 
 # -- sections --------------------------------------------------------------------------------
 
 
 def _read_smtp(r: _Reader, base: Path) -> SmtpConfig:
-    d = SmtpConfig()
     users = []
-    for u in r.tables("users"):
-        name = u.get("name", "", _str)
-        hashed = u.get("password_hash", "", _str)
-        if not name or not hashed:
-            u.error((), "each [[smtp.users]] needs name and password_hash")
+    for u in r.each(Smtp.users):
+        users.append(SmtpUser(u.get(SmtpUsers.name), u.get(SmtpUsers.password_hash)))
         u.finish()
-        users.append(SmtpUser(name, hashed))
     cfg = SmtpConfig(
-        listen=r.get("listen", d.listen, lambda v: parse_hostport(_str(v))),
-        hostname=r.get("hostname", d.hostname, _str),
-        allowed_clients=r.get("allowed_clients", d.allowed_clients, _list_of(_cidr)),
-        max_message_size=r.get("max_message_size", d.max_message_size, parse_size),
-        max_recipients=r.get("max_recipients", d.max_recipients, _positive_int),
-        tls_cert=r.get("tls_cert", None, _existing_file(base)),
-        tls_key=r.get("tls_key", None, _existing_file(base)),
-        require_tls=r.get("require_tls", False, _bool),
-        auth_required=r.get("auth_required", False, _bool),
+        listen=r.get(Smtp.listen),
+        hostname=r.get(Smtp.hostname),
+        allowed_clients=r.get(Smtp.allowed_clients),
+        max_message_size=r.get(Smtp.max_message_size),
+        max_recipients=r.get(Smtp.max_recipients),
+        tls_cert=_config_file(r, Smtp.tls_cert, base),
+        tls_key=_config_file(r, Smtp.tls_key, base),
+        require_tls=r.get(Smtp.require_tls),
+        auth_required=r.get(Smtp.auth_required),
         users=tuple(users),
-        session_timeout=r.get("session_timeout", d.session_timeout, _duration),
-        max_connections=r.get("max_connections", d.max_connections, _positive_int),
-        data_timeout=r.get("data_timeout", d.data_timeout, _duration),
-        min_data_rate=r.get("min_data_rate", d.min_data_rate, parse_size),
-        min_data_rate_grace=r.get("min_data_rate_grace", d.min_data_rate_grace, _duration),
-        max_noops=r.get("max_noops", d.max_noops, _positive_int),
-        max_rsets=r.get("max_rsets", d.max_rsets, _positive_int),
-        max_invalid_commands=r.get("max_invalid_commands", d.max_invalid_commands, _positive_int),
-        max_hops=r.get("max_hops", d.max_hops, _positive_int),
-        max_auth_failures=r.get("max_auth_failures", d.max_auth_failures, _positive_int),
-        auth_failures_per_client=r.get(
-            "auth_failures_per_client", d.auth_failures_per_client, _positive_int
-        ),
-        auth_failure_window=r.get("auth_failure_window", d.auth_failure_window, _duration),
-        proxy_protocol_from=r.get("proxy_protocol_from", (), _list_of(_cidr)),
-        processes=r.get("processes", d.processes, _processes),
+        session_timeout=r.get(Smtp.session_timeout),
+        max_connections=r.get(Smtp.max_connections),
+        data_timeout=r.get(Smtp.data_timeout),
+        min_data_rate=r.get(Smtp.min_data_rate),
+        min_data_rate_grace=r.get(Smtp.min_data_rate_grace),
+        max_noops=r.get(Smtp.max_noops),
+        max_rsets=r.get(Smtp.max_rsets),
+        max_invalid_commands=r.get(Smtp.max_invalid_commands),
+        max_hops=r.get(Smtp.max_hops),
+        max_auth_failures=r.get(Smtp.max_auth_failures),
+        auth_failures_per_client=r.get(Smtp.auth_failures_per_client),
+        auth_failure_window=r.get(Smtp.auth_failure_window),
+        proxy_protocol_from=r.get(Smtp.proxy_protocol_from),
+        processes=r.get(Smtp.processes),
     )
-    for key in ("session_timeout", "data_timeout"):
-        if getattr(cfg, key) <= timedelta(0):
-            r.error((key,), "must be longer than 0s (e.g. '5m')")
     if (cfg.tls_cert is None) != (cfg.tls_key is None):
         r.error(("tls_key",), "tls_cert and tls_key must be set together")
     if cfg.require_tls and cfg.tls_cert is None:
@@ -574,14 +474,13 @@ def _read_smtp(r: _Reader, base: Path) -> SmtpConfig:
 
 
 def _read_store(r: _Reader, base: Path) -> StoreConfig:
-    d = StoreConfig()
-    data_dir = r.get("data_dir", d.data_dir, lambda v: Path(_str(v)))
+    data_dir = r.get(Store.data_dir)
     cfg = StoreConfig(
-        dsn=r.get("dsn", "", _str),
+        dsn=r.get(Store.dsn),
         data_dir=data_dir if data_dir.is_absolute() else base / data_dir,
-        pool_min_size=r.get("pool_min_size", d.pool_min_size, _positive_int),
-        pool_max_size=r.get("pool_max_size", d.pool_max_size, _positive_int),
-        commit_batch=r.get("commit_batch", d.commit_batch, _positive_int),
+        pool_min_size=r.get(Store.pool_min_size),
+        pool_max_size=r.get(Store.pool_max_size),
+        commit_batch=r.get(Store.commit_batch),
     )
     if cfg.pool_min_size > cfg.pool_max_size:
         r.error(("pool_min_size",), "must not exceed pool_max_size")
@@ -589,91 +488,77 @@ def _read_store(r: _Reader, base: Path) -> StoreConfig:
     return cfg
 
 
-def _read_pools(r: _Reader) -> tuple[PoolConfig, ...]:
+def _read_pools(root: _Reader) -> tuple[PoolConfig, ...]:
     pools: list[PoolConfig] = []
-    for p in r.tables("pools"):
+    for p in root.each(Root.pools):
         pool = PoolConfig(
-            name=p.get("name", "", _str),
-            source_ips=p.get("source_ips", (), _list_of(_ip)),
-            from_domains=frozenset(p.get("from_domains", (), _list_of(_domain))),
-            campaigns=frozenset(p.get("campaigns", (), _list_of(_str))),
+            name=p.get(Pools.name),
+            source_ips=p.get(Pools.source_ips),
+            from_domains=p.get(Pools.from_domains),
+            campaigns=p.get(Pools.campaigns),
         )
-        if not pool.name:
-            p.error(("name",), "every pool needs a name")
-        if not pool.source_ips:
-            p.error(("source_ips",), "a pool needs at least one source IP")
-        if any(q.name == pool.name for q in pools):
+        if pool.name and any(q.name == pool.name for q in pools):
             p.error(("name",), f"pool {pool.name!r} is defined twice")
         p.finish()
         pools.append(pool)
-    if not pools:
-        pools.append(PoolConfig("default", ("127.0.0.1",)))
     return tuple(pools)
 
 
-def _read_routes(r: _Reader, pools: tuple[PoolConfig, ...]) -> tuple[RouteConfig, ...]:
+def _read_routes(root: _Reader, pools: tuple[PoolConfig, ...]) -> tuple[RouteConfig, ...]:
     routes = []
     names = {p.name for p in pools}
-    for t in r.tables("routes"):
+    for t in root.each(Root.routes):
         route = RouteConfig(
-            domains=t.get("domains", ("*",), _list_of(_domain_or_pattern)),
-            mode=t.get("mode", "mx", _one_of("mx", "smarthost", "static")),
-            hosts=t.get("hosts", (), _list_of(lambda v: parse_hostport(_str(v), 25))),
-            pool=t.get("pool", pools[0].name, _str),
-            tls=t.get("tls", "opportunistic", _one_of("opportunistic", "required", "off")),
-            username=t.get("username", "", _str),
-            password=t.get("password", "", _str),
-            mx_port=t.get("mx_port", 25, _port),
-            address_literals=t.get("address_literals", False, _bool),
+            domains=t.get(Routes.domains),
+            mode=t.get(Routes.mode),
+            hosts=t.get(Routes.hosts),
+            pool=t.get(Routes.pool, pools[0].name),
+            tls=t.get(Routes.tls),
+            username=t.get(Routes.username),
+            password=t.get(Routes.password),
+            mx_port=t.get(Routes.mx_port),
+            address_literals=t.get(Routes.address_literals),
         )
-        if route.mode in ("smarthost", "static") and not route.hosts:
-            t.error(("hosts",), f"mode {route.mode!r} needs at least one host:port")
+        if route.mode != RouteMode.MX and not route.hosts:
+            t.error(("hosts",), f"mode {route.mode.value!r} needs at least one host:port")
         if route.pool not in names:
             t.error(("pool",), f"no [[pools]] named {route.pool!r}")
         t.finish()
         routes.append(route)
-    if not routes:
-        routes.append(RouteConfig(domains=("*",), pool=pools[0].name))
     return tuple(routes)
 
 
-def _read_match(r: _Reader) -> dict[str, Any]:
-    match = r.sub("match")
+def _read_match(rule: _Reader, table: Table) -> dict[str, Any]:
+    match = rule.sub(table)
     out = {
-        "categories": match.get("category", (), _list_of(_str)),
-        "enhanced": match.get("enhanced", (), _list_of(_str)),
-        "codes": match.get("code", (), _list_of(_positive_int)),
-        "domains": match.get("domain", (), _list_of(_domain)),
-        "text": match.get("text", None, _str),
+        "categories": match.get(Match.category),
+        "enhanced": match.get(Match.enhanced),
+        "codes": match.get(Match.code),
+        "domains": match.get(Match.domain),
+        "text": match.get(Match.text),
     }
     match.finish()
     return out
 
 
-_DEFAULT_SCHEDULE = tuple(timedelta(minutes=m) for m in (5, 15, 60, 240, 720))
-
-
-# Retries stretched by up to this share, so that a queue that failed together is spread out.
-DEFAULT_SPREAD = 0.1
-
-
-def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"must be a number, got {value!r}")
-    return float(value)
-
-
 def _read_retry_rule(
     r: _Reader, name: str, match: dict[str, Any], inherit: RetryRule | None
 ) -> RetryRule | None:
-    """One rule; timing and limits it leaves out come from ``inherit`` (the [retry] default)."""
-    schedule: tuple[timedelta, ...] = r.get("schedule", (), _list_of(_duration))
-    interval = r.get("interval", None, _duration)
-    backoff = r.get("backoff", None, _one_of(*[b.value for b in Backoff]))
+    """One rule; timing and limits it leaves out come from ``inherit`` (the [retry] rule)."""
+    schedule = r.written(Retry.schedule) or ()
+    interval = r.written(Retry.interval)
+    backoff = r.written(Retry.backoff)
     if not schedule and interval is None:
-        schedule = inherit.schedule if inherit else _DEFAULT_SCHEDULE
-        interval = inherit.interval if inherit else None
+        schedule = inherit.schedule if inherit else Retry.schedule.default
+        interval = inherit.interval if inherit else Retry.interval.default
         backoff = backoff or (inherit.backoff if inherit else None)
+
+    def inherited(key: Key[T]) -> T:
+        if inherit is None:
+            return r.get(key)
+        fallback: T = getattr(inherit, key.name)  # RetryRule's fields are named as the keys
+        return r.get(key, fallback)
+
     try:
         return RetryRule.build(
             name,
@@ -684,19 +569,13 @@ def _read_retry_rule(
             text=match.get("text"),
             schedule=schedule,
             interval=interval,
-            backoff=backoff or Backoff.FIXED,
-            exponent=r.get("exponent", inherit.exponent if inherit else 2.0, _positive_float),
-            random_modifier=r.get(
-                "random_modifier", inherit.random_modifier if inherit else 1.0, _positive_float
-            ),
-            max_attempts=r.get(
-                "max_attempts", inherit.max_attempts if inherit else None, _positive_int
-            ),
-            max_age=r.get("max_age", inherit.max_age if inherit else timedelta(days=3), _duration),
-            source=r.get(
-                "source", SourceChoice.SAME_IP.value, _one_of(*[s.value for s in SourceChoice])
-            ),
-            spread=r.get("spread", inherit.spread if inherit else DEFAULT_SPREAD, _number),
+            backoff=backoff or Retry.backoff.default,
+            exponent=inherited(Retry.exponent),
+            random_modifier=inherited(Retry.random_modifier),
+            max_attempts=inherited(Retry.max_attempts),
+            max_age=inherited(Retry.max_age),
+            source=r.get(Retry.source),  # not inherited: a rule's own, else same_ip
+            spread=inherited(Retry.spread),
         )
     except ValueError as exc:
         r.error((), str(exc))
@@ -706,32 +585,31 @@ def _read_retry_rule(
 def _read_retry(r: _Reader) -> RetryPolicy:
     default = _read_retry_rule(r, "default", {}, None)
     rules: list[RetryRule] = []
-    for t in r.tables("rules"):
-        name = t.get("name", "", _str)
-        if not name:
-            t.error(("name",), "every retry rule needs a name")
-        rule = _read_retry_rule(t, name or f"rule{len(rules)}", _read_match(t), default)
+    for t in r.each(Retry.rules):
+        name = t.get(RetryRules.name)
+        rule = _read_retry_rule(
+            t, name or f"rule{len(rules)}", _read_match(t, RetryRules.match), default
+        )
         t.finish()
         if rule is not None:
             rules.append(rule)
     r.finish()
     if default is None:  # its error is recorded; keep reading the rest
-        default = RetryRule.build("default", schedule=_DEFAULT_SCHEDULE)
+        default = RetryRule.build("default", schedule=Retry.schedule.default)
     return RetryPolicy(default=default, rules=tuple(rules))
 
 
 def _read_classify(r: _Reader) -> tuple[ClassifyRule, ...]:
     rules: list[ClassifyRule] = []
-    for t in r.tables("rules"):
-        name = t.get("name", "", _str)
-        match = _read_match(t)
-        kind = t.get("kind", None, _one_of(*[k.value for k in Kind]))
-        category = t.get("category", None, _one_of(*[c.value for c in Category]))
-        suppress = t.get("suppress", None, _bool)
+    for t in r.each(Classify.rules):
+        name = t.get(ClassifyRules.name)
+        match = _read_match(t, ClassifyRules.match)
+        kind = t.get(ClassifyRules.kind)
+        category = t.get(ClassifyRules.category)
+        suppress = t.get(ClassifyRules.suppress)
         t.finish()
         if not name:
-            t.error(("name",), "every classify rule needs a name")
-            continue
+            continue  # the missing name is recorded
         try:
             rules.append(
                 ClassifyRule.build(
@@ -740,8 +618,8 @@ def _read_classify(r: _Reader) -> tuple[ClassifyRule, ...]:
                     enhanced=match["enhanced"],
                     domains=match["domains"],
                     text=match["text"],
-                    kind=Kind(kind) if kind else None,
-                    category=Category(category) if category else None,
+                    kind=kind,
+                    category=category,
                     suppress=suppress,
                 )
             )
@@ -753,27 +631,72 @@ def _read_classify(r: _Reader) -> tuple[ClassifyRule, ...]:
     return tuple(rules)
 
 
+def _read_policy(r: _Reader) -> tuple[SuppressOn, timedelta | None, bool]:
+    suppress_on = r.get(Policy.suppress_on)
+    confirm_hard = r.get(Policy.confirm_hard)
+    confirm_after = r.get(Policy.confirm_after)
+    dry_run = r.get(Policy.dry_run)
+    r.finish()
+    return suppress_on, confirm_after if confirm_hard else None, dry_run
+
+
+def _read_incidents(r: _Reader) -> IncidentRules:
+    rules = IncidentRules(
+        enabled=r.get(Incidents.enabled),
+        window=r.get(Incidents.window),
+        min_recipients=r.get(Incidents.min_recipients),
+        min_share=r.get(Incidents.min_share),
+        scope=r.get(Incidents.by),
+        defer=r.get(Incidents.defer),
+        other_ip=r.get(Incidents.source) == SourceChoice.OTHER_IP,
+        lift_on_open=r.get(Incidents.lift_on_open),
+        close_after=r.get(Incidents.close_after),
+        check_every=r.get(Incidents.check_every),
+    )
+    r.finish()
+    return rules
+
+
+def _read_webhooks(root: _Reader) -> tuple[WebhookConfig, ...]:
+    hooks: list[WebhookConfig] = []
+    for r in root.each(Root.webhooks):
+        url = r.get(Webhooks.url)
+        name = r.get(Webhooks.name, url)
+        secret = r.get(Webhooks.secret)
+        if secret and len(secret.encode("utf-8")) < MIN_SECRET_LENGTH:
+            r.error(("secret",), Webhooks.secret.fallback.required)
+        if any(h.name == name for h in hooks):
+            r.error(("name",), f"{name!r} names another webhook too; names must differ")
+        hooks.append(
+            WebhookConfig(
+                name=name,
+                url=url,
+                events=r.get(Webhooks.events),
+                secret=secret,
+                timeout=r.get(Webhooks.timeout),
+                max_age=r.get(Webhooks.max_age),
+            )
+        )
+        r.finish()
+    return tuple(hooks)
+
+
 def _read_delivery(r: _Reader) -> DeliveryConfig:
-    d = DeliveryConfig()
     cfg = DeliveryConfig(
-        enabled=r.get("enabled", d.enabled, _bool),
-        concurrency=r.get("concurrency", d.concurrency, _positive_int),
-        connections_per_destination=r.get(
-            "connections_per_destination", d.connections_per_destination, _positive_int
-        ),
-        messages_per_connection=r.get(
-            "messages_per_connection", d.messages_per_connection, _positive_int
-        ),
-        connect_timeout=r.get("connect_timeout", d.connect_timeout, _duration),
-        command_timeout=r.get("command_timeout", d.command_timeout, _duration),
-        data_timeout=r.get("data_timeout", d.data_timeout, _duration),
-        lease=r.get("lease", d.lease, _duration),
-        batch=r.get("batch", d.batch, _positive_int),
-        poll_interval=r.get("poll_interval", d.poll_interval, _duration),
-        outcome_window=r.get("outcome_window", d.outcome_window, _outcome_window),
-        nameservers=r.get("nameservers", (), _list_of(_ip)),
-        dns_port=r.get("dns_port", 0, _port),
-        shutdown_grace=r.get("shutdown_grace", d.shutdown_grace, _duration),
+        enabled=r.get(Delivery.enabled),
+        concurrency=r.get(Delivery.concurrency),
+        connections_per_destination=r.get(Delivery.connections_per_destination),
+        messages_per_connection=r.get(Delivery.messages_per_connection),
+        connect_timeout=r.get(Delivery.connect_timeout),
+        command_timeout=r.get(Delivery.command_timeout),
+        data_timeout=r.get(Delivery.data_timeout),
+        lease=r.get(Delivery.lease),
+        batch=r.get(Delivery.batch),
+        poll_interval=r.get(Delivery.poll_interval),
+        outcome_window=r.get(Delivery.outcome_window),
+        nameservers=r.get(Delivery.nameservers),
+        dns_port=r.get(Delivery.dns_port),
+        shutdown_grace=r.get(Delivery.shutdown_grace),
     )
     r.finish()
     return cfg
@@ -781,147 +704,68 @@ def _read_delivery(r: _Reader) -> DeliveryConfig:
 
 def _read_admin(r: _Reader) -> AdminConfig:
     tokens = []
-    for t in r.tables("tokens"):
-        tokens.append(AdminToken(t.get("name", "", _str), t.get("hash", "", _str)))
+    for t in r.each(Admin.tokens):
+        tokens.append(AdminToken(t.get(AdminTokens.name), t.get(AdminTokens.hash)))
         t.finish()
     cfg = AdminConfig(
-        listen=r.get("listen", AdminConfig.listen, lambda v: parse_hostport(_str(v))),
-        password_hash=r.get("password_hash", "", _str),
+        listen=r.get(Admin.listen),
+        password_hash=r.get(Admin.password_hash),
         tokens=tuple(tokens),
-        trusted_proxies=r.get("trusted_proxies", (), _list_of(_cidr)),
+        trusted_proxies=r.get(Admin.trusted_proxies),
     )
     r.finish()
     return cfg
 
 
 def _read_dsn(r: _Reader) -> DsnConfig:
-    domain = r.get("domain", "", lambda v: _domain(v) if _str(v).strip() else "")
-    prefix = r.get("prefix", "bounces", _verp_prefix)
-    secret = r.get("secret", "", _str)
-    if domain:
+    cfg = DsnConfig(
+        domain=r.get(Dsn.domain),
+        prefix=r.get(Dsn.prefix),
+        secret=r.get(Dsn.secret),
+        max_unmatched_per_client=r.get(Dsn.max_unmatched_per_client),
+        unmatched_retention=r.get(Dsn.unmatched_retention),
+    )
+    if cfg.domain:
         try:
-            validate_address(f"postmaster@{domain}")
+            validate_address(f"postmaster@{cfg.domain}")
         except AddressError as exc:
             r.error(("domain",), f"not a usable mail domain: {exc.why}")
-        if len(secret.encode("utf-8")) < MIN_SECRET_LENGTH:
+        if len(cfg.secret.encode("utf-8")) < MIN_SECRET_LENGTH:
             r.error(
                 ("secret",),
                 f"[dsn] domain is set, so a secret of at least {MIN_SECRET_LENGTH} bytes is "
                 'required to sign return paths (e.g. secret = "env:BOUNCE_RELAY_DSN_SECRET")',
             )
-    d = DsnConfig()
-    max_unmatched = r.get("max_unmatched_per_client", d.max_unmatched_per_client, _positive_int)
-    retention = r.get("unmatched_retention", d.unmatched_retention, _duration)
     r.finish()
-    return DsnConfig(
-        domain=domain,
-        prefix=prefix,
-        secret=secret,
-        max_unmatched_per_client=max_unmatched,
-        unmatched_retention=retention,
-    )
+    return cfg
 
 
-def _read_incidents(r: _Reader) -> IncidentRules:
-    d = IncidentRules()
-    rules = IncidentRules(
-        enabled=r.get("enabled", d.enabled, _bool),
-        window=r.get("window", d.window, _duration),
-        min_recipients=r.get("min_recipients", d.min_recipients, _positive_int),
-        min_share=r.get("min_share", d.min_share, _share),
-        scope=IncidentScope(r.get("by", d.scope.value, _one_of(*[s.value for s in IncidentScope]))),
-        defer=r.get("defer", d.defer, _duration),
-        other_ip=r.get("source", "other_ip", _one_of("other_ip", "same_ip")) == "other_ip",
-        lift_on_open=r.get("lift_on_open", d.lift_on_open, _bool),
-        close_after=r.get("close_after", d.close_after, _duration),
-        check_every=r.get("check_every", d.check_every, _duration),
-    )
+def _read_one(root: _Reader, table: Table, key: Key[T]) -> T:
+    """The one key of a one-key table ([campaign], [log])."""
+    r = root.sub(table)
+    value = r.get(key)
     r.finish()
-    return rules
-
-
-def _share(value: Any) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value <= 1:
-        raise ValueError(f"must be a share between 0 and 1 (e.g. 0.5), got {value!r}")
-    return float(value)
-
-
-def _read_webhooks(root: _Reader) -> tuple[WebhookConfig, ...]:
-    hooks: list[WebhookConfig] = []
-    for r in root.tables("webhooks"):
-        url = r.get("url", "", _webhook_url)
-        name = r.get("name", url, _str)
-        events = r.get("events", WEBHOOK_EVENTS, _list_of(_one_of(*WEBHOOK_EVENTS)))
-        secret = r.get("secret", "", _str)
-        if len(secret.encode("utf-8")) < MIN_SECRET_LENGTH:
-            r.error(
-                ("secret",),
-                f"a secret of at least {MIN_SECRET_LENGTH} bytes is required to sign the "
-                'events (e.g. secret = "env:BOUNCE_RELAY_WEBHOOK_SECRET")',
-            )
-        if not url:
-            r.error(("url",), "required: the http:// or https:// address events are posted to")
-        if any(h.name == name for h in hooks):
-            r.error(("name",), f"{name!r} names another webhook too; names must differ")
-        hooks.append(
-            WebhookConfig(
-                name=name,
-                url=url,
-                events=frozenset(events),
-                secret=secret,
-                timeout=r.get("timeout", WebhookConfig.timeout, _duration),
-                max_age=r.get("max_age", WebhookConfig.max_age, _duration),
-            )
-        )
-        r.finish()
-    return tuple(hooks)
-
-
-def _webhook_url(value: Any) -> str:
-    url = _str(value).strip()
-    if not re.fullmatch(r"https?://[^\s/?#]+(?:[/?#]\S*)?", url):
-        raise ValueError(f"must be an http:// or https:// URL, got {url!r}")
-    return url
-
-
-def _verp_prefix(value: Any) -> str:
-    prefix = _str(value)
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,30}", prefix):
-        raise ValueError(
-            "must be 1-31 letters, digits, '.', '_' or '-' (it is the return path's local part)"
-        )
-    return prefix
+    return value
 
 
 def _read(data: dict[str, Any], path: Path, text: str) -> Config:
     errors: list[ConfigError] = []
-    root = _Reader(data, (), errors, _Lines(text))
+    root = _Reader(data, (), Root, errors, _Lines(text))
     base = path.parent
-    smtp = _read_smtp(root.sub("smtp"), base)
-    store = _read_store(root.sub("store"), base)
-    campaign = root.sub("campaign")
-    header = campaign.get("header", "X-Campaign-ID", _str)
-    campaign.finish()
+    smtp = _read_smtp(root.sub(Root.smtp), base)
+    store = _read_store(root.sub(Root.store), base)
+    header = _read_one(root, Root.campaign, Campaign.header)
     pools = _read_pools(root)
     routes = _read_routes(root, pools)
-    retry = _read_retry(root.sub("retry"))
-    classify = _read_classify(root.sub("classify"))
-    policy = root.sub("policy")
-    suppress_on = SuppressOn(
-        policy.get("suppress_on", "recipient", _one_of(*[s.value for s in SuppressOn]))
-    )
-    confirm_hard = policy.get("confirm_hard", False, _bool)
-    confirm_after = policy.get("confirm_after", timedelta(hours=1), _duration)
-    dry_run = policy.get("dry_run", False, _bool)
-    policy.finish()
-    incidents = _read_incidents(root.sub("incidents"))
+    retry = _read_retry(root.sub(Root.retry))
+    classify = _read_classify(root.sub(Root.classify))
+    suppress_on, confirm_after, dry_run = _read_policy(root.sub(Root.policy))
+    incidents = _read_incidents(root.sub(Root.incidents))
     webhooks = _read_webhooks(root)
-    delivery = _read_delivery(root.sub("delivery"))
-    admin = _read_admin(root.sub("admin"))
-    dsn = _read_dsn(root.sub("dsn"))
-    log = root.sub("log")
-    level = log.get("level", "info", _one_of("debug", "info", "warning", "error"))
-    log.finish()
+    delivery = _read_delivery(root.sub(Root.delivery))
+    admin = _read_admin(root.sub(Root.admin))
+    dsn = _read_dsn(root.sub(Root.dsn))
+    level = _read_one(root, Root.log, Log.level)
     root.finish()
     if errors:
         raise ConfigErrors(str(path), errors)
@@ -931,7 +775,7 @@ def _read(data: dict[str, Any], path: Path, text: str) -> Config:
         retry=retry,
         classify_rules=classify,
         suppress_on=suppress_on,
-        confirm_after=confirm_after if confirm_hard else None,
+        confirm_after=confirm_after,
         dry_run=dry_run,
         incidents=incidents,
     )

@@ -27,6 +27,7 @@ from types import TracebackType
 import aiohttp
 import structlog
 
+from policies.retry import doubling
 from relay.clock import Clock, utc_now
 from relay.config import WebhookConfig
 from relay.errors import StoreError
@@ -63,8 +64,7 @@ def backoff(attempts: int, rand: float) -> timedelta:
     """The wait after ``attempts`` failed attempts: 10 s doubling up to 1 h, shortened by up
     to ``JITTER`` with ``rand`` in [0, 1), so a receiver coming back is not hit by every
     waiting row in the same second."""
-    delay = min(MAX_RETRY, FIRST_RETRY * (1 << min(max(attempts - 1, 0), 20)))
-    return delay * (1 - JITTER * rand)
+    return doubling(FIRST_RETRY, attempts, MAX_RETRY) * (1 - JITTER * rand)
 
 
 def sign(secret: str, body: bytes, timestamp: int) -> str:

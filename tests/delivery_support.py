@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import aiosmtplib
 import asyncpg
 
-from relay.app import Relay
+from relay.ops.app import Relay
 from relay.store import ClaimedDelivery, IncomingMessage, OutcomeRecord, Recipient
 from tests.scripted import FakeClock
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from relay.store import QUERIES, Store, _translated
+from relay.store import Store
+from relay.store.base import StoreBase
 
 __all__ = ["Outbox", "OutboxCounts", "OutboxEvent"]
 
@@ -39,10 +40,11 @@ class OutboxCounts:
     given_up: int
 
 
-class Outbox:
+class Outbox(StoreBase):
     """The outbox's named queries, over a Store's pool."""
 
     def __init__(self, store: Store) -> None:
+        super().__init__(store.pool, timeout=store.timeout)
         self.store = store
 
     async def sync_subscriptions(
@@ -52,65 +54,51 @@ class Outbox:
         (webhook, event) pairs changed, and how many waiting rows of webhooks no longer
         there were given up."""
         pairs = sorted({(w, e) for w, events in subscriptions.items() for e in events})
-        async with _translated("sync webhook subscriptions"):
-            row = await self.store.pool.fetchrow(
-                QUERIES["sync_webhook_subscriptions"],
-                [w for w, _ in pairs],
-                [e for _, e in pairs],
-                timeout=self.store.timeout,
-            )
+        row = await self._row(
+            "sync_webhook_subscriptions",
+            [w for w, _ in pairs],
+            [e for _, e in pairs],
+            what="sync webhook subscriptions",
+        )
+        assert row is not None  # counts: always one row
         return int(row["changed"]), int(row["abandoned"])
 
     async def claim(
         self, webhooks: Sequence[str], now: datetime, lease: timedelta, limit: int
     ) -> list[OutboxEvent]:
         """Lease up to ``limit`` due rows of ``webhooks`` (FOR UPDATE SKIP LOCKED), oldest first."""
-        async with _translated("claim webhook events"):
-            rows = await self.store.pool.fetch(
-                QUERIES["claim_webhook_events"],
-                now,
-                lease,
-                list(webhooks),
-                limit,
-                timeout=self.store.timeout,
-            )
+        rows = await self._rows(
+            "claim_webhook_events", now, lease, list(webhooks), limit, what="claim webhook events"
+        )
         return sorted((OutboxEvent(**dict(r)) for r in rows), key=lambda e: e.id)
 
     async def mark_delivered(self, event_id: int, now: datetime) -> None:
-        async with _translated("record webhook delivery"):
-            await self.store.pool.execute(
-                QUERIES["mark_webhook_delivered"], event_id, now, timeout=self.store.timeout
-            )
+        await self._status("mark_webhook_delivered", event_id, now, what="record webhook delivery")
 
     async def mark_failed(
         self, event: OutboxEvent, now: datetime, error: str, next_attempt_at: datetime | None
     ) -> bool:
         """Record a failed attempt: due again at ``next_attempt_at``, or given up when None.
         False when the lease had run out and another sender may hold the row: nothing changed."""
-        async with _translated("record webhook failure"):
-            attempts = await self.store.pool.fetchval(
-                QUERIES["mark_webhook_failed"],
-                event.id,
-                event.lease_until,
-                now,
-                error,
-                next_attempt_at,
-                timeout=self.store.timeout,
-            )
+        attempts = await self._value(
+            "mark_webhook_failed",
+            event.id,
+            event.lease_until,
+            now,
+            error,
+            next_attempt_at,
+            what="record webhook failure",
+        )
         return attempts is not None
 
     async def counts(self) -> list[OutboxCounts]:
         """Per webhook: events waiting (and since when) and events given up."""
-        async with _translated("webhook outbox counts"):
-            rows = await self.store.pool.fetch(
-                QUERIES["webhook_outbox_counts"], timeout=self.store.timeout
-            )
+        rows = await self._rows("webhook_outbox_counts", what="webhook outbox counts")
         return [OutboxCounts(**dict(r)) for r in rows]
 
     async def purge(self, before: datetime, limit: int = 10_000) -> int:
         """Delete up to ``limit`` rows delivered or given up before ``before``; how many."""
-        async with _translated("purge webhook outbox"):
-            status = await self.store.pool.execute(
-                QUERIES["purge_webhook_outbox"], before, limit, timeout=self.store.timeout
-            )
+        status = await self._status(
+            "purge_webhook_outbox", before, limit, what="purge webhook outbox"
+        )
         return int(status.rsplit(" ", 1)[1])  # "DELETE <n>"

@@ -30,7 +30,7 @@ SELECT (SELECT count(*) FROM added) + (SELECT count(*) FROM gone) AS changed,
 -- again, and not leased by a sender that may still be posting them. SKIP LOCKED lets several
 -- relays claim side by side; new rows ('-infinity') come before retries. Leases are set and
 -- judged by the database's clock (a relay whose clock ran ahead must not take over a row
--- another sender is posting), as deliveries' leases are (queries.sql).
+-- another sender is posting), as deliveries' leases are (queue.sql).
 WITH due AS (
     SELECT id FROM webhook_outbox
     WHERE delivered_at IS NULL AND given_up_at IS NULL AND next_attempt_at <= $1

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from relay.app import Relay
+from relay.ops.app import Relay
 from relay.passwords import hash_password
 from tests.relay.test_report import T0, seed_hostile_bounce, seed_standard
 from tests.tools import needs

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from policies.templates import template_of
-from relay.app import Relay
 from relay.config import load_config
+from relay.ops.app import Relay
 from tests.delivery_support import delivery_config, eventually, in_state, send
 from tests.scripted import ScriptedUpstream
 

@@ -9,8 +9,8 @@ import textwrap
 import asyncpg
 import pytest
 
-from relay.app import Relay
 from relay.config import load_config
+from relay.ops.app import Relay
 from tests.delivery_support import delivery_config, eventually, send
 from tests.e2e.test_suppression_admin import rcpt_code, run
 from tests.scripted import ScriptedUpstream

@@ -9,8 +9,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from relay.app import Relay
 from relay.config import load_config
+from relay.ops.app import Relay
 from tests.delivery_support import delivery_config, eventually, in_state, send
 from tests.e2e.test_commands import REPO, cli
 from tests.scripted import ScriptedUpstream

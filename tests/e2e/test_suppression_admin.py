@@ -13,8 +13,8 @@ import aiosmtplib
 import asyncpg
 import pytest
 
-from relay import replies
-from relay.app import Relay
+from relay.intake import responses as replies
+from relay.ops.app import Relay
 
 
 def cli(config, *args: str) -> subprocess.CompletedProcess[str]:

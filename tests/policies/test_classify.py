@@ -17,7 +17,7 @@ from policies.classify import (
     category_of,
     classify,
 )
-from policies.replies import Reply, parse_reply, synthetic_reply
+from policies.smtp_reply import Reply, parse_reply, synthetic_reply
 
 DATASET = Path(__file__).parent / "data" / "smtp-replies.jsonl"
 ROWS = [json.loads(line) for line in DATASET.read_text().splitlines()]

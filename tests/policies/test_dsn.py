@@ -37,7 +37,7 @@ from policies.dsn import (
     ParsedBounce,
     parse_bounce,
 )
-from policies.replies import Reply
+from policies.smtp_reply import Reply
 
 DATA = Path(__file__).parent / "data"
 CORPUS = DATA / "dsn"

@@ -22,7 +22,7 @@ from policies.addresses import AddressError, normalise_address, validate_address
 from policies.classify import SuppressOn, classify
 from policies.hints import hint_for
 from policies.outcome import decide_reported
-from policies.replies import parse_reply, reply_from_smtp
+from policies.smtp_reply import parse_reply, reply_from_smtp
 from policies.suppression_file import read_suppression_csv
 from policies.templates import template_of
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import policies.hints
 from policies.classify import Kind, classify
 from policies.hints import HINTS, ProviderHint, hint_for
-from policies.replies import Reply, parse_reply, reply_from_smtp, synthetic_reply
+from policies.smtp_reply import Reply, parse_reply, reply_from_smtp, synthetic_reply
 
 DATASET = Path(__file__).parent / "data" / "smtp-replies.jsonl"
 ROWS = [json.loads(line) for line in DATASET.read_text().splitlines()]

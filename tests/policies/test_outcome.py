@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 from policies.classify import SuppressOn
 from policies.outcome import decide
-from policies.replies import parse_reply, synthetic_reply
 from policies.retry import RetryPolicy, RetryRule
+from policies.smtp_reply import parse_reply, synthetic_reply
 from policies.states import DeliveryState, EventType
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)

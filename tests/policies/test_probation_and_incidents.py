@@ -13,8 +13,8 @@ from policies.incidents import (
 )
 from policies.outcome import ProbationStep, decide
 from policies.probation import OnProbation, confirm_hard
-from policies.replies import parse_reply
 from policies.retry import RetryPolicy, RetryRule
+from policies.smtp_reply import parse_reply
 from policies.states import DeliveryState
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)

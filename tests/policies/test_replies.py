@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from policies.replies import (
+from policies.smtp_reply import (
     Reply,
     enhanced_matches,
     is_enhanced_pattern,

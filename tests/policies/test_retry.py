@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from policies.classify import Category, Kind, Verdict, classify
-from policies.replies import parse_reply, synthetic_reply
 from policies.retry import (
     Backoff,
     GiveUp,
@@ -23,6 +22,7 @@ from policies.retry import (
     preview_schedule,
     select_rule,
 )
+from policies.smtp_reply import parse_reply, synthetic_reply
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 S = timedelta(seconds=1)
@@ -252,7 +252,7 @@ def test_modules_stay_pure():
     """Importing the reply, classification and retry core loads no I/O,
     event loop, randomness or relay module (a fresh interpreter checks)."""
     code = (
-        "import sys, policies.replies, policies.classify, policies.retry\n"
+        "import sys, policies.smtp_reply, policies.classify, policies.retry\n"
         "banned = ('asyncio', 'relay', 'asyncpg', 'aiosmtplib', 'socket', 'random', 'secrets')\n"
         "print(','.join(m for m in banned if m in sys.modules))\n"
     )
@@ -279,3 +279,20 @@ def test_spread_stretches_schedule_and_fixed_delays_by_up_to_its_share():
 def test_spread_must_be_a_share():
     with pytest.raises(ValueError, match="spread must be a share from 0 to 1"):
         RetryRule.build("s", schedule=[timedelta(minutes=1)], spread=1.5)
+
+
+def test_doubling_starts_at_first_doubles_and_stops_at_the_cap():
+    """The relay's infrastructure retries (webhooks, outcome writes) share this arithmetic."""
+    from policies.retry import doubling
+
+    first, cap = timedelta(seconds=10), timedelta(hours=1)
+    assert [doubling(first, n, cap) for n in (1, 2, 3)] == [first, 2 * first, 4 * first]
+    assert doubling(first, 10_000, cap) == cap  # no overflow on an absurd count
+    assert doubling(first, 0, cap) == first  # no attempt failed yet: the first wait
+
+
+def test_scheduled_repeats_the_last_step():
+    from policies.retry import scheduled
+
+    steps = (1.0, 2.0, 5.0)
+    assert [scheduled(steps, n) for n in (1, 2, 3, 4, 99)] == [1.0, 2.0, 5.0, 5.0, 5.0]

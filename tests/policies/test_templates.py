@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from policies import template_families
-from policies.replies import parse_reply
+from policies.smtp_reply import parse_reply
 from policies.templates import PLACEHOLDERS, template_of
 
 DATASET = Path(__file__).parent / "data" / "smtp-replies.jsonl"
@@ -133,7 +133,7 @@ def test_dataset_cut_replies_are_stable():
 
 def test_dataset_reads_the_reply_as_policies_replies_does():
     """The template of a reply is the template of the reply as
-    policies.replies reads it: its code, the enhanced code that follows the
+    policies.smtp_reply reads it: its code, the enhanced code that follows the
     code (one found later is still in the message) and its message."""
     wrong = []
     for row in ROWS:

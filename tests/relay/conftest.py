@@ -8,8 +8,8 @@ from contextlib import asynccontextmanager
 import asyncpg
 import pytest
 
-from relay.app import Relay
 from relay.config import load_config
+from relay.ops.app import Relay
 from tests.delivery_support import delivery_config
 from tests.scripted import FakeClock, ScriptedUpstream
 

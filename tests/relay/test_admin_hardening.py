@@ -18,10 +18,10 @@ import aiosmtplib
 import pytest
 from aiohttp import web
 
-from relay.admin.server import forwarded_client, start_admin
-from relay.app import Relay
 from relay.config import AdminToken
+from relay.ops.app import Relay
 from relay.passwords import hash_password
+from relay.web.server import forwarded_client, start_admin
 from tests.scripted import FakeClock
 
 PASSWORD = "correct horse battery"
@@ -89,10 +89,10 @@ async def log_in(http: aiohttp.ClientSession, base: str) -> str:
 
 def checker_of(app: web.Application, which: str) -> Any:
     if which == "api":
-        from relay.admin.api import TOKEN_CHECKER
+        from relay.web.api import TOKEN_CHECKER
 
         return app[TOKEN_CHECKER]
-    from relay.admin.pages import PASSWORD_CHECKER
+    from relay.web.pages import PASSWORD_CHECKER
 
     return app[PASSWORD_CHECKER]
 

@@ -14,10 +14,10 @@ import aiohttp
 import aiosmtplib
 import pytest
 
-from relay.admin.pages import COOKIE
-from relay.app import Relay
+from relay.ops.app import Relay
 from relay.passwords import hash_password
-from relay.report import parse_filter, write_csv
+from relay.reports.export import parse_filter, write_csv
+from relay.web.pages import COOKIE
 from tests.relay.test_report import QUOTA_T, seed_hostile_bounce, seed_standard
 
 PASSWORD = "correct horse battery"

@@ -12,9 +12,9 @@ import asyncpg
 import openpyxl
 import pytest
 
-from relay.app import Relay
+from relay.ops.app import Relay
 from relay.passwords import hash_password
-from relay.report import parse_filter, write_csv
+from relay.reports.export import parse_filter, write_csv
 from tests.relay.test_report import QUOTA_T, YAHOO_T, seed_standard
 
 TOKEN = "tok-7f3a9c"

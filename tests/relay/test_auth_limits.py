@@ -20,12 +20,12 @@ import pytest
 import trustme
 from structlog.testing import capture_logs
 
-from relay.app import Relay
-from relay.commit import GroupCommitter
 from relay.config import Config, load_config
-from relay.intake import IntakeHandler, start_intake
-from relay.limits import client_key
-from relay.metrics import Metrics
+from relay.intake.commit import GroupCommitter
+from relay.intake.limits import client_key
+from relay.intake.server import IntakeHandler, start_intake
+from relay.ops.app import Relay
+from relay.ops.metrics import Metrics
 from relay.passwords import hash_password
 from relay.store import create_store
 from tests.scripted import FakeClock

@@ -15,7 +15,7 @@ from datetime import timedelta
 import aiosmtplib
 import pytest
 
-from relay.report import parse_filter
+from relay.reports.export import parse_filter
 from tests.delivery_support import events_of, eventually, in_state, send, state_of
 
 DSN_DOMAIN = "bounce.relay.test"

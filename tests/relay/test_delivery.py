@@ -15,8 +15,8 @@ import dns.message
 import pytest
 import trustme
 
-from relay.app import Relay
 from relay.config import ConfigErrors, load_config
+from relay.ops.app import Relay
 from relay.store import OTHER_POOL_MAX_SIZE, OutcomeRecord
 from tests.delivery_support import (
     BODY,

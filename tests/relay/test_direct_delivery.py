@@ -1,4 +1,4 @@
-"""Deliveries leased as they are committed (relay.commit): the committing relay sends them at
+"""Deliveries leased as they are committed (relay.intake.commit): the committing relay sends them at
 once from memory when its worker has room; otherwise they are queued and claimed as before.
 Leased at commit or claimed later, a delivery carries the same checks, and one whose relay
 dies is claimed by another once the lease runs out."""

@@ -29,10 +29,10 @@ from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
 from policies.addresses import AddressError, validate_address
-from relay.app import Relay
 from relay.config import SmtpConfig, load_config
 from relay.errors import ConfigErrors
-from relay.intake import RelaySMTP
+from relay.intake.server import RelaySMTP
+from relay.ops.app import Relay
 from tests.delivery_support import after_our_received, eventually
 from tests.scripted import FakeClock, ScriptedUpstream
 

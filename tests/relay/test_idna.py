@@ -15,10 +15,10 @@ import aiosmtplib
 import asyncpg
 import pytest
 
-from relay import commands
-from relay.app import Relay
+from relay.cli import inspect as commands
 from relay.config import load_config
-from relay.upstream import downgrade_address
+from relay.delivery.upstream import downgrade_address
+from relay.ops.app import Relay
 from tests.delivery_support import BODY, eventually
 from tests.dns_server import ScriptedDNS
 from tests.policies.test_addresses import full_width

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
-from relay.app import Relay
 from relay.config import Config
-from relay.intake import RelaySMTP
+from relay.intake.server import RelaySMTP
+from relay.ops.app import Relay
 from tests.delivery_support import after_our_received
 
 MESSAGE = (

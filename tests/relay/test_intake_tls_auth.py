@@ -13,8 +13,8 @@ import asyncpg
 import pytest
 import trustme
 
-from relay.app import Relay
 from relay.config import load_config
+from relay.ops.app import Relay
 from relay.passwords import hash_password
 
 MESSAGE = b"From: app@example.com\r\nSubject: t\r\n\r\nhi\r\n"

@@ -6,7 +6,7 @@ import asyncio
 
 import asyncpg
 
-from relay.maintenance import vacuum_while_autovacuum_is_off
+from relay.ops.maintenance import vacuum_while_autovacuum_is_off
 from relay.store import create_store
 
 

@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 from relay.config import Config, Rules
-from relay.replay import Tally, run_replay
+from relay.reports.replay import Tally, run_replay
 from relay.store import Store, create_store
 from tests.delivery_support import delivery_config, eventually, in_state, retry_due, send
 from tests.relay.test_bounces import DSN_CONFIG, dsn_message, mail_bounce
@@ -393,5 +393,12 @@ async def test_bounces_read_from_bounce_messages_are_replayed_as_reported(
     finally:
         await store.close()
     assert (same.tally.replayed, same.tally.changed) == (2, 0)
-    assert swapped.changes() == [("far@example.com", {"kind": {"old": "hard", "new": "soft"}})]
+    # The suppression the bounce message made is recorded with its event, so replay says the
+    # new rules would not have made it.
+    assert swapped.changes() == [
+        (
+            "far@example.com",
+            {"kind": {"old": "hard", "new": "soft"}, "suppress": {"old": True, "new": False}},
+        )
+    ]
     assert swapped.rows[0]["source"] == "dsn"

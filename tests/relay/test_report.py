@@ -12,7 +12,7 @@ import openpyxl
 import pytest
 
 from policies.templates import template_of
-from relay.report import ReportError, parse_filter, render_table, write_csv, write_xlsx
+from relay.reports.export import ReportError, parse_filter, render_table, write_csv, write_xlsx
 from relay.store import IncomingMessage, OutcomeRecord, Recipient, Store, create_store
 
 T0 = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)

@@ -10,11 +10,12 @@ from datetime import timedelta
 
 import pytest
 
+from policies.addresses import is_address_literal
 from policies.classify import Kind, classify
-from policies.replies import Reply
+from policies.smtp_reply import Reply
 from relay.config import DeliveryConfig, RouteConfig, load_config
-from relay.routing import SourceIPs, is_address_literal, literal_ip, pool_for, route_for
-from relay.upstream import Upstream
+from relay.delivery.routing import SourceIPs, literal_ip, pool_for, route_for
+from relay.delivery.upstream import Upstream
 
 CONFIG = """
 [[pools]]

@@ -1,4 +1,4 @@
-"""DATA read in chunks (``relay.smtp_data``) frames message data exactly as stock aiosmtpd
+"""DATA read in chunks (``relay.wire``) frames message data exactly as stock aiosmtpd
 does line by line: the same end of data, the same de-transparency, the same refusals, and
 pipelined commands after the data still answered. The framing is checked on its own, then
 against a real stock aiosmtpd server over loopback sockets with the same bytes cut into
@@ -15,8 +15,8 @@ from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from relay.protocol import RelaySMTP
-from relay.smtp_data import DataFrame, Verdict, _has_long_line, wire_form
+from relay.intake.protocol import RelaySMTP
+from relay.wire import DataFrame, Verdict, _has_long_line, wire_form
 
 SIZE_LIMIT = 3000
 LINE_LIMIT = 1001  # aiosmtpd's default, which the relay keeps

@@ -1,4 +1,4 @@
-"""Per-destination throttle: pauses, limits and recovery (relay/throttle.py).
+"""Per-destination throttle: pauses, limits and recovery (relay/delivery/throttle.py).
 
 The clock is plain datetimes the tests advance; nothing sleeps.
 """
@@ -11,8 +11,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from policies.hints import HINTS, ProviderHint, hint_for
-from policies.replies import parse_reply
-from relay.throttle import DestinationLimits, DestinationThrottle
+from policies.smtp_reply import parse_reply
+from relay.delivery.throttle import DestinationLimits, DestinationThrottle
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 MS = timedelta(milliseconds=1)

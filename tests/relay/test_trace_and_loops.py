@@ -23,8 +23,8 @@ import asyncpg
 import pytest
 
 from policies.headers import count_received
-from relay.app import Relay
 from relay.config import load_config
+from relay.ops.app import Relay
 from tests.delivery_support import eventually
 from tests.scripted import FakeClock
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from relay.delivery import MAX_UNRECORDED_CLAIMS
+from relay.delivery.worker import MAX_UNRECORDED_CLAIMS
 from tests.delivery_support import events_of, eventually, expire_leases, in_state, send
 
 

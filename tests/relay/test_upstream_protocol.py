@@ -22,9 +22,9 @@ import trustme
 import uvloop
 
 from policies.classify import Kind, classify
-from policies.replies import Reply
+from policies.smtp_reply import Reply
 from relay.config import DeliveryConfig
-from relay.upstream import Destination, Transaction, TransactionResult, Upstream
+from relay.delivery.upstream import Destination, Transaction, TransactionResult, Upstream
 from tests.delivery_support import BODY, events_of, eventually, retry_due, send, state_of
 from tests.scripted import Answer, RawUpstream
 

@@ -1,1 +1,0 @@
-"""The relay's HTTP side: /metrics, /healthz and /readyz (the admin page comes later)."""

@@ -1,0 +1,799 @@
+"""Talking to the next hop (aiosmtplib): routes, destinations, one Reply per recipient.
+
+Everything that can go wrong on the way becomes a ``Reply``: a refused
+connection, a timeout, a TLS or DNS failure turn into *synthetic* replies
+whose text names the host and the error, so ``policies.classify`` sees one
+shape and the report never blames a provider for our network.
+
+Connections are reused per (host, port, source IP): after a transaction the
+connection goes back to an idle list and its next MAIL follows straight on (a
+finished transaction leaves a clean state, RFC 5321 §4.1.4; an RSET per message
+would be one more round trip), up to
+``messages_per_connection`` transactions; ``connections_per_destination``
+caps concurrent transactions per host:port.
+
+The in-step rule: one command, one reply, nothing else. A delivery counts as
+delivered only when the end of its data was answered 2xx on a connection that
+was in step before and after that reply. Why: without pipelining each reply is
+paired with the command just sent, so a stale line (a second reply to an earlier
+command, a line the server sent unasked) is read as the answer to the next one;
+a RCPT's ``250`` taken for the answer to DATA marks mail delivered that never
+arrived, the body is then released, and the message is lost. So each command
+checks the connection before and after (``_Connection.ask``). A malformed line,
+a reply the command cannot have (``354`` to MAIL, anything but ``354`` to DATA),
+more reply lines than commands, or bytes left over after a reply fail the
+transaction in progress soft (``451 4.5.0 ... protocol error``, never
+suppressing: its earlier replies may have been stale lines too); no reply in
+time ends it as a lost connection (``421 4.4.2``). Either way the connection is
+closed, never pooled. aiosmtplib silently drops bytes that arrive while no
+command waits, so ``_ReplyLines`` counts the reply lines that arrive; a pooled
+connection that received anything while idle is closed, not reused. A ``2xx``
+to the end of data followed by a surplus line is not trusted either: the
+message is sent again (a duplicate is better than a loss).
+
+Address literals (``user@[192.0.2.1]``, ``user@[IPv6:2001:db8::1]``) are never
+looked up in DNS: a route with ``address_literals = true`` sends them to that IP
+(``mx``, on ``mx_port``) or to its hosts as usual (``smarthost``, ``static``).
+Through a route without it, and for a literal that is no host's address, the
+attempt fails soft (``550 5.4.4`` / ``550 5.1.3``, synthetic: our configuration,
+never "no such domain", which would suppress).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+
+import aiosmtplib
+import dns.asyncresolver
+import dns.exception
+import dns.resolver
+import structlog
+
+from policies.addresses import AddressError, ascii_domain, is_address_literal
+from policies.classify import Category, category_of
+from policies.smtp_reply import Reply, reply_from_smtp, synthetic_reply
+from relay.config import DeliveryConfig, RouteConfig
+from relay.delivery.routing import literal_ip
+from relay.wire import wire_form
+
+__all__ = ["Destination", "Transaction", "TransactionResult", "Upstream"]
+
+log = structlog.get_logger("relay.upstream")
+
+_IDLE_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Destination:
+    host: str  # what we connect to: a name, or the MX host's address we resolved
+    port: int
+    tls: str = "opportunistic"
+    username: str = ""
+    password: str = ""
+    server_name: str = ""  # the MX host name (TLS SNI, the record); "" when host is a name
+
+    @property
+    def name(self) -> str:
+        return f"{self.server_name or self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """One message to some recipients that share a route."""
+
+    sender: str
+    recipients: tuple[str, ...]
+    body: bytes
+    smtputf8: bool = False
+
+
+@dataclass
+class TransactionResult:
+    replies: dict[str, Reply] = field(default_factory=dict)
+    source_ip: str | None = None
+    destination: str | None = None
+    # Recipients whose reply must never suppress them: a protocol failure's reply carries
+    # the server's words, which an operator's classify rule could read as a hard bounce.
+    spared: set[str] = field(default_factory=set)
+
+
+# What an SMTP reply line starts with: three digits, the first 1-5, then a space, a hyphen
+# (more lines follow) or the line's end (RFC 5321 §4.2).
+_REPLY_HEAD = re.compile(rb"[1-5][0-9]{2}(?:[ \-\r\n]|$)")
+
+
+class _ReplyLines(asyncio.Protocol):
+    """Sits between a connection's transport and aiosmtplib's protocol and counts the
+    replies that arrive (lines that end one: "250 ..." does, "250-..." does not).
+
+    aiosmtplib parses one reply per command and silently drops bytes that arrive while
+    no command waits for a reply, so it cannot tell that a server said more than it was
+    asked; this count can (``_Connection.out_of_step``). It looks at the first four
+    bytes of each line only: linear in what arrives.
+    """
+
+    def __init__(self, inner: asyncio.Protocol) -> None:
+        self.inner = inner
+        self.replies = 0
+        self.malformed: bytes | None = None  # the start of the first line that is no reply
+        self._head = b""  # the first bytes (up to 4) of a line whose end has not arrived
+
+    @classmethod
+    def install(cls, client: aiosmtplib.SMTP) -> _ReplyLines:
+        """Put a counter in front of ``client``'s protocol (after STARTTLS: the transport
+        changes with it)."""
+        protocol = client.protocol
+        if protocol is None or protocol.transport is None:
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        lines = cls(protocol)
+        protocol.transport.set_protocol(lines)
+        return lines
+
+    @property
+    def partial(self) -> bool:
+        """Whether the start of a line has arrived without its end."""
+        return bool(self._head)
+
+    def data_received(self, data: bytes) -> None:
+        self._count(data)
+        self.inner.data_received(data)
+
+    def _count(self, data: bytes) -> None:
+        start = 0
+        while (end := data.find(b"\n", start)) != -1:
+            head = (self._head + data[start : min(end + 1, start + 4)])[:4]
+            self._head = b""
+            if not _REPLY_HEAD.match(head):
+                self.malformed = self.malformed or head
+            elif head[3:4] != b"-":
+                self.replies += 1
+            start = end + 1
+        if start < len(data):
+            self._head = (self._head + data[start : start + 4])[:4]
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
+class _ProtocolError(Exception):
+    """The upstream's replies are out of step with our commands (see the module
+    docstring): nothing more read on this connection can be trusted."""
+
+    recipients: tuple[str, ...] = ()  # those of the transaction it broke into
+
+
+@dataclass
+class _Connection:
+    client: aiosmtplib.SMTP
+    source_ip: str
+    lines: _ReplyLines
+    used: int = 0
+    idle_since: float = 0.0
+    reused: bool = False
+    replies_read: int = 0  # replies read since ``lines`` started counting
+
+    def out_of_step(self) -> str | None:
+        """Why the replies that arrived are not the ones we read, or None when in step."""
+        if self.lines.malformed is not None:
+            return f"malformed reply line starting {self.lines.malformed!r}"
+        if self.lines.replies != self.replies_read:
+            extra = self.lines.replies - self.replies_read
+            return f"{extra} reply line(s) more than commands sent"
+        if self.lines.partial or _buffered(self.client):
+            return "bytes after the last reply that no command asked for"
+        return None
+
+    async def ask(
+        self, what: str, command: Callable[[], Awaitable[aiosmtplib.SMTPResponse]]
+    ) -> aiosmtplib.SMTPResponse:
+        """Send one command and read its one reply, in step before and after; a reply
+        aiosmtplib raises as a refusal is returned like any other (the caller judges)."""
+        self._require_in_step(f"before {what}")
+        try:
+            response = await command()
+        except aiosmtplib.SMTPResponseException as exc:
+            if exc.code == aiosmtplib.SMTPStatus.invalid_response:
+                raise _ProtocolError(f"{what}: malformed reply ({exc.message.strip()})") from exc
+            response = aiosmtplib.SMTPResponse(exc.code, exc.message)
+        self.replies_read += 1
+        self._require_in_step(f"after the reply to {what}")
+        if not 100 <= response.code <= 599:
+            raise _ProtocolError(f"{what}: malformed reply code {response.code}")
+        return response
+
+    def _require_in_step(self, when: str) -> None:
+        why = self.out_of_step()
+        if why is not None:
+            raise _ProtocolError(f"{why} ({when})")
+
+
+class _Stale(Exception):
+    """A reused connection the server had closed; nothing of the transaction was sent."""
+
+
+class Upstream:
+    """Sends transactions to destinations; owns the connection cache and DNS."""
+
+    def __init__(self, config: DeliveryConfig, hostname: str) -> None:
+        self.config = config
+        self.hostname = hostname
+        self._idle: dict[tuple[str, int, str], list[_Connection]] = {}
+        self._per_destination: dict[tuple[str, int], asyncio.Semaphore] = {}
+        self._resolver = dns.asyncresolver.Resolver(configure=not config.nameservers)
+        if config.nameservers:
+            self._resolver.nameservers = list(config.nameservers)
+        if config.dns_port:
+            self._resolver.port = config.dns_port
+        self._resolver.lifetime = config.connect_timeout.total_seconds()
+
+    async def close(self) -> None:
+        for conns in self._idle.values():
+            for conn in conns:
+                await _quit(conn.client)
+        self._idle.clear()
+
+    # -- destinations ---------------------------------------------------------------------------
+
+    async def destinations(self, route: RouteConfig, domain: str) -> list[Destination] | Reply:
+        """Where mail for ``domain`` goes on ``route``, or the Reply that ends the attempt."""
+        if is_address_literal(domain):
+            return _literal_destinations(route, domain)
+        if route.mode != "mx":
+            return _route_hosts(route)
+        return await self._mx_destinations(route, domain)
+
+    async def _mx_destinations(self, route: RouteConfig, domain: str) -> list[Destination] | Reply:
+        port = route.mx_port
+        try:
+            answer = await self._resolver.resolve(domain, "MX")
+        except dns.resolver.NXDOMAIN:
+            return synthetic_reply(550, "5.1.2", f"DNS: domain {domain} does not exist (NXDOMAIN)")
+        except dns.resolver.NoAnswer:
+            # RFC 5321 §5.1: no MX -> the domain itself is the implicit MX (if it has A/AAAA).
+            return await self._implicit_mx(route, domain, port)
+        except (dns.exception.DNSException, OSError) as exc:
+            return synthetic_reply(
+                451, "4.4.3", f"DNS: MX lookup for {domain} failed: {_describe(exc)}"
+            )
+        records = sorted(answer, key=lambda r: r.preference)
+        if len(records) == 1 and str(records[0].exchange) == ".":
+            return synthetic_reply(
+                556, "5.1.10", f"DNS: {domain} publishes a null MX (RFC 7505): it accepts no mail"
+            )
+        hosts = [str(r.exchange).rstrip(".") for r in records if str(r.exchange) != "."]
+        destinations: list[Destination] = []
+        failure: Reply | None = None
+        for host in hosts:
+            found = await self._addresses(host)
+            if isinstance(found, Reply):
+                failure = failure or found
+                continue
+            destinations += [Destination(ip, port, route.tls, server_name=host) for ip in found]
+        return (
+            destinations
+            or failure
+            or synthetic_reply(451, "4.4.3", f"DNS: no address for any MX host of {domain}")
+        )
+
+    async def _addresses(self, host: str) -> list[str] | Reply:
+        """A and AAAA of ``host`` through our resolver (the one the operator configured)."""
+        addresses: list[str] = []
+        for rdtype in ("A", "AAAA"):
+            try:
+                answer = await self._resolver.resolve(host, rdtype)
+            except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
+                continue
+            except (dns.exception.DNSException, OSError) as exc:
+                return synthetic_reply(
+                    451, "4.4.3", f"DNS: {rdtype} lookup for {host} failed: {_describe(exc)}"
+                )
+            addresses += [r.to_text() for r in answer]
+        return addresses
+
+    async def _implicit_mx(
+        self, route: RouteConfig, domain: str, port: int
+    ) -> list[Destination] | Reply:
+        """RFC 5321 §5.1: a domain without MX records is its own mail host."""
+        found = await self._addresses(domain)
+        if isinstance(found, Reply):
+            return found
+        if not found:
+            return synthetic_reply(550, "5.1.2", f"DNS: {domain} has no MX and no address records")
+        return [Destination(ip, port, route.tls, server_name=domain) for ip in found]
+
+    # -- sending --------------------------------------------------------------------------------
+
+    async def send(
+        self, destinations: Sequence[Destination], source_ip: str, transaction: Transaction
+    ) -> TransactionResult:
+        """Try each destination in order until one answers; a reply per recipient."""
+        result = TransactionResult()
+        for destination in destinations:
+            result = await self._send_to(destination, source_ip, transaction)
+            reached = not all(r.synthetic for r in result.replies.values())
+            if reached:
+                return result
+        return result
+
+    async def _send_to(
+        self, destination: Destination, source_ip: str, transaction: Transaction
+    ) -> TransactionResult:
+        key = (destination.host, destination.port)
+        slots = self._per_destination.setdefault(
+            key, asyncio.Semaphore(self.config.connections_per_destination)
+        )
+        async with slots:
+            fresh = False
+            while True:
+                try:
+                    conn = await self._connection(destination, source_ip, fresh=fresh)
+                except _ConnectFailed as failed:
+                    return TransactionResult(
+                        {r: failed.reply for r in transaction.recipients},
+                        source_ip,
+                        destination.name,
+                    )
+                result = TransactionResult(source_ip=conn.source_ip, destination=destination.name)
+                try:
+                    await self._run(conn, transaction, result.replies)
+                    break
+                except _Stale:
+                    await _quit(conn.client, polite=False)
+                    fresh = True  # once, on a new connection
+                except _ProtocolError as error:
+                    await _quit(conn.client, polite=False)
+                    _protocol_failure(result, transaction, destination, conn, error)
+                    return result
+                except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                    reply = synthetic_reply(
+                        421,
+                        "4.4.2",
+                        f"lost connection with {destination.name} ({conn.source_ip}): "
+                        f"{_describe(exc)}",
+                    )
+                    for r in transaction.recipients:
+                        result.replies.setdefault(r, reply)
+                    await _quit(conn.client, polite=False)
+                    return result
+                except BaseException:
+                    # Anything else (an encoding error, a bug, a cancel) leaves the session in
+                    # an unknown state: close it rather than leak the socket, and let it rise.
+                    await _quit(conn.client, polite=False)
+                    raise
+            self._release(destination, conn)
+            return result
+
+    async def _run(
+        self, conn: _Connection, transaction: Transaction, replies: dict[str, Reply]
+    ) -> None:
+        """One or more SMTP transactions: recipients refused as "too many" get a new one."""
+        pending = list(transaction.recipients)
+        stale_possible = conn.reused
+        while pending:
+            try:
+                retry_later = await self._transaction(
+                    conn, transaction, pending, replies, stale_possible=stale_possible
+                )
+            except _ProtocolError as error:
+                error.recipients = tuple(pending)
+                raise
+            stale_possible = False
+            if len(retry_later) == len(pending):
+                return  # the server took none of them: keep its 452/552 as the reply
+            for r in retry_later:
+                replies.pop(r, None)
+            pending = retry_later
+
+    async def _transaction(
+        self,
+        conn: _Connection,
+        transaction: Transaction,
+        recipients: list[str],
+        replies: dict[str, Reply],
+        *,
+        stale_possible: bool = False,
+    ) -> list[str]:
+        """MAIL, RCPT for each of ``recipients``, DATA; their replies in ``replies``. Returns
+        the recipients refused as "too many", which go in the next transaction."""
+        client = conn.client
+        envelope = _envelope(client, transaction, recipients, replies)
+        if envelope is None:
+            return []
+        sender, wire, options, encoding = envelope
+        try:
+            mail = await conn.ask(
+                "MAIL", partial(client.mail, sender, options=options, encoding=encoding)
+            )
+        except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
+            if stale_possible:
+                raise _Stale from exc
+            raise
+        _expect(mail, "MAIL", _FINAL_CLASSES)
+        if mail.code // 100 != 2:
+            replies.update(dict.fromkeys(wire, reply_from_smtp(mail.code, mail.message)))
+            await _reset(conn)
+            return []
+        accepted, too_many = await _recipients(conn, wire, encoding, replies)
+        if not accepted:
+            await _reset(conn)
+            return too_many
+        reply = await self._data(conn, transaction.body)
+        replies.update(dict.fromkeys(accepted, reply))
+        return too_many
+
+    async def _data(self, conn: _Connection, body: bytes) -> Reply:
+        """DATA, the body once the server said 354, and the server's word on it.
+
+        The DATA command waits command_timeout (RFC 5321 §4.5.3.2.4 gives it minutes, not
+        the end of data's ten); the end of the data waits data_timeout."""
+        client = conn.client
+        start = await conn.ask("DATA", partial(client.execute_command, b"DATA"))
+        if start.code != aiosmtplib.SMTPStatus.start_input:
+            raise _ProtocolError(f"DATA answered {start.code}, not 354{_quoted(start)}")
+        wire = wire_form(body)
+        timeout = self.config.data_timeout.total_seconds()
+        end = await conn.ask("the end of data", partial(_send_body, client, wire, timeout))
+        _expect(end, "the end of data", _FINAL_CLASSES)
+        return reply_from_smtp(end.code, end.message)
+
+    # -- connections ----------------------------------------------------------------------------
+
+    async def _connection(
+        self, destination: Destination, source_ip: str, *, fresh: bool = False
+    ) -> _Connection:
+        idle = self._idle.get((destination.host, destination.port, source_ip), [])
+        while idle and not fresh:
+            conn = idle.pop()
+            if (
+                time.monotonic() - conn.idle_since < _IDLE_SECONDS
+                and conn.client.is_connected
+                and _in_step(destination, conn, "reuse")
+            ):
+                conn.reused = True
+                return conn
+            await _quit(conn.client, polite=False)
+        return await self._connect(destination, source_ip)
+
+    async def _connect(self, destination: Destination, source_ip: str) -> _Connection:
+        cfg = self.config
+        tls = destination.tls
+        client = aiosmtplib.SMTP(
+            hostname=destination.host,
+            port=destination.port,
+            source_address=(source_ip, 0),
+            local_hostname=self.hostname,
+            timeout=cfg.command_timeout.total_seconds(),
+            start_tls=False,
+            validate_certs=tls == "required",
+        )
+        where = f"{destination.name} from {source_ip}"
+        try:
+            await client.connect(timeout=cfg.connect_timeout.total_seconds())
+            await self._secure(client, destination, where)
+            if destination.username:
+                await client.login(destination.username, destination.password)
+            # Counting starts here: aiosmtplib's own buffer check (``_buffered``) covers
+            # what the greeting, EHLO and AUTH left behind.
+            lines = _ReplyLines.install(client)
+        except aiosmtplib.SMTPConnectResponseError as exc:
+            # The server itself spoke (e.g. 421 or 554 at greeting): a real reply.
+            raise _ConnectFailed(reply_from_smtp(exc.code, exc.message)) from exc
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            await _quit(client, polite=False)
+            raise _ConnectFailed(
+                synthetic_reply(454, "4.7.0", f"AUTH at {where} failed: {exc.code} {exc.message}")
+            ) from exc
+        except _ConnectFailed:
+            await _quit(client, polite=False)
+            raise
+        except (aiosmtplib.SMTPException, OSError, TimeoutError, ssl.SSLError) as exc:
+            await _quit(client, polite=False)
+            raise _ConnectFailed(_failure_reply(where, exc)) from exc
+        sockname = client.get_transport_info("sockname")
+        used_ip = str(sockname[0]) if sockname else source_ip
+        return _Connection(client, used_ip, lines)
+
+    async def _secure(self, client: aiosmtplib.SMTP, destination: Destination, where: str) -> None:
+        await client.ehlo()  # learn the extensions (STARTTLS, AUTH, SIZE, SMTPUTF8)
+        if destination.tls == "off":
+            return
+        if not client.supports_extension("starttls"):
+            if destination.tls == "required":
+                raise _ConnectFailed(
+                    synthetic_reply(
+                        421, "4.7.10", f"TLS required for {where}, but STARTTLS is not offered"
+                    )
+                )
+            return
+        try:
+            await client.starttls(server_hostname=destination.server_name or destination.host)
+        except (aiosmtplib.SMTPException, ssl.SSLError, OSError) as exc:
+            raise _ConnectFailed(
+                synthetic_reply(
+                    421, "4.7.0", f"TLS handshake with {where} failed: {_describe(exc)}"
+                )
+            ) from exc
+        # RFC 3207 §4.2: what EHLO said before TLS no longer holds, and aiosmtplib forgot
+        # it. Ask again now: the extensions decide the MAIL options (8BITMIME, SMTPUTF8),
+        # and an EHLO aiosmtplib would slip in before MAIL later is a reply we did not count.
+        await client.ehlo()
+
+    def _release(self, destination: Destination, conn: _Connection) -> None:
+        conn.used += 1
+        key = (destination.host, destination.port, conn.source_ip)
+        idle = self._idle.setdefault(key, [])
+        if not _in_step(destination, conn, "release"):
+            conn.client.close()
+            return
+        if (
+            conn.used >= self.config.messages_per_connection
+            or not conn.client.is_connected
+            or len(idle) >= self.config.connections_per_destination
+        ):
+            task = asyncio.create_task(_quit(conn.client), name="upstream.quit")
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+            return
+        conn.idle_since = time.monotonic()
+        idle.append(conn)
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+class _ConnectFailed(Exception):
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.text)
+        self.reply = reply
+
+
+def _describe(exc: BaseException) -> str:
+    """A short, stable description: what an operator greps for, not a traceback."""
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(chain) < 5:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    for err in chain:
+        if isinstance(err, ConnectionRefusedError):
+            return "Connection refused"
+        if isinstance(err, TimeoutError | aiosmtplib.SMTPTimeoutError):
+            return "timed out"
+        if isinstance(err, OSError) and err.strerror:
+            return err.strerror
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+def _failure_reply(where: str, exc: BaseException) -> Reply:
+    if isinstance(exc, TimeoutError | aiosmtplib.SMTPTimeoutError):
+        return synthetic_reply(421, "4.4.2", f"connect to {where}: timed out")
+    if isinstance(exc, ssl.SSLError):
+        return synthetic_reply(421, "4.7.0", f"TLS with {where} failed: {_describe(exc)}")
+    return synthetic_reply(421, "4.4.1", f"connect to {where}: {_describe(exc)}")
+
+
+# Replies a MAIL, RCPT or the end of data may have; anything else (1xx, 3xx) is a server
+# out of step with us.
+_FINAL_CLASSES = frozenset({2, 4, 5})
+
+
+def _expect(response: aiosmtplib.SMTPResponse, what: str, classes: frozenset[int]) -> None:
+    if response.code // 100 not in classes:
+        raise _ProtocolError(f"{what} answered {response.code}{_quoted(response)}")
+
+
+def _quoted(response: aiosmtplib.SMTPResponse) -> str:
+    """The server's words for a protocol error's text: its first line, cut short, ASCII."""
+    lines = response.message.splitlines()
+    first = lines[0][:120].encode("ascii", "replace").decode("ascii") if lines else ""
+    return f" ({response.code} {first})" if first else ""
+
+
+def _buffered(client: aiosmtplib.SMTP) -> int:
+    """Bytes aiosmtplib holds after the last reply it parsed. A second reply that arrived
+    in the same read as the first stays there, to be taken for the next command's reply.
+    (``_buffer`` is aiosmtplib's own; tests/relay/test_upstream_protocol.py fails if it
+    goes.)"""
+    buffer = getattr(client.protocol, "_buffer", b"")
+    return len(buffer)
+
+
+def _in_step(destination: Destination, conn: _Connection, when: str) -> bool:
+    why = conn.out_of_step()
+    if why is None:
+        return True
+    log.warning(
+        "upstream.out_of_step",
+        destination=destination.name,
+        source_ip=conn.source_ip,
+        why=why,
+        at=when,
+        action="connection closed, not reused",
+    )
+    return False
+
+
+def _protocol_failure(
+    result: TransactionResult,
+    transaction: Transaction,
+    destination: Destination,
+    conn: _Connection,
+    error: _ProtocolError,
+) -> None:
+    """Every recipient of the transaction in progress gets a soft, non-suppressing reply,
+    whatever it was answered before: those replies may have been stale lines. Recipients
+    an earlier transaction of this message ended in step (after "too many recipients")
+    keep theirs."""
+    reply = synthetic_reply(
+        451,
+        "4.5.0",
+        f"protocol error with {destination.name} ({conn.source_ip}): {error}; connection closed",
+    )
+    log.warning(
+        "upstream.protocol_error",
+        destination=destination.name,
+        source_ip=conn.source_ip,
+        error=str(error),
+        action="connection closed; the recipients are retried on a new connection",
+    )
+    for r in transaction.recipients:
+        if r in error.recipients or r not in result.replies:
+            result.replies[r] = reply
+            result.spared.add(r)
+
+
+async def _recipients(
+    conn: _Connection, wire: dict[str, str], encoding: str, replies: dict[str, Reply]
+) -> tuple[list[str], list[str]]:
+    """RCPT for each recipient: (accepted, refused as "too many"); refusals in ``replies``."""
+    accepted: list[str] = []
+    too_many: list[str] = []
+    for r, address in wire.items():
+        response = await conn.ask("RCPT", partial(conn.client.rcpt, address, encoding=encoding))
+        _expect(response, "RCPT", _FINAL_CLASSES)
+        if response.code // 100 == 2:
+            accepted.append(r)
+            continue
+        reply = replies[r] = reply_from_smtp(response.code, response.message)
+        if category_of(reply) is Category.TOO_MANY_RECIPIENTS:
+            # RFC 5321 §4.5.3.1.10: temporary; these go in the next transaction.
+            too_many.append(r)
+    return accepted, too_many
+
+
+async def _send_body(
+    client: aiosmtplib.SMTP, wire: bytes, timeout: float
+) -> aiosmtplib.SMTPResponse:
+    """The body in its wire form from ``relay.wire`` (rather than through aiosmtplib's
+    per-byte regexes) and the server's reply to its end."""
+    protocol = client.protocol
+    if protocol is None:
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    try:
+        protocol.write(wire)
+        return await protocol.read_response(timeout=timeout)  # expects it before any await
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+        client.close()  # as data() does: the connection is in an unknown state
+        raise
+
+
+async def _reset(conn: _Connection) -> None:
+    """RSET after an envelope the server refused. A 4xx/5xx to it (a server shutting
+    down) or a lost connection keeps the refusals, which were read in step, and closes
+    the connection; a reply RSET cannot have is a protocol error."""
+    try:
+        response = await conn.ask("RSET", conn.client.rset)
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError):
+        conn.client.close()
+        return
+    _expect(response, "RSET", _FINAL_CLASSES)
+    if response.code // 100 != 2:
+        conn.client.close()
+
+
+async def _quit(client: aiosmtplib.SMTP, *, polite: bool = True) -> None:
+    if polite and client.is_connected:
+        with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+            await client.quit(timeout=5)
+    with contextlib.suppress(Exception):
+        client.close()
+
+
+def _route_hosts(route: RouteConfig) -> list[Destination]:
+    return [Destination(h, p, route.tls, route.username, route.password) for h, p in route.hosts]
+
+
+def _literal_destinations(route: RouteConfig, domain: str) -> list[Destination] | Reply:
+    """Where a recipient at an address literal goes: never through DNS. Failures are
+    synthetic 5xx the classifier reads as soft (our configuration, not the recipient's
+    fault; never X.1.2, which would suppress the address as a domain that does not exist)."""
+    if not route.address_literals:
+        return synthetic_reply(
+            550,
+            "5.4.4",
+            f"address literal {domain}: the route for it does not allow address literals "
+            "(set address_literals = true on that [[routes]] entry to deliver to the IP)",
+        )
+    if route.mode != "mx":
+        return _route_hosts(route)  # the literal is just a recipient the smarthost routes
+    try:
+        ip = literal_ip(domain)
+    except ValueError as exc:
+        return synthetic_reply(550, "5.1.3", f"address literal {domain} cannot be delivered: {exc}")
+    return [Destination(str(ip), route.mx_port, route.tls)]
+
+
+# What a next hop without SMTPUTF8 / 8BITMIME cannot take: permanent (RFC 6531 §3.5, RFC 6152),
+# never about the recipient's existence, so they suppress nobody (policies/classify.py).
+NO_SMTPUTF8_SENDER = synthetic_reply(
+    550, "5.6.7", "the next hop has no SMTPUTF8 and the sender's local part is not ASCII"
+)
+NO_SMTPUTF8_RECIPIENT = synthetic_reply(
+    553, "5.6.7", "the next hop has no SMTPUTF8 and this recipient's local part is not ASCII"
+)
+NO_8BITMIME = synthetic_reply(
+    554, "5.6.3", "the next hop has no 8BITMIME and the message has 8-bit content"
+)
+
+
+def downgrade_address(address: str) -> str | None:
+    """The form of ``address`` a server without SMTPUTF8 can take (RFC 6531 §3.2): ASCII as
+    it is, a UTF-8 domain as its IDNA A-label; None when the local part is not ASCII (no
+    downgrade exists) or the domain has no A-label."""
+    if address.isascii():
+        return address
+    local, at, domain = address.rpartition("@")
+    if not at or not local.isascii():
+        return None
+    try:
+        return f"{local}@{ascii_domain(domain)}"  # IDNA 2008, as every key (policies.addresses)
+    except AddressError:
+        return None
+
+
+def _envelope(
+    client: aiosmtplib.SMTP,
+    transaction: Transaction,
+    recipients: list[str],
+    replies: dict[str, Reply],
+) -> tuple[str, dict[str, str], list[str], str] | None:
+    """(sender, {recipient: address on the wire}, MAIL options, encoding) for this server;
+    recipients it cannot take get their reply in ``replies``; None when nothing can go."""
+    utf8 = transaction.smtputf8 and client.supports_extension("smtputf8")
+    options = ["SMTPUTF8"] if utf8 else []
+    if client.supports_extension("8bitmime"):
+        options.append("BODY=8BITMIME")
+    elif not transaction.body.isascii():
+        # RFC 6152: 8-bit data only to a server that announced 8BITMIME. We do not rewrite
+        # the MIME structure (it would break DKIM signatures anyway).
+        replies.update(dict.fromkeys(recipients, NO_8BITMIME))
+        return None
+    sender = transaction.sender if utf8 else downgrade_address(transaction.sender)
+    if sender is None:
+        replies.update(dict.fromkeys(recipients, NO_SMTPUTF8_SENDER))
+        return None
+    wire: dict[str, str] = {}
+    for r in recipients:
+        address = r if utf8 else downgrade_address(r)
+        if address is None:
+            replies[r] = NO_SMTPUTF8_RECIPIENT
+        else:
+            wire[r] = address
+    return (sender, wire, options, "utf-8" if utf8 else "ascii") if wire else None

@@ -1,0 +1,81 @@
+"""Provider incidents: detection, the open ones every worker holds, listing and release
+(``policies.incidents`` says what they are). Queries: ``incidents.sql``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from policies.incidents import IncidentRules, IncidentScope, OpenIncident
+from relay.store.base import StoreBase
+from relay.store.records import IncidentCheck
+
+__all__ = ["IncidentStore"]
+
+_INCIDENT_LOCK = 0x6272_696E_6369  # "brinci": one relay process detects incidents at a time
+
+
+class IncidentStore(StoreBase):
+    async def check_incidents(self, now: datetime, rules: IncidentRules) -> IncidentCheck | None:
+        """One detection pass (None when another relay process is at it): quiet incidents
+        close, new ones open, the window's replies they explain join them and, with
+        ``lift_on_open``, the suppressions those replies made are lifted, all at once."""
+        async with self._transaction("check incidents") as tx:
+            if not await tx.conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _INCIDENT_LOCK):
+                return None
+            closed = await tx.rows("close_quiet_incidents", now, now - rules.close_after)
+            since = now - rules.window
+            opened = await tx.rows(
+                "detect_incidents",
+                now,
+                since,
+                rules.min_recipients,
+                rules.min_share,
+                rules.scope.value,
+            )
+            ids = [r["id"] for r in opened]
+            lifted = 0
+            if ids:
+                await tx.status("tag_incident_events", ids, since)
+                if rules.lift_on_open:
+                    lifted = await tx.value(
+                        "lift_incident_suppressions",
+                        ids,
+                        "incident detection",
+                        "the bounce was part of a provider incident, not about the recipient",
+                        now,
+                    )
+        return IncidentCheck(
+            opened=[dict(r) for r in opened], closed=[r["id"] for r in closed], lifted=lifted
+        )
+
+    async def open_incidents(self) -> list[OpenIncident]:
+        rows = await self._rows("open_incidents", what="read incidents")
+        return [
+            OpenIncident(
+                r["id"], r["template"], r["destination"], IncidentScope(r["scope"]), r["source_ip"]
+            )
+            for r in rows
+        ]
+
+    async def list_incidents(self, state: str | None, limit: int) -> list[dict[str, Any]]:
+        rows = await self._rows("list_incidents", state, limit, what="list incidents")
+        return [dict(r) for r in rows]
+
+    async def incident(self, incident_id: int) -> dict[str, Any] | None:
+        row = await self._row("incident_by_id", incident_id, what="read incident")
+        return dict(row) if row else None
+
+    async def release_incident(
+        self, incident_id: int, now: datetime, actor: str, reason: str
+    ) -> tuple[int, int] | None:
+        """End an incident in one step: lift every suppression its replies made (profiles
+        active, audited), make its deferred deliveries due now. (lifted, due now); None when
+        there is no such incident or it was released already."""
+        async with self._transaction("release incident") as tx:
+            row = await tx.row("release_incident", incident_id, now, actor, reason)
+            assert row is not None  # counts: always one row
+            if not row["released"]:
+                return None
+            lifted = await tx.value("lift_incident_suppressions", [incident_id], actor, reason, now)
+        return int(lifted), int(row["due_now"])

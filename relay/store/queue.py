@@ -1,0 +1,318 @@
+"""The queue: messages accepted with their deliveries, deliveries claimed under a lease,
+their outcomes applied (with probation and incidents seen), leases given back, bodies
+released once no delivery needs them, and the administrators' view of deliveries.
+Queries: ``queue.sql``. The hot statements run on the ``queue`` pool."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+import structlog
+
+from relay.errors import StoreError
+from relay.store.base import Statements, StoreBase, clean, columns
+from relay.store.records import (
+    AcceptedMessage,
+    AppliedOutcomes,
+    ClaimedDelivery,
+    IncomingMessage,
+    OutcomeRecord,
+    Probation,
+)
+from relay.store.suppression import BOUNCES, suppress_and_roll_up
+
+__all__ = ["QueueStore"]
+
+log = structlog.get_logger("relay.store")
+
+_OUTCOME_COLUMNS = (
+    "delivery_id",
+    "lease_token",
+    "state",
+    "event",
+    "next_attempt_at",
+    "counts_attempt",
+    "non_delivery",
+    "code",
+    "enhanced",
+    "reply_text",
+    "template",
+    "category",
+    "rule",
+    "synthetic",
+    "source_ip",
+    "destination",
+    "avoid_source_ip",
+    "suppress",
+    "incident_id",
+)
+
+
+def _entails_more(o: OutcomeRecord) -> bool:
+    """Whether applying ``o`` takes more than the apply_outcomes statement
+    (``suppress_and_roll_up``, ``_probation_and_incidents``): a bounce (rollup, maybe a
+    suppression), probation, an incident."""
+    return (
+        o.event in BOUNCES
+        or o.suppress
+        or o.probation_until is not None
+        or bool(o.probation_end)
+        or o.incident_id is not None
+    )
+
+
+def _accepted(rows: Sequence[asyncpg.Record]) -> list[AcceptedMessage]:
+    """One per message, from accept_messages' rows (one per delivery)."""
+    by_id = {
+        r["message_id"]: AcceptedMessage(r["message_id"], r["queue_id"], r["received_at"])
+        for r in rows
+    }
+    return list(by_id.values())
+
+
+def _claimed(row: asyncpg.Record) -> ClaimedDelivery:
+    fields = dict(row)
+    probation = fields.pop("probation")
+    return ClaimedDelivery(
+        **fields, probation=Probation(**dict(probation)) if probation is not None else None
+    )
+
+
+def _accept_columns(batch: Sequence[IncomingMessage]) -> list[list[Any]]:
+    """accept_messages' $1..$14: ten per message, then four per recipient."""
+    cols: list[list[Any]] = [[] for _ in range(14)]
+    for m in batch:
+        row = (
+            m.queue_id,
+            clean(m.envelope_sender),
+            clean(m.from_domain),
+            clean(m.message_id),
+            clean(m.campaign),
+            len(m.body),
+            m.body,
+            m.client_address,
+            m.session_id,
+            m.smtputf8,
+        )
+        for i, value in enumerate(row):
+            cols[i].append(value)
+        for r in m.recipients:
+            cols[10].append(m.queue_id)
+            cols[11].append(clean(r.address))
+            cols[12].append(clean(r.key))
+            cols[13].append(clean(r.domain))
+    return cols
+
+
+class QueueStore(StoreBase):
+    # --- intake ----------------------------------------------------------------------------
+
+    async def accept_messages(
+        self,
+        now: datetime,
+        batch: Sequence[IncomingMessage],
+        *,
+        before_commit: Callable[[], None] | None = None,
+    ) -> list[AcceptedMessage]:
+        """Commit messages + deliveries (due ``now``) + accepted events in one statement.
+
+        ``before_commit`` (the fault suite's ``commit.before_commit``) runs the statement in
+        an explicit transaction and is called after it, before COMMIT: the one moment a
+        single autocommit statement never shows its client. Without it: one round trip."""
+        rows = await self._accept(now, batch, None, None, before_commit)
+        return _accepted(rows)
+
+    async def accept_and_lease(
+        self,
+        now: datetime,
+        batch: Sequence[IncomingMessage],
+        owner: str,
+        lease: timedelta,
+        *,
+        before_commit: Callable[[], None] | None = None,
+    ) -> tuple[list[AcceptedMessage], list[ClaimedDelivery]]:
+        """``accept_messages``, with the deliveries leased to ``owner`` as they are committed:
+        claimed, checked and returned as ``claim_due_deliveries`` would (no claim to follow)."""
+        rows = await self._accept(now, batch, owner, lease, before_commit)
+        claimed = sorted((_claimed(r) for r in rows if r["id"] is not None), key=lambda d: d.id)
+        return _accepted(rows), claimed
+
+    async def _accept(
+        self,
+        now: datetime,
+        batch: Sequence[IncomingMessage],
+        owner: str | None,
+        lease: timedelta | None,
+        before_commit: Callable[[], None] | None,
+    ) -> list[asyncpg.Record]:
+        args = (*_accept_columns(batch), now, owner, lease)
+        if before_commit is None:
+            return await self._rows("accept_messages", *args, what="accept messages", on=self.queue)
+        async with self._transaction("accept messages", on=self.queue) as tx:
+            rows = await tx.rows("accept_messages", *args)
+            before_commit()
+        return rows
+
+    # --- delivery --------------------------------------------------------------------------
+
+    async def claim_due_deliveries(
+        self, owner: str, now: datetime, lease: timedelta, limit: int
+    ) -> list[ClaimedDelivery]:
+        """Lease up to ``limit`` due deliveries (FOR UPDATE SKIP LOCKED)."""
+        rows = await self._rows(
+            "claim_due_deliveries", owner, now, lease, limit, what="claim deliveries", on=self.queue
+        )
+        return sorted((_claimed(r) for r in rows), key=lambda d: d.id)
+
+    async def message_bodies(self, message_ids: Sequence[int]) -> dict[int, bytes | None]:
+        rows = await self._rows(
+            "message_bodies", list(message_ids), what="read bodies", on=self.queue
+        )
+        return {r["id"]: (bytes(r["body"]) if r["body"] is not None else None) for r in rows}
+
+    async def apply_outcomes(
+        self, now: datetime, outcomes: Sequence[OutcomeRecord], *, cancel_queued: bool = True
+    ) -> AppliedOutcomes:
+        """Apply results atomically: states, events, suppressions, cancellations (unless
+        ``cancel_queued`` is off: dry_run), probation, incidents seen, bodies."""
+        cols = columns(outcomes, _OUTCOME_COLUMNS)
+        by_id = {o.delivery_id: o for o in outcomes}
+        if not any(_entails_more(o) for o in outcomes):
+            # Deliveries and rescheduled retries only: the statement is all of it (bodies
+            # released included), one round trip with no transaction around it.
+            rows = await self._rows(
+                "apply_outcomes", now, *cols, what="apply outcomes", on=self.queue
+            )
+            added = cancelled = 0
+            cancelled_messages: set[int] = set()
+        else:
+            async with self._transaction("apply outcomes", on=self.queue) as tx:
+                rows = await tx.rows("apply_outcomes", now, *cols)
+                added, cancelled, cancelled_messages = await suppress_and_roll_up(
+                    tx,
+                    now,
+                    rows,
+                    by_id,
+                    (("hard_bounce", "hard_bounced", BOUNCES),),
+                    cancel_queued=cancel_queued,
+                )
+                await _probation_and_incidents(tx, now, rows, by_id)
+        # The statement released what it could; what it kept for a sibling that read as open
+        # is looked at again now that this is committed.
+        kept = {r["message_id"] for r in rows if r["body_kept"]}
+        await self._release_bodies(self.queue, kept | cancelled_messages)
+        return AppliedOutcomes(
+            applied=len(rows),
+            fenced=len(outcomes) - len(rows),
+            suppressed=added,
+            cancelled=cancelled,
+            applied_ids=frozenset(r["delivery_id"] for r in rows),
+        )
+
+    async def _release_bodies(self, pool: Any, message_ids: set[int]) -> None:
+        """Drop the bodies of ``message_ids`` that no delivery needs any more. Called after
+        the commit that finished their deliveries: two transactions finishing the last two
+        deliveries of one message each see the other's as open, and whichever of their
+        releases runs last sees both committed. The results are durable already, so a
+        failure here is logged, not raised: that body stays until a sibling finishes."""
+        if not message_ids:
+            return
+        try:
+            await self._status(
+                "release_bodies", sorted(message_ids), what="release bodies", on=pool
+            )
+        except StoreError as exc:
+            log.warning(
+                "store.release_bodies_failed",
+                messages=len(message_ids),
+                error=str(exc),
+                action="the bodies stay stored; delivery results are recorded",
+            )
+
+    async def release_leases(self, leases: Sequence[tuple[int, int]]) -> int:
+        """Give claimed deliveries back (queued, due now); fenced by each lease token."""
+        rows = await self._rows(
+            "release_leases",
+            [i for i, _ in leases],
+            [t for _, t in leases],
+            what="release leases",
+            on=self.queue,
+        )
+        return len(rows)
+
+    async def defer_leases(
+        self,
+        now: datetime,
+        deferrals: Sequence[tuple[int, int, datetime]],
+        *,
+        for_probation: bool = False,
+    ) -> int:
+        """Give (delivery id, lease token, due) back untried: no attempt, no event. Held
+        ``for_probation``: due now instead if the probation has ended meanwhile."""
+        rows = await self._rows(
+            "defer_leases",
+            [i for i, _, _ in deferrals],
+            [t for _, t, _ in deferrals],
+            [due for _, _, due in deferrals],
+            now,
+            for_probation,
+            what="defer deliveries",
+            on=self.queue,
+        )
+        return len(rows)
+
+    # --- the administrators' view ----------------------------------------------------------
+
+    async def list_deliveries(self, state: str | None, limit: int) -> list[dict[str, Any]]:
+        rows = await self._rows("list_deliveries", state, limit, what="list deliveries")
+        return [dict(r) for r in rows]
+
+    async def delivery_by_id(self, delivery_id: int) -> dict[str, Any] | None:
+        row = await self._row("delivery_by_id", delivery_id, what="read delivery")
+        return dict(row) if row else None
+
+    async def events_of_delivery(self, delivery_id: int) -> list[dict[str, Any]]:
+        rows = await self._rows("events_of_delivery", delivery_id, what="read events")
+        return [dict(r) for r in rows]
+
+    async def retry_delivery_now(self, delivery_id: int, now: datetime) -> bool:
+        due = await self._value("retry_delivery_now", delivery_id, now, what="retry delivery")
+        return due is not None
+
+    async def purge_delivery(self, delivery_id: int, actor: str, reason: str) -> bool:
+        row = await self._row("purge_delivery", delivery_id, actor, reason, what="purge delivery")
+        if row is None:
+            return False
+        await self._release_bodies(self.pool, {row["message_id"]})
+        return True
+
+
+async def _probation_and_incidents(
+    tx: Statements,
+    now: datetime,
+    rows: Sequence[asyncpg.Record],
+    by_id: Mapping[int, OutcomeRecord],
+) -> None:
+    """confirm_hard probation started or ended by these outcomes, and incidents whose
+    replies they were (still going on: they stay open), in the outcomes' transaction."""
+    starts = [(r, o) for r in rows if (o := by_id[r["delivery_id"]]).probation_until is not None]
+    if starts:
+        await tx.status(
+            "start_probation",
+            now,
+            [r["recipient_key"] for r, _ in starts],
+            [o.probation_until for _, o in starts],
+            [o.source_ip for _, o in starts],
+            [o.delivery_id for _, o in starts],
+            [r["event_id"] for r, _ in starts],
+            [clean(o.suppress_reason) for _, o in starts],
+        )
+    ended = [r["delivery_id"] for r in rows if by_id[r["delivery_id"]].probation_end]
+    if ended:
+        await tx.status("end_probation", now, ended)
+    incidents = {o.incident_id for o in by_id.values() if o.incident_id is not None}
+    if incidents:
+        await tx.status("touch_incidents", now, sorted(incidents))

@@ -1,0 +1,270 @@
+-- The queue (queue.py): messages accepted with their deliveries, deliveries claimed under a
+-- lease, their outcomes applied (with confirm_hard probation), leases given back, bodies
+-- released, and the administrators' view of deliveries. Placeholders are asyncpg's $1..$n.
+
+-- accept_messages --
+-- Store a batch of messages, their deliveries and accepted events in one statement (one commit).
+-- Without an owner ($16 NULL) the deliveries are queued, due at $15. With one, they are born
+-- leased to it for $17: it sends them at once, from memory (relay.commit). A row per delivery
+-- comes back, with its message's id, queue id and time, and when leased all that
+-- claim_due_deliveries returns for it, under the same names.
+WITH m AS (
+    INSERT INTO messages (queue_id, envelope_sender, from_domain, message_id, campaign, size,
+                          body, client_address, session_id, smtputf8, received_at)
+    SELECT *, $15::timestamptz FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
+                         $5::text[], $6::integer[], $7::bytea[], $8::text[], $9::text[],
+                         $10::boolean[])
+    RETURNING id, queue_id, received_at, campaign, from_domain, envelope_sender, smtputf8
+), d AS (
+    INSERT INTO deliveries (message_id, recipient, recipient_key, recipient_domain,
+                            next_attempt_at, updated_at, state, lease_owner, lease_until,
+                            lease_token, unrecorded_claims)
+    SELECT m.id, r.recipient, r.recipient_key, r.recipient_domain, $15, $15,
+           CASE WHEN $16::text IS NULL THEN 'queued' ELSE 'inflight' END,
+           $16, now() + $17::interval,  -- the database's clock: see claim_due_deliveries
+           CASE WHEN $16 IS NULL THEN NULL ELSE nextval('lease_tokens') END,
+           CASE WHEN $16 IS NULL THEN 0 ELSE 1 END
+    FROM unnest($11::text[], $12::text[], $13::text[], $14::text[]) WITH ORDINALITY
+         AS r (queue_id, recipient, recipient_key, recipient_domain, n)
+    JOIN m USING (queue_id)
+    ORDER BY r.n  -- delivery ids in the order the client gave the recipients
+    RETURNING id, message_id, recipient, recipient_key, recipient_domain, attempts,
+              unrecorded_claims - 1 AS unrecorded_claims, first_failure_at, lease_token,
+              last_source_ip, avoid_source_ip
+), e AS (
+    INSERT INTO events (type, occurred_at, message_id, queue_id, campaign, from_domain,
+                        envelope_sender)
+    SELECT 'accepted', received_at, id, queue_id, campaign, from_domain, envelope_sender FROM m
+)
+SELECT m.id AS message_id, m.queue_id, m.received_at, d.id, d.recipient, d.recipient_key,
+       d.recipient_domain, d.attempts, d.unrecorded_claims, d.first_failure_at, d.lease_token,
+       d.last_source_ip, d.avoid_source_ip, m.envelope_sender, m.from_domain, m.campaign,
+       m.smtputf8, c.suppressed, c.allowlisted, c.probation
+FROM m
+LEFT JOIN d ON d.message_id = m.id
+LEFT JOIN LATERAL (
+    SELECT * FROM delivery_checks(d.recipient_key, m.envelope_sender) WHERE $16 IS NOT NULL
+) c ON true;
+
+-- claim_due_deliveries --
+-- Lease up to $4 due deliveries to owner $1 at time $2 for $3: queued and due, or inflight with a
+-- lease that ran out (its relay died). SKIP LOCKED lets any number of relays claim side by side.
+-- Leases are set and judged by the database's clock, never a relay's: a relay whose clock ran
+-- ahead would otherwise take over live deliveries and send them a second time. ($2, the
+-- relay's clock, still says what is due: a schedule a skewed clock reads early or late costs
+-- a retry's timing, not a duplicate.)
+-- Each comes with its checks (delivery_checks, 0008): the suppression precedence for its
+-- message's sending domain, and its address's probation (confirm_hard), if any.
+WITH queued AS (
+    SELECT id FROM deliveries
+    WHERE state = 'queued' AND next_attempt_at <= $2
+    ORDER BY next_attempt_at, message_id
+    LIMIT $4
+    FOR UPDATE SKIP LOCKED
+), stale AS (
+    SELECT id FROM deliveries
+    WHERE state = 'inflight' AND lease_until < now()
+    ORDER BY lease_until
+    LIMIT $4
+    FOR UPDATE SKIP LOCKED
+), due AS (
+    SELECT id FROM stale UNION ALL SELECT id FROM queued LIMIT $4
+), claimed AS (
+    UPDATE deliveries d
+    SET state = 'inflight', lease_owner = $1, lease_until = now() + $3::interval,
+        lease_token = nextval('lease_tokens'), updated_at = $2,
+        unrecorded_claims = d.unrecorded_claims + 1
+    FROM due, messages m
+    WHERE d.id = due.id AND m.id = d.message_id
+    RETURNING d.id, d.message_id, d.recipient, d.recipient_key, d.recipient_domain, d.attempts,
+              d.unrecorded_claims - 1 AS unrecorded_claims,
+              d.first_failure_at, d.lease_token, d.last_source_ip, d.avoid_source_ip,
+              m.queue_id, m.envelope_sender, m.from_domain, m.campaign, m.smtputf8,
+              m.received_at
+)
+SELECT c.*, k.suppressed, k.allowlisted, k.probation
+FROM claimed c
+CROSS JOIN LATERAL delivery_checks(c.recipient_key, c.envelope_sender) k;
+
+-- message_bodies --
+-- The bodies of the given messages (NULL once released).
+SELECT id, body FROM messages WHERE id = ANY($1::bigint[]);
+
+-- apply_outcomes --
+-- Finish or reschedule leased deliveries and record one event each; a row whose lease token no
+-- longer matches (another relay took it over) is left alone: fencing.
+WITH o AS (
+    SELECT * FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::timestamptz[],
+                         $7::boolean[], $8::boolean[], $9::integer[], $10::text[], $11::text[],
+                         $12::text[], $13::text[], $14::text[], $15::boolean[], $16::text[],
+                         $17::text[], $18::text[], $19::boolean[], $20::bigint[])
+        AS o (delivery_id, lease_token, state, event, next_attempt_at, counts_attempt,
+              non_delivery, code, enhanced, reply_text, template, category, rule, synthetic,
+              source_ip, destination, avoid_source_ip, suppress, incident_id)
+), u AS (
+    UPDATE deliveries d
+    SET state = o.state,
+        attempts = d.attempts + CASE WHEN o.counts_attempt THEN 1 ELSE 0 END,
+        next_attempt_at = coalesce(o.next_attempt_at, d.next_attempt_at),
+        first_failure_at = CASE WHEN o.event IN ('soft_bounce', 'hard_bounce')
+                                THEN coalesce(d.first_failure_at, $1) ELSE d.first_failure_at END,
+        lease_until = NULL, lease_owner = NULL, lease_token = NULL, unrecorded_claims = 0,
+        last_source_ip = coalesce(o.source_ip, d.last_source_ip),
+        avoid_source_ip = o.avoid_source_ip,
+        last_code = o.code, last_reply = o.reply_text, updated_at = $1
+    FROM o
+    WHERE d.id = o.delivery_id AND d.lease_token = o.lease_token AND d.state = 'inflight'
+    RETURNING d.id, d.message_id, d.recipient_key, d.recipient_domain, d.attempts, d.state
+), finished AS (
+    SELECT id, message_id FROM u WHERE state NOT IN ('queued', 'inflight')
+), released AS (
+    -- The bodies of messages these outcomes leave with no open delivery. The deliveries this
+    -- statement finishes still read as open here (one snapshot), hence "not finished".
+    -- A message kept here (body_kept below) is looked at again after the commit: a sibling
+    -- that a concurrent transaction finished still reads as open in this snapshot.
+    UPDATE messages m SET body = NULL
+    WHERE m.id IN (SELECT message_id FROM finished) AND m.body IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM deliveries d
+                      WHERE d.message_id = m.id AND d.state IN ('queued', 'inflight')
+                        AND d.id NOT IN (SELECT id FROM finished))
+    RETURNING m.id
+), e AS (
+    INSERT INTO events (occurred_at, type, message_id, delivery_id, queue_id, campaign,
+                        from_domain, envelope_sender, source_ip, destination, recipient,
+                        recipient_domain, code, enhanced, reply_text, template, category,
+                        attempt, rule, synthetic, suppress, retry_at, incident_id)
+    SELECT $1, o.event, u.message_id, u.id, m.queue_id, m.campaign, m.from_domain,
+           m.envelope_sender, o.source_ip, o.destination, u.recipient_key, u.recipient_domain,
+           o.code, o.enhanced, o.reply_text, o.template, o.category, u.attempts, o.rule,
+           o.synthetic, o.suppress, CASE WHEN o.state = 'queued' THEN o.next_attempt_at END,
+           o.incident_id
+    FROM u JOIN o ON o.delivery_id = u.id JOIN messages m ON m.id = u.message_id
+    RETURNING id, delivery_id
+), nd AS (
+    INSERT INTO events (occurred_at, type, message_id, delivery_id, queue_id, campaign,
+                        from_domain, envelope_sender, source_ip, destination, recipient,
+                        recipient_domain, code, enhanced, reply_text, template, category,
+                        attempt, rule, synthetic)
+    SELECT $1, 'non_delivery', u.message_id, u.id, m.queue_id, m.campaign, m.from_domain,
+           m.envelope_sender, o.source_ip, o.destination, u.recipient_key, u.recipient_domain,
+           o.code, o.enhanced, o.reply_text, o.template, o.category, u.attempts, o.rule,
+           o.synthetic
+    FROM u JOIN o ON o.delivery_id = u.id JOIN messages m ON m.id = u.message_id
+    WHERE o.non_delivery
+)
+SELECT u.id AS delivery_id, u.message_id, u.recipient_key, e.id AS event_id,
+       u.state NOT IN ('queued', 'inflight')
+           AND u.message_id NOT IN (SELECT id FROM released) AS body_kept
+FROM u JOIN e ON e.delivery_id = u.id;
+
+-- start_probation --
+-- [policy] confirm_hard: first recipient-level hard bounces put addresses on probation until
+-- $3 (the probe delivery $5 is tried again then); the profile says so. An address already on
+-- probation keeps its first entry.
+WITH ins AS (
+    INSERT INTO probation (address, since, until, source_ip, delivery_id, event_id, reason)
+    SELECT a, $1, u, ip, d, e, r
+    FROM unnest($2::text[], $3::timestamptz[], $4::text[], $5::bigint[], $6::bigint[],
+                $7::text[]) AS x (a, u, ip, d, e, r)
+    ON CONFLICT (address) DO NOTHING
+    RETURNING address
+)
+INSERT INTO profiles (address, status, status_changed_at)
+SELECT address, 'probation', $1 FROM ins
+ON CONFLICT (address) DO UPDATE SET status = 'probation', status_changed_at = $1
+WHERE profiles.status = 'active';
+
+-- end_probation --
+-- The probe deliveries $2 finished: their probation ends. Unless the address was suppressed
+-- (a confirmed bounce) its profile is active again and the mail held for it is due now.
+WITH d AS (
+    DELETE FROM probation WHERE delivery_id = ANY($2::bigint[]) RETURNING address
+), free AS (
+    SELECT address FROM d WHERE NOT EXISTS (SELECT 1 FROM suppressions s
+                                            WHERE s.address = d.address)
+), p AS (
+    UPDATE profiles SET status = 'active', status_changed_at = $1
+    WHERE address IN (SELECT address FROM free) AND status = 'probation'
+)
+UPDATE deliveries SET next_attempt_at = $1, updated_at = $1
+WHERE recipient_key IN (SELECT address FROM free) AND state = 'queued';
+
+-- release_bodies --
+-- Drop the bodies of messages whose deliveries are all final. Run after the commit that
+-- finished them, so it sees what concurrent transactions finished too.
+UPDATE messages m SET body = NULL
+WHERE m.id = ANY($1::bigint[]) AND m.body IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM deliveries d
+                  WHERE d.message_id = m.id AND d.state IN ('queued', 'inflight'));
+
+-- release_leases --
+-- Hand claimed deliveries back (shutdown): queued again, due as they were; fenced by token.
+UPDATE deliveries d
+SET state = 'queued', lease_until = NULL, lease_owner = NULL, lease_token = NULL, unrecorded_claims = 0
+FROM unnest($1::bigint[], $2::bigint[]) AS l (id, token)
+WHERE d.id = l.id AND d.lease_token = l.token AND d.state = 'inflight'
+RETURNING d.id;
+
+-- defer_leases --
+-- Hand claimed deliveries back untried, due again at $3 (a destination slowed down, an address
+-- on probation): no attempt counted, no event; fenced by token. Those held for a probation
+-- ($5 true) whose probation has ended meanwhile are due now: end_probation made the held mail
+-- due while these were still leased. The probation row is locked, so an end_probation running
+-- now either waits for this (and then finds them queued) or has ended it (and they go now).
+WITH held AS (
+    SELECT p.address FROM probation p
+    WHERE $5 AND p.address IN (SELECT recipient_key FROM deliveries WHERE id = ANY($1::bigint[]))
+    FOR KEY SHARE
+)
+UPDATE deliveries d
+SET state = 'queued', lease_until = NULL, lease_owner = NULL, lease_token = NULL, unrecorded_claims = 0,
+    next_attempt_at = CASE WHEN $5::boolean AND d.recipient_key NOT IN (SELECT address FROM held)
+                           THEN $4 ELSE l.due END,
+    updated_at = $4
+FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[]) AS l (id, token, due)
+WHERE d.id = l.id AND d.lease_token = l.token AND d.state = 'inflight'
+RETURNING d.id;
+
+-- list_deliveries --
+-- The queue, oldest first, optionally one state.
+SELECT d.id, m.queue_id, d.recipient, d.state, d.attempts, d.next_attempt_at, d.last_code,
+       d.last_reply, m.received_at
+FROM deliveries d JOIN messages m ON m.id = d.message_id
+WHERE ($1::text IS NULL OR d.state = $1)
+ORDER BY d.next_attempt_at, d.id
+LIMIT $2;
+
+-- delivery_by_id --
+-- One delivery with its message's envelope, and whether its address is allowlisted.
+SELECT d.id, m.queue_id, d.recipient, d.recipient_key, d.state, d.attempts, d.next_attempt_at,
+       d.first_failure_at, d.lease_until, d.lease_owner, d.last_source_ip, d.last_code,
+       d.last_reply, m.envelope_sender, m.from_domain, m.campaign, m.received_at,
+       (SELECT c.allowlisted FROM suppression_check(ARRAY[d.recipient_key], ARRAY['']) c)
+           AS allowlisted
+FROM deliveries d JOIN messages m ON m.id = d.message_id
+WHERE d.id = $1;
+
+-- events_of_delivery --
+-- Every event of one delivery, oldest first.
+SELECT occurred_at, type, attempt, code, enhanced, category, rule, source_ip, destination,
+       reply_text, synthetic
+FROM events WHERE delivery_id = $1 ORDER BY occurred_at, id;
+
+-- retry_delivery_now --
+-- Make a queued delivery due now.
+UPDATE deliveries SET next_attempt_at = $2, updated_at = $2
+WHERE id = $1 AND state = 'queued'
+RETURNING id;
+
+-- purge_delivery --
+-- Cancel a queued delivery by hand, with an audit row.
+WITH c AS (
+    UPDATE deliveries SET state = 'cancelled', updated_at = now()
+    WHERE id = $1 AND state = 'queued'
+    RETURNING id, message_id, recipient_key
+), a AS (
+    INSERT INTO admin_audit (actor, action, subject, reason, detail)
+    SELECT $2, 'queue.purge', c.recipient_key, $3, jsonb_build_object('delivery_id', c.id)
+    FROM c
+)
+SELECT id, message_id FROM c;

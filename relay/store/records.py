@@ -1,0 +1,244 @@
+"""The Store's values: frozen dataclasses in and out of its methods, never asyncpg records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+__all__ = [
+    "AcceptedMessage",
+    "AppliedDsn",
+    "AppliedOutcomes",
+    "ClaimedDelivery",
+    "DsnRecord",
+    "IncidentCheck",
+    "IncomingMessage",
+    "OutcomeRecord",
+    "Probation",
+    "Recipient",
+    "RecordedBounce",
+    "ReportRow",
+    "SuppressionEvidence",
+    "SuppressionRow",
+]
+
+
+# --- the queue: messages in, deliveries claimed, outcomes applied (queue.py) ---
+
+
+@dataclass(frozen=True)
+class Recipient:
+    address: str  # as the client wrote it
+    key: str  # normalise_address()
+    domain: str
+
+
+@dataclass(frozen=True)
+class IncomingMessage:
+    """One message the intake wants committed."""
+
+    queue_id: str
+    envelope_sender: str
+    recipients: tuple[Recipient, ...]
+    body: bytes
+    from_domain: str | None
+    message_id: str | None
+    campaign: str | None
+    client_address: str
+    session_id: str
+    smtputf8: bool
+
+
+@dataclass(frozen=True)
+class AcceptedMessage:
+    id: int
+    queue_id: str
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class ClaimedDelivery:
+    """A delivery leased to this relay, with what sending it needs (but the body)."""
+
+    id: int
+    message_id: int
+    recipient: str
+    recipient_key: str
+    recipient_domain: str
+    attempts: int
+    unrecorded_claims: int  # earlier claims in a row whose lease ran out with nothing recorded
+    first_failure_at: datetime | None
+    lease_token: int
+    last_source_ip: str | None
+    avoid_source_ip: str | None
+    queue_id: str
+    envelope_sender: str
+    from_domain: str | None
+    campaign: str | None
+    smtputf8: bool
+    received_at: datetime
+    suppressed: bool
+    allowlisted: bool = False
+    probation: Probation | None = None
+
+
+@dataclass(frozen=True)
+class Probation:
+    """[policy] confirm_hard: an address waiting for its first hard bounce to be confirmed."""
+
+    address: str
+    since: datetime
+    until: datetime
+    source_ip: str | None
+    delivery_id: int  # the probe: the one delivery to the address still tried
+    event_id: int | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class OutcomeRecord:
+    """One delivery's result, as the store applies it (see queue.sql apply_outcomes)."""
+
+    delivery_id: int
+    lease_token: int
+    state: str
+    event: str
+    next_attempt_at: datetime | None = None
+    counts_attempt: bool = True
+    non_delivery: bool = False
+    suppress: bool = False
+    suppress_reason: str = ""
+    code: int | None = None
+    enhanced: str | None = None
+    reply_text: str | None = None
+    template: str | None = None
+    category: str | None = None
+    rule: str | None = None
+    synthetic: bool = False
+    source_ip: str | None = None
+    destination: str | None = None
+    avoid_source_ip: str | None = None
+    incident_id: int | None = None  # an open incident's reply: deferred, suppresses nobody
+    probation_until: datetime | None = None  # confirm_hard: probation starts, probe retried then
+    probation_end: bool = False  # the probe finished: the address's probation ends
+
+
+@dataclass(frozen=True)
+class AppliedOutcomes:
+    applied: int  # rows whose lease still held
+    fenced: int  # rows another relay had taken over: left alone
+    suppressed: int  # addresses newly put on the suppression list
+    cancelled: int  # other queued deliveries cancelled because of those
+    applied_ids: frozenset[int] = frozenset()
+
+
+# --- bounce messages (dsn.py) ---
+
+
+@dataclass(frozen=True)
+class DsnRecord:
+    """One recipient result read from a bounce message, for the delivery its return path
+    names (see dsn.sql apply_dsn_results)."""
+
+    delivery_id: int
+    event: str  # hard_bounce | soft_bounce | complaint
+    finish_state: str | None = None  # bounced | expired; None leaves the state alone
+    non_delivery: bool = False
+    suppress: bool = False
+    suppress_reason: str = ""
+    code: int | None = None
+    enhanced: str | None = None
+    reply_text: str | None = None
+    template: str | None = None
+    category: str | None = None
+    rule: str | None = None
+    destination: str | None = None  # the remote MTA the bounce names
+    detail: dict[str, Any] | None = None
+    # The report's Action (failed, delayed, complaint): a delivery counts each action once.
+    # None: the event stands for it.
+    action: str | None = None
+
+
+@dataclass(frozen=True)
+class AppliedDsn:
+    recorded: int  # events written
+    # results not recorded: the delivery is final or unknown, or it had this action reported
+    # before (a repeated bounce)
+    skipped: int
+    suppressed: int
+    cancelled: int
+
+
+# --- suppressions (suppression.py) ---
+
+
+@dataclass(frozen=True)
+class SuppressionRow:
+    address: str
+    reason: str
+    source: str
+    created_at: datetime
+    event_id: int | None
+
+
+@dataclass(frozen=True)
+class SuppressionEvidence:
+    address: str
+    entries: list[dict[str, Any]]  # kind: global | scoped | allowlist | probation
+    bounces: list[dict[str, Any]]
+    audit: list[dict[str, Any]]
+
+
+# --- incidents (incidents.py) ---
+
+
+@dataclass(frozen=True)
+class IncidentCheck:
+    opened: list[dict[str, Any]]
+    closed: list[int]
+    lifted: int  # suppressions lifted because the replies that made them joined an incident
+
+
+# --- reports and replay (reports.py) ---
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    """One bounces-report row: a group (From domain or source IP) and a bounce text."""
+
+    group: str
+    bounce_text: str
+    amount: int
+    messages: int
+    recipient_domains: int
+    category: str | None
+    first_seen: datetime
+    last_seen: datetime
+    sample: str | None
+
+
+@dataclass(frozen=True)
+class RecordedBounce:
+    """One recorded soft or hard bounce, with the verdict it got; events written before
+    0006 have no ``suppress``, ``retry_at`` or ``incident_id`` (None)."""
+
+    id: int
+    occurred_at: datetime
+    type: str  # soft_bounce | hard_bounce
+    source: str  # smtp | dsn
+    delivery_id: int | None
+    recipient: str | None
+    recipient_domain: str | None
+    code: int | None
+    enhanced: str | None
+    reply_text: str | None
+    synthetic: bool
+    attempt: int | None
+    category: str | None
+    rule: str | None
+    suppress: bool | None
+    retry_at: datetime | None
+    incident_id: int | None
+    dsn_action: str | None  # a bounce message's Action (failed, delayed)
+    first_failure_at: datetime | None  # the delivery's first soft bounce

@@ -1,0 +1,184 @@
+-- Reports (reports.py): the bounce rollup and the bounces report read from it, statistics
+-- for /metrics and the admin pages, and the recorded bounces that `classify --replay` judges
+-- again by another rule set. Placeholders are asyncpg's $1..$n.
+
+-- roll_up_bounces --
+-- Fold the bounce events just written (occurred_at $1, ids $2) into bounce_rollup.
+WITH b AS (
+    SELECT e.id, e.message_id, e.type, coalesce(e.campaign, '') AS campaign,
+           coalesce(e.from_domain, '') AS from_domain, coalesce(e.source_ip, '') AS source_ip,
+           coalesce(e.template, e.reply_text, '') AS template,
+           decode(md5(coalesce(e.template, e.reply_text, '')), 'hex') AS template_key,
+           e.category, e.reply_text, coalesce(e.recipient_domain, '') AS recipient_domain
+    FROM events e
+    WHERE e.occurred_at = $1 AND e.id = ANY($2::bigint[])
+      AND e.type IN ('soft_bounce', 'hard_bounce')
+), by_domain AS (
+    INSERT INTO bounce_message_keys (message_id, type, template_key, source_ip)
+    SELECT DISTINCT message_id, type, template_key, '' FROM b WHERE message_id IS NOT NULL
+    ORDER BY 1, 2, 3
+    ON CONFLICT DO NOTHING
+    RETURNING message_id, type, template_key
+), by_ip AS (
+    INSERT INTO bounce_message_keys (message_id, type, template_key, source_ip)
+    SELECT DISTINCT message_id, type, template_key, source_ip FROM b
+    WHERE message_id IS NOT NULL AND source_ip <> ''
+    ORDER BY 1, 2, 3, 4
+    ON CONFLICT DO NOTHING
+    RETURNING message_id, type, template_key, source_ip
+), firsts AS (
+    -- a message counts once per key; credit the first row of b that carries it
+    SELECT DISTINCT ON (b.message_id, b.type, b.template_key) b.id
+    FROM b JOIN by_domain k USING (message_id, type, template_key)
+    ORDER BY b.message_id, b.type, b.template_key, b.id
+), firsts_ip AS (
+    SELECT DISTINCT ON (b.message_id, b.type, b.template_key, b.source_ip) b.id
+    FROM b JOIN by_ip k USING (message_id, type, template_key, source_ip)
+    ORDER BY b.message_id, b.type, b.template_key, b.source_ip, b.id
+), flagged AS (
+    -- joins, not IN (subquery) per row: a batch of 10k events must stay linear
+    SELECT b.*, f.id IS NOT NULL AS first_by_domain, fi.id IS NOT NULL AS first_by_ip
+    FROM b LEFT JOIN firsts f ON f.id = b.id LEFT JOIN firsts_ip fi ON fi.id = b.id
+), agg AS (
+    -- per campaign, and (second grouping set) with all campaigns folded together
+    SELECT b.type, coalesce(b.campaign, '') AS campaign, GROUPING(b.campaign) = 1 AS all_campaigns,
+           b.from_domain, b.source_ip, b.template_key,
+           min(b.template) AS template, min(b.category) AS category,
+           min(b.reply_text) AS sample, count(*) AS amount,
+           count(*) FILTER (WHERE b.first_by_domain) AS messages_by_domain,
+           count(*) FILTER (WHERE b.first_by_ip) AS messages_by_ip,
+           coalesce(array_agg(DISTINCT dom.id ORDER BY dom.id)
+                    FILTER (WHERE dom.id IS NOT NULL), '{}') AS domain_ids
+    FROM flagged b LEFT JOIN recipient_domains dom ON dom.domain = b.recipient_domain
+    GROUP BY GROUPING SETS ((b.type, b.campaign, b.from_domain, b.source_ip, b.template_key),
+                            (b.type, b.from_domain, b.source_ip, b.template_key))
+), grains AS (
+    SELECT 'hour' AS grain, date_trunc('hour', $1::timestamptz AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+           AS bucket, false AS all_campaigns
+    UNION ALL
+    SELECT 'day', date_trunc('day', $1::timestamptz AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', false
+    UNION ALL
+    SELECT 'day_all', date_trunc('day', $1::timestamptz AT TIME ZONE 'UTC') AT TIME ZONE 'UTC',
+           true
+)
+INSERT INTO bounce_rollup AS r
+SELECT g.grain, g.bucket, a.type, a.campaign, a.from_domain, a.source_ip, a.template_key,
+       a.template, a.category, a.sample, a.amount, a.messages_by_domain, a.messages_by_ip,
+       a.domain_ids, $1, $1
+FROM agg a JOIN grains g USING (all_campaigns)
+-- one lock order for every writer: concurrent batches cannot deadlock on rollup rows
+ORDER BY g.grain, g.bucket, a.type, a.campaign, a.from_domain, a.source_ip, a.template_key
+ON CONFLICT (grain, bucket, type, campaign, from_domain, source_ip, template_key) DO UPDATE
+SET amount = r.amount + EXCLUDED.amount,
+    messages_by_domain = r.messages_by_domain + EXCLUDED.messages_by_domain,
+    messages_by_ip = r.messages_by_ip + EXCLUDED.messages_by_ip,
+    domain_ids = CASE WHEN EXCLUDED.domain_ids <@ r.domain_ids THEN r.domain_ids ELSE
+                 (SELECT array_agg(DISTINCT x ORDER BY x)
+                  FROM unnest(r.domain_ids || EXCLUDED.domain_ids) AS x) END,
+    first_seen = least(r.first_seen, EXCLUDED.first_seen),
+    last_seen = greatest(r.last_seen, EXCLUDED.last_seen);
+
+-- intern_recipient_domains --
+-- Give the recipient domains of the bounce events just written (occurred_at $1, ids $2) ids.
+INSERT INTO recipient_domains (domain)
+SELECT DISTINCT coalesce(recipient_domain, '') FROM events
+WHERE occurred_at = $1 AND id = ANY($2::bigint[]) AND type IN ('soft_bounce', 'hard_bounce')
+ORDER BY 1
+ON CONFLICT (domain) DO NOTHING;
+
+-- bounce_report --
+-- Report rows from the rollups: period [$1, $2) on whole hours, whole UTC days [$7, $8) of it
+-- read per day, the edge hours per hour; types $3, campaigns $4 (NULL: all), grouping $5
+-- ('from-domain' | 'ip'), at most $6 rows (NULL: all), largest amount first. Only narrow
+-- columns are aggregated; the texts of the rows that survive are looked up at the end.
+WITH r AS (
+    SELECT type, campaign, from_domain, source_ip, template_key, amount, messages_by_domain,
+           messages_by_ip, domain_ids, first_seen, last_seen
+    FROM bounce_rollup
+    WHERE grain = CASE WHEN $4::text[] IS NULL THEN 'day_all' ELSE 'day' END
+      AND bucket >= $7 AND bucket < $8
+    UNION ALL
+    SELECT type, campaign, from_domain, source_ip, template_key, amount, messages_by_domain,
+           messages_by_ip, domain_ids, first_seen, last_seen
+    FROM bounce_rollup
+    WHERE grain = 'hour'
+      AND ((bucket >= $1 AND bucket < least($7, $2)) OR (bucket >= greatest($8, $1) AND bucket < $2))
+), f AS (
+    SELECT CASE WHEN $5 = 'ip' THEN source_ip ELSE from_domain END AS grp,
+           CASE WHEN $5 = 'ip' THEN messages_by_ip ELSE messages_by_domain END AS messages,
+           template_key, amount, domain_ids, first_seen, last_seen
+    FROM r
+    WHERE type = ANY($3::text[]) AND ($4::text[] IS NULL OR campaign = ANY($4::text[]))
+), g AS (
+    SELECT grp, template_key, sum(amount)::bigint AS amount, sum(messages)::bigint AS messages,
+           min(first_seen) AS first_seen, max(last_seen) AS last_seen
+    FROM f GROUP BY grp, template_key
+), dd AS (
+    SELECT grp, template_key, count(*)::bigint AS recipient_domains
+    FROM (SELECT DISTINCT grp, template_key, d FROM f, unnest(f.domain_ids) AS d) AS x
+    GROUP BY grp, template_key
+), ranked AS (
+    SELECT g.*, coalesce(dd.recipient_domains, 0) AS recipient_domains
+    FROM g LEFT JOIN dd USING (grp, template_key)
+    ORDER BY g.amount DESC, g.grp, g.template_key
+    LIMIT $6
+)
+SELECT ranked.grp, t.template, ranked.amount, ranked.messages, ranked.recipient_domains,
+       t.category, ranked.first_seen, ranked.last_seen, t.sample
+FROM ranked
+CROSS JOIN LATERAL (
+    SELECT template, category, sample FROM bounce_rollup
+    WHERE template_key = ranked.template_key LIMIT 1
+) AS t
+ORDER BY ranked.amount DESC, ranked.grp, t.template;
+
+-- queue_stats --
+-- Open deliveries by state, and the receive time of the oldest queued one (for /metrics).
+SELECT d.state, count(*) AS n, min(m.received_at) AS oldest
+FROM deliveries d JOIN messages m ON m.id = d.message_id
+WHERE d.state IN ('queued', 'inflight')
+GROUP BY d.state;
+
+-- campaigns_in_period --
+-- Campaigns with bounces in [$1, $2) (for the admin page's campaign list).
+SELECT DISTINCT campaign FROM bounce_rollup
+WHERE grain = 'day' AND bucket >= date_trunc('day', $1::timestamptz) AND bucket < $2
+  AND campaign <> ''
+ORDER BY campaign
+LIMIT 500;
+
+-- bounces_per_day --
+-- Soft and hard bounce events per UTC day in [$1, $2), campaigns $3 (NULL: all).
+SELECT bucket AS day, type, sum(amount)::bigint AS amount
+FROM bounce_rollup
+WHERE grain = CASE WHEN $3::text[] IS NULL THEN 'day_all' ELSE 'day' END
+  AND bucket >= date_trunc('day', $1::timestamptz) AND bucket < $2
+  AND ($3::text[] IS NULL OR campaign = ANY($3::text[]))
+GROUP BY bucket, type
+ORDER BY bucket, type;
+
+-- deferral_reasons --
+-- The most common last replies of queued deliveries.
+SELECT left(coalesce(last_reply, '(not tried yet)'), 200) AS reply, count(*) AS n
+FROM deliveries WHERE state = 'queued'
+GROUP BY 1 ORDER BY n DESC LIMIT $1;
+
+-- recorded_bounces --
+-- The bounce events (soft and hard, from SMTP sessions and bounce messages) of [$1, $2) in id
+-- order, with what deciding them again needs: the reply, the attempt, the delivery's first
+-- failure, the bounce message's action, and the verdict recorded then. Read through a cursor:
+-- the server sorts the period (on disk when large), the client holds one page at a time. A
+-- delivery row that is gone leaves its first failure to be found among its own soft bounces.
+SELECT e.id, e.occurred_at, e.type, e.source, e.delivery_id, e.recipient, e.recipient_domain,
+       e.code, e.enhanced, e.reply_text, e.synthetic, e.attempt, e.category, e.rule, e.suppress,
+       e.retry_at, e.incident_id, e.detail ->> 'action' AS dsn_action,
+       CASE WHEN d.id IS NOT NULL OR e.delivery_id IS NULL THEN d.first_failure_at
+            ELSE (SELECT min(x.occurred_at) FROM events x
+                  WHERE x.message_id = e.message_id AND x.delivery_id = e.delivery_id
+                    AND x.type = 'soft_bounce' AND x.source = 'smtp')
+       END AS first_failure_at
+FROM events e
+LEFT JOIN deliveries d ON d.id = e.delivery_id
+WHERE e.type IN ('soft_bounce', 'hard_bounce')
+  AND e.occurred_at >= $1 AND e.occurred_at < $2
+ORDER BY e.id;

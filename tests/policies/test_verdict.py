@@ -1,0 +1,190 @@
+"""verdict(): every fact about an attempt or a reported result -> the whole decision."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from policies.classify import ClassifyRule, SuppressOn
+from policies.incidents import IncidentRules, IncidentScope, OpenIncident
+from policies.outcome import ProbationStep
+from policies.probation import OnProbation
+from policies.retry import RetryPolicy, RetryRule
+from policies.smtp_reply import parse_reply, synthetic_reply
+from policies.states import DeliveryState, EventType
+from policies.templates import template_of
+from policies.verdict import Attempt, Protection, Reported, refuses_suppressed, verdict
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+UNKNOWN = "550 5.1.1 <x@example.org>: Recipient address rejected: User unknown"
+SPAMHAUS = "554 5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org"
+YAHOO_TS04 = (
+    "421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected volume "
+    "or user complaints - 4.16.55.1; see https://postmaster.yahooinc.com/error-codes"
+)
+
+
+RETRY = RetryPolicy(
+    default=RetryRule.build("default", schedule=[timedelta(minutes=5)], max_age=timedelta(days=1))
+)
+
+
+@dataclass(frozen=True)
+class Rules:
+    retry: RetryPolicy = RETRY
+    classify_rules: tuple[ClassifyRule, ...] = ()
+    suppress_on: SuppressOn = SuppressOn.RECIPIENT
+    confirm_after: timedelta | None = None
+    dry_run: bool = False
+    incidents: IncidentRules = field(default_factory=IncidentRules)
+
+
+def _attempt(raw: str, rules: Rules | None = None, **facts: object):
+    return verdict(parse_reply(raw), Attempt("example.org", NOW, **facts), rules or Rules())  # type: ignore[arg-type]
+
+
+def test_a_recipient_hard_bounce_suppresses_and_cancels_queued_mail():
+    d = _attempt(UNKNOWN)
+    assert (d.state, d.event, d.suppress) == (DeliveryState.BOUNCED, EventType.HARD_BOUNCE, True)
+    assert d.cancel_queued and d.not_suppressed is None
+    assert d.template == template_of(parse_reply(UNKNOWN).text)
+
+
+def test_delivered_has_no_template_and_nothing_to_explain():
+    d = _attempt("250 2.0.0 OK")
+    assert d.event is EventType.DELIVERED
+    assert (d.template, d.not_suppressed, d.cancel_queued) == (None, None, False)
+
+
+def test_an_ip_block_says_why_it_suppresses_nobody():
+    d = _attempt(SPAMHAUS)
+    assert d.state is DeliveryState.BOUNCED and not d.suppress
+    assert (
+        d.not_suppressed
+        == "spam_block_ip is not about the recipient ([policy] suppress_on = recipient)"
+    )
+
+
+def test_an_allowlisted_address_is_spared_and_told_so():
+    d = _attempt(UNKNOWN, protection=Protection.ALLOWLISTED)
+    assert d.state is DeliveryState.BOUNCED and not d.suppress
+    assert d.not_suppressed == "allowlisted"
+
+
+def test_an_address_literal_is_protected_without_being_told():
+    reply = parse_reply(UNKNOWN)
+    d = verdict(reply, Attempt("[192.0.2.7]", NOW), Rules())  # type: ignore[arg-type]
+    assert not d.suppress and d.not_suppressed == "address literal"
+
+
+def test_an_upstream_protocol_fault_never_suppresses():
+    d = _attempt(UNKNOWN, protection=Protection.UPSTREAM_FAULT)
+    assert not d.suppress and d.not_suppressed == "upstream protocol error"
+
+
+def test_a_reply_of_an_open_incident_is_deferred_not_suppressed():
+    template = template_of(parse_reply(UNKNOWN).text)
+    incident = OpenIncident(7, template, "mx.example.org", IncidentScope.MX, "127.0.0.2")
+    d = _attempt(
+        UNKNOWN, open_incidents=(incident,), destination="mx.example.org", source_ip="127.0.0.2"
+    )
+    assert (d.state, d.incident_id, d.suppress) == (DeliveryState.QUEUED, 7, False)
+    assert d.next_attempt_at == NOW + IncidentRules().defer
+    assert d.not_suppressed == "part of incident 7"
+    # From another source IP the same words are not that incident's.
+    other = _attempt(
+        UNKNOWN, open_incidents=(incident,), destination="mx.example.org", source_ip="127.0.0.3"
+    )
+    assert other.incident_id is None and other.suppress
+
+
+def test_incidents_off_leave_the_bounce_alone():
+    template = template_of(parse_reply(UNKNOWN).text)
+    incident = OpenIncident(7, template, "mx.example.org", IncidentScope.MX, "127.0.0.2")
+    rules = Rules(incidents=IncidentRules(enabled=False))
+    d = _attempt(
+        UNKNOWN,
+        rules,
+        open_incidents=(incident,),
+        destination="mx.example.org",
+        source_ip="127.0.0.2",
+    )
+    assert d.incident_id is None and d.suppress
+
+
+def test_confirm_hard_starts_probation_then_confirms_from_another_ip():
+    rules = Rules(confirm_after=timedelta(hours=1))
+    first = _attempt(UNKNOWN, rules, source_ip="127.0.0.2")
+    assert (first.probation, first.state, first.suppress) == (
+        ProbationStep.START,
+        DeliveryState.QUEUED,
+        False,
+    )
+    assert first.not_suppressed is not None and first.not_suppressed.startswith("confirm_hard")
+    on = OnProbation(NOW - timedelta(minutes=1), NOW + timedelta(minutes=59), "127.0.0.2")
+    second = _attempt(UNKNOWN, rules, source_ip="127.0.0.3", probation=on)
+    assert (second.probation, second.suppress) == (ProbationStep.CONFIRM, True)
+
+
+def test_dry_run_still_suppresses_but_cancels_nothing():
+    rules = Rules(dry_run=True)
+    d = _attempt(UNKNOWN, rules)
+    assert d.suppress and not d.cancel_queued
+    assert not refuses_suppressed(rules)
+    assert refuses_suppressed(Rules())
+
+
+def test_a_provider_hint_sets_the_rule_and_asks_to_slow_down():
+    d = verdict(parse_reply(YAHOO_TS04), Attempt("yahoo.com", NOW), Rules())  # type: ignore[arg-type]
+    assert d.hint is not None and d.rule == d.hint.name == "yahoo-ts04"
+    assert d.next_attempt_at == NOW + d.hint.retry_after
+    assert d.slow_down_until == NOW + d.hint.retry_after
+    assert d.not_suppressed == "a soft bounce never suppresses"
+
+
+def test_a_synthetic_reply_is_never_part_of_an_incident():
+    reply = synthetic_reply(550, "5.1.1", "User unknown")
+    template = template_of(reply.text)
+    incident = OpenIncident(7, template, "mx.example.org", IncidentScope.MX, "127.0.0.2")
+    facts = Attempt(
+        "example.org",
+        NOW,
+        open_incidents=(incident,),
+        destination="mx.example.org",
+        source_ip="127.0.0.2",
+    )
+    assert verdict(reply, facts, Rules()).incident_id is None  # type: ignore[arg-type]
+
+
+def _reported(action: str, raw: str, rules: Rules | None = None, **facts: object):
+    return verdict(parse_reply(raw), Reported(action, "example.org", **facts), rules or Rules())  # type: ignore[arg-type]
+
+
+def test_a_reported_failure_suppresses_unless_allowlisted():
+    assert _reported("failed", UNKNOWN).suppress
+    spared = _reported("failed", UNKNOWN, protection=Protection.ALLOWLISTED)
+    assert spared is not None and not spared.suppress and spared.not_suppressed == "allowlisted"
+    assert spared.finish_state is DeliveryState.BOUNCED
+
+
+def test_a_reported_result_templates_the_words_the_report_shows():
+    d = _reported("failed", UNKNOWN, text="mailbox unknown: x@example.org")
+    assert d is not None and d.template == template_of("mailbox unknown: x@example.org")
+
+
+def test_a_complaint_suppresses_without_a_template_and_success_records_nothing():
+    complaint = _reported("complaint", "")
+    assert complaint is not None and complaint.suppress and complaint.template is None
+    assert complaint.event is EventType.COMPLAINT
+    assert _reported("delivered", "250 OK") is None
+
+
+def test_a_reported_delay_never_suppresses():
+    d = _reported("delayed", UNKNOWN)
+    assert d is not None and d.event is EventType.SOFT_BOUNCE and not d.suppress
+    assert d.not_suppressed == "a soft bounce never suppresses"
+
+
+def test_a_reported_failure_under_dry_run_cancels_nothing():
+    d = _reported("failed", UNKNOWN, Rules(dry_run=True))
+    assert d is not None and d.suppress and not d.cancel_queued
