@@ -1,6 +1,6 @@
 """Bounce parsing on hostile input: each shape that used to be quadratic, at two sizes.
 
-For every shape of ``tests/policies/hostile_bounces.py`` (and the two header shapes intake
+For every shape of ``tests/support/hostile_bounces.py`` (and the two header shapes intake
 reads on its event loop), times ``parse_bounce`` (``summarise_headers`` and
 ``count_received``) on a message of ``--small`` and of ``--large`` bytes, best of
 ``--repeat``, and prints the ratio: linear time gives about large/small (10 for the default
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from policies.dsn import MalformedBounce, NotAMessage, parse_bounce
 from policies.headers import count_received, summarise_headers
-from tests.policies.hostile_bounces import HEADER_SHAPES, SHAPES
+from tests.support.hostile_bounces import HEADER_SHAPES, SHAPES
 
 
 def _parse(raw: bytes) -> None:

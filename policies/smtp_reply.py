@@ -149,6 +149,22 @@ def synthetic_reply(code: int, enhanced: str, text: str) -> Reply:
     return Reply(code=code, enhanced=enhanced or None, text=text, synthetic=True)
 
 
+# Our own "this domain takes no mail because it is not there" (NXDOMAIN, or neither MX nor
+# address records): the verdict confirms it by a second look before it suppresses, and
+# knows the first look again from the delivery's last reply, which keeps only code and text.
+_DOMAIN_ABSENT = "DNS: no such domain: "
+
+
+def domain_absent_reply(domain: str, detail: str) -> Reply:
+    """The synthetic reply for a recipient domain our resolver says is absent."""
+    return synthetic_reply(550, "5.1.2", f"{_DOMAIN_ABSENT}{domain} {detail}")
+
+
+def says_domain_absent(code: int | None, text: str | None) -> bool:
+    """Whether a reply (or a delivery's last code and text) is ``domain_absent_reply``'s."""
+    return code == 550 and (text or "").startswith(_DOMAIN_ABSENT)
+
+
 def is_enhanced_pattern(pattern: str) -> bool:
     """Whether ``pattern`` is usable with ``enhanced_matches``: one to three
     dot-separated parts, each a number or a wildcard ``x``/``X``/``*``, with

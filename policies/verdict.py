@@ -8,16 +8,18 @@ none of them adds a step of its own. The steps, in order:
 1. ``policies.outcome.decide``: classification (``policies.classify``, the operator's
    ``[[classify.rules]]``), the resend rule (``[retry]``) and a provider's throttling hint
    (``policies.hints``), which also asks the shell to slow the destination down;
-2. the address's protection: an allowlisted address, an address literal, or a reply the
+2. a domain our resolver says is absent: deferred ``[policy] nxdomain_confirm_after`` and
+   looked up again; only a second such answer in a row bounces and suppresses;
+3. the address's protection: an allowlisted address, an address literal, or a reply the
    upstream exchange itself spoiled (a protocol error) never suppresses anybody;
-3. an open incident (``policies.incidents``) this reply belongs to: deferred, nobody
+4. an open incident (``policies.incidents``) this reply belongs to: deferred, nobody
    suppressed;
-4. ``[policy] confirm_hard`` (``policies.probation``): a first recipient-level hard bounce
+5. ``[policy] confirm_hard`` (``policies.probation``): a first recipient-level hard bounce
    is a suspicion, the probe is retried;
-5. ``[policy] dry_run``: the suppression is recorded, mail already queued for the address
+6. ``[policy] dry_run``: the suppression is recorded, mail already queued for the address
    is not cancelled.
 
-A result read later from a bounce message (``Reported`` facts) takes steps 1, 2 and 5 in
+A result read later from a bounce message (``Reported`` facts) takes steps 1, 3 and 6 in
 their reported form (``policies.outcome.decide_reported``): the remote system retries by
 itself, so nothing is rescheduled, and incidents and probation are about our own attempts.
 A result that is no evidence (a bounce of a bounce, a failure reported without any status)
@@ -45,16 +47,21 @@ from policies.incidents import (
 from policies.outcome import Decision, ProbationStep, ReportedDecision, decide, decide_reported
 from policies.probation import OnProbation, confirm_hard
 from policies.retry import RetryPolicy
-from policies.smtp_reply import Reply
-from policies.states import EventType
+from policies.smtp_reply import Reply, says_domain_absent
+from policies.states import DeliveryState, EventType
 from policies.templates import template_of
 
+# The rule name a first "no such domain" is deferred under (the report and classify show it).
+CONFIRM_ABSENT = "nxdomain_confirm"
+
 __all__ = [
+    "CONFIRM_ABSENT",
     "Attempt",
     "NotJudged",
     "Protection",
     "Reported",
     "VerdictRules",
+    "explain",
     "refuses_suppressed",
     "verdict",
 ]
@@ -73,6 +80,8 @@ class VerdictRules(Protocol):
     def confirm_after(self) -> timedelta | None: ...
     @property
     def dry_run(self) -> bool: ...
+    @property
+    def nxdomain_confirm_after(self) -> timedelta: ...
     @property
     def incidents(self) -> IncidentRules: ...
 
@@ -99,6 +108,8 @@ class Attempt:
     probation: OnProbation | None = None  # confirm_hard: the address is on probation
     protection: Protection | None = None  # what the shell knows; an address literal is seen here
     jitter: float = 0.0  # in [0, 1): feeds random backoffs
+    last_code: int | None = None  # the delivery's previous reply, code and text
+    last_reply: str | None = None
 
 
 @dataclass(frozen=True)
@@ -174,6 +185,7 @@ def _attempted(reply: Reply, facts: Attempt, rules: VerdictRules) -> Decision:
         suppress_on=rules.suppress_on,
         jitter=facts.jitter,
     )
+    decision = _confirm_absent_domain(reply, facts, rules, decision)
     # A delivery still goes through the steps: it ends a probation (confirm_hard: CLEAR).
     template = template_of(reply.text) if decision.event is not EventType.DELIVERED else None
     decision = replace(decision, template=template)
@@ -205,6 +217,44 @@ def _attempted(reply: Reply, facts: Attempt, rules: VerdictRules) -> Decision:
         decision,
         not_suppressed=_why_not_suppressed(decision, rules),
         cancel_queued=decision.suppress and refuses_suppressed(rules),
+    )
+
+
+def _confirm_absent_domain(
+    reply: Reply, facts: Attempt, rules: VerdictRules, decision: Decision
+) -> Decision:
+    """A domain our resolver says is absent is looked up again ``nxdomain_confirm_after``
+    later; only the second such answer in a row bounces and suppresses. One resolver's
+    passing mistake (a lame server, a zone being moved) must not end an address for good."""
+    wait = rules.nxdomain_confirm_after
+    if (
+        wait <= timedelta(0)
+        or not says_domain_absent(reply.code, reply.text)
+        or says_domain_absent(facts.last_code, facts.last_reply)
+        or decision.state is not DeliveryState.BOUNCED
+    ):
+        return decision
+    first_failure = facts.first_failure_at or facts.now
+    max_age = rules.retry.default.max_age
+    soft = replace(decision.verdict, kind=Kind.SOFT, suppress=False)
+    if max_age is not None and facts.now + wait > first_failure + max_age:
+        return replace(
+            decision,
+            state=DeliveryState.EXPIRED,
+            event=EventType.SOFT_BOUNCE,
+            verdict=soft,
+            rule=CONFIRM_ABSENT,
+            non_delivery=True,
+            give_up_reason=f"{CONFIRM_ABSENT}: the second look would fall after max_age",
+        )
+    return replace(
+        decision,
+        state=DeliveryState.QUEUED,
+        event=EventType.SOFT_BOUNCE,
+        verdict=soft,
+        rule=CONFIRM_ABSENT,
+        next_attempt_at=facts.now + wait,
+        not_suppressed=f"{CONFIRM_ABSENT}: the domain is looked up again before it suppresses",
     )
 
 
@@ -276,3 +326,19 @@ def _reported(
     if decision.not_suppressed is not None:
         return decision
     return replace(decision, not_suppressed=_not_about_the_address(decision.verdict, rules))
+
+
+def explain(decision: Decision | ReportedDecision | NotJudged | None) -> str:
+    """A verdict in one line for an operator: what it records, whether it suppresses and,
+    when not, why; the rule that decided a resend."""
+    if decision is None:
+        return "success: nothing recorded"
+    if isinstance(decision, NotJudged):
+        return f"not judged: {decision.reason}"
+    found = decision.verdict
+    what = f"{decision.event.value} ({found.category.value})"
+    if decision.suppress:
+        return f"{what}: suppresses"
+    rule = decision.rule if isinstance(decision, Decision) else found.rule
+    retried = f", rule {rule}" if rule and found.kind is Kind.SOFT else ""
+    return f"{what}{retried}: does not suppress ({decision.not_suppressed})"

@@ -250,6 +250,9 @@ class Rules:
     # a second one this much later (or from another source IP); None: off.
     confirm_after: timedelta | None = None
     dry_run: bool = Policy.dry_run.default
+    # [policy] nxdomain_confirm_after: a domain our resolver says is absent suppresses only
+    # when still absent this much later.
+    nxdomain_confirm_after: timedelta = Policy.nxdomain_confirm_after.default
     incidents: IncidentRules = field(default_factory=_declared_incident_rules)
 
 
@@ -631,13 +634,14 @@ def _read_classify(r: _Reader) -> tuple[ClassifyRule, ...]:
     return tuple(rules)
 
 
-def _read_policy(r: _Reader) -> tuple[SuppressOn, timedelta | None, bool]:
+def _read_policy(r: _Reader) -> tuple[SuppressOn, timedelta | None, bool, timedelta]:
     suppress_on = r.get(Policy.suppress_on)
     confirm_hard = r.get(Policy.confirm_hard)
     confirm_after = r.get(Policy.confirm_after)
     dry_run = r.get(Policy.dry_run)
+    nxdomain_confirm_after = r.get(Policy.nxdomain_confirm_after)
     r.finish()
-    return suppress_on, confirm_after if confirm_hard else None, dry_run
+    return suppress_on, confirm_after if confirm_hard else None, dry_run, nxdomain_confirm_after
 
 
 def _read_incidents(r: _Reader) -> IncidentRules:
@@ -759,7 +763,9 @@ def _read(data: dict[str, Any], path: Path, text: str) -> Config:
     routes = _read_routes(root, pools)
     retry = _read_retry(root.sub(Root.retry))
     classify = _read_classify(root.sub(Root.classify))
-    suppress_on, confirm_after, dry_run = _read_policy(root.sub(Root.policy))
+    suppress_on, confirm_after, dry_run, nxdomain_confirm_after = _read_policy(
+        root.sub(Root.policy)
+    )
     incidents = _read_incidents(root.sub(Root.incidents))
     webhooks = _read_webhooks(root)
     delivery = _read_delivery(root.sub(Root.delivery))
@@ -777,6 +783,7 @@ def _read(data: dict[str, Any], path: Path, text: str) -> Config:
         suppress_on=suppress_on,
         confirm_after=confirm_after,
         dry_run=dry_run,
+        nxdomain_confirm_after=nxdomain_confirm_after,
         incidents=incidents,
     )
     return Config(

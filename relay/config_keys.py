@@ -600,6 +600,14 @@ class Policy(Section):
         '"Never suppress a good address" in docs/delivery.md)',
     )
     confirm_after = Key(DURATION, "1h", "with `confirm_hard`: how much later the second one")
+    nxdomain_confirm_after = Key(
+        DURATION,
+        "1h",
+        "a recipient domain our resolver says does not exist (NXDOMAIN, or no mail host) "
+        "suppresses only when it is still absent this much later; the first answer defers "
+        "the delivery to then (`0s`: suppress at once). An answer the resolver cannot vouch "
+        "for (the parent zone is absent too) never suppresses",
+    )
     dry_run = Key(
         BOOL,
         False,

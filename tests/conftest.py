@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from relay.config import Config, load_config
-from tests.pg import TestServer
+from tests.support.pg import TestServer
 
 
 def _dump_asyncio_tasks(signum: int, frame: object) -> None:

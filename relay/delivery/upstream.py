@@ -58,7 +58,7 @@ import structlog
 
 from policies.addresses import AddressError, ascii_domain, is_address_literal
 from policies.classify import Category, category_of
-from policies.smtp_reply import Reply, reply_from_smtp, synthetic_reply
+from policies.smtp_reply import Reply, domain_absent_reply, reply_from_smtp, synthetic_reply
 from relay.config import DeliveryConfig, RouteConfig
 from relay.delivery.routing import literal_ip
 from relay.wire import wire_form
@@ -263,7 +263,7 @@ class Upstream:
         try:
             answer = await self._resolver.resolve(domain, "MX")
         except dns.resolver.NXDOMAIN:
-            return synthetic_reply(550, "5.1.2", f"DNS: domain {domain} does not exist (NXDOMAIN)")
+            return await self._absent(domain, "does not exist (NXDOMAIN)")
         except dns.resolver.NoAnswer:
             # RFC 5321 §5.1: no MX -> the domain itself is the implicit MX (if it has A/AAAA).
             return await self._implicit_mx(route, domain, port)
@@ -314,8 +314,46 @@ class Upstream:
         if isinstance(found, Reply):
             return found
         if not found:
-            return synthetic_reply(550, "5.1.2", f"DNS: {domain} has no MX and no address records")
+            return await self._absent(domain, "has no MX and no address records")
         return [Destination(ip, port, route.tls, server_name=domain) for ip in found]
+
+    async def _absent(self, domain: str, detail: str) -> Reply:
+        """The reply for a domain our resolver says is absent, if the resolver can vouch
+        for it: the parent zone must answer (or, when the parent is absent too, the root).
+        A resolver that answers NXDOMAIN for every name (misconfigured, hijacked, a machine
+        without outside DNS) would otherwise condemn every recipient it is asked about."""
+        parent = domain.partition(".")[2] or "."
+        vouched = await self._zone_answers(parent)
+        if vouched is None and parent != ".":
+            vouched = await self._zone_answers(".")
+        if not vouched:
+            log.warning(
+                "upstream.resolver_unreliable",
+                domain=domain,
+                parent=parent,
+                action="check the resolver ([delivery] nameservers, /etc/resolv.conf): it says "
+                "the parent zone is absent too; nothing is suppressed on its word",
+            )
+            return synthetic_reply(
+                451,
+                "4.4.3",
+                f"DNS: {domain} {detail}, but the resolver cannot vouch for it "
+                f"({parent} does not answer either)",
+            )
+        return domain_absent_reply(domain, detail)
+
+    async def _zone_answers(self, zone: str) -> bool | None:
+        """True when ``zone`` exists by our resolver (its SOA, or any answer for the name),
+        None when it says NXDOMAIN, False when it cannot tell (SERVFAIL, timeout)."""
+        try:
+            await self._resolver.resolve(zone, "SOA")
+        except dns.resolver.NoAnswer:
+            return True
+        except dns.resolver.NXDOMAIN:
+            return None
+        except (dns.exception.DNSException, OSError):
+            return False
+        return True
 
     # -- sending --------------------------------------------------------------------------------
 
@@ -609,7 +647,7 @@ def _quoted(response: aiosmtplib.SMTPResponse) -> str:
 def _buffered(client: aiosmtplib.SMTP) -> int:
     """Bytes aiosmtplib holds after the last reply it parsed. A second reply that arrived
     in the same read as the first stays there, to be taken for the next command's reply.
-    (``_buffer`` is aiosmtplib's own; tests/relay/test_upstream_protocol.py fails if it
+    (``_buffer`` is aiosmtplib's own; tests/relay/delivery/test_upstream_protocol.py fails if it
     goes.)"""
     buffer = getattr(client.protocol, "_buffer", b"")
     return len(buffer)

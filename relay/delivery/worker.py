@@ -443,6 +443,8 @@ class DeliveryWorker:
             else None,
             protection=_protection(d, result),
             jitter=self._random.random(),
+            last_code=d.last_code,
+            last_reply=d.last_reply,
         )
         decision = verdict(reply, facts, rules)
         if decision.slow_down_until is not None and decision.hint is not None:

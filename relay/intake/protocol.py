@@ -31,7 +31,7 @@ __all__ = ["RelaySMTP", "peer_ip"]
 
 # "<dot-atom@hostname>": what nearly every MAIL/RCPT carries. aiosmtpd parses each path with
 # the email package's header grammar, a tenth of the relay's CPU per message; a path this
-# plain reads the same either way (tests/relay/test_intake.py checks), anything else still
+# plain reads the same either way (tests/relay/intake/test_server.py checks), anything else still
 # goes through aiosmtpd's parser.
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"

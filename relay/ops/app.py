@@ -198,6 +198,7 @@ class Relay:
                 config.admin.password_hash,
                 clock=self._clock,
                 trusted_proxies=config.admin.trusted_proxies,
+                rules=lambda: self.rules,
             )
             self._stack.push_async_callback(runner.cleanup)
         self.port = self.server.sockets[0].getsockname()[1]
@@ -282,18 +283,24 @@ async def _cancel(task: asyncio.Task[None]) -> None:
         await task
 
 
-async def serve(config: Config, role: ProcessRole | None = None) -> None:
+async def serve(
+    config: Config, role: ProcessRole | None = None, *, listen: tuple[str, int] | None = None
+) -> None:
     """Run until SIGTERM or SIGINT; SIGHUP reloads the rules.
 
     ``role``: one of several processes started by ``relay.ops.supervisor`` (shared port, the
-    admin listener in process 0 only, readiness told to the supervisor)."""
+    admin listener in process 0 only, readiness told to the supervisor). ``listen``:
+    ``serve --listen``, instead of ``[smtp] listen`` for this run."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
         relay = Relay(
-            config, shared_listener=role is not None, admin=role is None or role.index == 0
+            config,
+            listen=listen,
+            shared_listener=role is not None,
+            admin=role is None or role.index == 0,
         )
         async with relay:
             loop.add_signal_handler(signal.SIGHUP, relay.reload)

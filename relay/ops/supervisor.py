@@ -89,10 +89,11 @@ def signal_ready() -> None:
 
 
 class _Child:
-    def __init__(self, index: int, count: int, config: Config) -> None:
+    def __init__(self, index: int, count: int, config: Config, listen: str | None) -> None:
         self.index = index
         self.count = count
         self.config = config
+        self.listen = listen  # serve --listen, handed on to each process
         self.proc: asyncio.subprocess.Process | None = None
         self.restarts = 0
         self.ready = False
@@ -115,6 +116,7 @@ class _Child:
                 "serve",
                 "--config",
                 str(self.config.path),
+                *(["--listen", self.listen] if self.listen else []),
                 env=env,
                 pass_fds=(write_fd,),
             )
@@ -145,12 +147,15 @@ class _Child:
         return await self.proc.wait()
 
 
-async def supervise(config: Config) -> int:
-    """Run ``config.smtp.processes`` relay processes until SIGTERM/SIGINT; the exit status."""
+async def supervise(config: Config, *, listen: tuple[str, int] | None = None) -> int:
+    """Run ``config.smtp.processes`` relay processes until SIGTERM/SIGINT; the exit status.
+    ``listen``: ``serve --listen``, instead of ``[smtp] listen`` for this run."""
     count = config.smtp.processes
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    children = [_Child(i, count, config) for i in range(count)]
+    address = listen or config.smtp.listen
+    shown = f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"
+    children = [_Child(i, count, config, shown if listen else None) for i in range(count)]
 
     def reload() -> None:
         systemd.notify("RELOADING=1", f"MONOTONIC_USEC={systemd.monotonic_usec()}")
@@ -172,8 +177,8 @@ async def supervise(config: Config) -> int:
             )
             await _stop_all(children)
             return 1
-        systemd.notify("READY=1", f"STATUS={count} processes listening on {config.smtp.listen}")
-        log.info("relay.ready", processes=count, port=config.smtp.listen[1])
+        systemd.notify("READY=1", f"STATUS={count} processes listening on {shown}")
+        log.info("relay.ready", processes=count, port=address[1])
         watchdog = asyncio.create_task(systemd.watchdog(), name="systemd.watchdog")
         try:
             await _watch(children, stop)

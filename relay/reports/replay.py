@@ -44,6 +44,7 @@ from enum import StrEnum
 from typing import Any, TextIO
 
 from policies.addresses import domain_of
+from policies.outcome import Decision, ReportedDecision
 from policies.retry import Backoff, format_duration
 from policies.smtp_reply import Reply
 from policies.states import EventType
@@ -178,7 +179,12 @@ def _recorded(bounce: RecordedBounce) -> _Outcome:
     return _Outcome(kind, bounce.category, bounce.suppress, timing)
 
 
-def _decided(bounce: RecordedBounce, rules: Rules) -> _Outcome:
+def judged_again(
+    bounce: RecordedBounce, rules: Rules
+) -> Decision | ReportedDecision | NotJudged | None:
+    """The verdict ``rules`` give a recorded bounce today, with its own circumstances (its
+    reply, attempt, first failure, and its time as now): replay and the admin's profile
+    page ask this."""
     reply = Reply(
         code=bounce.code or 0,
         enhanced=bounce.enhanced,
@@ -186,8 +192,12 @@ def _decided(bounce: RecordedBounce, rules: Rules) -> _Outcome:
         synthetic=bounce.synthetic,
     )
     domain = bounce.recipient_domain or domain_of(bounce.recipient or "")
-    if bounce.source == "dsn":
-        return _decided_reported(bounce, reply, domain, rules)
+    if bounce.source == "dsn" or bounce.type == EventType.COMPLAINT:
+        action = "complaint" if bounce.type == EventType.COMPLAINT else bounce.dsn_action
+        action = action if action in ("failed", "delayed", "complaint") else "failed"
+        has_status = bool(reply.code or reply.enhanced) or action == "complaint"
+        reported = Reported(action, domain, reply.text, has_status=has_status)
+        return verdict(reply, reported, rules)
     first_failure = bounce.first_failure_at
     if first_failure is not None and first_failure > bounce.occurred_at:
         first_failure = None  # a later first failure is not this attempt's
@@ -198,7 +208,17 @@ def _decided(bounce: RecordedBounce, rules: Rules) -> _Outcome:
         first_failure_at=first_failure,
         jitter=JITTER,
     )
-    decision = verdict(reply, facts, rules)
+    return verdict(reply, facts, rules)
+
+
+def _decided(bounce: RecordedBounce, rules: Rules) -> _Outcome:
+    decision = judged_again(bounce, rules)
+    if decision is None:
+        return _Outcome("delivered", None, False)
+    if isinstance(decision, NotJudged):
+        return _Outcome("not judged", None, None)
+    if isinstance(decision, ReportedDecision):
+        return _Outcome(_KINDS[decision.event], decision.verdict.category.value, decision.suppress)
     kind = _KINDS[decision.event]
     if kind != "soft" or decision.retry_rule is None:
         return _Outcome(kind, decision.verdict.category.value, decision.suppress)
@@ -213,20 +233,6 @@ def _decided(bounce: RecordedBounce, rules: Rules) -> _Outcome:
         decision.retry_rule.backoff is Backoff.RANDOM,
         decision.retry_rule.spread,
     )
-
-
-def _decided_reported(bounce: RecordedBounce, reply: Reply, domain: str, rules: Rules) -> _Outcome:
-    action = bounce.dsn_action if bounce.dsn_action in ("failed", "delayed") else "failed"
-    facts = Reported(
-        action, domain, bounce.reply_text or "", has_status=bool(reply.code or reply.enhanced)
-    )
-    decision = verdict(reply, facts, rules)
-    if decision is None:  # not for "failed"/"delayed"; kept for the type checker
-        return _Outcome("delivered", None, False)
-    if isinstance(decision, NotJudged):
-        return _Outcome("not judged", None, None)
-    category = decision.verdict.category.value
-    return _Outcome(_KINDS[decision.event], category, decision.suppress)
 
 
 _KINDS = {

@@ -38,8 +38,9 @@ WITH m AS (
 )
 SELECT m.id AS message_id, m.queue_id, m.received_at, d.id, d.recipient, d.recipient_key,
        d.recipient_domain, d.attempts, d.unrecorded_claims, d.first_failure_at, d.lease_token,
-       d.last_source_ip, d.avoid_source_ip, m.envelope_sender, m.from_domain, m.campaign,
-       m.smtputf8, c.suppressed, c.allowlisted, c.probation
+       d.last_source_ip, d.avoid_source_ip, NULL::integer AS last_code, NULL::text AS last_reply,
+       m.envelope_sender, m.from_domain, m.campaign, m.smtputf8, c.suppressed, c.allowlisted,
+       c.probation
 FROM m
 LEFT JOIN d ON d.message_id = m.id
 LEFT JOIN LATERAL (
@@ -54,7 +55,8 @@ LEFT JOIN LATERAL (
 -- relay's clock, still says what is due: a schedule a skewed clock reads early or late costs
 -- a retry's timing, not a duplicate.)
 -- Each comes with its checks (delivery_checks, 0008): the suppression precedence for its
--- message's sending domain, and its address's probation (confirm_hard), if any.
+-- message's sending domain, and its address's probation (confirm_hard), if any; and with its
+-- last reply (the verdict confirms a domain our resolver said was absent by a second look).
 WITH queued AS (
     SELECT id FROM deliveries
     WHERE state = 'queued' AND next_attempt_at <= $2
@@ -79,6 +81,7 @@ WITH queued AS (
     RETURNING d.id, d.message_id, d.recipient, d.recipient_key, d.recipient_domain, d.attempts,
               d.unrecorded_claims - 1 AS unrecorded_claims,
               d.first_failure_at, d.lease_token, d.last_source_ip, d.avoid_source_ip,
+              d.last_code, d.last_reply,
               m.queue_id, m.envelope_sender, m.from_domain, m.campaign, m.smtputf8,
               m.received_at
 )

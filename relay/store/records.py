@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -72,6 +73,8 @@ class ClaimedDelivery:
     lease_token: int
     last_source_ip: str | None
     avoid_source_ip: str | None
+    last_code: int | None
+    last_reply: str | None
     queue_id: str
     envelope_sender: str
     from_domain: str | None
@@ -242,3 +245,8 @@ class RecordedBounce:
     incident_id: int | None
     dsn_action: str | None  # a bounce message's Action (failed, delayed)
     first_failure_at: datetime | None  # the delivery's first soft bounce
+
+    @classmethod
+    def of_evidence(cls, row: Mapping[str, Any]) -> RecordedBounce:
+        """One bounce of ``suppression_evidence`` (its id is ``event_id`` there)."""
+        return cls(**{f.name: row["event_id" if f.name == "id" else f.name] for f in fields(cls)})

@@ -205,10 +205,15 @@ FROM probation WHERE address = $1;
 -- evidence_bounces --
 -- Every bounce and complaint recorded for address $1, newest first, with the incident each
 -- belongs to (if any).
+-- What deciding each again needs comes along (attempt, first failure, the report's action):
+-- the profile page shows what today's rules decide.
 SELECT e.id AS event_id, e.occurred_at, e.type, e.source, e.code, e.enhanced, e.reply_text,
        e.template, e.category, e.source_ip, e.destination, e.campaign, e.from_domain, e.rule,
-       e.suppress, e.retry_at, e.queue_id, e.incident_id, i.state AS incident_state
+       e.suppress, e.retry_at, e.queue_id, e.incident_id, i.state AS incident_state,
+       e.delivery_id, e.recipient, e.recipient_domain, e.synthetic, e.attempt,
+       e.detail ->> 'action' AS dsn_action, d.first_failure_at
 FROM events e LEFT JOIN incidents i ON i.id = e.incident_id
+LEFT JOIN deliveries d ON d.id = e.delivery_id
 WHERE e.recipient = $1 AND e.type IN ('hard_bounce', 'soft_bounce', 'complaint', 'non_delivery')
 ORDER BY e.occurred_at DESC, e.id DESC
 LIMIT 200;

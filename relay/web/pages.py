@@ -25,7 +25,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -36,10 +36,13 @@ from multidict import MultiDictProxy
 from yarl import URL
 
 from policies.addresses import AddressError, normalise_address, validate_address
+from policies.verdict import explain
 from relay.clock import Clock, utc_now
+from relay.config import Rules
 from relay.passwords import AttemptLimit, CheckerBusy, SecretChecker
 from relay.reports import export as report
-from relay.store import ReportRow, Store
+from relay.reports.replay import judged_again
+from relay.store import RecordedBounce, ReportRow, Store
 from relay.web.api import PERIOD_OUT_OF_RANGE, BadNumber, parse_number
 from relay.web.downloads import send_report
 from relay.web.html import Content, Markup, concat, element, link, table, trusted
@@ -293,9 +296,16 @@ def _chart(per_day: list[tuple[datetime, str, int]]) -> Markup:
 
 
 class _Pages:
-    def __init__(self, store: Store, password_hash: str, clock: Clock = utc_now) -> None:
+    def __init__(
+        self,
+        store: Store,
+        password_hash: str,
+        clock: Clock = utc_now,
+        rules: Callable[[], Rules] | None = None,
+    ) -> None:
         self.store = store
         self.clock = clock
+        self.rules = rules
         self.auth = _Auth(
             SecretChecker([("admin", password_hash)]),
             AttemptLimit(LOGIN_ATTEMPTS, LOGIN_WINDOW, clock),
@@ -611,6 +621,14 @@ class _Pages:
         )
         return _page(request, "Queue", body)
 
+    def _judged_again(self, bounce: Mapping[str, Any]) -> str:
+        """What the relay's rules decide for this bounce today (policies.verdict, as
+        ``classify --replay`` asks it): tells an administrator whether lifting the entry
+        would be undone by the next such reply."""
+        if self.rules is None or bounce["type"] == "non_delivery":
+            return ""
+        return explain(judged_again(RecordedBounce.of_evidence(bounce), self.rules()))
+
     async def profile_page(self, request: web.Request) -> web.Response:
         address = request.query.get("address", "")
         result = None
@@ -653,6 +671,7 @@ class _Pages:
                         "incident",
                         "reply",
                         "template",
+                        "today's rules",
                     ],
                     [
                         [
@@ -667,6 +686,7 @@ class _Pages:
                             _incident_link(b["incident_id"], b["incident_state"]),
                             b["reply_text"],
                             b["template"],
+                            self._judged_again(b),
                         ]
                         for b in evidence.bounces
                     ],
@@ -774,9 +794,13 @@ class _Pages:
 
 
 def add_page_routes(
-    app: web.Application, store: Store, password_hash: str, clock: Clock = utc_now
+    app: web.Application,
+    store: Store,
+    password_hash: str,
+    clock: Clock = utc_now,
+    rules: Callable[[], Rules] | None = None,
 ) -> None:
-    pages = _Pages(store, password_hash, clock)
+    pages = _Pages(store, password_hash, clock, rules)
     app[PASSWORD_CHECKER] = pages.auth.checker
     guarded = pages.login_required
     app.router.add_get("/", pages.home)

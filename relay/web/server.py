@@ -26,7 +26,7 @@ from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from relay.clock import Clock, utc_now
-from relay.config import AdminToken
+from relay.config import AdminToken, Rules
 from relay.errors import ListenError, StoreError
 from relay.ops.metrics import Metrics
 from relay.store import Store
@@ -104,6 +104,7 @@ def _app(
     password_hash: str = "",
     clock: Clock = utc_now,
     trusted_proxies: Sequence[Network] = (),
+    rules: Callable[[], Rules] | None = None,
 ) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
@@ -146,7 +147,7 @@ def _app(
     if tokens:
         add_api_routes(app, store, tokens, clock)
     if password_hash:
-        add_page_routes(app, store, password_hash, clock)
+        add_page_routes(app, store, password_hash, clock, rules)
     return app
 
 
@@ -159,11 +160,12 @@ async def start_admin(
     password_hash: str = "",
     clock: Clock = utc_now,
     trusted_proxies: Sequence[Network] = (),
+    rules: Callable[[], Rules] | None = None,
 ) -> tuple[web.AppRunner, int]:
     """Start listening; return the runner (to clean up; ``runner.app`` is the application)
     and the bound port."""
     runner = web.AppRunner(
-        _app(store, metrics, serving, tokens, password_hash, clock, trusted_proxies),
+        _app(store, metrics, serving, tokens, password_hash, clock, trusted_proxies, rules),
         access_log=None,
     )
     await runner.setup()

@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiosmtplib
 import asyncpg
@@ -301,8 +301,7 @@ class _Handler:
         b = self.up.behaviour
         if b.p_disconnect and b.rng.random() < b.p_disconnect / 2:
             self.up.disconnects += 1
-            assert server.transport is not None
-            server.transport.abort()
+            _abort(server.transport)
             return "421 4.4.2 gone"
         reply = b.on_rcpt(address) if b.on_rcpt is not None else None
         if reply is not None and not reply.startswith("2"):
@@ -323,8 +322,7 @@ class _Handler:
         if draw < b.p_disconnect:
             # The data is in, the reply never goes out: the upstream took no responsibility.
             self.up.disconnects += 1
-            assert server.transport is not None
-            server.transport.abort()
+            _abort(server.transport)
             return "421 4.4.2 gone"
         if draw < b.p_disconnect + b.p_5xx:
             self.up.refused[seq] += 1
@@ -336,22 +334,27 @@ class _Handler:
         return "250 2.0.0 OK"
 
 
+def _abort(transport: asyncio.BaseTransport | None) -> None:
+    """Drop the connection at once, no reply. aiosmtpd types its transport as the base class;
+    the stream transports it is given (asyncio's, uvloop's) all have ``abort``."""
+    if transport is not None:
+        cast(asyncio.WriteTransport, transport).abort()
+
+
 class _ChaosSMTP(SMTP):
     up: ChaosUpstream
 
     async def push(self, status: str | bytes) -> None:
-        if isinstance(status, str) and not status.isascii():
-            # Some servers still answer in Latin-1: bytes that are not UTF-8.
-            status = status.encode("latin-1")
-        await super().push(status)
+        # Some servers still answer in Latin-1: bytes that are not UTF-8 (ASCII is the same
+        # bytes either way, which is all aiosmtpd's own push would write).
+        await super().push(status.encode("latin-1") if isinstance(status, str) else status)
 
     async def smtp_DATA(self, arg: str) -> None:
         hook = self.up.behaviour.at_data_command
         if hook is not None and hook():
             # Mid-DATA: the command came, the content never will (the relay is gone).
             self.up.cut_at_data += 1
-            if self.transport is not None:
-                self.transport.abort()
+            _abort(self.transport)
             return
         await super().smtp_DATA(arg)
 

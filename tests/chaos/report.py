@@ -42,12 +42,16 @@ class Covered:
 COVERED = (
     Covered(
         "Refuses to start on a server with `fsync` or `synchronous_commit` off",
-        ("tests/relay/test_intake.py::test_refuses_to_start_when_commits_would_not_be_durable",),
+        (
+            "tests/relay/intake/test_server.py::test_refuses_to_start_when_commits_would_not_be_durable",
+        ),
     ),
     Covered(
         "Database gone at RCPT or DATA: generic `451 4.3.0` (no driver text), nothing "
         "half-written, recovery without a restart",
-        ("tests/relay/test_intake.py::test_database_unreachable_answers_451_and_writes_nothing",),
+        (
+            "tests/relay/intake/test_server.py::test_database_unreachable_answers_451_and_writes_nothing",
+        ),
     ),
     Covered(
         "SIGKILL of one of two relays mid-delivery: nothing lost, few duplicates",
@@ -57,7 +61,7 @@ COVERED = (
         "SIGTERM under load: sessions in DATA get their reply, nothing lost; late clients 421",
         (
             "tests/e2e/test_operations.py::test_sigterm_under_load_loses_nothing",
-            "tests/relay/test_intake.py::"
+            "tests/relay/intake/test_server.py::"
             "test_shutdown_lets_open_transactions_finish_and_tells_new_clients_421",
         ),
     ),
@@ -69,7 +73,9 @@ COVERED = (
     ),
     Covered(
         "Lease fencing in one process (a late worker's outcome is refused)",
-        ("tests/relay/test_delivery.py::test_lease_fencing_keeps_a_late_worker_from_overwriting",),
+        (
+            "tests/relay/delivery/test_worker.py::test_lease_fencing_keeps_a_late_worker_from_overwriting",
+        ),
     ),
     Covered(
         "SIGHUP with a bad file keeps the old rules",
@@ -79,13 +85,13 @@ COVERED = (
         "Not an open relay: clients outside `allowed_clients`, AUTH only after STARTTLS, "
         "`auth_required`, `require_tls`, wrong passwords",
         (
-            "tests/relay/test_intake.py::test_client_not_allowed_gets_5xx_and_nothing_is_stored",
-            "tests/relay/test_intake_tls_auth.py::test_auth_is_offered_only_after_starttls",
-            "tests/relay/test_intake_tls_auth.py::"
+            "tests/relay/intake/test_server.py::test_client_not_allowed_gets_5xx_and_nothing_is_stored",
+            "tests/relay/intake/test_tls_auth.py::test_auth_is_offered_only_after_starttls",
+            "tests/relay/intake/test_tls_auth.py::"
             "test_wrong_password_is_refused_and_relaying_stays_denied",
-            "tests/relay/test_intake_tls_auth.py::"
+            "tests/relay/intake/test_tls_auth.py::"
             "test_auth_required_refuses_allowed_client_without_login",
-            "tests/relay/test_intake_tls_auth.py::test_require_tls_refuses_mail_in_clear",
+            "tests/relay/intake/test_tls_auth.py::test_require_tls_refuses_mail_in_clear",
         ),
     ),
     Covered(
@@ -97,8 +103,8 @@ COVERED = (
         "Oversize message `552 5.3.4`; input that crashes the address grammar is a syntax "
         "error, not a 451",
         (
-            "tests/relay/test_intake.py::test_oversize_message_gets_552",
-            "tests/relay/test_intake.py::"
+            "tests/relay/intake/test_server.py::test_oversize_message_gets_552",
+            "tests/relay/intake/test_server.py::"
             "test_a_path_that_crashes_the_address_grammar_is_a_syntax_error",
         ),
     ),
@@ -110,7 +116,7 @@ COVERED = (
             "tests/policies/test_dsn.py::test_fuzz_mutated_dsn",
             "tests/policies/test_dsn.py::test_fuzz_mutated_delivery_status_fields",
             "tests/policies/test_headers.py::test_hand_parser_agrees_with_the_email_package",
-            "tests/relay/test_intake.py::test_the_fast_path_parser_reads_paths_exactly_as_aiosmtpd",
+            "tests/relay/intake/test_server.py::test_the_fast_path_parser_reads_paths_exactly_as_aiosmtpd",
             "tests/policies/test_hints.py::test_hint_for_never_raises",
             "tests/policies/test_verp.py::test_every_delivery_id_round_trips",
         ),
@@ -126,27 +132,27 @@ COVERED = (
         "Forged bounces: no valid VERP token suppresses nobody; a bounce of a bounce is "
         "dropped; anyone may send bounces but not relay",
         (
-            "tests/relay/test_bounces.py::test_a_bounce_without_a_valid_token_suppresses_nobody",
+            "tests/relay/dsn/test_bounces.py::test_a_bounce_without_a_valid_token_suppresses_nobody",
             "tests/policies/test_verp.py::test_another_secret_or_domain_does_not_verify",
-            "tests/relay/test_bounces.py::test_a_bounce_of_a_bounce_is_dropped",
-            "tests/relay/test_bounces.py::test_any_client_may_send_bounces_but_not_relay",
+            "tests/relay/dsn/test_bounces.py::test_a_bounce_of_a_bounce_is_dropped",
+            "tests/relay/dsn/test_bounces.py::test_any_client_may_send_bounces_but_not_relay",
         ),
     ),
     Covered(
         "Formula injection in CSV and XLSX exports; report text shown as text (XSS)",
         (
-            "tests/relay/test_report.py::test_csv_parses_back_and_neutralises_formulas",
-            "tests/relay/test_report.py::"
+            "tests/relay/reports/test_export.py::test_csv_parses_back_and_neutralises_formulas",
+            "tests/relay/reports/test_export.py::"
             "test_xlsx_reads_back_with_types_header_total_and_chart_sheet",
-            "tests/relay/test_admin_pages.py::test_report_page_download_and_xss_as_text",
+            "tests/relay/web/test_pages.py::test_report_page_download_and_xss_as_text",
         ),
     ),
     Covered(
         "Admin page: CSRF on changes, login rate limit; API bearer tokens",
         (
-            "tests/relay/test_admin_pages.py::test_remove_needs_csrf_and_works_with_it",
-            "tests/relay/test_admin_pages.py::test_wrong_password_refused_then_rate_limited",
-            "tests/relay/test_api.py::test_without_or_with_a_wrong_token_401",
+            "tests/relay/web/test_pages.py::test_remove_needs_csrf_and_works_with_it",
+            "tests/relay/web/test_pages.py::test_wrong_password_refused_then_rate_limited",
+            "tests/relay/web/test_api.py::test_without_or_with_a_wrong_token_401",
         ),
     ),
     Covered(
@@ -168,13 +174,13 @@ COVERED = (
         "minimum data rate, NOOP/RSET/invalid-command limits; a normal client is served "
         "while twenty abusive ones are connected",
         (
-            "tests/relay/test_hostile_clients.py::test_past_max_connections_a_new_client_hears_421_and_is_closed",
-            "tests/relay/test_hostile_clients.py::test_idle_client_hears_421_4_4_2_and_is_closed",
-            "tests/relay/test_hostile_clients.py::test_data_longer_than_data_timeout_is_cut_and_nothing_stored",
-            "tests/relay/test_hostile_clients.py::test_data_slower_than_min_data_rate_is_cut_fast_clients_are_not",
-            "tests/relay/test_hostile_clients.py::test_a_flood_of_noop_or_rset_is_cut_at_its_limit",
-            "tests/relay/test_hostile_clients.py::test_invalid_commands_are_cut_at_max_invalid_commands",
-            "tests/relay/test_hostile_clients.py::test_a_normal_client_is_served_while_twenty_abusive_ones_are_connected",
+            "tests/relay/intake/test_hostile_clients.py::test_past_max_connections_a_new_client_hears_421_and_is_closed",
+            "tests/relay/intake/test_hostile_clients.py::test_idle_client_hears_421_4_4_2_and_is_closed",
+            "tests/relay/intake/test_hostile_clients.py::test_data_longer_than_data_timeout_is_cut_and_nothing_stored",
+            "tests/relay/intake/test_hostile_clients.py::test_data_slower_than_min_data_rate_is_cut_fast_clients_are_not",
+            "tests/relay/intake/test_hostile_clients.py::test_a_flood_of_noop_or_rset_is_cut_at_its_limit",
+            "tests/relay/intake/test_hostile_clients.py::test_invalid_commands_are_cut_at_max_invalid_commands",
+            "tests/relay/intake/test_hostile_clients.py::test_a_normal_client_is_served_while_twenty_abusive_ones_are_connected",
         ),
     ),
     Covered(
@@ -182,18 +188,18 @@ COVERED = (
         "`max_hops`; a route or MX pointing back at the relay ends after `max_hops` passes "
         "with `554 5.4.6`, one bounce, nobody suppressed (before: thousands of copies)",
         (
-            "tests/relay/test_trace_and_loops.py::"
+            "tests/relay/intake/test_trace_and_loops.py::"
             "test_a_route_back_to_the_relay_itself_ends_after_max_hops_passes",
-            "tests/relay/test_trace_and_loops.py::test_our_field_counts_toward_max_hops",
-            "tests/relay/test_hostile_clients.py::test_max_hops_received_fields_are_refused_as_a_loop",
+            "tests/relay/intake/test_trace_and_loops.py::test_our_field_counts_toward_max_hops",
+            "tests/relay/intake/test_hostile_clients.py::test_max_hops_received_fields_are_refused_as_a_loop",
         ),
     ),
     Covered(
         "A hostile EHLO name (control characters, CR, NUL, injected clauses, over-long, "
         "non-ASCII) never reaches our `Received:` field; the client's address stands in",
         (
-            "tests/relay/test_trace_and_loops.py::test_a_hostile_ehlo_name_never_reaches_the_header",
-            "tests/relay/test_trace_and_loops.py::test_a_well_formed_ehlo_name_is_kept",
+            "tests/relay/intake/test_trace_and_loops.py::test_a_hostile_ehlo_name_never_reaches_the_header",
+            "tests/relay/intake/test_trace_and_loops.py::test_a_well_formed_ehlo_name_is_kept",
         ),
     ),
     Covered(
@@ -201,13 +207,13 @@ COVERED = (
         "checker's capacity `454 4.7.0`); `max_auth_failures` per session then `421`, "
         "`auth_failures_per_client` per address (IPv6 /64) in the window then `421`",
         (
-            "tests/relay/test_auth_limits.py::test_clients_are_greeted_while_ten_auth_checks_run",
-            "tests/relay/test_auth_limits.py::"
+            "tests/relay/intake/test_auth_limits.py::test_clients_are_greeted_while_ten_auth_checks_run",
+            "tests/relay/intake/test_auth_limits.py::"
             "test_past_the_checkers_capacity_auth_hears_454_and_counts_nothing",
-            "tests/relay/test_auth_limits.py::test_a_session_is_cut_after_max_auth_failures",
-            "tests/relay/test_auth_limits.py::"
+            "tests/relay/intake/test_auth_limits.py::test_a_session_is_cut_after_max_auth_failures",
+            "tests/relay/intake/test_auth_limits.py::"
             "test_a_client_address_is_refused_auth_until_its_window_passes",
-            "tests/relay/test_auth_limits.py::test_a_client_is_an_ipv4_address_or_an_ipv6_64",
+            "tests/relay/intake/test_auth_limits.py::test_a_client_is_an_ipv4_address_or_an_ipv6_64",
         ),
     ),
     Covered(
@@ -215,17 +221,17 @@ COVERED = (
         "`address_literals`; never looked up in DNS as names, never suppressed; a literal "
         "route delivers to the IP",
         (
-            "tests/relay/test_hostile_clients.py::"
+            "tests/relay/intake/test_hostile_clients.py::"
             "test_an_address_literal_recipient_is_refused_where_its_route_does_not_allow_it",
-            "tests/relay/test_hostile_clients.py::"
+            "tests/relay/intake/test_hostile_clients.py::"
             "test_a_route_with_address_literals_takes_the_literals_it_matches",
-            "tests/relay/test_hostile_clients.py::test_a_malformed_address_literal_is_a_syntax_error",
-            "tests/relay/test_delivery.py::"
+            "tests/relay/intake/test_hostile_clients.py::test_a_malformed_address_literal_is_a_syntax_error",
+            "tests/relay/delivery/test_worker.py::"
             "test_an_address_literal_on_an_mx_route_goes_to_that_ip_never_to_dns",
-            "tests/relay/test_delivery.py::test_a_5xx_from_a_literal_destination_never_suppresses",
-            "tests/relay/test_delivery.py::"
+            "tests/relay/delivery/test_worker.py::test_a_5xx_from_a_literal_destination_never_suppresses",
+            "tests/relay/delivery/test_worker.py::"
             "test_an_address_literal_through_an_mx_route_without_address_literals",
-            "tests/relay/test_routing.py::test_a_literal_that_is_no_host_address_fails_without_dns",
+            "tests/relay/delivery/test_routing.py::test_a_literal_that_is_no_host_address_fails_without_dns",
         ),
     ),
     Covered(
@@ -234,9 +240,9 @@ COVERED = (
         "worker process in linear time, other clients greeted meanwhile; a parse over its "
         "budget is kept as unmatched, never a stall (before: 20-25 s stalls at 200 KB)",
         (
-            "tests/relay/test_hostile_bounces.py::"
+            "tests/relay/dsn/test_hostile_bounces.py::"
             "test_other_clients_are_greeted_while_a_hostile_bounce_is_read",
-            "tests/relay/test_hostile_bounces.py::"
+            "tests/relay/dsn/test_hostile_bounces.py::"
             "test_a_parse_over_budget_is_kept_as_unmatched_and_the_next_bounce_is_read",
             "tests/policies/test_dsn_hostile.py::test_a_hostile_bounce_of_2_mb_is_parsed_within_budget",
             "tests/policies/test_dsn_hostile.py::test_line_patterns_take_linear_time_on_long_runs",
@@ -250,7 +256,7 @@ COVERED = (
         "comments): at most 100 KB read as the header, bounded time, a broken From costs "
         "the field only",
         (
-            "tests/relay/test_hostile_bounces.py::test_a_hostile_from_on_intake_does_not_hold_other_clients",
+            "tests/relay/dsn/test_hostile_bounces.py::test_a_hostile_from_on_intake_does_not_hold_other_clients",
             "tests/policies/test_headers.py::test_a_from_folded_over_megabytes_is_read_in_bounded_time",
             "tests/policies/test_headers.py::test_a_35_mb_header_is_read_up_to_max_header_bytes",
             "tests/policies/test_headers.py::test_nested_comments_in_from_cost_the_field_not_the_message",
@@ -261,20 +267,20 @@ COVERED = (
         "one record per message whatever its recipient count, deleted after the retention; "
         "the same DSN repeated or sent concurrently counts once",
         (
-            "tests/relay/test_hostile_bounces.py::test_unusable_bounces_are_limited_per_client_address",
-            "tests/relay/test_hostile_bounces.py::"
+            "tests/relay/dsn/test_hostile_bounces.py::test_unusable_bounces_are_limited_per_client_address",
+            "tests/relay/dsn/test_hostile_bounces.py::"
             "test_one_message_to_a_thousand_bounce_addresses_is_one_record",
-            "tests/relay/test_hostile_bounces.py::test_unusable_bounces_are_deleted_after_the_retention",
-            "tests/relay/test_hostile_bounces.py::test_unusable_bounces_expire_without_bounce_traffic",
-            "tests/relay/test_bounces.py::test_the_same_delayed_dsn_five_times_is_one_soft_bounce",
-            "tests/relay/test_bounces.py::test_two_copies_of_a_dsn_at_once_count_once",
+            "tests/relay/dsn/test_hostile_bounces.py::test_unusable_bounces_are_deleted_after_the_retention",
+            "tests/relay/dsn/test_hostile_bounces.py::test_unusable_bounces_expire_without_bounce_traffic",
+            "tests/relay/dsn/test_bounces.py::test_the_same_delayed_dsn_five_times_is_one_soft_bounce",
+            "tests/relay/dsn/test_bounces.py::test_two_copies_of_a_dsn_at_once_count_once",
         ),
     ),
     Covered(
         "Leases by the database's clock: a relay whose clock runs 20 minutes ahead never takes "
         "over a live delivery (before: it sent it a second time); webhook rows the same",
         (
-            "tests/relay/test_delivery.py::"
+            "tests/relay/delivery/test_worker.py::"
             "test_a_relay_whose_clock_runs_ahead_never_takes_over_a_live_lease",
             "tests/relay/test_webhooks.py::test_a_lease_that_runs_out_is_posted_by_another_sender",
         ),
@@ -285,19 +291,19 @@ COVERED = (
         "`451 4.5.0`, the connection closed and never pooled; nothing recorded delivered "
         "that the upstream did not receive",
         (
-            "tests/relay/test_upstream_protocol.py::test_a_malformed_reply_line_is_a_protocol_error",
-            "tests/relay/test_upstream_protocol.py::"
+            "tests/relay/delivery/test_upstream_protocol.py::test_a_malformed_reply_line_is_a_protocol_error",
+            "tests/relay/delivery/test_upstream_protocol.py::"
             "test_two_replies_to_one_rcpt_never_mark_the_message_delivered",
-            "tests/relay/test_upstream_protocol.py::test_a_354_to_mail_is_a_protocol_error",
-            "tests/relay/test_upstream_protocol.py::"
+            "tests/relay/delivery/test_upstream_protocol.py::test_a_354_to_mail_is_a_protocol_error",
+            "tests/relay/delivery/test_upstream_protocol.py::"
             "test_a_surplus_line_after_ehlo_is_caught_before_mail",
-            "tests/relay/test_upstream_protocol.py::"
+            "tests/relay/delivery/test_upstream_protocol.py::"
             "test_a_surplus_reply_after_the_data_is_not_read_by_the_next_transaction",
-            "tests/relay/test_upstream_protocol.py::"
+            "tests/relay/delivery/test_upstream_protocol.py::"
             "test_a_line_sent_while_the_connection_was_idle_keeps_it_out_of_the_pool",
-            "tests/relay/test_upstream_protocol.py::"
+            "tests/relay/delivery/test_upstream_protocol.py::"
             "test_replies_are_counted_over_starttls_on_either_event_loop",
-            "tests/relay/test_upstream_protocol.py::"
+            "tests/relay/delivery/test_upstream_protocol.py::"
             "test_no_delivery_is_recorded_that_the_upstream_never_received",
         ),
     ),
@@ -305,11 +311,11 @@ COVERED = (
         "Anything but `354` to DATA (`250`, `220`, `554`, `250` then `354`) is a soft "
         "protocol error, never delivered; a missing reply times out on `command_timeout`",
         (
-            "tests/relay/test_upstream_protocol.py::test_anything_but_354_to_data_is_a_protocol_error",
-            "tests/relay/test_upstream_protocol.py::"
+            "tests/relay/delivery/test_upstream_protocol.py::test_anything_but_354_to_data_is_a_protocol_error",
+            "tests/relay/delivery/test_upstream_protocol.py::"
             "test_a_2xx_and_a_354_to_data_is_a_protocol_error",
-            "tests/relay/test_upstream_protocol.py::test_a_250_to_data_is_never_recorded_delivered",
-            "tests/relay/test_upstream_protocol.py::"
+            "tests/relay/delivery/test_upstream_protocol.py::test_a_250_to_data_is_never_recorded_delivered",
+            "tests/relay/delivery/test_upstream_protocol.py::"
             "test_a_missing_reply_to_data_times_out_on_the_command_timeout",
         ),
     ),
@@ -318,12 +324,12 @@ COVERED = (
         "(scrypt in worker threads, bounded, HMAC-keyed caches; 503 past capacity); token "
         "guessing 429 per client; 60 parallel wrong passwords, at most 5 checked",
         (
-            "tests/relay/test_admin_hardening.py::test_bogus_token_flood_keeps_the_smtp_greeting_fast",
-            "tests/relay/test_admin_hardening.py::test_repeated_bogus_token_is_refused_without_scrypt",
-            "tests/relay/test_admin_hardening.py::test_api_failures_are_limited_per_client",
-            "tests/relay/test_admin_hardening.py::test_parallel_wrong_passwords_check_at_most_five",
-            "tests/relay/test_admin_hardening.py::test_login_limit_ends_with_its_window",
-            "tests/relay/test_admin_hardening.py::"
+            "tests/relay/web/test_hardening.py::test_bogus_token_flood_keeps_the_smtp_greeting_fast",
+            "tests/relay/web/test_hardening.py::test_repeated_bogus_token_is_refused_without_scrypt",
+            "tests/relay/web/test_hardening.py::test_api_failures_are_limited_per_client",
+            "tests/relay/web/test_hardening.py::test_parallel_wrong_passwords_check_at_most_five",
+            "tests/relay/web/test_hardening.py::test_login_limit_ends_with_its_window",
+            "tests/relay/web/test_hardening.py::"
             "test_login_limit_keys_on_the_client_behind_a_trusted_proxy",
         ),
     ),
@@ -332,13 +338,13 @@ COVERED = (
         "`frame-ancestors 'none'`, X-Frame-Options, checked in Chromium), no-store; hostile "
         "numbers in page/API parameters are 400, never 500",
         (
-            "tests/relay/test_admin_hardening.py::test_post_from_another_origin_is_refused",
-            "tests/relay/test_admin_hardening.py::test_login_needs_the_forms_csrf_token",
-            "tests/relay/test_admin_hardening.py::"
+            "tests/relay/web/test_hardening.py::test_post_from_another_origin_is_refused",
+            "tests/relay/web/test_hardening.py::test_login_needs_the_forms_csrf_token",
+            "tests/relay/web/test_hardening.py::"
             "test_every_admin_response_forbids_framing_and_caching",
             "tests/e2e/test_admin_browser.py::test_another_site_cannot_frame_the_admin_page",
-            "tests/relay/test_admin_hardening.py::test_bad_numbers_in_pages_are_400",
-            "tests/relay/test_admin_hardening.py::test_bad_numbers_in_api_reports_are_400",
+            "tests/relay/web/test_hardening.py::test_bad_numbers_in_pages_are_400",
+            "tests/relay/web/test_hardening.py::test_bad_numbers_in_api_reports_are_400",
         ),
     ),
     Covered(
@@ -379,17 +385,17 @@ COVERED = (
         "SMTP smuggling: every end-of-data variant (bare LF/CR, NUL) refused, never a second "
         "message; CRLF and dot-stuffing intact upstream, one MAIL per message",
         (
-            "tests/relay/test_hostile_clients.py::test_no_end_of_data_variant_smuggles_a_second_message",
-            "tests/relay/test_hostile_clients.py::test_dot_lines_and_crlf_reach_the_upstream_intact",
+            "tests/relay/intake/test_hostile_clients.py::test_no_end_of_data_variant_smuggles_a_second_message",
+            "tests/relay/intake/test_hostile_clients.py::test_dot_lines_and_crlf_reach_the_upstream_intact",
         ),
     ),
     Covered(
         "STARTTLS command injection in both directions (relay as server, relay as client "
         "against an upstream that forges a reply)",
         (
-            "tests/relay/test_starttls_injection.py::"
+            "tests/relay/intake/test_starttls_injection.py::"
             "test_commands_pipelined_after_starttls_are_discarded_by_the_relay",
-            "tests/relay/test_starttls_injection.py::"
+            "tests/relay/intake/test_starttls_injection.py::"
             "test_a_reply_injected_after_starttls_is_not_taken_by_the_relay",
         ),
     ),
@@ -398,10 +404,10 @@ COVERED = (
         "CRLF, UTF-8 without SMTPUTF8 refused and never stored; what goes upstream is exactly "
         "what was stored (aiosmtplib rewrites nothing the intake accepts)",
         (
-            "tests/relay/test_hostile_clients.py::test_hostile_recipient_is_refused_and_never_stored",
-            "tests/relay/test_hostile_clients.py::test_hostile_sender_is_refused",
-            "tests/relay/test_hostile_clients.py::test_recipients_reach_the_upstream_exactly_as_stored",
-            "tests/relay/test_hostile_clients.py::test_no_address_the_intake_accepts_is_rewritten_by_aiosmtplib",
+            "tests/relay/intake/test_hostile_clients.py::test_hostile_recipient_is_refused_and_never_stored",
+            "tests/relay/intake/test_hostile_clients.py::test_hostile_sender_is_refused",
+            "tests/relay/intake/test_hostile_clients.py::test_recipients_reach_the_upstream_exactly_as_stored",
+            "tests/relay/intake/test_hostile_clients.py::test_no_address_the_intake_accepts_is_rewritten_by_aiosmtplib",
         ),
     ),
     Covered(
@@ -409,25 +415,25 @@ COVERED = (
         "dots from outside `allowed_clients` relay nothing; PROXY headers only from listed "
         "proxies, and the proxied client decides",
         (
-            "tests/relay/test_hostile_clients.py::test_an_outsider_relays_nothing_whatever_the_routing_trick",
-            "tests/relay/test_hostile_clients.py::test_a_proxy_header_from_anyone_else_is_refused_and_never_honoured",
-            "tests/relay/test_hostile_clients.py::test_relaying_is_decided_by_the_proxied_client_not_the_proxy",
-            "tests/relay/test_hostile_clients.py::test_starttls_through_a_proxy_keeps_the_proxied_client",
+            "tests/relay/intake/test_hostile_clients.py::test_an_outsider_relays_nothing_whatever_the_routing_trick",
+            "tests/relay/intake/test_hostile_clients.py::test_a_proxy_header_from_anyone_else_is_refused_and_never_honoured",
+            "tests/relay/intake/test_hostile_clients.py::test_relaying_is_decided_by_the_proxied_client_not_the_proxy",
+            "tests/relay/intake/test_hostile_clients.py::test_starttls_through_a_proxy_keeps_the_proxied_client",
         ),
     ),
     Covered(
         "Memory: fifty concurrent near-limit messages stay within the documented bound",
         (
-            "tests/relay/test_hostile_clients.py::test_fifty_concurrent_near_limit_messages_keep_rss_bounded",
+            "tests/relay/intake/test_hostile_clients.py::test_fifty_concurrent_near_limit_messages_keep_rss_bounded",
         ),
     ),
     Covered(
         "Next hop without SMTPUTF8 / 8BITMIME: A-label domain, permanent 5.6.7 / 5.6.3, "
         "nobody suppressed, no loop",
         (
-            "tests/relay/test_downgrade.py::"
+            "tests/relay/delivery/test_downgrade.py::"
             "test_a_utf8_domain_goes_as_its_a_label_and_a_utf8_local_part_fails",
-            "tests/relay/test_downgrade.py::"
+            "tests/relay/delivery/test_downgrade.py::"
             "test_an_8bit_body_to_a_7bit_server_fails_once_and_suppresses_nobody",
         ),
     ),
@@ -436,12 +442,12 @@ COVERED = (
         "one entry, a removal racing a bounce ends in a defined state with both recorded; "
         "search wildcards are literal",
         (
-            "tests/relay/test_suppression_races.py::"
+            "tests/relay/store/test_suppression_races.py::"
             "test_a_hard_bounce_stops_the_queued_mail_to_the_address",
-            "tests/relay/test_suppression_races.py::test_many_writers_make_one_entry",
-            "tests/relay/test_suppression_races.py::"
+            "tests/relay/store/test_suppression_races.py::test_many_writers_make_one_entry",
+            "tests/relay/store/test_suppression_races.py::"
             "test_a_removal_racing_a_new_bounce_ends_defined_and_both_are_recorded",
-            "tests/relay/test_suppression_races.py::test_search_wildcards_are_literal",
+            "tests/relay/store/test_suppression_races.py::test_search_wildcards_are_literal",
             "tests/policies/test_addresses.py::test_normalise_address",
         ),
     ),
@@ -459,24 +465,24 @@ COVERED = (
         "payloads leave CSV and XLSX whole, with no formula or hyperlink cell; a reply with a "
         "NUL is still recorded; login renews the session",
         (
-            "tests/relay/test_report.py::"
+            "tests/relay/reports/test_export.py::"
             "test_hostile_texts_export_without_formulas_links_or_a_broken_file",
-            "tests/relay/test_bounce_intelligence.py::"
+            "tests/relay/delivery/test_bounce_intelligence.py::"
             "test_a_reply_with_nul_and_control_characters_is_recorded",
-            "tests/relay/test_admin_pages.py::test_login_renews_the_session",
+            "tests/relay/web/test_pages.py::test_login_renews_the_session",
         ),
     ),
     Covered(
         "A delivery whose claims keep ending with nothing recorded is given up",
         (
-            "tests/relay/test_unrecorded_claims.py::"
+            "tests/relay/delivery/test_unrecorded_claims.py::"
             "test_claims_that_keep_running_out_give_the_delivery_up",
         ),
     ),
     Covered(
         "A provider incident suppresses nobody and is released in one step",
         (
-            "tests/relay/test_bounce_intelligence.py::"
+            "tests/relay/delivery/test_bounce_intelligence.py::"
             "test_an_incident_suppresses_nobody_and_is_released_in_one_step",
         ),
     ),
@@ -508,9 +514,9 @@ FINDINGS = (
     "**Fixed: non-ASCII envelopes.** Intake accepted a non-ASCII envelope address sent "
     "without SMTPUTF8 and delivery then failed every attempt; it is refused at MAIL/RCPT "
     "now (`553 5.6.7`, RFC 6531), and a malformed UTF-8 address gets `501`/`553`, not a "
-    "generic 451 (`tests/relay/test_hostile_clients.py`). A next hop without SMTPUTF8 gets "
+    "generic 451 (`tests/relay/intake/test_hostile_clients.py`). A next hop without SMTPUTF8 gets "
     "a UTF-8 domain as its A-label and a UTF-8 local part fails permanently "
-    "(`tests/relay/test_downgrade.py`).",
+    "(`tests/relay/delivery/test_downgrade.py`).",
     "**Fixed, bounded: claims that never record an outcome.** An exception raised after "
     "the send (outside `_attempt`, e.g. a bug in the outcome policy) or an outcome the "
     "database refuses for good let the lease run out and the delivery be claimed again, "
@@ -518,7 +524,7 @@ FINDINGS = (
     "row that ended with nothing recorded (`unrecorded_claims`, reset by every outcome, "
     "release or deferral); the sixth such claim gives the delivery up (expired, "
     "non_delivery, rule `unrecorded_claims`; "
-    "`tests/relay/test_unrecorded_claims.py`).",
+    "`tests/relay/delivery/test_unrecorded_claims.py`).",
     "**Fixed: retries are spread by default.** The default schedule had no jitter (only "
     '`backoff = "random"` spread retries), so a queue that failed together came back '
     "together. `[retry] spread` (0.1 by default) now stretches every schedule, fixed and "

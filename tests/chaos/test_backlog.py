@@ -22,7 +22,6 @@ import asyncpg
 import pytest
 
 from relay.store import IncomingMessage, Recipient, create_store
-from tests import pg
 from tests.chaos.harness import (
     ChaosUpstream,
     RelayProcess,
@@ -34,6 +33,7 @@ from tests.chaos.harness import (
     rss_mb,
     wait_settled,
 )
+from tests.support import pg
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 

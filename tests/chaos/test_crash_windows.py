@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 
-from tests import pg
 from tests.chaos.harness import (
     ChaosUpstream,
     Client,
@@ -37,6 +36,7 @@ from tests.chaos.harness import (
     stored_seqs,
     wait_settled,
 )
+from tests.support import pg
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 

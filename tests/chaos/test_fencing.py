@@ -12,7 +12,6 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests import pg
 from tests.chaos.harness import (
     ChaosUpstream,
     Client,
@@ -22,6 +21,7 @@ from tests.chaos.harness import (
     record,
     relay_config,
 )
+from tests.support import pg
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 

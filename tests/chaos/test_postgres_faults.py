@@ -32,7 +32,7 @@ from tests.chaos.harness import (
     stored_rows,
     wait_settled,
 )
-from tests.pg import with_database
+from tests.support.pg import with_database
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 
@@ -43,9 +43,9 @@ class PrivatePostgres:
     """A PostgreSQL server of this module's own, started from the pgserver wheel."""
 
     def __init__(self, root: Path) -> None:
-        import pgserver
+        from pgserver.postgres_server import get_server
 
-        self.server: Any = pgserver.get_server(root / "pgdata", cleanup_mode="stop")
+        self.server: Any = get_server(root / "pgdata", cleanup_mode="stop")
         self.dsn = str(self.server.get_uri())
         self._count = 0
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests import pg
 from tests.chaos.harness import (
     SOAK_ENV,
     Behaviour,
@@ -29,6 +28,7 @@ from tests.chaos.harness import (
     relay_config,
     wait_settled,
 )
+from tests.support import pg
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiosmtplib
 import asyncpg
@@ -63,7 +64,7 @@ async def send(port: int, rcpt: str, n: int = 0) -> None:
     await client.quit()
 
 
-async def stop(proc: subprocess.Popen[bytes]) -> list[dict[str, object]]:
+async def stop(proc: subprocess.Popen[bytes]) -> list[dict[str, Any]]:
     """SIGTERM, expect exit 0; the relay's JSON log lines."""
     proc.send_signal(signal.SIGTERM)
     _, err = await asyncio.to_thread(proc.communicate, None, 60)

@@ -19,8 +19,8 @@ from aiohttp import web
 
 from relay.ops.app import Relay
 from relay.passwords import hash_password
-from tests.relay.test_report import T0, seed_hostile_bounce, seed_standard
-from tests.tools import needs
+from tests.support.report_seeds import T0, seed_hostile_bounce, seed_standard
+from tests.support.tools import needs
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PASSWORD = "browser-test-pass"

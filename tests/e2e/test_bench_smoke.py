@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tools import needs
+from tests.support.tools import needs
 
 REPO = Path(__file__).resolve().parents[2]
 PEER_BENCH = next(

@@ -16,28 +16,7 @@ import asyncpg
 import pytest
 
 from relay.store.migrate import apply_migrations, available_migrations
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def run_cli(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "relay", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        cwd=cwd,
-        timeout=120,
-        check=False,
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.cli import REPO, free_port, run_cli
 
 
 def test_repo_config_is_valid():
@@ -268,6 +247,58 @@ def test_busy_port_is_a_clear_error(pg_server, tmp_path):
         assert "Traceback" not in result.stderr
     finally:
         asyncio.run(pg_server.drop_database(dsn))
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_serve_listen_overrides_the_configured_address(pg_server, tmp_path, processes):
+    """`serve --listen HOST:PORT` listens there for this run, whatever [smtp] listen says (a
+    port another process holds here); mail goes through it, also when several processes
+    share the port. A taken --listen port is named as --listen, exit 1."""
+    dsn = asyncio.run(pg_server.create_database())
+    try:
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            taken_port = busy.getsockname()[1]
+            config = _write_serve_config(tmp_path, taken_port, dsn)
+            text = config.read_text().replace("[smtp]\n", f"[smtp]\nprocesses = {processes}\n")
+            config.write_text(text)
+            port = free_port()
+            serve = [sys.executable, "-m", "relay", "serve", "--config", str(config)]
+            proc = subprocess.Popen(
+                [*serve, "--listen", f"127.0.0.1:{port}"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                _wait_for_port(port, proc)
+                reply = _send(port)
+            finally:
+                _stop(proc)
+            assert "queued as" in reply
+            taken = run_cli("serve", "--config", str(config), "--listen", f"127.0.0.1:{taken_port}")
+        assert taken.returncode == 1
+        said = f"bounce-relay: --listen 127.0.0.1:{taken_port}: cannot listen ("
+        [line] = [line for line in taken.stderr.splitlines() if line.startswith(said)][:1]
+        assert "address already in use" in line.lower()
+        assert line.endswith("another process may hold the port: stop it or choose another address")
+        assert "Traceback" not in taken.stderr
+    finally:
+        asyncio.run(pg_server.drop_database(dsn))
+
+
+def test_serve_listen_is_checked_like_the_config_key(tmp_path):
+    """A bad --listen is refused before the config file is even read (there is none here)."""
+    for value, why in (
+        ("127.0.0.1", "the port is missing"),
+        ("127.0.0.1:70000", "must be 0-65535"),
+        ("[::1", "use host:port"),
+    ):
+        result = run_cli("serve", "--listen", value, "--config", str(tmp_path / "none.toml"))
+        assert result.returncode == 2
+        assert result.stderr.startswith("bounce-relay: serve: argument --listen: bad ")
+        assert why in result.stderr and len(result.stderr.splitlines()) == 1
 
 
 def test_retry_spread_defaults_to_a_tenth_and_rules_inherit_it(write_config):

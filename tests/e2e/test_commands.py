@@ -7,30 +7,17 @@ import csv
 import io
 import json
 import subprocess
-import sys
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from policies.templates import template_of
 from relay.config import load_config
 from relay.ops.app import Relay
-from tests.delivery_support import delivery_config, eventually, in_state, send
-from tests.scripted import ScriptedUpstream
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "relay", *args],
-        capture_output=True,
-        text=True,
-        input=stdin,
-        timeout=60,
-        check=False,
-    )
+from tests.support.cli import REPO
+from tests.support.cli import run_cli as cli
+from tests.support.delivery import delivery_config, eventually, in_state, send
+from tests.support.scripted import ScriptedUpstream
 
 
 def test_classify_shows_kind_category_rule_and_schedule():
@@ -145,7 +132,8 @@ async def test_queue_and_profile_commands(db_dsn, write_config):
 
 
 async def _soft_events(db) -> bool:
-    return await db.fetchval("SELECT count(*) FROM events WHERE type = 'soft_bounce'") >= 1
+    count: int = await db.fetchval("SELECT count(*) FROM events WHERE type = 'soft_bounce'")
+    return count >= 1
 
 
 @pytest.mark.slow
@@ -205,6 +193,18 @@ async def test_report_after_a_real_relay_run(db_dsn, write_config):
     )
     [hard_row] = list(csv.DictReader(io.StringIO(by_ip.stdout)))
     assert hard_row["source_ip"] == "127.0.0.1"
+    # --format json: the same rows, with numbers as numbers, and the filter echoed.
+    as_json = await asyncio.to_thread(
+        cli, "report", "--type", "all", "--format", "json", "--config", str(path)
+    )
+    assert as_json.returncode == 0, as_json.stderr
+    document = json.loads(as_json.stdout)
+    assert document["types"] == ["soft_bounce", "hard_bounce"]
+    assert [(r["from_domain"], r["amount"], r["category"]) for r in document["rows"]] == [
+        ("mail.example.com", 3, "mailbox_full"),
+        ("mail.example.com", 1, "user_unknown"),
+    ]
+    assert [r["bounce_text"] for r in document["rows"]] == [r["bounce_text"] for r in rows]
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.e2e.test_cli import REPO, run_cli
+from tests.support.cli import REPO, run_cli
 
 CORPUS = REPO / "tests" / "policies" / "data" / "dsn"
 

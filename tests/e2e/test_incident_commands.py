@@ -11,9 +11,9 @@ import pytest
 
 from relay.config import load_config
 from relay.ops.app import Relay
-from tests.delivery_support import delivery_config, eventually, send
-from tests.e2e.test_suppression_admin import rcpt_code, run
-from tests.scripted import ScriptedUpstream
+from tests.support.cli import rcpt_code, run
+from tests.support.delivery import delivery_config, eventually, send
+from tests.support.scripted import ScriptedUpstream
 
 BLOCK = "550 5.7.1 Service refused: message from [127.0.0.2] rejected by policy (ref 4711)"
 
@@ -57,6 +57,7 @@ async def test_incident_why_release_allowlist_and_scope(config_path, db_dsn, ups
     async with Relay(load_config(config_path), dsn=db_dsn, listen=("127.0.0.1", 0)) as relay:
         await send(relay, addresses)
         await eventually(lambda: _bounced(db, len(addresses)))
+        assert relay.incident_watch is not None
         await relay.incident_watch.check()
 
         listed = await run(config_path, "incidents", "list")

@@ -16,8 +16,8 @@ import pytest
 import trustme
 
 from tests.e2e.relay_process import relay_config, send, start, stop, wait_delivered, wait_port
-from tests.e2e.test_cli import free_port
-from tests.scripted import ScriptedUpstream
+from tests.support.cli import free_port
+from tests.support.scripted import ScriptedUpstream
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -197,7 +197,7 @@ def test_demo_runs_to_completion_with_a_correct_report():
     by_domain = out.split("grouped by from-domain:")[1].split("grouped by ip:")[0]
     by_ip = out.split("grouped by ip:")[1]
     rows = [line for line in by_domain.splitlines() if line.startswith(("news.", "shop."))]
-    categories = {line.split()[0]: set() for line in rows}
+    categories: dict[str, set[str]] = {line.split()[0]: set() for line in rows}
     for line in rows:
         categories[line.split()[0]].update(
             c

@@ -12,8 +12,8 @@ import asyncpg
 import pytest
 
 from tests.e2e.relay_process import relay_config, start, stop, wait_delivered, wait_port
-from tests.e2e.test_cli import free_port
-from tests.scripted import ScriptedUpstream
+from tests.support.cli import free_port
+from tests.support.scripted import ScriptedUpstream
 
 
 @pytest.fixture

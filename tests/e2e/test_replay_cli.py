@@ -11,9 +11,10 @@ import pytest
 
 from relay.config import load_config
 from relay.ops.app import Relay
-from tests.delivery_support import delivery_config, eventually, in_state, send
-from tests.e2e.test_commands import REPO, cli
-from tests.scripted import ScriptedUpstream
+from tests.support.cli import REPO
+from tests.support.cli import run_cli as cli
+from tests.support.delivery import delivery_config, eventually, in_state, send
+from tests.support.scripted import ScriptedUpstream
 
 SOFT_NET = """
 [[classify.rules]]

@@ -6,42 +6,13 @@ import asyncio
 import csv
 import io
 import re
-import subprocess
-import sys
 
-import aiosmtplib
 import asyncpg
 import pytest
 
 from relay.intake import responses as replies
 from relay.ops.app import Relay
-
-
-def cli(config, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "relay", *args, "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-async def run(config, *args: str) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(cli, config, *args)
-
-
-async def rcpt_code(relay: Relay, address: str) -> int:
-    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=relay.port, start_tls=False)
-    await client.connect()
-    await client.mail("s@example.com")
-    try:
-        response = await client.rcpt(address)
-        code = response.code
-    except aiosmtplib.SMTPRecipientRefused as exc:
-        code = exc.code
-    await client.quit()
-    return code
+from tests.support.cli import rcpt_code, run
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ import pytest
 from policies.incidents import IncidentRules
 from policies.templates import template_of
 from relay.store import IncomingMessage, OutcomeRecord, Recipient, Store, create_store
-from tests.e2e.test_cli import REPO, run_cli
+from tests.support.cli import REPO, run_cli
 
 T0 = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
 PERIOD = ("--from", "2026-11-02T00:00", "--to", "2026-11-03T00:00")

@@ -36,8 +36,8 @@ from policies.addresses import AddressError, normalise_address
 from policies.retry import Backoff
 from relay.config import Config, load_config
 from relay.ops.app import Relay
-from tests.delivery_support import BODY, eventually, send
-from tests.scripted import FakeClock, ScriptedUpstream
+from tests.support.delivery import BODY, eventually, send
+from tests.support.scripted import FakeClock, ScriptedUpstream
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "tests" / "policies" / "data"

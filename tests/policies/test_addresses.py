@@ -18,13 +18,9 @@ from policies.addresses import (
     normalise_address,
     validate_address,
 )
+from tests.support.addresses import full_width
 
 FINAL_SIGMA, SIGMA = "\u03c2", "\u03c3"
-
-
-def full_width(text: str) -> str:
-    """``text`` with its ASCII letters, digits and punctuation in full-width forms."""
-    return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text)
 
 
 # Four labels of 18 CJK characters (54 octets of UTF-8, 58 as an A-label) and 20 letters.

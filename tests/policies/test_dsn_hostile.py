@@ -15,8 +15,8 @@ import pickle
 import pytest
 
 from policies.dsn import MAX_RECIPIENTS, parse_bounce
-from tests.budget import run_within
-from tests.policies.hostile_bounces import SHAPES
+from tests.support.budget import run_within
+from tests.support.hostile_bounces import SHAPES
 
 SIZE = 2_000_000
 BUDGET = 10.0  # seconds, interpreter start included; a linear parse of 2 MB takes about 1
@@ -49,8 +49,13 @@ EXPECTED: dict[str, tuple[str, int, str | None, int | None, str | None] | None] 
 }
 
 
-def _parse_in_child(raw: bytes, budget: float) -> object:
-    return pickle.loads(run_within(_PARSE, raw, budget, "parse_bounce"))
+# What _PARSE prints: the format and (recipient, code, status) per recipient, or None.
+Summary = tuple[str, list[tuple[str | None, int | None, str | None]]] | None
+
+
+def _parse_in_child(raw: bytes, budget: float) -> Summary:
+    summary: Summary = pickle.loads(run_within(_PARSE, raw, budget, "parse_bounce"))
+    return summary
 
 
 @pytest.mark.parametrize("shape", sorted(EXPECTED))
@@ -61,7 +66,7 @@ def test_a_hostile_bounce_of_2_mb_is_parsed_within_budget(shape):
         assert summary is None
         return
     assert summary is not None
-    form, recipients = summary  # type: ignore[misc]
+    form, recipients = summary
     assert (form, len(recipients), *recipients[0]) == want
 
 

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from policies import headers
 from policies.headers import count_received, summarise_headers
-from tests.budget import run_within
-from tests.policies.hostile_bounces import hostile_from_header, hostile_received_block
+from tests.support.budget import run_within
+from tests.support.hostile_bounces import hostile_from_header, hostile_received_block
 
 
 def test_reads_from_domain_message_id_and_campaign():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from policies.classify import SuppressOn
 from policies.outcome import decide
@@ -27,7 +28,7 @@ POLICY = RetryPolicy(
 )
 
 
-def _decide(raw: str, attempts: int = 1, first: datetime | None = None, **kw: object):
+def _decide(raw: str, attempts: int = 1, first: datetime | None = None, **kw: Any):
     return decide(
         parse_reply(raw),
         "example.org",

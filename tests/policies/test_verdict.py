@@ -10,10 +10,17 @@ from policies.incidents import IncidentRules, IncidentScope, OpenIncident
 from policies.outcome import ProbationStep
 from policies.probation import OnProbation
 from policies.retry import RetryPolicy, RetryRule
-from policies.smtp_reply import parse_reply, synthetic_reply
+from policies.smtp_reply import domain_absent_reply, parse_reply, synthetic_reply
 from policies.states import DeliveryState, EventType
 from policies.templates import template_of
-from policies.verdict import Attempt, Protection, Reported, refuses_suppressed, verdict
+from policies.verdict import (
+    CONFIRM_ABSENT,
+    Attempt,
+    Protection,
+    Reported,
+    refuses_suppressed,
+    verdict,
+)
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 UNKNOWN = "550 5.1.1 <x@example.org>: Recipient address rejected: User unknown"
@@ -36,6 +43,7 @@ class Rules:
     suppress_on: SuppressOn = SuppressOn.RECIPIENT
     confirm_after: timedelta | None = None
     dry_run: bool = False
+    nxdomain_confirm_after: timedelta = timedelta(hours=1)
     incidents: IncidentRules = field(default_factory=IncidentRules)
 
 
@@ -73,7 +81,7 @@ def test_an_allowlisted_address_is_spared_and_told_so():
 
 def test_an_address_literal_is_protected_without_being_told():
     reply = parse_reply(UNKNOWN)
-    d = verdict(reply, Attempt("[192.0.2.7]", NOW), Rules())  # type: ignore[arg-type]
+    d = verdict(reply, Attempt("[192.0.2.7]", NOW), Rules())
     assert not d.suppress and d.not_suppressed == "address literal"
 
 
@@ -135,7 +143,7 @@ def test_dry_run_still_suppresses_but_cancels_nothing():
 
 
 def test_a_provider_hint_sets_the_rule_and_asks_to_slow_down():
-    d = verdict(parse_reply(YAHOO_TS04), Attempt("yahoo.com", NOW), Rules())  # type: ignore[arg-type]
+    d = verdict(parse_reply(YAHOO_TS04), Attempt("yahoo.com", NOW), Rules())
     assert d.hint is not None and d.rule == d.hint.name == "yahoo-ts04"
     assert d.next_attempt_at == NOW + d.hint.retry_after
     assert d.slow_down_until == NOW + d.hint.retry_after
@@ -153,7 +161,7 @@ def test_a_synthetic_reply_is_never_part_of_an_incident():
         destination="mx.example.org",
         source_ip="127.0.0.2",
     )
-    assert verdict(reply, facts, Rules()).incident_id is None  # type: ignore[arg-type]
+    assert verdict(reply, facts, Rules()).incident_id is None
 
 
 def _reported(action: str, raw: str, rules: Rules | None = None, **facts: object):
@@ -188,3 +196,47 @@ def test_a_reported_delay_never_suppresses():
 def test_a_reported_failure_under_dry_run_cancels_nothing():
     d = _reported("failed", UNKNOWN, Rules(dry_run=True))
     assert d is not None and d.suppress and not d.cancel_queued
+
+
+def _absent(**facts: object):
+    reply = domain_absent_reply("gone.example", "does not exist (NXDOMAIN)")
+    return verdict(reply, Attempt("gone.example", NOW, **facts), Rules())  # type: ignore[arg-type]
+
+
+def test_a_domain_our_resolver_says_is_absent_is_looked_up_again_before_it_suppresses():
+    first = _absent()
+    assert (first.state, first.event, first.suppress) == (
+        DeliveryState.QUEUED,
+        EventType.SOFT_BOUNCE,
+        False,
+    )
+    assert first.rule == CONFIRM_ABSENT and first.next_attempt_at == NOW + timedelta(hours=1)
+    assert first.not_suppressed is not None and CONFIRM_ABSENT in first.not_suppressed
+    reply = domain_absent_reply("gone.example", "does not exist (NXDOMAIN)")
+    second = _absent(
+        attempt=2,
+        first_failure_at=NOW - timedelta(hours=1),
+        last_code=reply.code,
+        last_reply=reply.text,
+    )
+    assert (second.state, second.suppress) == (DeliveryState.BOUNCED, True)
+    assert second.verdict.category.value == "domain_not_found"
+
+
+def test_an_absent_domain_after_another_failure_is_still_looked_up_twice():
+    """A timeout before does not count as the first look."""
+    d = _absent(attempt=3, first_failure_at=NOW - timedelta(hours=5), last_code=451, last_reply="x")
+    assert d.state is DeliveryState.QUEUED and not d.suppress
+
+
+def test_no_confirmation_wanted_suppresses_at_once():
+    reply = domain_absent_reply("gone.example", "has no MX and no address records")
+    rules = Rules(nxdomain_confirm_after=timedelta(0))
+    d = verdict(reply, Attempt("gone.example", NOW), rules)
+    assert (d.state, d.suppress) == (DeliveryState.BOUNCED, True)
+
+
+def test_a_second_look_past_max_age_gives_up_without_suppressing():
+    d = _absent(attempt=9, first_failure_at=NOW - timedelta(hours=23, minutes=30))
+    assert (d.state, d.non_delivery, d.suppress) == (DeliveryState.EXPIRED, True, False)
+    assert d.give_up_reason is not None and "max_age" in d.give_up_reason

@@ -10,8 +10,8 @@ import pytest
 
 from relay.config import load_config
 from relay.ops.app import Relay
-from tests.delivery_support import delivery_config
-from tests.scripted import FakeClock, ScriptedUpstream
+from tests.support.delivery import delivery_config
+from tests.support.scripted import FakeClock, ScriptedUpstream
 
 
 @pytest.fixture

@@ -43,7 +43,7 @@ async def test_callers_within_the_window_share_one_batch():
     await asyncio.sleep(0.05)  # well inside the window: the first is not sent yet
     assert process.batches == []
     second = asyncio.ensure_future(batcher.submit(2))
-    assert await asyncio.wait_for(asyncio.gather(first, second), PROMPTLY) == [10, 20]
+    assert list(await asyncio.wait_for(asyncio.gather(first, second), PROMPTLY)) == [10, 20]
     assert process.batches == [[1, 2]]
     await batcher.close()
 
@@ -66,7 +66,7 @@ async def test_close_sends_the_batch_gathering_in_its_window():
     second = asyncio.ensure_future(batcher.submit(2))
     await asyncio.sleep(0.01)
     await asyncio.wait_for(batcher.close(), PROMPTLY)
-    assert await asyncio.wait_for(asyncio.gather(first, second), PROMPTLY) == [10, 20]
+    assert list(await asyncio.wait_for(asyncio.gather(first, second), PROMPTLY)) == [10, 20]
     assert process.batches == [[1, 2]]
 
 
@@ -86,7 +86,7 @@ async def test_close_fails_only_what_no_batch_has_taken():
     await asyncio.sleep(0.01)
     process.gate.set()
     await asyncio.wait_for(closing, PROMPTLY)
-    assert await asyncio.wait_for(asyncio.gather(in_flight, taken), PROMPTLY) == [10, 20]
+    assert list(await asyncio.wait_for(asyncio.gather(in_flight, taken), PROMPTLY)) == [10, 20]
     with pytest.raises(StoreError, match="shutting down"):
         await asyncio.wait_for(queued, PROMPTLY)
     assert process.batches == [[1], [2]]

@@ -107,8 +107,8 @@ def test_route_mode_and_tls_policy_are_enums_that_compare_as_strings(write_confi
         )
     )
     route = config.rules.routes[0]
-    assert route.mode is RouteMode.SMARTHOST and route.mode == "smarthost"
-    assert route.tls is TlsPolicy.REQUIRED and route.tls == "required"
+    assert route.mode == "smarthost" and route.mode is RouteMode.SMARTHOST
+    assert route.tls == "required" and route.tls is TlsPolicy.REQUIRED
     built = RouteConfig(("*",), mode="static", tls="off")  # type: ignore[arg-type]
     assert built.mode is RouteMode.STATIC and built.tls is TlsPolicy.OFF
     with pytest.raises(ValueError, match="carrier"):

@@ -15,14 +15,14 @@ import aiosmtplib
 import asyncpg
 import pytest
 
-from relay.cli import inspect as commands
+from relay.cli import suppression as commands
 from relay.config import load_config
 from relay.delivery.upstream import downgrade_address
 from relay.ops.app import Relay
-from tests.delivery_support import BODY, eventually
-from tests.dns_server import ScriptedDNS
-from tests.policies.test_addresses import full_width
-from tests.scripted import ScriptedUpstream
+from tests.support.addresses import full_width
+from tests.support.delivery import BODY, eventually
+from tests.support.dns_server import ScriptedDNS
+from tests.support.scripted import ScriptedUpstream
 
 U_LABEL = "bob@straße.de"
 A_LABEL = "bob@xn--strae-oqa.de"

@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import asyncpg
 import pytest
@@ -28,8 +29,8 @@ from relay.webhooks import (
     sync_subscriptions,
     verify_signature,
 )
-from tests.delivery_support import eventually, in_state, retry_due, send
-from tests.scripted import FakeClock
+from tests.support.delivery import eventually, in_state, retry_due, send
+from tests.support.scripted import FakeClock
 
 SECRET = "s3cret-s3cret-s3cret"
 ALL_EVENTS = frozenset(WEBHOOK_EVENTS)
@@ -100,16 +101,18 @@ def hook(url: str, events: frozenset[str] = ALL_EVENTS, **kw: timedelta) -> Webh
 
 
 async def open_incident(db: asyncpg.Connection) -> int:
-    return await db.fetchval(
+    incident_id: int = await db.fetchval(
         "INSERT INTO incidents (opened_at, last_seen_at, template, destination, scope, "
         " source_ip, recipients, attempted)"
         " VALUES (now(), now(), '421 4.7.0 try later', 'mx.example.org', 'mx', '127.0.0.1',"
         " 40, 50) RETURNING id"
     )
+    return incident_id
 
 
 async def outbox(db: asyncpg.Connection) -> list[asyncpg.Record]:
-    return await db.fetch("SELECT * FROM webhook_outbox ORDER BY id")
+    rows: list[asyncpg.Record] = await db.fetch("SELECT * FROM webhook_outbox ORDER BY id")
+    return rows
 
 
 WEBHOOKS_TOML = """
@@ -226,11 +229,11 @@ async def make_events(store: Store, db: asyncpg.Connection) -> None:
     await open_incident(db)
 
 
-def verified(got: Got) -> dict[str, object]:
+def verified(got: Got) -> dict[str, Any]:
     """The posted document, after checking its signature, headers and body agree."""
     assert verify_signature(SECRET, got.headers[SIGNATURE_HEADER], got.body, got.at)
     assert got.headers["Content-Type"] == "application/json"
-    document = json.loads(got.body)
+    document: dict[str, Any] = json.loads(got.body)
     assert got.headers[ID_HEADER] == str(document["id"])
     assert got.headers[EVENT_HEADER] == document["event"]
     assert document["webhook"] == "crm"

@@ -1,0 +1,48 @@
+"""A browser's session on the admin page over HTTP: cookies kept, the admin's own Origin on
+every POST, the login form's CSRF token, for the admin page's tests."""
+
+from __future__ import annotations
+
+import re
+
+import aiohttp
+
+from relay.ops.app import Relay
+
+PASSWORD = "correct horse battery"
+
+
+def base(relay: Relay) -> str:
+    return f"http://127.0.0.1:{relay.admin_port}"
+
+
+def browser() -> aiohttp.ClientSession:
+    """A client that, like a browser, keeps cookies and names its origin on every POST."""
+    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+
+
+async def login_post(
+    http: aiohttp.ClientSession, relay: Relay, password: str, *, allow_redirects: bool = True
+) -> aiohttp.ClientResponse:
+    """GET the login form (its cookie and hidden token), then POST it with ``password``."""
+    async with http.get(base(relay) + "/login") as r:
+        token = re.search(r'name="csrf" value="([^"]+)"', await r.text())
+    assert token is not None
+    data = {"password": password, "csrf": token[1]}
+    return await http.post(
+        base(relay) + "/login",
+        data=data,
+        headers={"Origin": base(relay)},
+        allow_redirects=allow_redirects,
+    )
+
+
+async def logged_in(relay: Relay) -> tuple[aiohttp.ClientSession, str]:
+    http = browser()
+    async with await login_post(http, relay, PASSWORD) as r:
+        assert r.status == 200
+        assert str(r.url).endswith("/report")
+        page = await r.text()
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert csrf is not None
+    return http, csrf[1]

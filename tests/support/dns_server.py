@@ -1,0 +1,57 @@
+"""A scripted DNS server on loopback UDP (dnspython wire format) for MX route tests."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Self
+
+import dns.message
+import dns.rcode
+import dns.rrset
+
+
+class ScriptedDNS(asyncio.DatagramProtocol):
+    """Answers from ``records[(name, type)] = [rdata, ...]``; names in ``nxdomain``
+    get NXDOMAIN, names in ``servfail`` SERVFAIL; anything else NOERROR, empty."""
+
+    def __init__(self) -> None:
+        self.records: dict[tuple[str, str], list[str]] = {}
+        self.nxdomain: set[str] = set()
+        self.servfail: set[str] = set()
+        self.port = 0
+        self._transport: asyncio.DatagramTransport | None = None
+
+    def add(self, name: str, rdtype: str, *rdatas: str) -> None:
+        self.records[(name.rstrip(".").lower(), rdtype)] = list(rdatas)
+
+    def connection_made(self, transport: Any) -> None:
+        self._transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        query = dns.message.from_wire(data)
+        response = dns.message.make_response(query)
+        question = query.question[0]
+        name = question.name.to_text().rstrip(".").lower()
+        rdtype = dns.rdatatype.to_text(question.rdtype)
+        if name in self.servfail:
+            response.set_rcode(dns.rcode.SERVFAIL)
+        elif name in self.nxdomain:
+            response.set_rcode(dns.rcode.NXDOMAIN)
+        elif (name, rdtype) in self.records:
+            response.answer.append(
+                dns.rrset.from_text(question.name, 60, "IN", rdtype, *self.records[(name, rdtype)])
+            )
+        assert self._transport is not None
+        self._transport.sendto(response.to_wire(), addr)
+
+    async def __aenter__(self) -> Self:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: self, local_addr=("127.0.0.1", 0)
+        )
+        self.port = transport.get_extra_info("sockname")[1]
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._transport is not None:
+            self._transport.close()
