@@ -65,8 +65,7 @@ async def _remove(args: argparse.Namespace, store: Store) -> int:
 async def allowlist_list(store: Store, out: TextIO) -> None:
     for row in await store.allowlist():
         print(
-            f"{fmt(row['entry'])}\t{fmt(row['created_at'])}\t{fmt(row['actor'])}\t"
-            f"{fmt(row['reason'])}",
+            f"{fmt(row.entry)}\t{fmt(row.created_at)}\t{fmt(row.actor)}\t{fmt(row.reason)}",
             file=out,
         )
 

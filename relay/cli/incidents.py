@@ -16,7 +16,7 @@ from relay.cli.arguments import (
     row_id,
 )
 from relay.cli.common import CommandFailed, store_command
-from relay.cli.output import fmt
+from relay.cli.output import fmt, print_fields, print_row
 
 if TYPE_CHECKING:
     from relay.store import Store
@@ -86,25 +86,22 @@ async def incidents_list(store: Store, state: str | None, limit: int, out: TextI
         file=out,
     )
     for r in rows:
-        print(
-            "\t".join(
-                fmt(r[k])
-                for k in (
-                    "id",
-                    "state",
-                    "opened_at",
-                    "last_seen_at",
-                    "source_ip",
-                    "scope",
-                    "destination",
-                    "recipients",
-                    "replies",
-                    "lifted",
-                    "category",
-                    "template",
-                )
+        print_row(
+            (
+                r.id,
+                r.state,
+                r.opened_at,
+                r.last_seen_at,
+                r.source_ip,
+                r.scope,
+                r.destination,
+                r.recipients,
+                r.replies,
+                r.lifted,
+                r.category,
+                r.template,
             ),
-            file=out,
+            out,
         )
 
 
@@ -112,8 +109,7 @@ async def incident_show(store: Store, incident_id: int, out: TextIO) -> None:
     row = await store.incident(incident_id)
     if row is None:
         raise CommandFailed(f"no incident {incident_id}", _LISTED)
-    for key, value in row.items():
-        print(f"{key:20} {fmt(value)}", file=out)
+    print_fields(row, 20, out)
 
 
 async def incident_release(

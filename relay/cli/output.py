@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, TextIO, cast
@@ -20,7 +21,16 @@ from typing import IO, Any, TextIO, cast
 from policies.text import printable
 from relay.cli.common import CommandFailed, UsageError
 
-__all__ = ["TerminalCsv", "fmt", "iso", "json_default", "open_output", "read_lines"]
+__all__ = [
+    "TerminalCsv",
+    "fmt",
+    "iso",
+    "json_default",
+    "open_output",
+    "print_fields",
+    "print_row",
+    "read_lines",
+]
 
 
 def fmt(value: Any, limit: int | None = None) -> str:
@@ -92,6 +102,17 @@ def open_output(path: str, mode: str) -> Iterator[IO[Any]]:
         with contextlib.suppress(OSError):
             os.unlink(partial)
         raise
+
+
+def print_row(values: Iterable[Any], out: TextIO) -> None:
+    """One tab-separated row of command output, every value through ``fmt``."""
+    print("\t".join(fmt(value) for value in values), file=out)
+
+
+def print_fields(record: Any, width: int, out: TextIO) -> None:
+    """A store record, one "name value" line per field, in the query's column order."""
+    for field in fields(record):
+        print(f"{field.name:{width}} {fmt(getattr(record, field.name))}", file=out)
 
 
 def _umask() -> int:

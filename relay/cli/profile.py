@@ -47,15 +47,15 @@ async def profile_show(store: Store, address: str, out: TextIO) -> bool:
     bounces = await store.bounces_of_address(key)
     if profile is None and not deliveries and not bounces:
         return False
-    status = profile["status"] if profile else "active"
+    status = profile.status if profile else "active"
     print(f"address   {fmt(key)}", file=out)
     print(f"status    {fmt(status)}", file=out)
     if profile:
-        print(f"changed   {fmt(profile['status_changed_at'])}", file=out)
-        if profile["suppression_reason"]:
+        print(f"changed   {fmt(profile.status_changed_at)}", file=out)
+        if profile.suppression_reason:
             print(
-                f"suppressed {fmt(profile['suppressed_at'])} "
-                f"({fmt(profile['suppression_source'])}): {fmt(profile['suppression_reason'])}",
+                f"suppressed {fmt(profile.suppressed_at)} "
+                f"({fmt(profile.suppression_source)}): {fmt(profile.suppression_reason)}",
                 file=out,
             )
     print(
@@ -65,9 +65,9 @@ async def profile_show(store: Store, address: str, out: TextIO) -> bool:
     print("bounces:", file=out)
     for b in bounces:
         print(
-            f"  {fmt(b['occurred_at'])} {fmt(b['type']):12} {fmt(b['code'])} "
-            f"{fmt(b['category'])} ip={fmt(b['source_ip'])} "
-            f"campaign={fmt(b['campaign'])} {fmt(b['reply_text'], 160)}",
+            f"  {fmt(b.occurred_at)} {fmt(b.type):12} {fmt(b.code)} "
+            f"{fmt(b.category)} ip={fmt(b.source_ip)} "
+            f"campaign={fmt(b.campaign)} {fmt(b.reply_text, 160)}",
             file=out,
         )
     return True

@@ -16,7 +16,7 @@ from relay.cli.arguments import (
     row_id,
 )
 from relay.cli.common import CommandFailed, store_command
-from relay.cli.output import fmt
+from relay.cli.output import fmt, print_fields, print_row
 
 if TYPE_CHECKING:
     from relay.store import Store
@@ -89,20 +89,17 @@ async def queue_list(store: Store, state: str | None, limit: int, out: TextIO) -
     rows = await store.list_deliveries(state, limit)
     print("id\tqueue_id\trecipient\tstate\tattempts\tnext_attempt_at\tlast_reply", file=out)
     for r in rows:
-        print(
-            "\t".join(
-                fmt(r[k])
-                for k in (
-                    "id",
-                    "queue_id",
-                    "recipient",
-                    "state",
-                    "attempts",
-                    "next_attempt_at",
-                    "last_reply",
-                )
+        print_row(
+            (
+                r.id,
+                r.queue_id,
+                r.recipient,
+                r.state,
+                r.attempts,
+                r.next_attempt_at,
+                r.last_reply,
             ),
-            file=out,
+            out,
         )
 
 
@@ -110,14 +107,13 @@ async def queue_show(store: Store, delivery_id: int, out: TextIO) -> bool:
     row = await store.delivery_by_id(delivery_id)
     if row is None:
         return False
-    for key, value in row.items():
-        print(f"{key:17} {fmt(value)}", file=out)
+    print_fields(row, 17, out)
     print("events:", file=out)
     for e in await store.events_of_delivery(delivery_id):
         print(
-            f"  {fmt(e['occurred_at'])} {fmt(e['type']):12} attempt={fmt(e['attempt'])} "
-            f"code={fmt(e['code'])} category={fmt(e['category'])} rule={fmt(e['rule'])} "
-            f"ip={fmt(e['source_ip'])} {fmt(e['reply_text'], 160)}",
+            f"  {fmt(e.occurred_at)} {fmt(e.type):12} attempt={fmt(e.attempt)} "
+            f"code={fmt(e.code)} category={fmt(e.category)} rule={fmt(e.rule)} "
+            f"ip={fmt(e.source_ip)} {fmt(e.reply_text, 160)}",
             file=out,
         )
     return True

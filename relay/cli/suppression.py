@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+from dataclasses import asdict
 from datetime import datetime
 from typing import IO, TYPE_CHECKING, TextIO
 
@@ -275,10 +276,10 @@ async def suppression_export(store: Store, out: IO[str]) -> int:
 
 async def audit_show(store: Store, limit: int, out: TextIO) -> None:
     for row in await store.audit_log(limit):
-        detail = terminal_json(row["detail"]) if row["detail"] else ""
+        detail = terminal_json(row.detail) if row.detail else ""
         print(
-            f"{fmt(row['occurred_at'])}\t{fmt(row['actor'])}\t{fmt(row['action'])}\t"
-            f"{fmt(row['subject'])}\t{fmt(row['reason'])}\t{detail}",
+            f"{fmt(row.occurred_at)}\t{fmt(row.actor)}\t{fmt(row.action)}\t"
+            f"{fmt(row.subject)}\t{fmt(row.reason)}\t{detail}",
             file=out,
         )
 
@@ -292,9 +293,10 @@ async def suppression_why(store: Store, address: str, out: TextIO, *, as_json: b
     if as_json:
         document = {
             "address": evidence.address,
-            "entries": evidence.entries,
-            "bounces": evidence.bounces,
-            "audit": evidence.audit,
+            # Each row's keys are the query's columns, in its order.
+            "entries": [asdict(e) for e in evidence.entries],
+            "bounces": [asdict(b) for b in evidence.bounces],
+            "audit": [asdict(a) for a in evidence.audit],
         }
         print(terminal_json(document, default=json_default, indent=2), file=out)
         return
@@ -302,32 +304,29 @@ async def suppression_why(store: Store, address: str, out: TextIO, *, as_json: b
     if not evidence.entries:
         print("entries  none: mail to this address goes out", file=out)
     for e in evidence.entries:
-        kind = fmt(e["kind"]) if e["scope"] is None else f"{fmt(e['kind'])} ({fmt(e['scope'])})"
-        until = f" until {fmt(e['until'])}" if e["until"] else ""
+        kind = fmt(e.kind) if e.scope is None else f"{fmt(e.kind)} ({fmt(e.scope)})"
+        until = f" until {fmt(e.until)}" if e.until else ""
         print(
-            f"entry    {kind}: {fmt(e['source'])} since {fmt(e['created_at'])}{until}: "
-            f"{fmt(e['reason'])}",
+            f"entry    {kind}: {fmt(e.source)} since {fmt(e.created_at)}{until}: {fmt(e.reason)}",
             file=out,
         )
     print(f"bounces  {len(evidence.bounces)} recorded (newest first)", file=out)
     for b in evidence.bounces:
-        incident = (
-            f" incident={b['incident_id']} ({fmt(b['incident_state'])})" if b["incident_id"] else ""
-        )
+        incident = f" incident={b.incident_id} ({fmt(b.incident_state)})" if b.incident_id else ""
         print(
-            f"  {fmt(b['occurred_at'])} {fmt(b['type'])} via {fmt(b['source'])}"
-            f" code={fmt(b['code'])} {fmt(b['enhanced'])} category={fmt(b['category'])}"
-            f" rule={fmt(b['rule'])} suppress={fmt(b['suppress'])}"
-            f" ip={fmt(b['source_ip'])} destination={fmt(b['destination'])}"
-            f" campaign={fmt(b['campaign'])} queue_id={fmt(b['queue_id'])}{incident}",
+            f"  {fmt(b.occurred_at)} {fmt(b.type)} via {fmt(b.source)}"
+            f" code={fmt(b.code)} {fmt(b.enhanced)} category={fmt(b.category)}"
+            f" rule={fmt(b.rule)} suppress={fmt(b.suppress)}"
+            f" ip={fmt(b.source_ip)} destination={fmt(b.destination)}"
+            f" campaign={fmt(b.campaign)} queue_id={fmt(b.queue_id)}{incident}",
             file=out,
         )
-        print(f"      reply:    {fmt(b['reply_text'], 300)}", file=out)
-        print(f"      template: {fmt(b['template'], 300)}", file=out)
+        print(f"      reply:    {fmt(b.reply_text, 300)}", file=out)
+        print(f"      template: {fmt(b.template, 300)}", file=out)
     for a in evidence.audit:
-        detail = f" {terminal_json(a['detail'], default=json_default)}" if a["detail"] else ""
+        detail = f" {terminal_json(a.detail, default=json_default)}" if a.detail else ""
         print(
-            f"audit    {fmt(a['occurred_at'])} {fmt(a['actor'])} {fmt(a['action'])}: "
-            f"{fmt(a['reason'])}{detail}",
+            f"audit    {fmt(a.occurred_at)} {fmt(a.actor)} {fmt(a.action)}: "
+            f"{fmt(a.reason)}{detail}",
             file=out,
         )

@@ -60,14 +60,14 @@ class IncidentWatch:
                 self.metrics.incidents.labels("opened").inc()
                 log.warning(
                     "incident.opened",
-                    incident_id=incident["id"],
-                    destination=incident["destination"],
-                    scope=incident["scope"],
-                    source_ip=incident["source_ip"],
-                    template=incident["template"],
-                    category=incident["category"],
-                    recipients=incident["recipients"],
-                    attempted=incident["attempted"],
+                    incident_id=incident.id,
+                    destination=incident.destination,
+                    scope=incident.scope,
+                    source_ip=incident.source_ip,
+                    template=incident.template,
+                    category=incident.category,
+                    recipients=incident.recipients,
+                    attempted=incident.attempted,
                     action="its replies now defer instead of bouncing and suppress nobody; "
                     "`bounce-relay incidents release ID` once the provider has recovered",
                 )

@@ -61,7 +61,7 @@ from relay.config import DsnConfig, Rules
 from relay.errors import StoreError
 from relay.intake import responses as replies
 from relay.ops.metrics import Metrics
-from relay.store import DsnRecord, Store
+from relay.store import DeliveryDetail, DsnRecord, Store
 
 __all__ = [
     "PARSE_BUDGET_SECONDS",
@@ -362,7 +362,7 @@ class BounceReader:
         delivery = await self.store.delivery_by_id(delivery_id)
         if delivery is None:
             return Unmatched(f"delivery {delivery_id} no longer exists")
-        key: str = delivery["recipient_key"]
+        key = delivery.recipient_key
         found = results.about(key)
         if not found:
             return Unmatched("the bounce reports no failure for the delivery's recipient")
@@ -554,9 +554,9 @@ def _key(address: str) -> str | None:
         return None
 
 
-def _protection(delivery: dict[str, Any]) -> Protection | None:
+def _protection(delivery: DeliveryDetail) -> Protection | None:
     """The same protection the delivery worker gives the address (policies.verdict)."""
-    return Protection.ALLOWLISTED if delivery.get("allowlisted") else None
+    return Protection.ALLOWLISTED if delivery.allowlisted else None
 
 
 def _detail(parsed: ParsedBounce, result: BounceRecipient) -> dict[str, Any]:

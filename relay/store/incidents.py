@@ -4,11 +4,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from policies.incidents import IncidentRules, IncidentScope, OpenIncident
 from relay.store.base import StoreBase
-from relay.store.records import IncidentCheck
+from relay.store.records import IncidentCheck, IncidentDetail, IncidentSummary, OpenedIncident
 
 __all__ = ["IncidentStore"]
 
@@ -46,7 +45,9 @@ class IncidentStore(StoreBase):
                         now,
                     )
         return IncidentCheck(
-            opened=[dict(r) for r in opened], closed=[r["id"] for r in closed], lifted=lifted
+            opened=[OpenedIncident(**dict(r)) for r in opened],
+            closed=[r["id"] for r in closed],
+            lifted=lifted,
         )
 
     async def open_incidents(self) -> list[OpenIncident]:
@@ -58,13 +59,13 @@ class IncidentStore(StoreBase):
             for r in rows
         ]
 
-    async def list_incidents(self, state: str | None, limit: int) -> list[dict[str, Any]]:
+    async def list_incidents(self, state: str | None, limit: int) -> list[IncidentSummary]:
         rows = await self._rows("list_incidents", state, limit, what="list incidents")
-        return [dict(r) for r in rows]
+        return [IncidentSummary(**dict(r)) for r in rows]
 
-    async def incident(self, incident_id: int) -> dict[str, Any] | None:
+    async def incident(self, incident_id: int) -> IncidentDetail | None:
         row = await self._row("incident_by_id", incident_id, what="read incident")
-        return dict(row) if row else None
+        return IncidentDetail(**dict(row)) if row else None
 
     async def release_incident(
         self, incident_id: int, now: datetime, actor: str, reason: str

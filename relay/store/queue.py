@@ -18,6 +18,9 @@ from relay.store.records import (
     AcceptedMessage,
     AppliedOutcomes,
     ClaimedDelivery,
+    DeliveryDetail,
+    DeliveryEvent,
+    DeliverySummary,
     IncomingMessage,
     OutcomeRecord,
     Probation,
@@ -266,17 +269,17 @@ class QueueStore(StoreBase):
 
     # --- the administrators' view ----------------------------------------------------------
 
-    async def list_deliveries(self, state: str | None, limit: int) -> list[dict[str, Any]]:
+    async def list_deliveries(self, state: str | None, limit: int) -> list[DeliverySummary]:
         rows = await self._rows("list_deliveries", state, limit, what="list deliveries")
-        return [dict(r) for r in rows]
+        return [DeliverySummary(**dict(r)) for r in rows]
 
-    async def delivery_by_id(self, delivery_id: int) -> dict[str, Any] | None:
+    async def delivery_by_id(self, delivery_id: int) -> DeliveryDetail | None:
         row = await self._row("delivery_by_id", delivery_id, what="read delivery")
-        return dict(row) if row else None
+        return DeliveryDetail(**dict(row)) if row else None
 
-    async def events_of_delivery(self, delivery_id: int) -> list[dict[str, Any]]:
+    async def events_of_delivery(self, delivery_id: int) -> list[DeliveryEvent]:
         rows = await self._rows("events_of_delivery", delivery_id, what="read events")
-        return [dict(r) for r in rows]
+        return [DeliveryEvent(**dict(r)) for r in rows]
 
     async def retry_delivery_now(self, delivery_id: int, now: datetime) -> bool:
         due = await self._value("retry_delivery_now", delivery_id, now, what="retry delivery")

@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
 __all__ = [
     "AcceptedMessage",
+    "AddressBounce",
+    "AddressProfile",
+    "AllowlistEntry",
     "AppliedDsn",
     "AppliedOutcomes",
+    "AuditEntry",
     "ClaimedDelivery",
+    "DeliveryDetail",
+    "DeliveryEvent",
+    "DeliverySummary",
     "DsnRecord",
+    "EvidenceAudit",
+    "EvidenceBounce",
+    "EvidenceEntry",
     "IncidentCheck",
+    "IncidentDetail",
+    "IncidentSummary",
     "IncomingMessage",
+    "OpenedIncident",
     "OutcomeRecord",
     "Probation",
     "Recipient",
@@ -22,6 +34,7 @@ __all__ = [
     "ReportRow",
     "SuppressionEvidence",
     "SuppressionRow",
+    "SuppressionWithCause",
 ]
 
 
@@ -136,6 +149,66 @@ class AppliedOutcomes:
     applied_ids: frozenset[int] = frozenset()
 
 
+# The administrators' view of the queue (queue.sql list_deliveries, delivery_by_id,
+# events_of_delivery); field order is the query's, which ``queue show`` prints.
+
+
+@dataclass(frozen=True)
+class DeliverySummary:
+    """One delivery of ``queue list``."""
+
+    id: int
+    queue_id: str
+    recipient: str
+    state: str
+    attempts: int
+    next_attempt_at: datetime
+    last_code: int | None
+    last_reply: str | None
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class DeliveryDetail:
+    """One delivery with its message's envelope."""
+
+    id: int
+    queue_id: str
+    recipient: str
+    recipient_key: str
+    state: str
+    attempts: int
+    next_attempt_at: datetime
+    first_failure_at: datetime | None
+    lease_until: datetime | None
+    lease_owner: str | None
+    last_source_ip: str | None
+    last_code: int | None
+    last_reply: str | None
+    envelope_sender: str
+    from_domain: str | None
+    campaign: str | None
+    received_at: datetime
+    allowlisted: bool  # the address or its domain is on the allowlist
+
+
+@dataclass(frozen=True)
+class DeliveryEvent:
+    """One event of a delivery's history."""
+
+    occurred_at: datetime
+    type: str
+    attempt: int | None
+    code: int | None
+    enhanced: str | None
+    category: str | None
+    rule: str | None
+    source_ip: str | None
+    destination: str | None
+    reply_text: str | None
+    synthetic: bool
+
+
 # --- bounce messages (dsn.py) ---
 
 
@@ -186,19 +259,206 @@ class SuppressionRow:
 
 
 @dataclass(frozen=True)
+class SuppressionWithCause:
+    """One entry of the suppression list with the bounce text that caused it."""
+
+    address: str
+    reason: str
+    source: str
+    created_at: datetime
+    cause: str | None  # None: no bounce caused it (manual, import) or its event is gone
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One administrator's act (or incident detection's) of the audit log."""
+
+    occurred_at: datetime
+    actor: str
+    action: str
+    subject: str
+    reason: str
+    detail: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class AllowlistEntry:
+    entry: str  # an address key or a domain
+    reason: str
+    actor: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class AddressProfile:
+    """An address's profile, with its suppression entry when there is one."""
+
+    address: str
+    status: str
+    status_changed_at: datetime
+    suppression_reason: str | None
+    suppression_source: str | None
+    suppressed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class AddressBounce:
+    """One bounce event of an address (``profile show``)."""
+
+    occurred_at: datetime
+    type: str  # soft_bounce | hard_bounce | non_delivery
+    code: int | None
+    enhanced: str | None
+    category: str | None
+    reply_text: str | None
+    source_ip: str | None
+    destination: str | None
+    queue_id: str | None
+    campaign: str | None
+    attempt: int | None
+
+
+# The evidence behind an address's entries (suppression.sql evidence_*); field order is the
+# query's, which ``suppression why --json`` keeps.
+
+
+@dataclass(frozen=True)
+class EvidenceEntry:
+    """One entry that applies to the address."""
+
+    kind: str  # global | scoped | allowlist | probation
+    scope: str | None  # scoped: the sending domain; allowlist: the entry (address or domain)
+    reason: str
+    source: str
+    created_at: datetime
+    event_id: int | None
+    until: datetime | None  # probation: when the probe is retried
+
+
+@dataclass(frozen=True)
+class EvidenceBounce:
+    """One bounce, complaint or non-delivery recorded for the address, with what deciding
+    it again needs (``RecordedBounce.of_evidence``)."""
+
+    event_id: int
+    occurred_at: datetime
+    type: str  # hard_bounce | soft_bounce | complaint | non_delivery
+    source: str  # smtp | dsn
+    code: int | None
+    enhanced: str | None
+    reply_text: str | None
+    template: str | None
+    category: str | None
+    source_ip: str | None
+    destination: str | None
+    campaign: str | None
+    from_domain: str | None
+    rule: str | None
+    suppress: bool | None
+    retry_at: datetime | None
+    queue_id: str | None
+    incident_id: int | None
+    incident_state: str | None
+    delivery_id: int | None
+    recipient: str | None
+    recipient_domain: str | None
+    synthetic: bool
+    attempt: int | None
+    dsn_action: str | None
+    first_failure_at: datetime | None
+
+
+@dataclass(frozen=True)
+class EvidenceAudit:
+    """One act on the address (an administrator's, or incident detection's)."""
+
+    occurred_at: datetime
+    actor: str
+    action: str
+    reason: str
+    detail: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
 class SuppressionEvidence:
     address: str
-    entries: list[dict[str, Any]]  # kind: global | scoped | allowlist | probation
-    bounces: list[dict[str, Any]]
-    audit: list[dict[str, Any]]
+    entries: list[EvidenceEntry]
+    bounces: list[EvidenceBounce]  # newest first
+    audit: list[EvidenceAudit]  # newest first
 
 
 # --- incidents (incidents.py) ---
 
 
 @dataclass(frozen=True)
+class OpenedIncident:
+    """An incident one detection pass opened (incidents.sql detect_incidents)."""
+
+    id: int
+    template: str
+    destination: str
+    scope: str  # mx | domain
+    source_ip: str
+    recipients: int
+    attempted: int
+    category: str | None
+
+
+@dataclass(frozen=True)
+class IncidentSummary:
+    """One incident of the list (incidents.sql list_incidents)."""
+
+    id: int
+    opened_at: datetime
+    last_seen_at: datetime
+    state: str  # open | closed | released
+    scope: str  # mx | domain
+    destination: str
+    source_ip: str
+    template: str
+    category: str | None
+    code: int | None
+    enhanced: str | None
+    recipients: int
+    attempted: int
+    lifted: int
+    closed_at: datetime | None
+    released_by: str | None
+    release_reason: str | None
+    replies: int  # events that joined it
+
+
+@dataclass(frozen=True)
+class IncidentDetail:
+    """One incident with its counts (incidents.sql incident_by_id); field order is the
+    query's, which ``incidents show`` prints."""
+
+    id: int
+    opened_at: datetime
+    last_seen_at: datetime
+    state: str
+    scope: str
+    destination: str
+    source_ip: str
+    template: str
+    category: str | None
+    code: int | None
+    enhanced: str | None
+    sample_reply: str | None
+    recipients: int
+    attempted: int
+    lifted: int
+    closed_at: datetime | None
+    released_by: str | None
+    release_reason: str | None
+    replies: int
+    distinct_recipients: int
+    deferred: int  # its deliveries still queued
+
+
+@dataclass(frozen=True)
 class IncidentCheck:
-    opened: list[dict[str, Any]]
+    opened: list[OpenedIncident]
     closed: list[int]
     lifted: int  # suppressions lifted because the replies that made them joined an incident
 
@@ -247,6 +507,11 @@ class RecordedBounce:
     first_failure_at: datetime | None  # the delivery's first soft bounce
 
     @classmethod
-    def of_evidence(cls, row: Mapping[str, Any]) -> RecordedBounce:
+    def of_evidence(cls, bounce: EvidenceBounce) -> RecordedBounce:
         """One bounce of ``suppression_evidence`` (its id is ``event_id`` there)."""
-        return cls(**{f.name: row["event_id" if f.name == "id" else f.name] for f in fields(cls)})
+        return cls(
+            **{
+                f.name: getattr(bounce, "event_id" if f.name == "id" else f.name)
+                for f in fields(cls)
+            }
+        )

@@ -13,7 +13,20 @@ import asyncpg
 
 from policies.addresses import search_form
 from relay.store.base import REPORT_TIMEOUT_SECONDS, Statements, StoreBase, clean
-from relay.store.records import DsnRecord, OutcomeRecord, SuppressionEvidence, SuppressionRow
+from relay.store.records import (
+    AddressBounce,
+    AddressProfile,
+    AllowlistEntry,
+    AuditEntry,
+    DsnRecord,
+    EvidenceAudit,
+    EvidenceBounce,
+    EvidenceEntry,
+    OutcomeRecord,
+    SuppressionEvidence,
+    SuppressionRow,
+    SuppressionWithCause,
+)
 from relay.store.reports import roll_up_bounces
 
 __all__ = ["BOUNCES", "SuppressionStore", "suppress_and_roll_up"]
@@ -176,7 +189,7 @@ class SuppressionStore(StoreBase):
 
     async def suppressions_with_cause(
         self, search: str | None, limit: int, offset: int
-    ) -> list[dict[str, Any]]:
+    ) -> list[SuppressionWithCause]:
         rows = await self._rows(
             "suppressions_with_cause",
             search_form(search) if search else search,
@@ -184,17 +197,17 @@ class SuppressionStore(StoreBase):
             offset,
             what="list suppressions",
         )
-        return [dict(r) for r in rows]
+        return [SuppressionWithCause(**dict(r)) for r in rows]
 
-    async def audit_log(self, limit: int = 50) -> list[dict[str, Any]]:
+    async def audit_log(self, limit: int = 50) -> list[AuditEntry]:
         rows = await self._rows("audit_log", limit, what="audit log")
-        return [dict(r) for r in rows]
+        return [AuditEntry(**dict(r)) for r in rows]
 
     # --- allowlist and entries scoped to one sending domain --------------------------------
 
-    async def allowlist(self) -> list[dict[str, Any]]:
+    async def allowlist(self) -> list[AllowlistEntry]:
         rows = await self._rows("allowlist", what="read allowlist")
-        return [dict(r) for r in rows]
+        return [AllowlistEntry(**dict(r)) for r in rows]
 
     async def allow(self, entry: str, reason: str, actor: str) -> bool:
         """Allowlist an address key or a domain (audited); False when it already was."""
@@ -246,18 +259,18 @@ class SuppressionStore(StoreBase):
             audit = await tx.rows("evidence_audit", address_key)
         return SuppressionEvidence(
             address=address_key,
-            entries=[dict(r) for r in entries],
-            bounces=[dict(r) for r in bounces],
-            audit=[dict(r) for r in audit],
+            entries=[EvidenceEntry(**dict(r)) for r in entries],
+            bounces=[EvidenceBounce(**dict(r)) for r in bounces],
+            audit=[EvidenceAudit(**dict(r)) for r in audit],
         )
 
-    async def profile(self, address_key: str) -> dict[str, Any] | None:
+    async def profile(self, address_key: str) -> AddressProfile | None:
         row = await self._row("profile", address_key, what="read profile")
-        return dict(row) if row else None
+        return AddressProfile(**dict(row)) if row else None
 
-    async def bounces_of_address(self, address_key: str, limit: int = 50) -> list[dict[str, Any]]:
+    async def bounces_of_address(self, address_key: str, limit: int = 50) -> list[AddressBounce]:
         rows = await self._rows("bounces_of_address", address_key, limit, what="read bounces")
-        return [dict(r) for r in rows]
+        return [AddressBounce(**dict(r)) for r in rows]
 
     async def delivery_counts_of_address(self, address_key: str) -> dict[str, int]:
         rows = await self._rows("delivery_counts_of_address", address_key, what="count deliveries")

@@ -173,16 +173,17 @@ def add_api_routes(
         if key is None:
             return _bad_request("malformed address")
         profile = await store.profile(key)
-        if profile is None or not profile["suppression_reason"]:
+        # An entry's reason and time come together (both None without one).
+        if profile is None or not profile.suppression_reason or profile.suppressed_at is None:
             return web.json_response({"address": key, "suppressed": False}, status=404)
         return web.json_response(
             {
                 "address": key,
                 "suppressed": True,
-                "reason": profile["suppression_reason"],
-                "source": profile["suppression_source"],
-                "since": _iso(profile["suppressed_at"]),
-                "status": profile["status"],
+                "reason": profile.suppression_reason,
+                "source": profile.suppression_source,
+                "since": _iso(profile.suppressed_at),
+                "status": profile.status,
             }
         )
 

@@ -25,7 +25,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -42,7 +42,7 @@ from relay.config import Rules
 from relay.passwords import AttemptLimit, CheckerBusy, SecretChecker
 from relay.reports import export as report
 from relay.reports.replay import judged_again
-from relay.store import RecordedBounce, ReportRow, Store
+from relay.store import EvidenceBounce, RecordedBounce, ReportRow, Store
 from relay.web.api import PERIOD_OUT_OF_RANGE, BadNumber, parse_number
 from relay.web.downloads import send_report
 from relay.web.html import Content, Markup, concat, element, link, table, trusted
@@ -524,20 +524,17 @@ class _Pages:
         csrf = _csrf_field(request[_SESSION])
         rows = [
             [
-                e["address"],
-                e["source"],
-                _when(e["created_at"]),
-                e["reason"],
-                e["cause"],
-                _confirmed_form("/suppression/remove", csrf, ("address", e["address"]), "Remove"),
+                e.address,
+                e.source,
+                _when(e.created_at),
+                e.reason,
+                e.cause,
+                _confirmed_form("/suppression/remove", csrf, ("address", e.address), "Remove"),
             ]
             for e in entries
         ]
         audit = await self.store.audit_log(20)
-        audit_rows = [
-            [_when(a["occurred_at"]), a["actor"], a["action"], a["subject"], a["reason"]]
-            for a in audit
-        ]
+        audit_rows = [[_when(a.occurred_at), a.actor, a.action, a.subject, a.reason] for a in audit]
         notice = request.query.get("notice")
         next_page = urlencode({"search": search or "", "page": page + 1})
         body = concat(
@@ -594,14 +591,14 @@ class _Pages:
                     ["when", "event", "attempt", "code", "category", "rule", "source IP", "reply"],
                     [
                         [
-                            _when(e["occurred_at"]),
-                            e["type"],
-                            e["attempt"] or None,
-                            e["code"] or None,
-                            e["category"],
-                            e["rule"],
-                            e["source_ip"],
-                            e["reply_text"],
+                            _when(e.occurred_at),
+                            e.type,
+                            e.attempt or None,
+                            e.code or None,
+                            e.category,
+                            e.rule,
+                            e.source_ip,
+                            e.reply_text,
                         ]
                         for e in events
                     ],
@@ -621,11 +618,11 @@ class _Pages:
         )
         return _page(request, "Queue", body)
 
-    def _judged_again(self, bounce: Mapping[str, Any]) -> str:
+    def _judged_again(self, bounce: EvidenceBounce) -> str:
         """What the relay's rules decide for this bounce today (policies.verdict, as
         ``classify --replay`` asks it): tells an administrator whether lifting the entry
         would be undone by the next such reply."""
-        if self.rules is None or bounce["type"] == "non_delivery":
+        if self.rules is None or bounce.type == "non_delivery":
             return ""
         return explain(judged_again(RecordedBounce.of_evidence(bounce), self.rules()))
 
@@ -639,7 +636,7 @@ class _Pages:
                 return _refused(request, "Profile", f"address: {exc}")
             profile = await self.store.profile(key)
             evidence = await self.store.suppression_evidence(key)
-            status = profile["status"] if profile else "active"
+            status = profile.status if profile else "active"
             result = concat(
                 element("p", element("b", key), f": {status}"),
                 element("h2", "Why: entries that apply"),
@@ -647,12 +644,12 @@ class _Pages:
                     ["entry", "scope", "source", "since", "until", "reason"],
                     [
                         [
-                            e["kind"],
-                            e["scope"],
-                            e["source"],
-                            _when(e["created_at"]),
-                            _when(e["until"]),
-                            e["reason"],
+                            e.kind,
+                            e.scope,
+                            e.source,
+                            _when(e.created_at),
+                            _when(e.until),
+                            e.reason,
                         ]
                         for e in evidence.entries
                     ],
@@ -675,17 +672,17 @@ class _Pages:
                     ],
                     [
                         [
-                            _when(b["occurred_at"]),
-                            b["type"],
-                            b["code"] or None,
-                            b["category"],
-                            b["rule"],
-                            b["source_ip"],
-                            b["destination"],
-                            b["campaign"],
-                            _incident_link(b["incident_id"], b["incident_state"]),
-                            b["reply_text"],
-                            b["template"],
+                            _when(b.occurred_at),
+                            b.type,
+                            b.code or None,
+                            b.category,
+                            b.rule,
+                            b.source_ip,
+                            b.destination,
+                            b.campaign,
+                            _incident_link(b.incident_id, b.incident_state),
+                            b.reply_text,
+                            b.template,
                             self._judged_again(b),
                         ]
                         for b in evidence.bounces
@@ -694,10 +691,7 @@ class _Pages:
                 element("h2", "Administrators' acts"),
                 table(
                     ["when", "who", "what", "why"],
-                    [
-                        [_when(a["occurred_at"]), a["actor"], a["action"], a["reason"]]
-                        for a in evidence.audit
-                    ],
+                    [[_when(a.occurred_at), a.actor, a.action, a.reason] for a in evidence.audit],
                 ),
             )
         body = concat(
@@ -716,20 +710,20 @@ class _Pages:
         csrf = _csrf_field(request[_SESSION])
         rows = [
             [
-                element("span", f"#{i['id']}", id=f"i{i['id']}"),
-                i["state"],
-                _when(i["opened_at"]),
-                _when(i["last_seen_at"]),
-                i["source_ip"],
-                f"{i['scope']}: {i['destination']}",
-                i["recipients"],
-                i["replies"],
-                i["lifted"],
-                i["category"],
-                i["template"],
-                f"{i['released_by']}: {i['release_reason']}"
-                if i["state"] == "released"
-                else _confirmed_form("/incidents/release", csrf, ("id", i["id"]), "Release"),
+                element("span", f"#{i.id}", id=f"i{i.id}"),
+                i.state,
+                _when(i.opened_at),
+                _when(i.last_seen_at),
+                i.source_ip,
+                f"{i.scope}: {i.destination}",
+                i.recipients,
+                i.replies,
+                i.lifted,
+                i.category,
+                i.template,
+                f"{i.released_by}: {i.release_reason}"
+                if i.state == "released"
+                else _confirmed_form("/incidents/release", csrf, ("id", i.id), "Release"),
             ]
             for i in incidents
         ]

@@ -200,3 +200,19 @@ def test_dsn_parse_bench_smoke():
     assert all(float(line["ratio"]) > 0 for line in lines)
     [summary] = [_fields(x) for x in out.splitlines() if x.startswith("dsn_parse_bench_summary")]
     assert int(summary["shapes"]) == len(lines)
+
+
+def test_verdict_accuracy_scores_every_corpus():
+    """bench/verdict_accuracy.py: one summary line per corpus, the counts its own; the
+    repository's reply corpus, which the classifier was built on, keeps its perfect score."""
+    out = _run(sys.executable, "bench/verdict_accuracy.py", "--matrix")
+    summaries = {
+        line["corpus"]: line
+        for line in (_fields(x) for x in out.splitlines() if x.startswith("verdict_accuracy "))
+    }
+    assert set(summaries) == {"smtp-replies", "public-replies", "dsn"}
+    assert int(summaries["smtp-replies"]["replies"]) == 307
+    assert int(summaries["public-replies"]["replies"]) >= 800
+    assert summaries["smtp-replies"]["false_suppressions"] == "0"
+    assert int(summaries["dsn"]["recipients"]) > 250
+    assert "| labelled \\ decided |" in out

@@ -162,7 +162,7 @@ async def seed(store: Store) -> tuple[int, int]:
         "ann@example.org", MANUAL_REASON, "manual", profile_status="suppressed", actor=ACTOR
     )
     await store.allow("partner.example", "vip \x1b]52;c;cm0gLXJm\x07", ACTOR)
-    return soft, int(incident["id"])
+    return soft, incident.id
 
 
 @pytest.fixture

@@ -250,6 +250,6 @@ async def _search_by_u_label(store) -> None:
     await store.add_suppression(IDNA_2003, "other domain", "manual")
     for text in (U_LABEL, "STRAẞE.DE", "straße", A_LABEL):
         assert [r.address for r in await store.list_suppressions(search=text)] == [A_LABEL], text
-        assert [r["address"] for r in await store.suppressions_with_cause(text, 10, 0)] == [
-            A_LABEL
-        ], text
+        assert [r.address for r in await store.suppressions_with_cause(text, 10, 0)] == [A_LABEL], (
+            text
+        )
