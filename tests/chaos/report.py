@@ -490,6 +490,30 @@ COVERED = (
         "Secrets from the environment, not the config file",
         ("tests/e2e/test_cli.py::test_secrets_from_environment",),
     ),
+    Covered(
+        "A resolver that answers NXDOMAIN for every name (misconfigured, hijacked, no outside "
+        "DNS) suppresses nobody: the parent zone or the root must answer; a vouched NXDOMAIN "
+        "suppresses only when still there `nxdomain_confirm_after` later",
+        (
+            "tests/relay/delivery/test_worker.py::test_dns_verdicts",
+            "tests/relay/delivery/test_worker.py::"
+            "test_nxdomain_still_there_an_hour_later_bounces_and_suppresses",
+        ),
+    ),
+    Covered(
+        "What the running relay records for every real reply and bounce message is what "
+        "`classify` and `dsn parse` print (one verdict, `policies.verdict`)",
+        (
+            "tests/e2e/test_verdict_agreement.py::"
+            "test_every_real_reply_is_recorded_as_classify_decides_it",
+            "tests/e2e/test_verdict_agreement.py::"
+            "test_every_real_bounce_message_is_recorded_as_dsn_parse_reads_it",
+        ),
+    ),
+    Covered(
+        "A failed export (`report -o`, `suppression export -o`) leaves the existing file as it was",
+        ("tests/e2e/test_cli_habits.py::test_a_failed_export_leaves_the_existing_file_as_it_was",),
+    ),
 )
 
 # What the fault runs found, and what was done about it (kept by hand, rendered as is).
