@@ -16,7 +16,7 @@ from relay.clock import Clock, utc_now
 from relay.config import Rules
 from relay.delivery.worker import DeliveryWorker
 from relay.errors import StoreError
-from relay.ops.metrics import Metrics
+from relay.metrics import Metrics
 from relay.store import Store
 
 __all__ = ["IncidentWatch"]

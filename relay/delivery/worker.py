@@ -40,6 +40,7 @@ from policies.smtp_reply import Reply, synthetic_reply
 from policies.states import DeliveryState, EventType
 from policies.verdict import Attempt, Protection, refuses_suppressed, verdict
 from policies.verp import ReturnPaths
+from relay import faults
 from relay.batching import GroupBatcher
 from relay.clock import Clock, utc_now
 from relay.config import DeliveryConfig, Rules
@@ -47,8 +48,7 @@ from relay.delivery.routing import SourceIPs, pool_for, route_for
 from relay.delivery.throttle import DestinationThrottle
 from relay.delivery.upstream import Transaction, TransactionResult, Upstream
 from relay.errors import StoreError, StoreUnavailable
-from relay.ops import faults
-from relay.ops.metrics import Metrics
+from relay.metrics import Metrics
 from relay.store import ClaimedDelivery, OutcomeRecord, Store
 
 __all__ = ["DeliveryWorker"]

@@ -17,9 +17,9 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Protocol
 
+from relay import faults
 from relay.batching import GroupBatcher
 from relay.clock import Clock, utc_now
-from relay.ops import faults
 from relay.store import AcceptedMessage, ClaimedDelivery, IncomingMessage, Store
 
 __all__ = ["DirectDelivery", "GroupCommitter"]

@@ -7,7 +7,7 @@ The relay's contract with its clients lives here:
   recipient and the accepted event are committed; any failure answers
   451 4.3.0 and the client keeps the message;
 - mail to the DSN domain (``[dsn] domain``) is a bounce coming back: it is
-  taken from any client, read by ``relay.dsn.intake`` and never relayed;
+  taken from any client, read by ``relay.intake.bounces`` and never relayed;
 - hostile input is refused before anything is stored: addresses SMTP does not allow
   (``policies.addresses``), a non-ASCII address without SMTPUTF8 and, in mail to relay,
   data with a line end other than CRLF or a NUL (``policies.line_endings``: no SMTP
@@ -52,19 +52,19 @@ from policies.addresses import (
 from policies.headers import count_received, summarise_headers
 from policies.line_endings import bad_line_ending
 from policies.verdict import refuses_suppressed
+from relay import faults
 from relay.batching import GroupBatcher
 from relay.clock import Clock, utc_now
 from relay.config import Rules, SmtpConfig
 from relay.delivery.routing import literal_ip, route_for
-from relay.dsn.intake import BounceReader
 from relay.errors import ListenError, StoreError
 from relay.intake import responses as replies
+from relay.intake.bounces import BounceReader
 from relay.intake.commit import GroupCommitter
 from relay.intake.limits import Limits
 from relay.intake.protocol import RelaySMTP, peer_ip
 from relay.intake.proxy import UnusableHeader, client_behind
-from relay.ops import faults
-from relay.ops.metrics import Metrics
+from relay.metrics import Metrics
 from relay.passwords import SecretChecker
 from relay.store import IncomingMessage, Recipient, Store
 

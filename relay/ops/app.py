@@ -20,13 +20,13 @@ from relay.config import Config, Rules, load_config
 from relay.delivery.incidents import IncidentWatch
 from relay.delivery.upstream import Upstream
 from relay.delivery.worker import DeliveryWorker
-from relay.dsn.intake import BounceReader
 from relay.errors import ConfigErrors
+from relay.intake.bounces import BounceReader
 from relay.intake.commit import GroupCommitter
 from relay.intake.server import IntakeHandler, start_intake
+from relay.metrics import Metrics
 from relay.ops import systemd
 from relay.ops.maintenance import vacuum_while_autovacuum_is_off
-from relay.ops.metrics import Metrics
 from relay.ops.supervisor import ProcessRole, signal_ready
 from relay.store import Store, create_store
 from relay.store.embedded import EmbeddedPostgres

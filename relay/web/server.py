@@ -28,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from relay.clock import Clock, utc_now
 from relay.config import AdminToken, Rules
 from relay.errors import ListenError, StoreError
-from relay.ops.metrics import Metrics
+from relay.metrics import Metrics
 from relay.store import Store
 from relay.web.api import add_api_routes
 from relay.web.pages import add_page_routes

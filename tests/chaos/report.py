@@ -132,10 +132,10 @@ COVERED = (
         "Forged bounces: no valid VERP token suppresses nobody; a bounce of a bounce is "
         "dropped; anyone may send bounces but not relay",
         (
-            "tests/relay/dsn/test_bounces.py::test_a_bounce_without_a_valid_token_suppresses_nobody",
+            "tests/relay/intake/test_bounces.py::test_a_bounce_without_a_valid_token_suppresses_nobody",
             "tests/policies/test_verp.py::test_another_secret_or_domain_does_not_verify",
-            "tests/relay/dsn/test_bounces.py::test_a_bounce_of_a_bounce_is_dropped",
-            "tests/relay/dsn/test_bounces.py::test_any_client_may_send_bounces_but_not_relay",
+            "tests/relay/intake/test_bounces.py::test_a_bounce_of_a_bounce_is_dropped",
+            "tests/relay/intake/test_bounces.py::test_any_client_may_send_bounces_but_not_relay",
         ),
     ),
     Covered(
@@ -240,9 +240,9 @@ COVERED = (
         "worker process in linear time, other clients greeted meanwhile; a parse over its "
         "budget is kept as unmatched, never a stall (before: 20-25 s stalls at 200 KB)",
         (
-            "tests/relay/dsn/test_hostile_bounces.py::"
+            "tests/relay/intake/test_hostile_bounces.py::"
             "test_other_clients_are_greeted_while_a_hostile_bounce_is_read",
-            "tests/relay/dsn/test_hostile_bounces.py::"
+            "tests/relay/intake/test_hostile_bounces.py::"
             "test_a_parse_over_budget_is_kept_as_unmatched_and_the_next_bounce_is_read",
             "tests/policies/test_dsn_hostile.py::test_a_hostile_bounce_of_2_mb_is_parsed_within_budget",
             "tests/policies/test_dsn_hostile.py::test_line_patterns_take_linear_time_on_long_runs",
@@ -256,7 +256,7 @@ COVERED = (
         "comments): at most 100 KB read as the header, bounded time, a broken From costs "
         "the field only",
         (
-            "tests/relay/dsn/test_hostile_bounces.py::test_a_hostile_from_on_intake_does_not_hold_other_clients",
+            "tests/relay/intake/test_hostile_bounces.py::test_a_hostile_from_on_intake_does_not_hold_other_clients",
             "tests/policies/test_headers.py::test_a_from_folded_over_megabytes_is_read_in_bounded_time",
             "tests/policies/test_headers.py::test_a_35_mb_header_is_read_up_to_max_header_bytes",
             "tests/policies/test_headers.py::test_nested_comments_in_from_cost_the_field_not_the_message",
@@ -267,13 +267,13 @@ COVERED = (
         "one record per message whatever its recipient count, deleted after the retention; "
         "the same DSN repeated or sent concurrently counts once",
         (
-            "tests/relay/dsn/test_hostile_bounces.py::test_unusable_bounces_are_limited_per_client_address",
-            "tests/relay/dsn/test_hostile_bounces.py::"
+            "tests/relay/intake/test_hostile_bounces.py::test_unusable_bounces_are_limited_per_client_address",
+            "tests/relay/intake/test_hostile_bounces.py::"
             "test_one_message_to_a_thousand_bounce_addresses_is_one_record",
-            "tests/relay/dsn/test_hostile_bounces.py::test_unusable_bounces_are_deleted_after_the_retention",
-            "tests/relay/dsn/test_hostile_bounces.py::test_unusable_bounces_expire_without_bounce_traffic",
-            "tests/relay/dsn/test_bounces.py::test_the_same_delayed_dsn_five_times_is_one_soft_bounce",
-            "tests/relay/dsn/test_bounces.py::test_two_copies_of_a_dsn_at_once_count_once",
+            "tests/relay/intake/test_hostile_bounces.py::test_unusable_bounces_are_deleted_after_the_retention",
+            "tests/relay/intake/test_hostile_bounces.py::test_unusable_bounces_expire_without_bounce_traffic",
+            "tests/relay/intake/test_bounces.py::test_the_same_delayed_dsn_five_times_is_one_soft_bounce",
+            "tests/relay/intake/test_bounces.py::test_two_copies_of_a_dsn_at_once_count_once",
         ),
     ),
     Covered(

@@ -4,7 +4,7 @@ and never blocks the rest of the queue.
 Two triggers:
 
 * a bug: ``BOUNCE_RELAY_RAISE_AT=delivery.send=<recipient>`` makes every send to one
-  recipient raise (relay/ops/faults.py). The real trigger found first, a non-ASCII sender
+  recipient raise (relay/faults.py). The real trigger found first, a non-ASCII sender
   without SMTPUTF8 (``UnicodeEncodeError`` in aiosmtplib), is refused at MAIL now and
   downgraded or failed permanently at delivery, so it no longer reaches the send;
 * an upstream that answers in Latin-1: its reply text arrives with undecodable bytes,

@@ -23,8 +23,8 @@ from relay.config import Config, load_config
 from relay.intake.commit import GroupCommitter
 from relay.intake.limits import client_key
 from relay.intake.server import IntakeHandler, start_intake
+from relay.metrics import Metrics
 from relay.ops.app import Relay
-from relay.ops.metrics import Metrics
 from relay.store import create_store
 from tests.support.scripted import FakeClock
 

@@ -60,7 +60,7 @@ from relay.clock import Clock, utc_now
 from relay.config import DsnConfig, Rules
 from relay.errors import StoreError
 from relay.intake import responses as replies
-from relay.ops.metrics import Metrics
+from relay.metrics import Metrics
 from relay.store import DeliveryDetail, DsnRecord, Store
 
 __all__ = [
