@@ -76,7 +76,11 @@ basic code (450 for a disabled mailbox, 550 for a rate limit). So:
 
 Two wordings are deliberately *not* read as a recipient problem even though
 they mention one: "message expired" (the upstream gave up; the cause is lost)
-and "address verification in progress".
+and "address verification in progress". A sign that the fault lies with the
+sender (its verification, its account, its domain's DNS, a policy refusal)
+vetoes the recipient reading, and after a generic prefix ("Recipient address
+rejected:") the words that follow decide: "Mailer error", "No relaying", "On
+hold" say nothing about the mailbox.
 
 Operator rules
 ==============
@@ -427,6 +431,11 @@ _TEXT_PATTERNS: tuple[_Pattern, ...] = (
         r"\bthis hour\b",
         r"exceeded (?:the |their |its )?limit for the number of messages",
         r"max(?:imum)? (?:number of )?messages? per",
+        # Sending quotas of the sender's account, often sent as 5xx: pace, not the address.
+        r"daily (?:sending |message |mail )?(?:limit|quota)",
+        r"sending (?:limit|quota)",
+        r"submission quota",
+        r"limit on the number of (?:allowed )?outgoing messages",
     ),
     _p(
         C.TOO_MANY_RECIPIENTS,
@@ -538,6 +547,7 @@ _TEXT_PATTERNS: tuple[_Pattern, ...] = (
         r"which is an open relay",
         r"(?:block|blocked|bloquee) (?:for|pour) (?:\w+ )?spam",
         r"(?-i:\bBL\d*\b)",
+        r"remote ip check",
         r"^IP=\S+ -",
     ),
     # A 5xx refusal of "the client", "the host", "the service" is aimed at
@@ -588,7 +598,25 @@ _TEXT_PATTERNS: tuple[_Pattern, ...] = (
         r"block-?send-?er",
         r"auth(?:entication)? required",
         r"\byour (?:account|access|ip|domain)\b(?: \S+){0,6} (?:disabled|suspended|blocked|locked)",
+        # Callout verification of our envelope sender, the sender's own account, a
+        # policy refusal: the fault is ours, whatever address the reply names.
+        r"\bverification failed for\b",
+        r"sender (?:address )?(?:does ?n[o']?t|does not) match",
+        r"sending for this account",
+        r"due to policy restrictions",
+        r"delivery not authori[sz]ed",
+        r"invalid dns (?:mx|a)\b",
     ),
+    # The receiving side's own trouble, even after "Recipient address rejected:" or with
+    # "Host or domain name not found" in front of a resolver's failure.
+    _p(
+        C.SERVICE_UNAVAILABLE,
+        r"malformed or unexpected name server reply",
+        r"mailer error",
+        r"internal system error",
+    ),
+    _p(C.RELAY_DENIED, r"\bno relaying\b"),
+    _p(C.OTHER, r"\bon hold\b"),
     # The recipient. Disabled before unknown: "invalid mailbox ... account is
     # disabled" is a disabled account.
     _p(
@@ -599,6 +627,7 @@ _TEXT_PATTERNS: tuple[_Pattern, ...] = (
         r"|user|address)",
         r"recipient (?:account|address|mailbox)\b(?: \S+){0,3} (?:is )?blocked\b",
         r"blocked due to inactivity",
+        r"\bis now disabled\b",
         r"not (?:configured|enabled|allowed) to receive",
     ),
     _p(
@@ -618,6 +647,11 @@ _TEXT_PATTERNS: tuple[_Pattern, ...] = (
         r"no-?domain",
         r"unrouteable",
         r"domain (?:is )?not (?:configured|hosted|served)",
+        r"mx records point to non-?existent hosts",
+        r"nomxhostfound",
+        r"no mx (?:record|host)s? (?:found )?for",
+        r"indicated no smtp service",
+        r"does not accept (?:e-?)?mail\b(?! from)",
     ),
     _p(
         C.USER_UNKNOWN,
@@ -628,7 +662,8 @@ _TEXT_PATTERNS: tuple[_Pattern, ...] = (
         r"not found by smtp address lookup",
         r"recip(?:ient)?notfound",
         r"(?:user|recipient|mailbox|address|account)(?: \S+){0,2} (?:was |is )?not found",
-        r"(?:user|recipient|mailbox|address|account)(?: \S+){0,2} could not be found",
+        r"(?:user|recipient|mailbox|address|account)(?: \S+){0,2} could ?n[o']?t be found",
+        r"invalid final delivery userid",
         r"invalid (?:recipient|mailbox|address|user)",
         r"destinataire invalide",
         r"mailbox (?:is |currently )?unavailable",

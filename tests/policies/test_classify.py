@@ -556,3 +556,102 @@ def test_rule_validation_names_the_rule(kwargs, message):
 def test_reply_without_anything():
     """An empty reply is no verdict on anyone: soft other."""
     assert classify(Reply(0, None, "")) == Verdict(Kind.SOFT, Category.OTHER, suppress=False)
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind", "category", "suppress"),
+    [
+        # Sender-side faults read once as the recipient's (issue 19's shapes, own wording).
+        ("550 Verification failed for <news@sender.example>", "hard", "policy_auth", False),
+        (
+            "553 5.7.1 Sender address does not match the logged in user",
+            "hard",
+            "policy_auth",
+            False,
+        ),
+        ("550 Message sending for this account is disabled", "hard", "policy_auth", False),
+        ("554 Reject due to policy restrictions", "hard", "policy_auth", False),
+        ("550 5.7.1 remote ip check error.", "hard", "spam_block_ip", False),
+        (
+            "550 5.1.8 <news@sender.example>: invalid DNS MX or A/AAAA resource record",
+            "hard",
+            "policy_auth",
+            False,
+        ),
+        # The words after "Recipient address rejected:" decide, not the prefix.
+        (
+            "550 5.1.1 <a@x.example>: Recipient address rejected: Mailer error",
+            "hard",
+            "service_unavailable",
+            False,
+        ),
+        (
+            "554 5.7.1 <a@x.example>: Recipient address rejected: No relaying",
+            "hard",
+            "relay_denied",
+            False,
+        ),
+        ("550 5.7.1 <a@x.example>: Recipient address rejected: On hold", "hard", "other", False),
+        (
+            "554 5.7.1 <a@x.example>: Recipient address rejected: Delivery not authorized, "
+            "message refused",
+            "hard",
+            "policy_auth",
+            False,
+        ),
+        (
+            "550 <a@x.example>: Recipient address rejected: Internal system error",
+            "hard",
+            "service_unavailable",
+            False,
+        ),
+        # A resolver's failure is not a missing domain.
+        (
+            "550 5.4.4 Host or domain name not found. Name service error for name=x.example "
+            "type=MX: Malformed or unexpected name server reply",
+            "hard",
+            "service_unavailable",
+            False,
+        ),
+        # Sending quotas sent as 5xx are pace: soft.
+        ("550 5.4.5 Daily user sending limit exceeded", "soft", "rate_limited", False),
+        ("554 5.7.0 Submission quota exceeded", "soft", "rate_limited", False),
+        (
+            "550 You have reached the limit on the number of allowed outgoing messages",
+            "soft",
+            "rate_limited",
+            False,
+        ),
+        # Dead addresses and domains that were missed.
+        (
+            "550 all relevant MX records point to non-existent hosts",
+            "hard",
+            "domain_not_found",
+            True,
+        ),
+        ("554 5.4.4 NoMxHostFoundException", "hard", "domain_not_found", True),
+        ("556 5.1.10 x.example does not accept mail (RFC 7505)", "hard", "domain_not_found", True),
+        ("550 No mx record found for domain x.example", "hard", "domain_not_found", True),
+        (
+            "550 5.1.10 an MX or SRV record indicated no SMTP service",
+            "hard",
+            "domain_not_found",
+            True,
+        ),
+        ("550 5.1.1 Invalid final delivery userid", "hard", "user_unknown", True),
+        ("550 5.1.1 the address couldn't be found", "hard", "user_unknown", True),
+        ("550 5.2.1 jsmith@x.example is now disabled", "hard", "mailbox_disabled", True),
+        # ... and what must not move: a block "from" us is no null MX.
+        (
+            "554 5.7.1 x.example does not accept mail from your network",
+            "hard",
+            "policy_auth",
+            False,
+        ),
+    ],
+)
+def test_the_reason_decides_not_the_prefix(raw, kind, category, suppress):
+    """Issue 19's shapes: a sign of fault on the sender's side vetoes suppression; the words
+    after a generic prefix decide; pace is soft; dead domains and mailboxes are caught."""
+    verdict = classify(parse_reply(raw))
+    assert (verdict.kind, verdict.category, verdict.suppress) == (kind, category, suppress)
