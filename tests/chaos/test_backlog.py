@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import socket
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,7 +72,12 @@ async def test_upstream_down_with_a_backlog(pg_server: pg.TestServer, tmp_path: 
     """Memory stays flat while thousands of deliveries fail round after round, their
     retries are spread by jitter, and the backlog drains by itself once the upstream is back."""
     dsn = await pg_server.create_database()
-    upstream_port, port = free_port(), free_port()
+    # The upstream is down: its port is held bound but not listening (every connect is
+    # refused at once) until it comes back, so nothing else on the machine can take the
+    # port and answer slowly in its place meanwhile.
+    down = socket.socket()
+    down.bind(("127.0.0.1", 0))
+    upstream_port, port = down.getsockname()[1], free_port()
     relay = RelayProcess(
         relay_config(
             port,
@@ -110,6 +116,7 @@ async def test_upstream_down_with_a_backlog(pg_server: pg.TestServer, tmp_path: 
             # Round 3: the whole queue went round twice more with the upstream still down.
             await sample_until("SELECT count(*) = 0 FROM deliveries WHERE attempts < 3", 180)
             after_round_3 = rss_mb(relay.pid)
+            down.close()
             async with ChaosUpstream(port=upstream_port) as up:
                 back = time.monotonic()
                 states = await wait_settled(dsn, timeout=180)
@@ -120,6 +127,7 @@ async def test_upstream_down_with_a_backlog(pg_server: pg.TestServer, tmp_path: 
             await db.close()
         broken = await half_written(dsn)
     finally:
+        down.close()
         relay.kill()
         await pg_server.drop_database(dsn)
     delay_values = [float(r["delay"]) for r in delays]
