@@ -44,11 +44,15 @@ class Family(NamedTuple):
     template: str | Callable[[re.Match[str]], str]
     code: str = ""
     whole: bool = False
+    signed: Callable[[re.Match[str], str], bool] | None = None
 
     def apply(self, words: str) -> str:
-        """The words with this family's template where its pattern is found."""
+        """The words with this family's template where its pattern is found (and,
+        for a family with a ``signed`` test, where the match is the provider's own)."""
         found = self.pattern.search(words)
         if found is None:
+            return words
+        if self.signed is not None and not self.signed(found, words):
             return words
         template = self.template
         replacement = template(found) if callable(template) else found.expand(template)
@@ -59,9 +63,12 @@ class Family(NamedTuple):
 
 # Gmail names each reply by a help topic (support.google.com/mail/?p=<Topic>,
 # or an answer number). The topic is the reply; a key phrase finds it in a
-# copy that lost its URL (a gateway trimmed it, a corpus cut it). Its
-# template is the reply's lead sentence and Gmail's signature. A topic of no
-# family here keeps the reply's own words (it has one wording).
+# copy that lost its URL (a gateway trimmed it, a corpus cut it). Gmail's own
+# lead ("The email account that you tried to reach ...") is a key phrase by
+# itself; a phrase other servers say too ("inbox is out of storage space") is
+# one only in a copy Gmail signed ("- gsmtp"): another server's reply is its
+# own. The template is the reply's lead sentence and Gmail's signature. A
+# topic of no family here keeps the reply's own words (it has one wording).
 _GMAIL_TOPICS: tuple[tuple[str, str, str], ...] = (
     # (topic in the help URL, key phrase, the reply's lead sentence)
     (
@@ -76,7 +83,7 @@ _GMAIL_TOPICS: tuple[tuple[str, str, str], ...] = (
     ),
     (
         r"\?p=OverQuota(?:Temp|Perm)?",
-        r"tried to reach is over quota|inbox is out of storage space",
+        r"tried to reach is over quota|inbox is out of storage space",  # the second: signed
         "The recipient's inbox is out of storage space.",
     ),
     (
@@ -123,7 +130,17 @@ def _gmail() -> Family:
     def sentence(found: re.Match[str]) -> str:
         return next(words for key, words in topics if key.fullmatch(found.group()))
 
-    return Family("gmail", re.compile("|".join(keys)), sentence, whole=True)
+    signature = re.compile(rf"\bgsmtp\b|{url}")
+
+    def signed(found: re.Match[str], words: str) -> bool:
+        return _GMAIL_OWN_LEAD.match(found.group()) is not None or bool(signature.search(words))
+
+    return Family("gmail", re.compile("|".join(keys)), sentence, whole=True, signed=signed)
+
+
+# What only Gmail says: a topic's help URL, or its lead "The email account that you tried
+# to reach ...".
+_GMAIL_OWN_LEAD = re.compile(r"support\.google\.com/mail/|tried to reach (?:does|is)\b")
 
 
 def _family(provider: str, pattern: str, template: str, code: str = "") -> Family:
@@ -171,6 +188,13 @@ FAMILIES: tuple[Family, ...] = (
     ),
     # QQ: "Ip frequency limited", "Connection frequency limited", one help topic.
     _family("qq", r"^[A-Za-z]+ frequency limited\b", "Frequency limited"),
+    # Any DNS failure names the record type it looked up ("type=AAAA", "record type MX",
+    # "DNS type 'mx' lookup"): one failure, whichever record it was.
+    _family(
+        "dns",
+        r"\b((?:[Rr]ecord |DNS )?type[= ])'?(?i:A|AAAA|MX|TXT|CNAME|NS|SOA|PTR|SRV|TLSA)'?(?!\w)",
+        r"\1<type>",
+    ),
 )
 
 # Help pages that moved: the old host and the current one are one page.

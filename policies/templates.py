@@ -29,7 +29,13 @@ The reply's words, as the provider wrote them, after four steps:
    valid");
 4. *families*: where one provider words one reply several ways (Gmail's
    rewordings and Temp/Perm topics, Postfix's table names, a resolver's
-   answer), the family's template (``policies.template_families``).
+   answer), the family's template (``policies.template_families``), found by
+   the provider's stable identifier (a help topic, a status name, Gmail's
+   signature), never by words another server may say too.
+
+The template groups; it is not what a report row shows. A row shows
+``wording_of`` one of its replies: the same steps without the families, so
+an operator reads words that a reply in the row actually had.
 
 The codes are not in the template. The same reply comes as 550 and as 450
 (Postfix's ``soft_bounce``, Sendmail's full mailbox), with an enhanced code
@@ -61,6 +67,8 @@ vendor reason tag         OFR_<n>     "OFR_416", "OFR005_505", "ofr_506": the
                                       letters name the provider and stay
 number                    <n>         counts, sizes, ports; a unit glued to it
                                       stays: "<n>MB"
+DNS record type           <type>      after "type=", "record type", "DNS type"
+                                      (a family: one failure, whichever record)
 ========================  ==========  =========================================
 
 Not masked: enhanced codes and RFC numbers in the text, a reply code quoted
@@ -71,8 +79,10 @@ only, however random they look (that would need a dictionary).
 A URL keeps a query value that is a word or a short number (the topic:
 Gmail's ``?p=NoSuchUser``) and masks one shaped like a per-message value (an
 IP, an address, a date, ten or more digits, an opaque token of twelve or
-more characters mixing letters and digits); path segments and the fragment
-alike. Rewriting gateways are undone first (Proofpoint URL Defense v2 and
+more characters mixing letters and digits), and a query value that is a DNS
+name (``?domain=news.example`` names a sender or a recipient, not the page);
+path segments and the fragment alike, except the DNS name ("lookup.cgi" is a
+file). Rewriting gateways are undone first (Proofpoint URL Defense v2 and
 v3, Microsoft Safe Links). A moved help page is named by its current host
 and a query value naming a reason inside a topic (QQ's ``no=``) is masked:
 both lists are in ``template_families``.
@@ -109,7 +119,7 @@ from urllib.parse import unquote
 
 from policies import template_families as families
 
-__all__ = ["PLACEHOLDERS", "template_of"]
+__all__ = ["PLACEHOLDERS", "template_of", "wording_of"]
 
 EMAIL = "<email>"
 IP = "<ip>"
@@ -118,7 +128,8 @@ DOMAIN = "<domain>"
 ID = "<id>"
 NUMBER = "<n>"
 URL = "<url>"
-PLACEHOLDERS = frozenset({EMAIL, IP, DATE, DOMAIN, ID, NUMBER, URL})
+RECORD_TYPE = "<type>"
+PLACEHOLDERS = frozenset({EMAIL, IP, DATE, DOMAIN, ID, NUMBER, URL, RECORD_TYPE})
 
 # --- the reply: code, enhanced code, words -----------------------------------
 
@@ -279,6 +290,7 @@ _EMAIL_VALUE = re.compile(r"[^@\s]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 _IPV4_VALUE = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 _IPV6_VALUE = re.compile(r"[0-9A-Fa-f:]*:[0-9A-Fa-f:]*:[0-9A-Fa-f:.]*")
 _DATE_VALUE = re.compile(_DATE)
+_DOMAIN_VALUE = re.compile(_NAME)
 _HEX_VALUE = re.compile(r"[0-9A-Fa-f]{16,}")
 
 # --- stamps ------------------------------------------------------------------
@@ -323,28 +335,39 @@ def template_of(text: str) -> str:
     """The bounce text's template: the reply's words with variable parts
     masked and decorations dropped, one wording per reply family; the codes
     only in front of a stock text. See the module docstring."""
+    return _template(text, merge_families=True)
+
+
+def wording_of(text: str) -> str:
+    """The words a report row shows for a reply: its template without the
+    family step, so a row shows a wording one of its replies had, masked,
+    and never a family's sentence that none of them carried."""
+    return _template(text, merge_families=False)
+
+
+def _template(text: str, *, merge_families: bool) -> str:
     code, enhanced, words = _read(text)
     if ": //" in words:
         words = _BROKEN_URL.sub(r"\1://", words)
-    words = _settle(_MASKS.sub(_mask, words), code)
+    words = _settle(_MASKS.sub(_mask, words), code, merge_families)
     if words and words.casefold() not in families.STOCK:
         return words
     return " ".join(part for part in (code, enhanced, words) if part)
 
 
-def _settle(words: str, code: str) -> str:
+def _settle(words: str, code: str, merge_families: bool) -> str:
     """Drops and families, until a round changes nothing: a template is
     then its own template (a second reading has no code, and a round
     without one changes nothing either)."""
     for _ in range(_MAX_ROUNDS):
-        settled = _round(words, code)
+        settled = _round(words, code, merge_families)
         if settled == words:
             break
         words = settled
     return words
 
 
-def _round(words: str, code: str) -> str:
+def _round(words: str, code: str, merge_families: bool) -> str:
     words = _strip_stamps(words, leading=bool(code))
     if code:
         words = _SUB_CODE.sub("", words, count=1)
@@ -353,7 +376,7 @@ def _round(words: str, code: str) -> str:
         if words and not decoration.group()[-1].isspace():
             # Glued to what follows, which the masks read in that company.
             words = _MASKS.sub(_mask, words)
-    for family in families.FAMILIES:
+    for family in families.FAMILIES if merge_families else ():
         if not family.code or family.code == code:
             words = family.apply(words)
     if stock := families.STOCK_LEAD.match(words):
@@ -481,6 +504,10 @@ def _query_item(item: str, reasons: frozenset[str]) -> str:
         return _url_value(item)
     if name in reasons and value not in PLACEHOLDERS:
         return name + equals + (NUMBER if value.isdigit() else ID)
+    if "." in value and _DOMAIN_VALUE.fullmatch(value) and _is_domain(value):
+        # "?domain=news.example" names the sender's or the recipient's domain, not the
+        # page (in a path, "lookup.cgi" is a file name: only query values are read so).
+        return name + equals + DOMAIN
     return name + equals + _url_value(value)
 
 

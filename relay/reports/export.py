@@ -120,6 +120,7 @@ def _as_text(value: str | int | datetime | None) -> str:
 COLUMNS: tuple[Column, ...] = (
     Column("group", Kind.TEXT, attrgetter("group"), 18),
     Column("bounce_text", Kind.TEXT, attrgetter("bounce_text"), 70, cut=True),
+    Column("code", Kind.TEXT, attrgetter("code"), 10),
     Column("amount", Kind.COUNT, attrgetter("amount"), 10, total="sum"),
     Column("messages", Kind.COUNT, attrgetter("messages"), 10, total="sum"),
     # distinct per row: a sum over rows would count a domain once per row

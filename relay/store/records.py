@@ -468,10 +468,14 @@ class IncidentCheck:
 
 @dataclass(frozen=True)
 class ReportRow:
-    """One bounces-report row: a group (From domain or source IP) and a bounce text."""
+    """One bounces-report row: a group (From domain or source IP), a bounce text and its
+    codes. ``bounce_text`` is a wording one of the row's replies had, masked (the row groups
+    a provider's rewordings of one reply by their template); ``code`` is the reply code and
+    enhanced status ("452 4.2.2"), empty when unknown."""
 
     group: str
     bounce_text: str
+    code: str
     amount: int
     messages: int
     recipient_domains: int

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from policies.templates import wording_of
 from relay.store.base import QUERIES, REPORT_TIMEOUT_SECONDS, StoreBase
 from relay.store.records import RecordedBounce, ReportRow
 
@@ -67,7 +68,9 @@ class ReportStore(StoreBase):
             async for r in cursor:
                 yield ReportRow(
                     r["grp"],
-                    r["template"],
+                    # The template groups rewordings; the row shows words a reply had.
+                    wording_of(r["sample"]) if r["sample"] else r["template"],
+                    r["code"],
                     r["amount"],
                     r["messages"],
                     r["recipient_domains"],

@@ -8,7 +8,14 @@ WITH b AS (
     SELECT e.id, e.message_id, e.type, coalesce(e.campaign, '') AS campaign,
            coalesce(e.from_domain, '') AS from_domain, coalesce(e.source_ip, '') AS source_ip,
            coalesce(e.template, e.reply_text, '') AS template,
-           decode(md5(coalesce(e.template, e.reply_text, '')), 'hex') AS template_key,
+           concat_ws(' ', e.code::text, e.enhanced) AS code,
+           -- the template, and the codes in front when there are any (rows rolled up before
+           -- 0011 have no code, and their key stays md5(template))
+           decode(md5(CASE WHEN e.code IS NULL AND e.enhanced IS NULL
+                           THEN coalesce(e.template, e.reply_text, '')
+                           ELSE concat_ws(' ', e.code::text, e.enhanced) || E'\n'
+                                || coalesce(e.template, e.reply_text, '') END), 'hex')
+               AS template_key,
            e.category, e.reply_text, coalesce(e.recipient_domain, '') AS recipient_domain
     FROM events e
     WHERE e.occurred_at = $1 AND e.id = ANY($2::bigint[])
@@ -43,7 +50,7 @@ WITH b AS (
     -- per campaign, and (second grouping set) with all campaigns folded together
     SELECT b.type, coalesce(b.campaign, '') AS campaign, GROUPING(b.campaign) = 1 AS all_campaigns,
            b.from_domain, b.source_ip, b.template_key,
-           min(b.template) AS template, min(b.category) AS category,
+           min(b.template) AS template, min(b.code) AS code, min(b.category) AS category,
            min(b.reply_text) AS sample, count(*) AS amount,
            count(*) FILTER (WHERE b.first_by_domain) AS messages_by_domain,
            count(*) FILTER (WHERE b.first_by_ip) AS messages_by_ip,
@@ -64,7 +71,7 @@ WITH b AS (
 INSERT INTO bounce_rollup AS r
 SELECT g.grain, g.bucket, a.type, a.campaign, a.from_domain, a.source_ip, a.template_key,
        a.template, a.category, a.sample, a.amount, a.messages_by_domain, a.messages_by_ip,
-       a.domain_ids, $1, $1
+       a.domain_ids, $1, $1, a.code
 FROM agg a JOIN grains g USING (all_campaigns)
 -- one lock order for every writer: concurrent batches cannot deadlock on rollup rows
 ORDER BY g.grain, g.bucket, a.type, a.campaign, a.from_domain, a.source_ip, a.template_key
@@ -123,11 +130,11 @@ WITH r AS (
     ORDER BY g.amount DESC, g.grp, g.template_key
     LIMIT $6
 )
-SELECT ranked.grp, t.template, ranked.amount, ranked.messages, ranked.recipient_domains,
+SELECT ranked.grp, t.template, t.code, ranked.amount, ranked.messages, ranked.recipient_domains,
        t.category, ranked.first_seen, ranked.last_seen, t.sample
 FROM ranked
 CROSS JOIN LATERAL (
-    SELECT template, category, sample FROM bounce_rollup
+    SELECT template, code, category, sample FROM bounce_rollup
     WHERE template_key = ranked.template_key LIMIT 1
 ) AS t
 ORDER BY ranked.amount DESC, ranked.grp, t.template;

@@ -14,7 +14,7 @@ import pytest
 
 from policies import template_families
 from policies.smtp_reply import parse_reply
-from policies.templates import PLACEHOLDERS, template_of
+from policies.templates import PLACEHOLDERS, template_of, wording_of
 
 DATASET = Path(__file__).parent / "data" / "smtp-replies.jsonl"
 ROWS = [json.loads(line) for line in DATASET.read_text().splitlines()]
@@ -793,6 +793,66 @@ def test_reply_families_match(first, second):
     Postfix's tables and DNS failures, Google's DNS failures, and the
     variable tail of Mail.ru's, Rambler's, T-Online's and QQ's replies."""
     assert template_of(first) == template_of(second)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        # Another provider's full mailbox in Gmail's words, unsigned: its own row.
+        "452 4.2.2 The recipient's inbox is out of storage space. Please try again later",
+        "550 5.7.1 This message is likely unsolicited mail. Rejected by policy",
+        # A copy of Gmail's lead with a typo is somebody else's reply (NetEase).
+        "550 RC:LD The email account that you tried to reach does no exists.",
+    ],
+)
+def test_borrowed_gmail_words_keep_their_own_template(reply):
+    """A phrase other servers say too is Gmail's only in a copy Gmail signed
+    ("- gsmtp") or that carries its help URL; otherwise the row shows, and
+    groups by, the server's own words."""
+    assert "gsmtp" not in template_of(reply)
+    assert template_of(reply) == wording_of(reply)
+
+
+def test_signed_gmail_words_join_their_topic():
+    signed = "452 4.2.2 The recipient's inbox is out of storage space. z1si2.3 - gsmtp"
+    topic = "452 4.2.2 See https://support.google.com/mail/?p=OverQuotaTemp - gsmtp"
+    assert template_of(signed) == template_of(topic)
+
+
+def test_a_row_shows_words_its_replies_had():
+    """Two rewordings share a template; each shows its own words, masked."""
+    temp = (
+        "452-4.2.2 The email account that you tried to reach is over quota. Please direct\n"
+        "452 4.2.2 the recipient to https://support.google.com/mail/?p=OverQuotaTemp a1si1.1"
+        " - gsmtp"
+    )
+    perm = "552 5.2.2 Mailbox gone over. https://support.google.com/mail/?p=OverQuotaPerm - gsmtp"
+    assert template_of(temp) == template_of(perm)
+    assert wording_of(perm) == (
+        "Mailbox gone over. https://support.google.com/mail/?p=OverQuotaPerm - gsmtp"
+    )
+    assert wording_of(temp).startswith("The email account that you tried to reach is over quota")
+    assert "a1si1.1" not in wording_of(temp)
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "masked"),
+    [
+        (
+            "451 4.4.3 DNS lookup of MX for a.example failed: record type MX",
+            "451 4.4.3 DNS lookup of MX for b.example failed: record type AAAA",
+            "record type <type>",
+        ),
+        (
+            "550 Rejected, see https://postmaster.example.net/why?ip=192.0.2.1&domain=a.example",
+            "550 Rejected, see https://postmaster.example.net/why?ip=192.0.2.9&domain=shop.b.example",
+            "why?ip=<ip>&domain=<domain>",
+        ),
+    ],
+)
+def test_record_types_and_domains_in_queries_are_masked(first, second, masked):
+    assert template_of(first) == template_of(second)
+    assert masked in template_of(first)
 
 
 def test_family_templates_are_their_own_templates():

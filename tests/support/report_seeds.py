@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from policies.templates import template_of
+from policies.smtp_reply import parse_reply
+from policies.templates import template_of, wording_of
 from relay.store import IncomingMessage, OutcomeRecord, Recipient, Store
 
 T0 = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
@@ -20,10 +21,10 @@ GMAIL_UNKNOWN = (
     "550 5.1.1  https://support.google.com/mail/?p=NoSuchUser {id} - gsmtp"
 )
 YAHOO_FULL = "452 4.2.2 Mailbox full for {rcpt}"
-# The templates their rows show in the report (the ids and the address masked).
-QUOTA_T = template_of(GMAIL_QUOTA.format(id="z9si9.9"))
-UNKNOWN_T = template_of(GMAIL_UNKNOWN.format(id="z9si9.9"))
-YAHOO_T = template_of(YAHOO_FULL.format(rcpt="x@yahoo.com"))
+# The words their rows show in the report: a reply's own, the ids and the address masked.
+QUOTA_T = wording_of(GMAIL_QUOTA.format(id="z9si9.9"))
+UNKNOWN_T = wording_of(GMAIL_UNKNOWN.format(id="z9si9.9"))
+YAHOO_T = wording_of(YAHOO_FULL.format(rcpt="x@yahoo.com"))
 
 
 class Seeder:
@@ -60,6 +61,7 @@ class Seeder:
     async def bounce(self, at: datetime, reply: str, ip: str, kind: str = "soft") -> None:
         """The one due delivery gets ``reply`` at ``at`` (soft: due again right away)."""
         [d] = await self.store.claim_due_deliveries("seed", at, timedelta(minutes=5), 1)
+        parsed = parse_reply(reply)
         await self.store.apply_outcomes(
             at,
             [
@@ -69,7 +71,8 @@ class Seeder:
                     state="queued" if kind == "soft" else "bounced",
                     event=f"{kind}_bounce",
                     next_attempt_at=at if kind == "soft" else None,
-                    code=int(reply[:3]),
+                    code=parsed.code,
+                    enhanced=parsed.enhanced,
                     reply_text=reply,
                     template=template_of(reply),
                     category="mailbox_full" if kind == "soft" else "user_unknown",
@@ -120,8 +123,9 @@ HOSTILE_REPLY = "451 <script>alert(1)</script>"
 
 
 async def seed_hostile_bounce(store: Store, campaign: str) -> str:
-    """One soft bounce from evil.example whose reply is a script tag; returns its template."""
+    """One soft bounce from evil.example whose reply is a script tag; returns the words its
+    row shows."""
     s = Seeder(store, prefix="X")
     await s.message("v@evil.example", campaign, "evil.example", T0)
     await s.bounce(T0, HOSTILE_REPLY, "127.0.0.2")
-    return template_of(HOSTILE_REPLY)
+    return wording_of(HOSTILE_REPLY)

@@ -12,6 +12,7 @@ from typing import Any
 import openpyxl
 import pytest
 
+from policies.templates import wording_of
 from relay.reports.export import (
     ReportError,
     ReportFilter,
@@ -88,6 +89,35 @@ async def test_templates_merge_ids_and_keep_meanings_apart(store):
     assert QUOTA_T != UNKNOWN_T
     assert texts.count(QUOTA_T) == 1
     assert texts.count(UNKNOWN_T) == 1
+
+
+async def test_a_row_is_one_reply_with_its_codes_and_shows_a_wording_it_had(store):
+    """Gmail's over-quota rewordings share a row (one help topic) that shows one of their
+    own wordings, never a sentence none of them carried; the same words with another code
+    are another row, and the code column says which."""
+    s = Seeder(store, prefix="W")
+    temp = "452 4.2.2 Mailbox gone over. https://support.google.com/mail/?p=OverQuotaTemp - gsmtp"
+    perm = "552 5.2.2 Mailbox gone over. https://support.google.com/mail/?p=OverQuotaPerm - gsmtp"
+    reworded = (
+        "452 4.2.2 The recipient's inbox is out of storage space. "
+        "https://support.google.com/mail/?p=OverQuotaTemp z1si1.1 - gsmtp"
+    )
+    for n, reply in enumerate((temp, reworded, perm)):
+        await s.message(f"u{n}@gmail.com", "A", "news.example.com", T0)
+        await s.bounce(T0, reply, "127.0.0.2")
+        await s.finish(T0)
+    flt = parse_filter(start="2026-11-02", end="2026-11-03")
+    got = [
+        (r.bounce_text, r.code, r.amount)
+        async for r in store.iter_bounce_report(
+            flt.start, flt.end, flt.types, flt.campaigns, flt.group_by, flt.top
+        )
+    ]
+    by_code = {code: (text, amount) for text, code, amount in got}
+    assert set(by_code) == {"452 4.2.2", "552 5.2.2"}
+    assert by_code["452 4.2.2"][1] == 2
+    assert by_code["452 4.2.2"][0] in {wording_of(temp), wording_of(reworded)}
+    assert by_code["552 5.2.2"] == (wording_of(perm), 1)
 
 
 async def test_period_is_half_open_on_hours(store):
@@ -182,6 +212,7 @@ async def test_csv_parses_back_and_neutralises_formulas(store):
     assert parsed[0] == [
         "from_domain",
         "bounce_text",
+        "code",
         "amount",
         "messages",
         "recipient_domains",
@@ -194,8 +225,8 @@ async def test_csv_parses_back_and_neutralises_formulas(store):
     assert len(body) == 3 + len(PAYLOADS)
     assert not any(row[0] == "total" for row in body)
     news = next(r for r in body if r[1] == QUOTA_T)
-    assert news[:6] == ["news.example.com", QUOTA_T, "4", "2", "1", "mailbox_full"]
-    assert news[6] == "2026-11-02 10:00:00"
+    assert news[:7] == ["news.example.com", QUOTA_T, "452 4.2.2", "4", "2", "1", "mailbox_full"]
+    assert news[7] == "2026-11-02 10:00:00"
     for row in body:
         for cell in row:
             assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), cell
@@ -217,6 +248,7 @@ async def test_xlsx_reads_back_with_types_header_total_and_chart_sheet(store, tm
     assert header == [
         "from_domain",
         "bounce_text",
+        "code",
         "amount",
         "messages",
         "recipient_domains",
@@ -229,11 +261,11 @@ async def test_xlsx_reads_back_with_types_header_total_and_chart_sheet(store, tm
     assert sheet.auto_filter.ref is not None
     values = [[c.value for c in row] for row in sheet.iter_rows(min_row=2)]
     news = next(v for v in values if v[1] == QUOTA_T)
-    assert news[:6] == ["news.example.com", QUOTA_T, 4, 2, 1, "mailbox_full"]
-    assert news[6] == datetime(2026, 11, 2, 10, 0)
+    assert news[:7] == ["news.example.com", QUOTA_T, "452 4.2.2", 4, 2, 1, "mailbox_full"]
+    assert news[7] == datetime(2026, 11, 2, 10, 0)
     total = values[-1]
     assert total[0] == "total"
-    assert total[2] == 4 + 1 + 1 + len(PAYLOADS)
+    assert total[3] == 4 + 1 + 1 + len(PAYLOADS)
     for row in sheet.iter_rows(min_row=2):
         for cell in row:
             assert cell.data_type != "f"

@@ -202,6 +202,7 @@ async def test_cli_page_and_api_give_the_same_report(
     assert header == [
         group,
         "bounce_text",
+        "code",
         "amount",
         "messages",
         "recipient_domains",
@@ -210,7 +211,7 @@ async def test_cli_page_and_api_give_the_same_report(
         "last_seen",
     ]
     assert len(rows) == 4  # quota (resent), unknown, Yahoo full, the hostile one
-    assert sum(int(r[2]) for r in rows) == 5
+    assert sum(int(r[3]) for r in rows) == 5
     assert any(r[1].startswith("'=cmd") for r in rows)  # the formula, neutralised
 
     # JSON: the same keys, and the same values (times in ISO 8601, texts as stored).
@@ -232,11 +233,11 @@ async def test_cli_page_and_api_give_the_same_report(
     cli_cells = _xlsx_rows(cli_xlsx.read_bytes())
     assert cli_cells == _xlsx_rows(api_xlsx) == _xlsx_rows(page_xlsx)
     assert cli_cells[0] == header
-    assert [[str(v) for v in r[:6]] for r in cli_cells[1:-1]] == [r[:6] for r in rows]
-    assert cli_cells[-1][:4] == ["total", None, 5, sum(int(r[3]) for r in rows)]
+    assert [[str(v) for v in r[:7]] for r in cli_cells[1:-1]] == [r[:7] for r in rows]
+    assert cli_cells[-1][:5] == ["total", None, None, 5, sum(int(r[4]) for r in rows)]
 
     # The terminal table: the same header, a line per row, the total.
     lines = cli_table.read_text(encoding="utf-8").splitlines()
     assert lines[0].split() == header
     assert len(lines) == 2 + len(rows) + 2
-    assert lines[-1].split()[:3] == ["total", "5", str(sum(int(r[3]) for r in rows))]
+    assert lines[-1].split()[:3] == ["total", "5", str(sum(int(r[4]) for r in rows))]
