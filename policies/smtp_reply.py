@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 __all__ = [
+    "DOMAIN_ABSENT_PREFIX",
     "Reply",
     "enhanced_matches",
     "is_enhanced_pattern",
@@ -152,17 +153,17 @@ def synthetic_reply(code: int, enhanced: str, text: str) -> Reply:
 # Our own "this domain takes no mail because it is not there" (NXDOMAIN, or neither MX nor
 # address records): the verdict confirms it by a second look before it suppresses, and
 # knows the first look again from the delivery's last reply, which keeps only code and text.
-_DOMAIN_ABSENT = "DNS: no such domain: "
+DOMAIN_ABSENT_PREFIX = "DNS: no such domain: "
 
 
 def domain_absent_reply(domain: str, detail: str) -> Reply:
     """The synthetic reply for a recipient domain our resolver says is absent."""
-    return synthetic_reply(550, "5.1.2", f"{_DOMAIN_ABSENT}{domain} {detail}")
+    return synthetic_reply(550, "5.1.2", f"{DOMAIN_ABSENT_PREFIX}{domain} {detail}")
 
 
 def says_domain_absent(code: int | None, text: str | None) -> bool:
     """Whether a reply (or a delivery's last code and text) is ``domain_absent_reply``'s."""
-    return code == 550 and (text or "").startswith(_DOMAIN_ABSENT)
+    return code == 550 and (text or "").startswith(DOMAIN_ABSENT_PREFIX)
 
 
 def is_enhanced_pattern(pattern: str) -> bool:

@@ -194,7 +194,11 @@ def _attempted(reply: Reply, facts: Attempt, rules: VerdictRules) -> Decision:
     protection = _protection(facts)
     if protection is not None and decision.verdict.suppress:
         decision = replace(decision.spare(), not_suppressed=protection.value)
-    if rules.incidents.enabled and not reply.synthetic:
+    # A synthetic reply is our own path's failure, which incidents are not about; except
+    # "no such domain", which a resolver incident explains.
+    if rules.incidents.enabled and (
+        not reply.synthetic or says_domain_absent(reply.code, reply.text)
+    ):
         incident = matching_incident(
             facts.open_incidents,
             template,

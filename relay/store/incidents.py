@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from policies.incidents import IncidentRules, IncidentScope, OpenIncident
+from policies.smtp_reply import DOMAIN_ABSENT_PREFIX
 from relay.store.base import StoreBase
 from relay.store.records import IncidentCheck, IncidentDetail, IncidentSummary, OpenedIncident
 
@@ -32,18 +33,35 @@ class IncidentStore(StoreBase):
                 rules.min_share,
                 rules.scope.value,
             )
+            # Our resolver's own incident: "no such domain" for many domains at once.
+            resolver = await tx.rows(
+                "detect_resolver_incident",
+                now,
+                since,
+                rules.min_recipients,
+                rules.min_share,
+                IncidentScope.RESOLVER.value,
+                DOMAIN_ABSENT_PREFIX,
+            )
+            for incident in resolver:
+                await tx.status(
+                    "tag_resolver_incident_events", incident["id"], since, DOMAIN_ABSENT_PREFIX
+                )
             ids = [r["id"] for r in opened]
-            lifted = 0
             if ids:
                 await tx.status("tag_incident_events", ids, since)
-                if rules.lift_on_open:
-                    lifted = await tx.value(
-                        "lift_incident_suppressions",
-                        ids,
-                        "incident detection",
-                        "the bounce was part of a provider incident, not about the recipient",
-                        now,
-                    )
+            opened = [*opened, *resolver]
+            ids += [r["id"] for r in resolver]
+            lifted = 0
+            if ids and rules.lift_on_open:
+                lifted = await tx.value(
+                    "lift_incident_suppressions",
+                    ids,
+                    "incident detection",
+                    "the bounce was part of an incident (a provider's or our resolver's), "
+                    "not about the recipient",
+                    now,
+                )
         return IncidentCheck(
             opened=[OpenedIncident(**dict(r)) for r in opened],
             closed=[r["id"] for r in closed],

@@ -44,6 +44,42 @@ WHERE f.recipients >= $4::float8 * t.attempted
 ON CONFLICT DO NOTHING
 RETURNING id, template, destination, scope, source_ip, recipients, attempted, category;
 
+-- detect_resolver_incident --
+-- Open a resolver incident when our resolver said "no such domain" ($6: the replies' text
+-- prefix) in ($2, $1] for $3 distinct recipient domains and a share $4 of the recipient
+-- domains tried in that window, unless one is open. A domain counts once whichever its
+-- reply's wording (NXDOMAIN, no records), so the incident's template is the common prefix.
+WITH absent AS (
+    SELECT count(DISTINCT e.recipient_domain) AS domains, min(e.category) AS category,
+           max(e.code) AS code, max(e.enhanced) AS enhanced, max(e.reply_text) AS sample_reply
+    FROM events e
+    WHERE e.type IN ('soft_bounce', 'hard_bounce') AND e.occurred_at > $2 AND e.occurred_at <= $1
+      AND e.synthetic AND e.code = 550 AND starts_with(e.reply_text, $6)
+    HAVING count(DISTINCT e.recipient_domain) >= $3
+       AND NOT EXISTS (SELECT 1 FROM incidents i WHERE i.state = 'open' AND i.scope = $5)
+), tried AS (
+    SELECT count(DISTINCT t.recipient_domain) AS domains
+    FROM events t
+    WHERE t.type IN ('delivered', 'soft_bounce', 'hard_bounce')
+      AND t.occurred_at > $2 AND t.occurred_at <= $1
+      AND EXISTS (SELECT 1 FROM absent)
+)
+INSERT INTO incidents (opened_at, last_seen_at, template, destination, scope, source_ip,
+                       category, code, enhanced, sample_reply, recipients, attempted)
+SELECT $1, $1, $6, '', $5, '', a.category, a.code, a.enhanced, a.sample_reply, a.domains,
+       t.domains
+FROM absent a, tried t
+WHERE a.domains >= $4::float8 * t.domains
+ON CONFLICT DO NOTHING
+RETURNING id, template, destination, scope, source_ip, recipients, attempted, category;
+
+-- tag_resolver_incident_events --
+-- The "no such domain" bounces since $2 (text prefix $3) join the resolver incident $1.
+UPDATE events e SET incident_id = $1
+WHERE e.type = 'hard_bounce' AND e.occurred_at > $2 AND e.incident_id IS NULL
+  AND e.synthetic AND e.code = 550 AND starts_with(e.reply_text, $3)
+RETURNING e.id;
+
 -- tag_incident_events --
 -- The hard bounces since $2 that an incident explains (its key, no incident yet) join it.
 UPDATE events e SET incident_id = i.id

@@ -14,8 +14,9 @@ from policies.incidents import (
 from policies.outcome import ProbationStep, decide
 from policies.probation import OnProbation, confirm_hard
 from policies.retry import RetryPolicy, RetryRule
-from policies.smtp_reply import parse_reply
+from policies.smtp_reply import DOMAIN_ABSENT_PREFIX, domain_absent_reply, parse_reply
 from policies.states import DeliveryState
+from policies.templates import template_of
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -114,3 +115,18 @@ def test_an_incident_reply_defers_and_suppresses_nobody_until_max_age():
     assert defer_for_incident(
         _decide("250 2.0.0 OK"), INCIDENT, rules, now=NOW, first_failure_at=None, max_age=None
     ) == _decide("250 2.0.0 OK")
+
+
+def test_a_resolver_incident_holds_every_no_such_domain_of_ours():
+    """Scope resolver: every "no such domain" template matches, whatever the domain, the
+    destination or the source IP (a DNS answer has neither); nothing else does."""
+    resolver = OpenIncident(7, DOMAIN_ABSENT_PREFIX, "", IncidentScope.RESOLVER, "")
+    absent = template_of(domain_absent_reply("gone.example", "does not exist (NXDOMAIN)").text)
+    no_records = template_of(
+        domain_absent_reply("x.example", "has no MX and no address records").text
+    )
+    assert matching_incident([resolver], absent, None, "gone.example", None) is resolver
+    assert matching_incident([resolver], no_records, None, "x.example", "127.0.0.2") is resolver
+    assert matching_incident([resolver], "User unknown", "mx:25", "x.example", "127.0.0.2") is None
+    provider = OpenIncident(8, absent, "", IncidentScope.DOMAIN, "127.0.0.2")
+    assert matching_incident([provider], absent, None, "", None) is None

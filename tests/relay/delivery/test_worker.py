@@ -563,6 +563,60 @@ async def test_nxdomain_still_there_an_hour_later_bounces_and_suppresses(
     assert count == 1
 
 
+RESOLVER_INCIDENTS = """
+[incidents]
+min_recipients = 5
+close_after = "3h"
+"""
+
+
+async def test_a_resolver_saying_no_such_domain_for_many_domains_is_an_incident(
+    upstream, dns_server, start_mx_relay, db, clock
+):
+    """A resolver that says NXDOMAIN for six domains at once (while the parent zone answers,
+    so it vouches for each) has an incident: the second looks defer instead of bouncing and
+    suppress nobody, and a later first look joins the incident (it keeps it open)."""
+    domains = [f"d{n}.test" for n in range(7)]
+    dns_server.nxdomain.update(domains)
+    first, later = [f"user@{d}" for d in domains[:6]], f"user@{domains[6]}"
+    async with start_mx_relay(upstream.port, route_extra=RESOLVER_INCIDENTS) as relay:
+        await send(relay, first)
+        for address in first:
+            await eventually(partial(_has_events, db, address))
+        assert relay.incident_watch is not None
+        await relay.incident_watch.check()
+        [incident] = await db.fetch("SELECT * FROM incidents")
+        assert (incident["scope"], incident["destination"], incident["source_ip"]) == (
+            "resolver",
+            "",
+            "",
+        )
+        assert (incident["recipients"], incident["attempted"]) == (6, 6)
+        await send(relay, [later])
+        await eventually(partial(_has_events, db, later))
+        await retry_due(relay, clock, minutes=61)
+        for address in first:
+            await eventually(partial(_second_look_deferred, db, address))
+    joined = (await events_of(db, later))[0]
+    assert (joined["type"], joined["rule"], joined["incident_id"]) == (
+        "soft_bounce",
+        "nxdomain_confirm",
+        incident["id"],
+    )
+    seconds = [(await events_of(db, address))[1] for address in first]
+    assert {(e["type"], e["incident_id"], e["suppress"]) for e in seconds} == {
+        ("hard_bounce", incident["id"], False)
+    }
+    assert {await state_of(db, address) for address in first} == {"queued"}
+    assert await db.fetchval("SELECT count(*) FROM suppressions") == 0
+    assert upstream.received == []
+
+
+async def _second_look_deferred(db: asyncpg.Connection, address: str) -> bool:
+    rows = await events_of(db, address)
+    return len(rows) >= 2 and rows[-1]["rule"] is not None and "incident" in rows[-1]["rule"]
+
+
 # -- address literals: user@[127.0.0.5] -------------------------------------------------------
 # Queued straight into the store, as mail accepted before the intake refused literals (or
 # before a route changed) would be: what delivery does with it is the question here.
