@@ -8,6 +8,8 @@ the same verdict, as ``bounce-relay dsn parse`` reads it. Printed:
 - replies, per corpus: kind and category right, good addresses suppressed (false
   suppressions, each listed), dead addresses not suppressed (missed, each listed),
   suppression recall, and the category confusion matrix (labelled rows, decided columns);
+  for a corpus with template groups (rows of one provider reply, ``group``), how many
+  groups keep one template (each split group listed with its templates);
 - bounce messages: recipients found of those the corpus lists, false suppressions
   (a suppression where the corpus' reason is not about the recipient), missed ones.
 
@@ -38,6 +40,7 @@ from policies.addresses import domain_of  # noqa: E402
 from policies.dsn import MalformedBounce, NotAMessage, parse_bounce  # noqa: E402
 from policies.outcome import ReportedDecision  # noqa: E402
 from policies.smtp_reply import parse_reply  # noqa: E402
+from policies.templates import template_of  # noqa: E402
 from policies.verdict import Attempt, NotJudged, Reported, VerdictRules, verdict  # noqa: E402
 from relay.config import load_config  # noqa: E402
 
@@ -70,6 +73,8 @@ class ReplyScore:
     false_suppressions: list[str] = field(default_factory=list)
     missed: list[str] = field(default_factory=list)
     matrix: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # the corpus' template groups (rows of one provider reply): group -> row id -> template
+    groups: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def lines(self, with_matrix: bool) -> Iterable[str]:
         n = max(self.rows, 1)
@@ -80,6 +85,17 @@ class ReplyScore:
             f"false_suppressions={len(self.false_suppressions)} "
             f"missed={len(self.missed)} suppression_recall={recall:.1%}"
         )
+        groups = {g: rows for g, rows in self.groups.items() if len(rows) > 1}
+        if groups:
+            split = {g: rows for g, rows in groups.items() if len(set(rows.values())) > 1}
+            yield (
+                f"verdict_accuracy corpus={self.name} template_groups={len(groups)} "
+                f"intact={len(groups) - len(split)}"
+            )
+            for group, rows in sorted(split.items()):
+                yield f"  split group: {group}: " + "; ".join(
+                    f"{row_id}={template!r}" for row_id, template in sorted(rows.items())
+                )
         for item in self.false_suppressions:
             yield f"  false suppression: {item}"
         for item in self.missed:
@@ -100,6 +116,8 @@ def score_replies(name: str, rows: Iterable[dict[str, Any]], rules: VerdictRules
         score.kind_right += kind == row["kind"]
         score.category_right += category == row["category"]
         score.matrix[row["category"], category] += 1
+        if row.get("group"):
+            score.groups.setdefault(row["group"], {})[row["id"]] = template_of(row["reply"])
         head = f"{row.get('id', '?')} {row['reply'].splitlines()[0][:100]!r} ({category})"
         dead = bool(row.get("suppress_recipient"))
         score.dead += dead
