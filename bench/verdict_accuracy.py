@@ -89,7 +89,7 @@ class ReplyScore:
         if groups:
             split = {g: rows for g, rows in groups.items() if len(set(rows.values())) > 1}
             yield (
-                f"verdict_accuracy corpus={self.name} template_groups={len(groups)} "
+                f"verdict_templates corpus={self.name} groups={len(groups)} "
                 f"intact={len(groups) - len(split)}"
             )
             for group, rows in sorted(split.items()):
