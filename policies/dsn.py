@@ -18,6 +18,19 @@ Three shapes reach us and are tried in this order:
   (a forwarded bounce, a DSN in a ``text/plain`` part) are read as fields.
   Reading stops at the returned original ("This is a copy of the message",
   "Below this line is a copy", "Original message follows", a header block).
+  A recipient's failure without any code is its block's first paragraph, not
+  the report's boilerplate after it; Exchange 2003's own status codes
+  ("MSEXCH:IMS:... (000C05A6) Unknown Recipient") are read as the RFC 3463
+  codes they stand for.
+
+Each recipient also carries the SMTP command its reply answered
+(``answered_command``), where the bounce says it: Postfix's "(in reply to RCPT
+TO command)", Exim's "SMTP error from remote mail server after end of data",
+qmail's and DragonFly's sentences ("does not like recipient", "did not like
+our RCPT TO"), a Sendmail or Courier session transcript (">>> DATA", "<<< 550
+..."). RFC 3464 has no field for it: a DSN's groups learn it from their
+diagnostic or the human-readable part. A recipient refused after DATA was
+accepted at RCPT: a content filter's or a carrier's refusal, whatever its words.
 
 Status leniency (RFC 3464): the ``Status`` field is the reporting MTA's
 summary and is often just ``X.0.0`` ("failed, no idea why") or missing,
@@ -56,7 +69,7 @@ import re
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from policies.smtp_reply import Reply, parse_reply
 
@@ -109,6 +122,10 @@ class BounceRecipient:
     diagnostic: str
     remote_mta: str | None
     feedback_type: str | None = None
+    # The SMTP command the remote's reply answered, as the bounce tells it: "CONNECT",
+    # "HELO" (EHLO too), "MAIL", "RCPT", "DATA" (the DATA command or the end of the data);
+    # None when the bounce does not say. A recipient refused after DATA was accepted at RCPT.
+    answered_command: str | None = None
 
     @property
     def shown_text(self) -> str:
@@ -480,10 +497,11 @@ _ADDR_RE = re.compile(_ADDR)
 _ENHANCED = re.compile(r"(?<![\w.#])#?([245]\.\d{1,3}\.\d{1,3})(?![\w]|\.\d)")
 _STATUS_FIELD = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})")
 # A reply code where a reply starts: the line start, after "said:"/"]:" and
-# the like, or any code directly followed by an enhanced code of its class.
+# the like, after a transcript's "<<<", or any code directly followed by an
+# enhanced code of its class.
 _CODE_AT = re.compile(
     r"(?:^|(?<=[:;>\]\)'\"(])|(?<=said)|(?<=was)|(?<=reply)|(?<=response)|(?<=error)"
-    r"|(?<=returned))[ \t]*['\"(]?([245]\d\d)(?=[ -]|:\s|$)",
+    r"|(?<=returned)|(?<=<<<))[ \t]*['\"(]?([245]\d\d)(?=[ -]|:\s|$)",
     re.I | re.M,
 )
 _CODE_WITH_ENHANCED = re.compile(r"(?<![\w.])([245]\d\d)[ -]#?([245])\.\d{1,3}\.\d{1,3}\b")
@@ -781,16 +799,23 @@ def _from_groups(groups: Iterable[list[tuple[str, str]]]) -> list[BounceRecipien
 
 def _enrich(found: list[BounceRecipient], text: str) -> tuple[BounceRecipient, ...]:
     """DSN groups that lack a diagnostic borrow the human-readable part's
-    words for the same address (Sendmail, Exchange put the reply only there)."""
-    if not any(not r.diagnostic for r in found):
-        return tuple(found)
+    words for the same address (Sendmail, Exchange put the reply only there).
+    And each group learns the command its reply answered, which RFC 3464 has no
+    field for: from its diagnostic, else from the human-readable part (Postfix
+    says it there, Sendmail and Courier in their session transcript)."""
     section, _ = _cut_section(text)
     blocks = _text_blocks(section, [r.recipient for r in found if r.recipient])
+    transcript = _Transcript(section)
     out = []
     for r in found:
-        info = blocks.get((r.recipient or "").lower()) if not r.diagnostic else None
-        if info is None or not info.diagnostic:
-            out.append(r)
+        info = blocks.get((r.recipient or "").lower())
+        answered = (
+            _answered_in(r.diagnostic)
+            or (info.answered if info else None)
+            or transcript.answered(r.recipient, r.action)
+        )
+        if r.diagnostic or info is None or not info.diagnostic:
+            out.append(replace(r, answered_command=answered))
             continue
         status = r.status
         if status is None or (
@@ -807,6 +832,7 @@ def _enrich(found: list[BounceRecipient], text: str) -> tuple[BounceRecipient, .
                 info.code,
                 info.diagnostic,
                 r.remote_mta or info.remote_mta,
+                answered_command=answered,
             )
         )
     return tuple(out)
@@ -1127,6 +1153,7 @@ class _Block:
     status: str | None
     code: int | None
     remote_mta: str | None
+    answered: str | None = None  # the command the reply answered (see _answered_in)
 
 
 def _from_text(root: _Part, section: str, returned: str) -> tuple[BounceRecipient, ...]:
@@ -1153,24 +1180,33 @@ def _from_text(root: _Part, section: str, returned: str) -> tuple[BounceRecipien
     addresses = list(dict.fromkeys([*(a.lower() for a in listed), *(a for a, _ in order)]))
     addresses = addresses[:MAX_RECIPIENTS]
     delayed = _is_delay(root, section)
+    transcript = _Transcript(section)
     if not addresses:
         # Clearly a bounce, but it names no one ("Delivery report unavailable"):
         # one recipient-less result keeps the failure (and any code) visible.
-        info = _block_info(section.split("\n"))
+        info = _block_info(section.split("\n"), whole_report=True)
         if info.code is None and info.status is None:
-            info = _Block("", None, None, info.remote_mta)
-        return (_recipient(None, info, delayed),)
+            info = _Block("", None, None, info.remote_mta, info.answered)
+        return (_recipient(None, info, delayed, transcript),)
     blocks = _text_blocks(section, addresses, order)
-    return tuple(_recipient(a, blocks[a], delayed) for a in addresses)
+    return tuple(_recipient(a, blocks[a], delayed, transcript) for a in addresses)
 
 
-def _recipient(address: str | None, info: _Block, delayed: bool) -> BounceRecipient:
+def _recipient(
+    address: str | None, info: _Block, delayed: bool, transcript: _Transcript
+) -> BounceRecipient:
     klass = info.status[0] if info.status else (str(info.code)[0] if info.code else "")
     action = "delayed" if delayed and klass != "5" else "failed"
     if klass == "2":
         action = "delivered"
     return BounceRecipient(
-        address, action, info.status, info.code, info.diagnostic, info.remote_mta
+        address,
+        action,
+        info.status,
+        info.code,
+        info.diagnostic,
+        info.remote_mta,
+        answered_command=info.answered or transcript.answered(address, action),
     )
 
 
@@ -1280,9 +1316,11 @@ def _text_blocks(
     """Each address's block: from its line to the next address's line; the
     first reply code and RFC 3463 code there. An address whose block says
     nothing borrows from the lines that mention it, else from the whole
-    report when it names a single cause. Blocks do not overlap, and the
-    mentions are indexed once: the work is linear in the report, whatever
-    the number of addresses."""
+    report when it names a single cause. The command a reply answered goes
+    with the reply it is borrowed with; the whole report's command is taken
+    only in a report about one address (with several, it may be another's).
+    Blocks do not overlap, and the mentions are indexed once: the work is
+    linear in the report, whatever the number of addresses."""
     lines = section.split("\n")
     wanted = [a.lower() for a in addresses]
     if order is None:
@@ -1293,7 +1331,8 @@ def _text_blocks(
     for line_no, a in starts:
         begins.setdefault(a, line_no)
     bounds = [line_no for line_no, _ in starts]
-    whole = _block_info(lines)
+    whole = _block_info(lines, whole_report=True)
+    whole_answered = whole.answered if len(wanted_set) == 1 else None
     mentions = _Mentions(lines)
     out: dict[str, _Block] = {}
     for address in wanted:
@@ -1312,14 +1351,21 @@ def _text_blocks(
                     by_mention.status,
                     by_mention.code,
                     (info.remote_mta if info else None) or by_mention.remote_mta,
+                    (info.answered if info else None) or by_mention.answered,
                 )
         if info is None or (info.code is None and info.status is None):
             if info is None or not info.diagnostic:
-                info = whole
+                info = replace(whole, answered=whole_answered)
             else:
                 info = _Block(
-                    info.diagnostic, whole.status, whole.code, info.remote_mta or whole.remote_mta
+                    info.diagnostic,
+                    whole.status,
+                    whole.code,
+                    info.remote_mta or whole.remote_mta,
+                    info.answered or whole_answered,
                 )
+        elif info.answered is None and whole_answered is not None:
+            info = replace(info, answered=whole_answered)
         out[address] = info
     return out
 
@@ -1383,17 +1429,23 @@ def _after_address(line: str, address: str) -> str:
     return line[pos + len(address) :].lstrip(">\"': .") if pos >= 0 else line
 
 
-def _block_info(lines: list[str]) -> _Block:
+def _block_info(lines: list[str], *, whole_report: bool = False) -> _Block:
+    """The reply in ``lines`` (an address's block, or the whole report): its code,
+    words, RFC 3463 code, remote host and the command it answered."""
     text = "\n".join(line.strip() for line in lines)
     code_at = _find_code(text)
     code = code_at[0] if code_at else None
     if code_at is not None:
-        tail = text[code_at[1] :]
-        end = re.search(r"\n\s*\n", tail)
-        diagnostic = _fold(tail[: end.start()] if end else tail)
+        # the reply runs from its code to the next blank line
+        end = text.find("\n\n", code_at[1])
+        diagnostic = _fold(text[code_at[1] :] if end < 0 else text[code_at[1] : end])
     else:
-        diagnostic = _fold(text)
+        # (a whole report's first paragraph is its introduction, not the failure)
+        diagnostic = _fold(text if whole_report else _first_paragraph(text))
     status = _enhanced_of(text[code_at[1] :] if code_at else text)
+    if status is None and code is None:
+        status = _exchange_status(text)
+    answered = _answered_in(text)
     remote = None
     for line in lines:
         for pattern in _HOST_PATTERNS:
@@ -1403,7 +1455,223 @@ def _block_info(lines: list[str]) -> _Block:
                 break
         if remote:
             break
-    return _Block(diagnostic, status, code, remote)
+    return _Block(diagnostic, status, code, remote, answered)
+
+
+# Exchange 5.5 to 2003's Internet Mail Service gives its own status, no SMTP reply:
+# "MSEXCH:IMS:<org>:<site>:<server> 0 (000C05A6) Unknown Recipient". Its codes that
+# have an RFC 3463 counterpart (Microsoft's knowledge base names them); the "(" that
+# ends the server's name is looked for within a line's reach, not to the text's end.
+_EXCHANGE_IMS_CODE = re.compile(r"\bMSEXCH:IMS:[^\n(]{0,200}\(([0-9A-F]{8})\)", re.I)
+_EXCHANGE_IMS_STATUS = {
+    "000C05A6": "5.1.1",  # Unknown Recipient
+    "000C0595": "5.1.4",  # Ambiguous Recipient
+    "00120270": "5.4.6",  # Too Many Hops (a routing loop)
+    "00010256": "5.5.3",  # Too many recipients
+}
+
+
+def _exchange_status(text: str) -> str | None:
+    found = _EXCHANGE_IMS_CODE.search(text)
+    return _EXCHANGE_IMS_STATUS.get(found.group(1).upper()) if found else None
+
+
+# ------------------------------------------------------------------ the command a reply answered
+
+# How MTAs say which command a reply answered, each form's words for the command in its
+# group. Case is ignored (Exim writes "end of data", Postfix "end of DATA"); runs of
+# blanks, line ends included (the text may be wrapped anywhere), are taken possessively.
+_ANSWERED_FORMS = tuple(
+    re.compile(p, re.I)
+    for p in (
+        # Postfix: "(in reply to RCPT TO command)", "(in reply to end of DATA command)"
+        r"\bin\s++reply\s++to\s++((?:end\s++of\s++)?DATA|RCPT\s++TO|MAIL\s++FROM|[EHL]{2}LO|BDAT)"
+        r"\s++command\b",
+        # Exim: "SMTP error from remote mail server after RCPT TO:<a>:", "... after end of
+        # data:", "... after initial connection:", "... after pipelined MAIL FROM:<s>:";
+        # GMX: "SMTP error from remote server after RCPT command"; 1&1: "... for TEXT command"
+        r"\bSMTP\s++error\s++from\s++remote\s++(?:mail\s++)?server\s++(?:after|for)\s++"
+        r"(?:pipelined\s++)?(initial\s++connection|end\s++of\s++data|MAIL\s++FROM|RCPT\s++TO|"
+        r"MAIL|RCPT|DATA|BDAT|TEXT|[EHL]{2}LO)\b",
+        # DragonFly: "mx.example.net [192.0.2.1] did not like our RCPT TO:", "... final DATA:"
+        r"\bdid\s++not\s++like\s++our\s++(connect|[EHL]{2}LO|MAIL\s++FROM|RCPT\s++TO|"
+        r"(?:final\s++)?DATA)\b",
+        # "rejected recipient <a> (Error following RCPT command)"
+        r"\berror\s++following\s++(MAIL|RCPT|DATA|[EHL]{2}LO)\s++command\b",
+        # Yahoo: "Remote host said: 550 5.2.2 <a>... Mailbox Full [RCPT_TO]" (in capitals:
+        # a reply's own "[data]" is no such tag)
+        r"(?-i:\[(MAIL_FROM|RCPT_TO|DATA)\])",
+        # m-FILTER: a section titled "SMTP command" holding the command
+        r"\bSMTP\s++command[\s:]++(MAIL\s++FROM|RCPT\s++TO|DATA|[EHL]{2}LO)\b",
+    )
+)
+# qmail-remote's fixed sentences (Postfix's for a refused greeting), each naming one step.
+_ANSWERED_SENTENCES = tuple(
+    (re.compile(p, re.I), command)
+    for p, command in (
+        (r"\bdoes\s++not\s++like\s++recipient\b", "RCPT"),
+        (r"\bbut\s++sender\s++was\s++rejected\b", "MAIL"),
+        (r"\bbut\s++my\s++name\s++was\s++rejected\b", "HELO"),
+        (r"\bbut\s++greeting\s++failed\b", "CONNECT"),
+        (r"\bfailed\s++on\s++DATA\s++command\b", "DATA"),
+        (r"\bfailed\s++after\s++I\s++sent\s++the\s++message\b", "DATA"),
+        (r"\brefused\s++to\s++talk\s++to\s++me\b", "CONNECT"),
+    )
+)
+
+
+def _command_name(words: str) -> str | None:
+    """A command as an MTA names it ("RCPT TO", "end of data", "EHLO", "MAIL_FROM",
+    "TEXT", the "." ending the data) as one of CONNECT, HELO, MAIL, RCPT, DATA; None
+    for any other (QUIT, RSET, STARTTLS, AUTH: no reply to them is the failure here)."""
+    key = " ".join(words.replace("_", " ").split()).upper()
+    verb = key.split(" ", 1)[0] if key else ""
+    if verb in ("CONNECT", "INITIAL"):
+        return "CONNECT"
+    if verb in ("EHLO", "HELO", "LHLO"):
+        return "HELO"
+    if verb in ("MAIL", "RCPT"):
+        return verb
+    if verb in ("DATA", "BDAT", "TEXT", ".", "END", "FINAL"):
+        return "DATA"
+    return None
+
+
+def _answered_in(text: str) -> str | None:
+    """The command a reply in ``text`` answered, as the first of the forms above that
+    occurs in it says (each form is looked for once: linear in the text)."""
+    if not text:
+        return None
+    first: tuple[int, str | None] | None = None
+    for form in _ANSWERED_FORMS:
+        match = form.search(text)
+        if match and (first is None or match.start() < first[0]):
+            first = (match.start(), _command_name(match.group(1)))
+    for sentence, command in _ANSWERED_SENTENCES:
+        match = sentence.search(text)
+        if match and (first is None or match.start() < first[0]):
+            first = (match.start(), command)
+    return first[1] if first else None
+
+
+# A session transcript (Sendmail, Courier, KDDI): ">>> " the command sent, "<<< " the reply.
+# A quoting ">" may precede either (a forwarded bounce).
+_SENT = re.compile(r"^\s*+(?:>\s?)?>>>\s*+(\S.*)$")
+_RECEIVED = re.compile(r"^\s*+(?:>\s?)?<<<\s*+([245])\d\d(?:[ -]|$)")
+_SESSION = re.compile(r"\bwhile\s++talking\s++to\b", re.I)
+# Sendmail's own line after a reply it holds against a recipient:
+# "550 5.1.1 <a@example.org>... User unknown", "<a@example.org>... Deferred: 450 ...".
+_HELD_AGAINST = re.compile(
+    rf"^\s*+(?:>\s?)?(?:[245]\d\d[ -](?:#?[245]\.\d{{1,3}}\.\d{{1,3}}\s++)?)?<?({_ADDR})>?\.\.\.\s"
+)
+
+
+class _Transcript:
+    """What a session transcript says each failing reply answered, read in one pass.
+
+    A failing reply (4xx, 5xx) answers the last command sent just before it, or the
+    greeting (CONNECT) when it follows "... while talking to host:" directly; after any
+    other line, what a reply answers is no longer known. A reply to ``RCPT TO:<a>`` is
+    a's. Sendmail writes a line naming the recipient it holds a reply against; after
+    ``DATA`` that is a pipelined RCPT's reply, read only once DATA was sent (the DATA
+    reply itself follows, "554 no valid recipients"; a refused DATA is followed by
+    "554 5.0.0 Service unavailable", which names no one). A reply held against no one
+    answered for the whole transaction, every recipient's but those of its session with
+    a reply of their own (a DATA refused once every RCPT was is no recipient's failure).
+    Sessions with several hosts come in the order they were tried: the last session's
+    answer is the one the bounce reports."""
+
+    def __init__(self, section: str) -> None:
+        self._of: dict[str, tuple[int, str]] = {}  # (session, command) per address
+        self._general: tuple[int, str] | None = None
+        self._session = 0
+        if ">>>" in section or "<<<" in section:
+            self._read(section.split("\n"))
+
+    def answered(self, address: str | None, action: str) -> str | None:
+        """The command the address's failing reply answered (None for a success)."""
+        if action not in ("failed", "delayed"):
+            return None
+        own = self._of.get((address or "").lower())
+        if own is not None and (self._general is None or own[0] >= self._general[0]):
+            return own[1]
+        return self._general[1] if self._general else None
+
+    def _read(self, lines: list[str]) -> None:
+        command: str | None = None  # what a reply now would answer (None: not known)
+        sent_to: str | None = None  # the address of the RCPT TO it would answer
+        pending: tuple[str, str | None] | None = None  # a failing reply not yet placed
+        for line in lines:
+            short = len(line) <= _MAX_LINE
+            received = _RECEIVED.match(line) if short else None
+            if received:
+                # (the continuation lines of a reply already pending are part of it)
+                if pending is None and received.group(1) != "2" and command is not None:
+                    pending = (command, sent_to)
+                continue
+            held = _HELD_AGAINST.match(line) if short and pending is not None else None
+            if held and pending is not None:
+                replied_to = "RCPT" if pending[0] == "DATA" else pending[0]
+                self._of[held.group(1).lower()] = (self._session, replied_to)
+                pending = None
+                continue
+            self._place(pending)
+            pending = None
+            command, sent_to = None, None
+            sent = _SENT.match(line) if short else None
+            if sent:
+                words = sent.group(1)
+                name = _command_name(words.split(" ", 1)[0])
+                # (QUIT, RSET and the like leave it None: their replies are no failure)
+                if name is not None and name != "CONNECT":
+                    command = name
+                    found = _ADDR_RE.search(words) if name == "RCPT" else None
+                    sent_to = found.group(0).lower() if found else None
+            elif short and _SESSION.search(line):
+                command = "CONNECT"
+                self._session += 1
+        self._place(pending)
+
+    def _place(self, pending: tuple[str, str | None] | None) -> None:
+        if pending is None:
+            return
+        command, address = pending
+        if command != "RCPT":
+            self._general = (self._session, command)
+        elif address is not None:
+            self._of[address] = (self._session, command)
+
+
+_RULE_CHARACTERS = "-=*_#"
+
+
+def _first_paragraph(text: str) -> str:
+    """A block's failure without a reply code: its first paragraph with words (what
+    follows is the report's boilerplate; the "," or "!" left of a greeting's line once
+    the address is cut off is none), read on past a lead-in ("For the following
+    reason:", "Dear customer,") or a heading ("------- Failure Reasons --------") into
+    the paragraph it introduces."""
+    start = 0
+    end = text.find("\n\n")
+    while end >= 0 and not any(c.isalnum() for c in text[start:end]):
+        start, end = end, text.find("\n\n", end + 1)
+    while start < len(text) and text[start] == "\n":
+        start += 1
+    end = text.find("\n\n", start)
+    while end >= 0:
+        last_line = text[text.rfind("\n", start, end) + 1 : end].strip()
+        heading = (
+            len(last_line) >= 4
+            and last_line[0] == last_line[1] in _RULE_CHARACTERS
+            and last_line[-1] == last_line[-2] in _RULE_CHARACTERS
+        )
+        if not (heading or last_line.endswith((":", ","))):
+            break
+        following = end
+        while following < len(text) and text[following] == "\n":
+            following += 1
+        end = text.find("\n\n", following)
+    return text[start:] if end < 0 else text[start:end]
 
 
 def _aws_notification(text: str) -> tuple[BounceRecipient, ...] | None:
@@ -1440,6 +1708,7 @@ def _aws_notification(text: str) -> tuple[BounceRecipient, ...] | None:
                     code,
                     diagnostic,
                     _strip_type(str(bounce.get("remoteMtaIp") or "")) or None,
+                    answered_command=_answered_in(diagnostic),
                 )
             )
     elif isinstance(complaint, dict):

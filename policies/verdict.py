@@ -11,7 +11,9 @@ none of them adds a step of its own. The steps, in order:
 2. a domain our resolver says is absent: deferred ``[policy] nxdomain_confirm_after`` and
    looked up again; only a second such answer in a row bounces and suppresses;
 3. the address's protection: an allowlisted address, an address literal, or a reply the
-   upstream exchange itself spoiled (a protocol error) never suppresses anybody;
+   upstream exchange itself spoiled (a protocol error) never suppresses anybody; nor does
+   a refusal after DATA of a recipient the server had accepted at RCPT, unless its enhanced
+   status names the condition (``AFTER_DATA``);
 4. an open incident (``policies.incidents``) this reply belongs to: deferred, nobody
    suppressed;
 5. ``[policy] confirm_hard`` (``policies.probation``): a first recipient-level hard bounce
@@ -35,7 +37,7 @@ from enum import StrEnum
 from typing import Protocol, overload
 
 from policies.addresses import is_address_literal
-from policies.classify import ClassifyRule, Kind, SuppressOn
+from policies.classify import Category, ClassifyRule, Kind, SuppressOn
 from policies.classify import Verdict as Classified
 from policies.dsn import BounceRecipient
 from policies.incidents import (
@@ -53,8 +55,11 @@ from policies.templates import template_of
 
 # The rule name a first "no such domain" is deferred under (the report and classify show it).
 CONFIRM_ABSENT = "nxdomain_confirm"
+# Why a recipient refused only after DATA is not suppressed (``_contradicts_rcpt``).
+AFTER_DATA = "refused after DATA: the server had accepted the recipient at RCPT"
 
 __all__ = [
+    "AFTER_DATA",
     "CONFIRM_ABSENT",
     "Attempt",
     "NotJudged",
@@ -107,6 +112,7 @@ class Attempt:
     open_incidents: tuple[OpenIncident, ...] = ()
     probation: OnProbation | None = None  # confirm_hard: the address is on probation
     protection: Protection | None = None  # what the shell knows; an address literal is seen here
+    after_data: bool = False  # the reply answered the end of data (RCPT had accepted them)
     jitter: float = 0.0  # in [0, 1): feeds random backoffs
     last_code: int | None = None  # the delivery's previous reply, code and text
     last_reply: str | None = None
@@ -122,6 +128,7 @@ class Reported:
     protection: Protection | None = None
     has_status: bool = True  # the report gives a status or a reply code for the recipient
     loop: bool = False  # the bounce message is itself about a bounce
+    after_data: bool = False  # the remote's reply answered DATA, as the report says
 
     @classmethod
     def of(
@@ -140,6 +147,7 @@ class Reported:
             protection,
             has_status=bool(result.status or result.code),
             loop=loop,
+            after_data=result.answered_command == "DATA",
         )
 
 
@@ -194,6 +202,9 @@ def _attempted(reply: Reply, facts: Attempt, rules: VerdictRules) -> Decision:
     protection = _protection(facts)
     if protection is not None and decision.verdict.suppress:
         decision = replace(decision.spare(), not_suppressed=protection.value)
+    found = decision.verdict
+    if found.suppress and _contradicts_rcpt(reply, found.category, facts, rules):
+        decision = replace(decision.spare(), not_suppressed=AFTER_DATA)
     # A synthetic reply is our own path's failure, which incidents are not about; except
     # "no such domain", which a resolver incident explains.
     if rules.incidents.enabled and (
@@ -271,6 +282,32 @@ def _protection(facts: Attempt | Reported) -> Protection | None:
     return None
 
 
+def _contradicts_rcpt(
+    reply: Reply, category: Category, facts: Attempt | Reported, rules: VerdictRules
+) -> bool:
+    """Whether the reply's recipient reading contradicts the server's own RCPT answer.
+
+    A reply at the end of data came after the server had accepted the recipient at RCPT.
+    Its "user unknown" then contradicts that answer: content filters, and Japanese carriers
+    for a sender the recipient refuses, word a refusal so (sisimai calls it "filtered").
+    Only an enhanced status that itself names the condition (X.1.1 for a mailbox, X.1.2 or
+    X.1.10 for a domain, X.2.1 for a disabled one) keeps it evidence; otherwise it is a hard
+    bounce that suppresses nobody, under the recipient rule (``suppress_on = "any_5xx"`` is
+    the operator's literal rule and keeps it)."""
+    if not facts.after_data or rules.suppress_on is not SuppressOn.RECIPIENT:
+        return False
+    detail = reply.enhanced.split(".", 1)[1] if reply.enhanced else None
+    return detail not in _CONFIRMING_DETAILS.get(category, frozenset())
+
+
+# The enhanced status details that say what a recipient reading says (RFC 3463, RFC 7505).
+_CONFIRMING_DETAILS: dict[Category, frozenset[str]] = {
+    Category.USER_UNKNOWN: frozenset({"1.1"}),
+    Category.DOMAIN_NOT_FOUND: frozenset({"1.2", "1.10"}),
+    Category.MAILBOX_DISABLED: frozenset({"2.1"}),
+}
+
+
 def _why_not_suppressed(decision: Decision, rules: VerdictRules) -> str | None:
     """One line saying why a bounce suppresses nobody (None when it suppresses, and for a
     delivery)."""
@@ -324,6 +361,11 @@ def _reported(
             decision,
             verdict=replace(decision.verdict, suppress=False),
             not_suppressed=protection.value,
+        )
+    found = decision.verdict
+    if found.suppress and _contradicts_rcpt(reply, found.category, facts, rules):
+        decision = replace(
+            decision, verdict=replace(found, suppress=False), not_suppressed=AFTER_DATA
         )
     if decision.suppress:
         return replace(decision, cancel_queued=refuses_suppressed(rules))

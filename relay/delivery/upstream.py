@@ -102,6 +102,9 @@ class TransactionResult:
     # Recipients whose reply must never suppress them: a protocol failure's reply carries
     # the server's words, which an operator's classify rule could read as a hard bounce.
     spared: set[str] = field(default_factory=set)
+    # Recipients whose reply answered the end of data: the server had accepted them at RCPT,
+    # so its "user unknown" then is no evidence that the mailbox does not exist.
+    after_data: set[str] = field(default_factory=set)
 
 
 # What an SMTP reply line starts with: three digits, the first 1-5, then a space, a hyphen
@@ -389,7 +392,7 @@ class Upstream:
                     )
                 result = TransactionResult(source_ip=conn.source_ip, destination=destination.name)
                 try:
-                    await self._run(conn, transaction, result.replies)
+                    await self._run(conn, transaction, result)
                     break
                 except _Stale:
                     await _quit(conn.client, polite=False)
@@ -418,15 +421,16 @@ class Upstream:
             return result
 
     async def _run(
-        self, conn: _Connection, transaction: Transaction, replies: dict[str, Reply]
+        self, conn: _Connection, transaction: Transaction, result: TransactionResult
     ) -> None:
         """One or more SMTP transactions: recipients refused as "too many" get a new one."""
+        replies = result.replies
         pending = list(transaction.recipients)
         stale_possible = conn.reused
         while pending:
             try:
                 retry_later = await self._transaction(
-                    conn, transaction, pending, replies, stale_possible=stale_possible
+                    conn, transaction, pending, result, stale_possible=stale_possible
                 )
             except _ProtocolError as error:
                 error.recipients = tuple(pending)
@@ -443,13 +447,14 @@ class Upstream:
         conn: _Connection,
         transaction: Transaction,
         recipients: list[str],
-        replies: dict[str, Reply],
+        result: TransactionResult,
         *,
         stale_possible: bool = False,
     ) -> list[str]:
-        """MAIL, RCPT for each of ``recipients``, DATA; their replies in ``replies``. Returns
+        """MAIL, RCPT for each of ``recipients``, DATA; their replies in ``result``. Returns
         the recipients refused as "too many", which go in the next transaction."""
         client = conn.client
+        replies = result.replies
         envelope = _envelope(client, transaction, recipients, replies)
         if envelope is None:
             return []
@@ -473,6 +478,7 @@ class Upstream:
             return too_many
         reply = await self._data(conn, transaction.body)
         replies.update(dict.fromkeys(accepted, reply))
+        result.after_data.update(accepted)
         return too_many
 
     async def _data(self, conn: _Connection, body: bytes) -> Reply:

@@ -442,6 +442,7 @@ class DeliveryWorker:
             if probation is not None
             else None,
             protection=_protection(d, result),
+            after_data=d.recipient in result.after_data,
             jitter=self._random.random(),
             last_code=d.last_code,
             last_reply=d.last_reply,

@@ -38,6 +38,7 @@ from policies.dsn import (
     parse_bounce,
 )
 from policies.smtp_reply import Reply
+from tests.support.budget import run_within
 
 DATA = Path(__file__).parent / "data"
 CORPUS = DATA / "dsn"
@@ -151,6 +152,7 @@ def test_postfix_dsn() -> None:
             diagnostic="550 5.1.1 <alice@example.org>: Recipient address rejected: "
             "User unknown in virtual mailbox table",
             remote_mta="mx.example.org",
+            answered_command="RCPT",  # the text part's "(in reply to RCPT TO command)"
         ),
     )
     assert parsed.returned_headers.startswith("Return-Path: <news@example.com>\n")
@@ -177,6 +179,7 @@ def test_exim_text() -> None:
             code=550,
             diagnostic="550 5.2.1 The email account that you tried to reach is disabled",
             remote_mta="mx.example.org",
+            answered_command="RCPT",
         ),
         BounceRecipient(
             recipient="carol@example.org",
@@ -185,6 +188,7 @@ def test_exim_text() -> None:
             code=552,
             diagnostic="552 5.2.2 Mailbox full",
             remote_mta="mx2.example.org",
+            answered_command="RCPT",
         ),
     )
     assert parsed.returned_headers.startswith("Return-path: <news@example.com>\n")
@@ -202,6 +206,7 @@ def test_sendmail_dsn() -> None:
             code=550,
             diagnostic="550 5.7.1 <dave@example.org>... Relaying denied",
             remote_mta="mx.example.org",
+            answered_command="RCPT",  # the transcript's ">>> RCPT To:<dave@example.org>"
         ),
     )
     # text/rfc822-headers is the returned original too
@@ -272,6 +277,7 @@ def test_qmail_text() -> None:
             diagnostic="550 5.1.1 <heidi@example.org>: Recipient address rejected: User unknown "
             "Giving up on 192.0.2.50.",
             remote_mta="192.0.2.50",
+            answered_command="RCPT",  # "192.0.2.50 does not like recipient."
         ),
         BounceRecipient(
             recipient="ivan@example.org",
@@ -357,6 +363,392 @@ def test_ordinary_mail_mentioning_failures_is_not_a_bounce() -> None:
         b"550 5.1.1 is what the log said.\n"
     )
     assert parse_bounce(raw) is None
+
+
+# ---------------------------------------------------------------------- reports without RFC 3464
+
+
+def test_exchange_ims_status_code_is_read() -> None:
+    """Exchange 2003's Internet Mail Service gives no SMTP reply, its own status code."""
+    parsed = parse_bounce((CORPUS / "lhost-exchange2003-02.eml").read_bytes())
+    assert parsed is not None
+    assert [(r.recipient, r.status, r.code) for r in parsed.recipients] == [
+        ("kijitora@example.co.jp", "5.1.1", None),
+        ("mikeneko@example.co.jp", "5.1.1", None),
+    ]
+    assert "The recipient name is not recognized" in parsed.recipients[0].diagnostic
+    assert parsed.recipients[0].reply().enhanced == "5.1.1"
+
+
+@pytest.mark.parametrize(
+    ("ims", "status"),
+    [
+        ("0 (000C05A6) Unknown Recipient", "5.1.1"),
+        ("0 (000C0595) Ambiguous Recipient", "5.1.4"),
+        # "Error messages by remote MTA": no one meaning
+        ("0 (000B09B6) Error messages by remote MTA", None),
+    ],
+)
+def test_exchange_ims_status_codes(ims: str, status: str | None) -> None:
+    raw = (
+        "From: postmaster@example.net\nSubject: Undeliverable: hello\n\n"
+        "Your message did not reach the following recipient(s):\n\n"
+        "ann@example.org on Thu, 29 Apr 2007 16:51:51 -0500\n"
+        "    The recipient name is not recognized\n"
+        f"    MSEXCH:IMS:EXAMPLE:SITE:MAIL01 {ims}\n"
+    ).encode()
+    parsed = parse_bounce(raw)
+    assert parsed is not None
+    assert [(r.recipient, r.status, r.code) for r in parsed.recipients] == [
+        ("ann@example.org", status, None)
+    ]
+
+
+def test_transcript_reply_after_the_arrows_is_a_reply() -> None:
+    """KDDI (ezweb) reports the session: the code follows "<<<"."""
+    parsed = parse_bounce((CORPUS / "lhost-ezweb-04.eml").read_bytes())
+    assert parsed is not None
+    (found,) = parsed.recipients
+    assert found.code == 550
+    assert found.diagnostic == (
+        "550 <this-local-part-does-not-exist-on-the-server@ezweb.ne.jp>: User unknown"
+    )
+    assert found.answered_command == "RCPT"
+
+
+def test_failure_without_a_code_is_its_paragraph_not_the_boilerplate() -> None:
+    raw = (
+        b"From: Mail Delivery System <Mailer-Daemon@mail.example.net>\n"
+        b"Subject: Mail delivery failed: returning message to sender\n\n"
+        b"A message that you sent could not be delivered to one or more of its\n"
+        b"recipients. This is a permanent error. The following address(es) failed:\n\n"
+        b"  ann@example.org\n"
+        b"    Unrouteable address\n\n"
+        b"Please check the addresses of your recipients.\n\n"
+        b"------ This is a copy of the message, including all the headers. ------\n"
+    )
+    parsed = parse_bounce(raw)
+    assert parsed is not None
+    assert [(r.recipient, r.diagnostic) for r in parsed.recipients] == [
+        ("ann@example.org", "Unrouteable address")
+    ]
+
+
+def test_failure_without_a_code_reads_past_its_lead_in() -> None:
+    raw = (
+        b"From: Mail Delivery System <mailer-daemon@mail.example.net>\n"
+        b"Subject: Mail delivery failed: returning message to sender\n\n"
+        b"A message that you sent could not be delivered to one or more of\n"
+        b"its recipients. This is a permanent error.\n\n"
+        b"The following address failed:\n\n"
+        b"ann@example.org\n\n"
+        b"For the following reason:\n\n"
+        b"Mail size limit exceeded.\n\n"
+        b"--- The header of the original message is following. ---\n"
+    )
+    parsed = parse_bounce(raw)
+    assert parsed is not None
+    assert [r.diagnostic for r in parsed.recipients] == [
+        "For the following reason: Mail size limit exceeded."
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "failure"),
+    [
+        # DragonFly's own DNS lookup failed: it never talked to a server
+        ("lhost-dragonfly-04.eml", "DNS lookup failure: host cx.libsisimai.org not found"),
+        # InterScan's notice names no reply and no status, only a guess to check the address
+        ("lhost-interscanmss-02.eml", "Please check if address is correct."),
+        # Exim's router found no route: its own words, no server answered
+        ("lhost-mailru-06.eml", "Unrouteable address"),
+        # vpopmail's local delivery refused: no SMTP at all
+        ("lhost-qmail-10.eml", "vdelivermail: account is locked"),
+        # legacy Yahoo: its own "[#102]", no reply code or RFC 3463 status
+        ("lhost-x2-02.eml", "This account has been disabled or discontinued [#102]."),
+    ],
+)
+def test_reports_without_any_status_keep_the_failure_words(name: str, failure: str) -> None:
+    """No reply code and no status anywhere in these: the words are kept for an operator,
+    but no status is made up from them."""
+    parsed = parse_bounce((CORPUS / name).read_bytes())
+    assert parsed is not None
+    assert all(r.status is None and r.code is None for r in parsed.recipients)
+    assert any(failure in r.diagnostic for r in parsed.recipients)
+
+
+# --------------------------------------------------------------------------- answered command
+
+
+def _text_bounce(sender: str, subject: str, body: str) -> bytes:
+    return f"From: {sender}\nTo: news@example.com\nSubject: {subject}\n\n{body}".encode()
+
+
+def test_answered_command_postfix() -> None:
+    raw = _text_bounce(
+        "MAILER-DAEMON@mail.example.net (Mail Delivery System)",
+        "Undelivered Mail Returned to Sender",
+        "This is the mail system at host mail.example.net.\n\n"
+        "I'm sorry to have to inform you that your message could not\n"
+        "be delivered to one or more recipients.\n\n"
+        "                   The mail system\n\n"
+        "<ann@example.org>: host mx.example.org[192.0.2.10] said: 550 5.1.1\n"
+        "    <ann@example.org>: Recipient address rejected: User unknown (in reply to RCPT\n"
+        "    TO command)\n\n"
+        "<ben@example.net>: host mx.example.net[192.0.2.20] said: 550 Unknown user\n"
+        "    ben@example.net (in reply to end of DATA command)\n\n"
+        "<cat@example.com>: host mx.example.com[192.0.2.30] refused to talk to me: 554\n"
+        "    5.7.1 Service unavailable; client host blocked\n\n"
+        "<dan@example.info>: host mx.example.info[192.0.2.40] said: 553 5.1.8 Sender\n"
+        "    address rejected: Domain not found (in reply to MAIL FROM command)\n\n"
+        "<eve@example.biz>: connect to mx.example.biz[192.0.2.50]:25: Connection timed out\n",
+    )
+    parsed = parse_bounce(raw)
+    assert parsed is not None
+    assert [(r.recipient, r.answered_command) for r in parsed.recipients] == [
+        ("ann@example.org", "RCPT"),
+        ("ben@example.net", "DATA"),
+        ("cat@example.com", "CONNECT"),
+        ("dan@example.info", "MAIL"),
+        ("eve@example.biz", None),  # no server replied
+    ]
+    assert [r.code for r in parsed.recipients[:4]] == [550, 550, 554, 553]
+
+
+def _sendmail(failed: str, transcript: str) -> bytes:
+    return _text_bounce(
+        "Mail Delivery Subsystem <MAILER-DAEMON@mail.example.net>",
+        "Returned mail: see transcript for details",
+        "The original message was received at Tue, 4 Jun 2024 11:20:01 GMT\n"
+        "from app.example.com [198.51.100.7]\n\n"
+        "   ----- The following addresses had permanent fatal errors -----\n"
+        f"{failed}\n"
+        "   ----- Transcript of session follows -----\n"
+        f"{transcript}\n"
+        "   ----- Original message follows -----\n",
+    )
+
+
+ANN_BEN = "<ann@example.org>\n    (reason: 550 User unknown)\n<ben@example.org>\n"
+ANN = "<ann@example.org>\n    (reason: 550 5.1.1 User unknown)\n"
+
+
+@pytest.mark.parametrize(
+    ("failed", "transcript", "answered"),
+    [
+        # a pipelined RCPT's refusal, read once DATA was sent: Sendmail holds it against
+        # the recipient; the DATA reply after it is no recipient's failure
+        (
+            ANN_BEN,
+            "... while talking to mx.example.org.:\n>>> DATA\n"
+            "<<< 550 5.1.1 <ann@example.org>... User unknown\n"
+            "550 5.1.1 <ann@example.org>... User unknown\n"
+            "<<< 550 5.1.1 <ben@example.org>... User unknown\n"
+            "550 5.1.1 <ben@example.org>... User unknown\n"
+            "<<< 554 5.5.1 Error: no valid recipients\n",
+            ["RCPT", "RCPT"],
+        ),
+        # DATA itself refused: "Service unavailable" names no one
+        (
+            ANN_BEN,
+            "... while talking to mx.example.org.:\n>>> DATA\n"
+            "<<< 550 Unknown user ann@example.org\n554 5.0.0 Service unavailable\n",
+            ["DATA", "DATA"],
+        ),
+        (
+            ANN,
+            "... while talking to mx.example.org.:\n>>> RCPT To:<ann@example.org>\n"
+            "<<< 550 5.1.1 Requested action not taken: mailbox unavailable\n"
+            "550 5.1.1 <ann@example.org>... User unknown\n"
+            ">>> DATA\n<<< 503 Error: need RCPT command\n",
+            ["RCPT"],
+        ),
+        (
+            ANN,
+            "... while talking to mx.example.org.:\n"
+            ">>> MAIL From:<news@example.com> SIZE=1543\n"
+            "<<< 553 5.1.8 Domain of sender address news@example.com does not exist\n"
+            "554 5.0.0 Service unavailable\n",
+            ["MAIL"],
+        ),
+        # the greeting, at each MX; the reply to QUIT is no failure
+        (
+            ANN,
+            "... while talking to mx1.example.org.:\n<<< 554 mx1 not accepting connections\n"
+            ">>> QUIT\n<<< 421 4.7.0 too many errors\n"
+            "... while talking to mx2.example.org.:\n<<< 554 mx2 not accepting connections\n"
+            "554 5.0.0 Service unavailable\n",
+            ["CONNECT"],
+        ),
+        # sessions in the order they were tried: the last one is what the bounce reports
+        (
+            ANN,
+            "... while talking to mx1.example.org.:\n<<< 450 busy - please try later\n"
+            "... while talking to mx2.example.org.:\n>>> DATA\n<<< 551 not our customer\n"
+            "550 5.1.1 <ann@example.org>... User unknown\n<<< 503 need RCPT command [data]\n",
+            ["RCPT"],
+        ),
+        # a reply after something that is no command: what it answered is not known
+        (
+            ANN,
+            "... while talking to mx.example.org.:\n>>> ann@example.org\n"
+            "<<< 550 5.1.1 User unknown\n",
+            [None],
+        ),
+    ],
+)
+def test_answered_command_sendmail_transcript(
+    failed: str, transcript: str, answered: list[str | None]
+) -> None:
+    parsed = parse_bounce(_sendmail(failed, transcript))
+    assert parsed is not None
+    assert [r.answered_command for r in parsed.recipients] == answered
+
+
+def test_answered_command_exim() -> None:
+    raw = _text_bounce(
+        "Mail Delivery System <Mailer-Daemon@mail.example.net>",
+        "Mail delivery failed: returning message to sender",
+        "This message was created automatically by mail delivery software.\n\n"
+        "A message that you sent could not be delivered to one or more of its\n"
+        "recipients. This is a permanent error. The following address(es) failed:\n\n"
+        "  ann@example.org\n"
+        "    host mx.example.org [192.0.2.10]\n"
+        "    SMTP error from remote mail server after RCPT TO:<ann@example.org>:\n"
+        "    550 5.1.1 User unknown\n"
+        "  ben@example.net\n"
+        "    host mx.example.net [192.0.2.20]\n"
+        "    SMTP error from remote mail server after end of data:\n"
+        "    550 5.7.1 Message rejected as spam\n"
+        "  cat@example.com\n"
+        "    SMTP error from remote mail server after initial connection:\n"
+        "    host mx.example.com [192.0.2.30]: 554 5.7.1 No PTR record for 203.0.113.9\n"
+        "  dan@example.info\n"
+        "    host mx.example.info [192.0.2.40]\n"
+        "    SMTP error from remote mail server after pipelined MAIL FROM:"
+        "<news@example.com> SIZE=1543:\n"
+        "    550 5.7.1 Sender rejected\n\n"
+        "------ This is a copy of the message, including all the headers. ------\n",
+    )
+    parsed = parse_bounce(raw)
+    assert parsed is not None
+    assert [(r.recipient, r.code, r.answered_command) for r in parsed.recipients] == [
+        ("ann@example.org", 550, "RCPT"),
+        ("ben@example.net", 550, "DATA"),
+        ("cat@example.com", 554, "CONNECT"),
+        ("dan@example.info", 550, "MAIL"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("said", "answered"),
+    [
+        ("192.0.2.10 does not like recipient.", "RCPT"),
+        ("Connected to 192.0.2.10 but sender was rejected.", "MAIL"),
+        ("Connected to 192.0.2.10 but my name was rejected.", "HELO"),
+        ("Connected to 192.0.2.10 but greeting failed.", "CONNECT"),
+        ("192.0.2.10 failed after I sent the message.", "DATA"),
+        ("mx.example.org [192.0.2.10] did not like our RCPT TO:", "RCPT"),
+        ("mx.example.org [192.0.2.10] did not like our final DATA:", "DATA"),
+        ("Giving up on 192.0.2.10.", None),
+    ],
+)
+def test_answered_command_qmail_and_dragonfly_sentences(said: str, answered: str | None) -> None:
+    raw = _text_bounce(
+        "MAILER-DAEMON@mail.example.net",
+        "failure notice",
+        "Hi. This is the qmail-send program at mail.example.net.\n"
+        "I'm afraid I wasn't able to deliver your message to the following addresses.\n"
+        "This is a permanent error; I've given up. Sorry it didn't work out.\n\n"
+        f"<ann@example.org>:\n{said}\nRemote host said: 550 5.7.1 Refused\n\n"
+        "--- Below this line is a copy of the message.\n",
+    )
+    parsed = parse_bounce(raw)
+    assert parsed is not None
+    assert [(r.code, r.answered_command) for r in parsed.recipients] == [(550, answered)]
+
+
+@pytest.mark.parametrize(
+    ("name", "answered"),
+    [
+        ("lhost-postfix-02.eml", ["RCPT", "RCPT"]),  # in the text part of a DSN
+        ("lhost-postfix-62.eml", ["DATA"]),
+        ("rhost-nttdocomo-02.eml", ["DATA"]),  # "Unknown user" after DATA: a carrier's filter
+        ("lhost-postfix-54.eml", ["MAIL"]),
+        ("lhost-postfix-38.eml", ["CONNECT"]),
+        ("lhost-exim-58.eml", ["DATA"]),
+        ("lhost-exim-32.eml", ["CONNECT"]),
+        ("lhost-sendmail-40.eml", ["DATA"]),
+        ("lhost-sendmail-28.eml", ["RCPT"]),  # pipelined, held against the recipient
+        ("lhost-sendmail-56.eml", ["CONNECT"]),
+        ("lhost-courier-02.eml", ["DATA"]),
+        ("lhost-ezweb-08.eml", ["MAIL"]),
+        ("lhost-qmail-04.eml", ["HELO"]),
+        ("lhost-qmail-20.eml", ["DATA"]),
+        ("lhost-dragonfly-02.eml", ["DATA"]),
+        ("lhost-yahoo-14.eml", ["RCPT"]),
+        ("lhost-gmx-02.eml", ["RCPT"]),
+        ("lhost-x6-02.eml", ["RCPT"]),
+        ("lhost-mfilter-02.eml", ["DATA"]),
+        ("lhost-qmail-10.eml", [None]),  # a local delivery: no SMTP
+        ("lhost-exchange2007-02.eml", [None]),  # Exchange does not say
+    ],
+)
+def test_answered_command_corpus(name: str, answered: list[str | None]) -> None:
+    parsed = parse_bounce((CORPUS / name).read_bytes())
+    assert parsed is not None
+    assert [r.answered_command for r in parsed.recipients] == answered
+
+
+def test_answered_command_only_for_a_failure() -> None:
+    """A delivered recipient of the same report answered nothing that failed."""
+    dsn = (
+        b"From: MAILER-DAEMON@mail.example.net\nSubject: Delivery Status Notification\n"
+        b'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\n\n'
+        b"--b\nContent-Type: text/plain\n\n"
+        b"... while talking to mx.example.org.:\n>>> DATA\n"
+        b"<<< 554 5.7.1 Message refused\n554 5.0.0 Service unavailable\n\n"
+        b"--b\nContent-Type: message/delivery-status\n\n"
+        b"Reporting-MTA: dns; mail.example.net\n\n"
+        b"Final-Recipient: rfc822; ann@example.org\nAction: failed\nStatus: 5.7.1\n\n"
+        b"Final-Recipient: rfc822; ben@example.org\nAction: delivered\nStatus: 2.0.0\n\n"
+        b"--b--\n"
+    )
+    parsed = parse_bounce(dsn)
+    assert parsed is not None
+    assert [(r.action, r.answered_command) for r in parsed.recipients] == [
+        ("failed", "DATA"),
+        ("delivered", None),
+    ]
+
+
+_ANSWERED_PARSE = """
+import sys
+from policies.dsn import parse_bounce
+parsed = parse_bounce(sys.stdin.buffer.read())
+print(parsed and [r.answered_command for r in parsed.recipients])
+"""
+_BOUNCE_HEAD = (
+    b"From: MAILER-DAEMON@mail.example.net\nSubject: Undelivered Mail Returned to Sender\n\n"
+    b"<bob@example.org>: host mx.example.org[192.0.2.1] said: 550 5.1.1 unknown\n"
+)
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b"<bob@example.org>: " + b"in reply to end of " * 100_000 + b"\n",
+        b"<bob@example.org>: " + b"SMTP error from remote mail server after pipelined " * 40_000,
+        b"<bob@example.org>: " + b"MSEXCH:IMS:" * 180_000 + b"\n",
+        b">>> DATA\n" + b"<<< 550 x\n550 5.1.1 <a@example.org>... User unknown\n" * 40_000,
+        b"\n" + (b"x" * 900 + b":\n\n") * 2_000,
+    ],
+    ids=["in-reply-to", "exim-after", "exchange-ims", "transcript", "lead-ins"],
+)
+def test_answered_command_and_failure_text_stay_linear(tail: bytes) -> None:
+    """2 MB shapes built to make the new readers rescan: parsed well within the budget of
+    the hostile-input tests (a linear parse of 2 MB takes about a second)."""
+    run_within(_ANSWERED_PARSE, _BOUNCE_HEAD + tail, 10.0, "parse_bounce")
 
 
 # --------------------------------------------------------------------------- limits and garbage

@@ -14,6 +14,7 @@ from policies.smtp_reply import domain_absent_reply, parse_reply, synthetic_repl
 from policies.states import DeliveryState, EventType
 from policies.templates import template_of
 from policies.verdict import (
+    AFTER_DATA,
     CONFIRM_ABSENT,
     Attempt,
     Protection,
@@ -240,3 +241,19 @@ def test_a_second_look_past_max_age_gives_up_without_suppressing():
     d = _absent(attempt=9, first_failure_at=NOW - timedelta(hours=23, minutes=30))
     assert (d.state, d.non_delivery, d.suppress) == (DeliveryState.EXPIRED, True, False)
     assert d.give_up_reason is not None and "max_age" in d.give_up_reason
+
+
+def test_user_unknown_after_data_is_hard_but_no_evidence_against_the_mailbox():
+    """RCPT accepted the recipient; the end of data's "user unknown" contradicts it, unless
+    the enhanced status itself names the condition."""
+    d = _attempt("550 5.0.0 User unknown", after_data=True)
+    assert (d.event, d.suppress, d.not_suppressed) == (EventType.HARD_BOUNCE, False, AFTER_DATA)
+    assert not d.cancel_queued
+    filtered = "550 5.2.1 <x@example.org>... User Unknown"  # a Japanese carrier's refusal
+    reported = _reported("failed", filtered, after_data=True)
+    assert reported is not None and not reported.suppress
+    assert reported.not_suppressed == AFTER_DATA
+    assert _attempt(UNKNOWN, after_data=True).suppress  # 5.1.1 says so itself
+    assert _attempt("554 5.2.1 This account has been disabled", after_data=True).suppress
+    # any_5xx is the operator's literal rule: every 5xx suppresses, after DATA too.
+    assert _attempt(filtered, Rules(suppress_on=SuppressOn.ANY_5XX), after_data=True).suppress

@@ -221,6 +221,23 @@ async def test_data_reply_applies_to_accepted_recipients(upstream, start_relay, 
     assert await db.fetchval("SELECT count(*) FROM suppressions") == 0
 
 
+async def test_user_unknown_after_data_bounces_but_suppresses_nobody(upstream, start_relay, db):
+    """The upstream accepted the recipient at RCPT and says "User unknown" only at the end of
+    data (a content filter's, or a Japanese carrier's, way of refusing the sender): a hard
+    bounce, but no evidence that the mailbox does not exist."""
+    upstream.on_data("550 5.0.0 User unknown")
+    async with start_relay(upstream.port) as relay:
+        await send(relay, ["filtered@example.org"])
+        await eventually(in_state(db, "filtered@example.org", "bounced"))
+    [event] = await events_of(db, "filtered@example.org")
+    assert (event["type"], event["category"], event["suppress"]) == (
+        "hard_bounce",
+        "user_unknown",
+        False,
+    )
+    assert await db.fetchval("SELECT count(*) FROM suppressions") == 0
+
+
 async def test_421_greeting_is_a_soft_bounce_with_the_servers_words(upstream, start_relay, db):
     """421 at connect: soft, the reply is the server's own (not synthetic)."""
     upstream.on_connect("421 4.3.2 Too busy, try later")
