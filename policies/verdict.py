@@ -22,7 +22,9 @@ none of them adds a step of its own. The steps, in order:
    is not cancelled.
 
 A result read later from a bounce message (``Reported`` facts) takes steps 1, 3 and 6 in
-their reported form (``policies.outcome.decide_reported``): the remote system retries by
+their reported form (``policies.outcome.decide_reported``), and its "user unknown"
+suppresses only when the report says the reply answered RCPT or its status names the
+address (X.1.1, X.1.6; ``HEARSAY`` otherwise): the remote system retries by
 itself, so nothing is rescheduled, and incidents and probation are about our own attempts.
 A result that is no evidence (a bounce of a bounce, a failure reported without any status)
 is not judged at all (``NotJudged``): the relay keeps the message for an operator.
@@ -57,10 +59,13 @@ from policies.templates import template_of
 CONFIRM_ABSENT = "nxdomain_confirm"
 # Why a recipient refused only after DATA is not suppressed (``_contradicts_rcpt``).
 AFTER_DATA = "refused after DATA: the server had accepted the recipient at RCPT"
+# Why a bounce message's "user unknown" is not suppressed (``_hearsay``).
+HEARSAY = "reported unknown without RCPT or X.1.1: no proof; our next attempt hears it first-hand"
 
 __all__ = [
     "AFTER_DATA",
     "CONFIRM_ABSENT",
+    "HEARSAY",
     "Attempt",
     "NotJudged",
     "Protection",
@@ -128,7 +133,11 @@ class Reported:
     protection: Protection | None = None
     has_status: bool = True  # the report gives a status or a reply code for the recipient
     loop: bool = False  # the bounce message is itself about a bounce
-    after_data: bool = False  # the remote's reply answered DATA, as the report says
+    answered: str | None = None  # the command the remote's reply answered, if the report says
+
+    @property
+    def after_data(self) -> bool:
+        return self.answered == "DATA"
 
     @classmethod
     def of(
@@ -147,7 +156,7 @@ class Reported:
             protection,
             has_status=bool(result.status or result.code),
             loop=loop,
-            after_data=result.answered_command == "DATA",
+            answered=result.answered_command,
         )
 
 
@@ -300,6 +309,21 @@ def _contradicts_rcpt(
     return detail not in _CONFIRMING_DETAILS.get(category, frozenset())
 
 
+def _hearsay(reply: Reply, category: Category, facts: Reported, rules: VerdictRules) -> bool:
+    """Whether a bounce message's "user unknown" is too second-hand to suppress on: the
+    report neither says the remote's reply answered RCPT nor gives an enhanced status that
+    names the address (X.1.1, X.1.6). Filters and carriers say "User unknown" after DATA
+    for a refused sender, and a report that does not say when is no proof; the cost is
+    small, since our own next attempt to the address hears the answer first-hand, at RCPT.
+    (sisimai reads reports the same way: its "filtered".) Under the recipient rule only."""
+    if category is not Category.USER_UNKNOWN or rules.suppress_on is not SuppressOn.RECIPIENT:
+        return False
+    detail = reply.enhanced.split(".", 1)[1] if reply.enhanced else None
+    return facts.answered != "RCPT" and detail not in _NAMES_THE_ADDRESS
+
+
+# X.1.1 bad destination mailbox, X.1.6 moved without forwarding (RFC 3463).
+_NAMES_THE_ADDRESS = frozenset({"1.1", "1.6"})
 # The enhanced status details that say what a recipient reading says (RFC 3463, RFC 7505).
 _CONFIRMING_DETAILS: dict[Category, frozenset[str]] = {
     Category.USER_UNKNOWN: frozenset({"1.1"}),
@@ -367,6 +391,8 @@ def _reported(
         decision = replace(
             decision, verdict=replace(found, suppress=False), not_suppressed=AFTER_DATA
         )
+    elif found.suppress and _hearsay(reply, found.category, facts, rules):
+        decision = replace(decision, verdict=replace(found, suppress=False), not_suppressed=HEARSAY)
     if decision.suppress:
         return replace(decision, cancel_queued=refuses_suppressed(rules))
     if decision.not_suppressed is not None:

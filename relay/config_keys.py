@@ -626,12 +626,14 @@ class Incidents(Section):
         "10m",
         "an incident: one reply template for at least `min_recipients` distinct recipients, "
         "and at least `min_share` of the recipients tried at that destination from that IP, "
-        "within `window`",
+        'within `window`; our resolver\'s incident: "no such domain" for at least '
+        "`min_recipients` distinct recipient domains, `min_share` of those looked up",
     )
     min_recipients = Key(POSITIVE_INT, 20, "see `window`")
     min_share = Key(SHARE, 0.5, "see `window`")
     by = Key(
-        one_of(IncidentScope),
+        # A resolver incident is detected by itself, whatever this says.
+        one_of(IncidentScope, only=(IncidentScope.MX, IncidentScope.DOMAIN)),
         "mx",
         "the destination is the answering host (`mx`) or the recipient domain (`domain`)",
     )

@@ -168,9 +168,9 @@ def _is_number(raw: Any) -> bool:
     return isinstance(raw, int | float) and not isinstance(raw, bool)
 
 
-def one_of(choices: type[E]) -> Value[E]:
-    """One of an enum's values, read as the enum member."""
-    words = tuple(member.value for member in choices)
+def one_of(choices: type[E], only: tuple[E, ...] = ()) -> Value[E]:
+    """One of an enum's values (or of ``only`` of them), read as the enum member."""
+    words = tuple(member.value for member in (only or tuple(choices)))
 
     def read(raw: Any) -> E:
         if raw not in words:

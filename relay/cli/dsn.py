@@ -107,6 +107,7 @@ def dsn_parse(paths: Iterable[str], rules: Rules, *, out: TextIO, err: TextIO) -
                 "code": result.code,
                 "diagnostic": result.diagnostic,
                 "remote_mta": result.remote_mta,
+                "answered": result.answered_command,
                 "kind": kind,
                 "category": category,
                 "suppress": suppress,

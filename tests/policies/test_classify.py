@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -21,20 +22,42 @@ from policies.smtp_reply import Reply, parse_reply, synthetic_reply
 
 DATASET = Path(__file__).parent / "data" / "smtp-replies.jsonl"
 ROWS = [json.loads(line) for line in DATASET.read_text().splitlines()]
+# Issue 19's corpus of replies quoted by public sources, labelled by meaning
+# (tests/data/README.md).
+PUBLIC = Path(__file__).parents[1] / "data" / "public-replies.jsonl"
+PUBLIC_ROWS = [json.loads(line) for line in PUBLIC.read_text().splitlines() if line.strip()]
 
 # Replies whose labelled kind we knowingly do not reproduce, by id, with why.
 # Empty today: every one of the 307 replies gets the labelled kind.
 KIND_EXCEPTIONS: dict[str, str] = {}
 
+# Dead addresses of this dataset that we knowingly do not suppress: their words
+# give no positive evidence (tests/data/README.md labels the same wordings "not
+# suppressed" in public-replies.jsonl). "Access denied" (r0007-r0009) and
+# IronPort's "#5.1.0 Address rejected" (r0048) do suppress: they carry their
+# vendor's mark for "not in our directory" (Exchange Online's front-end stamp,
+# IronPort's own notation).
+NOT_SUPPRESSED_BY_DESIGN: dict[str, str] = {
+    "x0016": "a bare 'Recipient rejected' gives no reason",
+    "x0019": "cPanel's 'the account or domain may not exist, they may be blacklisted' guesses",
+}
+
 # The dataset's taxonomy has no too_many_recipients; it files "too many
 # recipients" under rate_limited, which is what our finer category refines.
 DATASET_CATEGORY = {Category.TOO_MANY_RECIPIENTS: "rate_limited"}
 
-# Measured 306/307 (99.7%). The miss is r0077 "550 5.4.312 Message expired,
-# DNS query failed": labelled domain_not_found but not suppressing; we read
-# "message expired" first (the upstream gave up, the cause is not a verdict
-# on the address), so it is `other`, which keeps suppression right.
-CATEGORY_THRESHOLD = 0.99
+# Measured 298/307 (97.1%). The misses are deliberate: r0077 "Message expired,
+# DNS query failed" is `other` (the upstream gave up; the cause is no verdict);
+# reverse-DNS refusals (r0180, r0195, r0196, r0197, x0047, x0048) are about the
+# sending IP, `spam_block_ip`, as issue 19's corpus labels them; cPanel's guess
+# (x0019) is `other`.
+CATEGORY_THRESHOLD = 0.96
+
+# Issue 19's targets on the public corpus (measured: kind 99.5%, category
+# 92.3%, no false suppression, every dead address suppressed).
+PUBLIC_KIND_THRESHOLD = 0.98
+PUBLIC_CATEGORY_THRESHOLD = 0.92
+PUBLIC_RECALL_THRESHOLD = 0.97
 
 
 def _verdict(row: dict[str, object]) -> Verdict:
@@ -53,12 +76,12 @@ def test_dataset_kind_matches_everywhere():
 
 
 def test_dataset_never_suppresses_a_good_address():
-    """Zero false suppressions, and every recipient-caused hard bounce
-    suppresses: suppress equals the label on all 307 replies."""
+    """Zero false suppressions, and every recipient-caused hard bounce with
+    positive evidence suppresses: the misses are exactly the ones by design."""
     false_suppress = [r["id"] for r in ROWS if _verdict(r).suppress and not r["suppress_recipient"]]
     missed = [r["id"] for r in ROWS if r["suppress_recipient"] and not _verdict(r).suppress]
     assert false_suppress == []
-    assert missed == []
+    assert missed == sorted(NOT_SUPPRESSED_BY_DESIGN)
 
 
 def test_dataset_category_accuracy():
@@ -72,6 +95,34 @@ def test_dataset_category_accuracy():
             misses.append(f"{row['id']}: want {row['category']} got {got}: {row['reply'][:70]}")
     accuracy = 1 - len(misses) / len(ROWS)
     assert accuracy >= CATEGORY_THRESHOLD, f"{accuracy:.3f}\n" + "\n".join(misses)
+
+
+def test_public_corpus_never_suppresses_a_good_address():
+    """Issue 19: on the public corpus no good address is suppressed, and at
+    least PUBLIC_RECALL_THRESHOLD of the dead ones are."""
+    verdicts = [(row, _verdict(row)) for row in PUBLIC_ROWS]
+    false_suppress = [r["id"] for r, v in verdicts if v.suppress and not r["suppress_recipient"]]
+    dead = [r["id"] for r, _ in verdicts if r["suppress_recipient"]]
+    missed = [r["id"] for r, v in verdicts if r["suppress_recipient"] and not v.suppress]
+    assert false_suppress == []
+    assert 1 - len(missed) / len(dead) >= PUBLIC_RECALL_THRESHOLD, missed
+
+
+def test_public_corpus_kind_and_category():
+    """Issue 19's kind and category targets on the public corpus; the misses
+    are listed when they are not met."""
+    kind_misses, category_misses = [], []
+    for row in PUBLIC_ROWS:
+        verdict = _verdict(row)
+        line = f"{row['id']}: {row['reply'][:70]!r}"
+        if verdict.kind.value != row["kind"]:
+            kind_misses.append(f"{line} want {row['kind']} got {verdict.kind.value}")
+        if verdict.category.value != row["category"]:
+            category_misses.append(f"{line} want {row['category']} got {verdict.category.value}")
+    kind = 1 - len(kind_misses) / len(PUBLIC_ROWS)
+    category = 1 - len(category_misses) / len(PUBLIC_ROWS)
+    assert kind >= PUBLIC_KIND_THRESHOLD, f"{kind:.3f}\n" + "\n".join(kind_misses)
+    assert category >= PUBLIC_CATEGORY_THRESHOLD, f"{category:.3f}\n" + "\n".join(category_misses)
 
 
 @pytest.mark.parametrize(
@@ -105,7 +156,8 @@ def test_dataset_category_accuracy():
             Category.SPAM_BLOCK_IP,
         ),
         ("554 Transaction failed", Kind.HARD, Category.OTHER),
-        # No code: an MTA's own words; definite unless they say "try again".
+        # No code: an MTA's own words; soft when they say "try again" or the
+        # condition passes with time.
         (
             "Host or domain name not found. Name service error for name=x.example type=A: "
             "Host not found",
@@ -124,6 +176,18 @@ def test_dataset_category_accuracy():
             Kind.SOFT,
             Category.SERVICE_UNAVAILABLE,
         ),
+        ("Temporary failure in MX lookup", Kind.SOFT, Category.SERVICE_UNAVAILABLE),
+        ("mailbox is full (quota exceeded)", Kind.SOFT, Category.MAILBOX_FULL),
+        # ... otherwise a summary without a code is the MTA's final word: hard.
+        ("retry timeout exceeded", Kind.HARD, Category.OTHER),
+        ("No valid route to remote MX", Kind.HARD, Category.SERVICE_UNAVAILABLE),
+        # A qmail-style trailing status stands in for the missing code.
+        (
+            "Sorry, I wasn't able to establish an SMTP connection. (#4.4.1)",
+            Kind.SOFT,
+            Category.SERVICE_UNAVAILABLE,
+        ),
+        ("Sorry, no mailbox here by that name. (#5.1.1)", Kind.HARD, Category.USER_UNKNOWN),
         # A 3xx is no final answer: try again.
         ("354 End data with <CR><LF>.<CR><LF>", Kind.SOFT, Category.OTHER),
     ],
@@ -138,7 +202,7 @@ def test_kind_table(raw, kind, category):
     ("raw", "category"),
     [
         ("552 5.1.1 Boite du destinataire pleine. Recipient overquota.", Category.MAILBOX_FULL),
-        ("550 5.4.1 Recipient address rejected: Access denied.", Category.USER_UNKNOWN),
+        ("550 5.4.1 Recipient address rejected: Access denied.", Category.POLICY_AUTH),
         ("550 5.7.1 No such user!", Category.USER_UNKNOWN),
         (
             "450 4.2.1 <b@x>: Recipient address rejected: this mailbox is inactive and has been "
@@ -172,7 +236,7 @@ def test_text_beats_contradicting_codes(raw, category):
         ("452 4.2.2 x", Category.MAILBOX_FULL),
         ("550 5.2.3 x", Category.MESSAGE_TOO_LARGE),
         ("525 5.7.13 x", Category.MAILBOX_DISABLED),
-        ("550 5.7.25 x", Category.POLICY_AUTH),
+        ("550 5.7.25 x", Category.SPAM_BLOCK_IP),
         ("421 4.7.28 x", Category.RATE_LIMITED),
         ("451 4.7.500 Server busy. Please try again later", Category.RATE_LIMITED),
         ("550 5.7.606 Access denied", Category.SPAM_BLOCK_IP),
@@ -242,7 +306,7 @@ def test_codes_are_the_fallback(raw, category):
             "domain_not_found",
             True,
         ),
-        ("550 5.4.4 Unrouteable address", "hard", "domain_not_found", True),
+        ("550 5.4.4 Unrouteable address", "hard", "user_unknown", False),
         (
             "552 5.2.2 The email account that you tried to reach is over quota.",
             "soft",
@@ -259,7 +323,7 @@ def test_codes_are_the_fallback(raw, category):
         ),
         ("452 Too many recipients received this hour", "soft", "rate_limited", False),
         ("452 4.5.3 Error: too many recipients", "soft", "too_many_recipients", False),
-        ("451 4.7.1 Please try again later", "soft", "service_unavailable", False),
+        ("451 4.7.1 Please try again later", "soft", "greylisted", False),
         ("421 4.4.2 Connection dropped due to timeout", "soft", "service_unavailable", False),
         (
             "550 5.7.1 Recipient not authorized, your IP has been found on a block list",
@@ -315,7 +379,7 @@ def test_codes_are_the_fallback(raw, category):
         (
             "450 4.7.1 Client host rejected: cannot find your hostname, [192.0.2.1]",
             "soft",
-            "policy_auth",
+            "spam_block_ip",
             False,
         ),
         (
@@ -623,12 +687,6 @@ def test_reply_without_anything():
             False,
         ),
         # Dead addresses and domains that were missed.
-        (
-            "550 all relevant MX records point to non-existent hosts",
-            "hard",
-            "domain_not_found",
-            True,
-        ),
         ("554 5.4.4 NoMxHostFoundException", "hard", "domain_not_found", True),
         ("556 5.1.10 x.example does not accept mail (RFC 7505)", "hard", "domain_not_found", True),
         ("550 No mx record found for domain x.example", "hard", "domain_not_found", True),
@@ -655,3 +713,418 @@ def test_the_reason_decides_not_the_prefix(raw, kind, category, suppress):
     after a generic prefix decide; pace is soft; dead domains and mailboxes are caught."""
     verdict = classify(parse_reply(raw))
     assert (verdict.kind, verdict.category, verdict.suppress) == (kind, category, suppress)
+
+
+def _judged(raw: str) -> tuple[str, str, bool]:
+    verdict = classify(parse_reply(raw))
+    return verdict.kind.value, verdict.category.value, verdict.suppress
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind", "category"),
+    [
+        # RFC 5321 §4.2.1/§4.2.3: a syntax or sequence error says nothing about a
+        # mailbox, whatever its words (Mimecast: "503 user unknown" is a bad sequence).
+        ("501 invalid address", "hard", "other"),
+        ("503 user unknown", "hard", "other"),
+        ("502 5.5.1 No such user, send HELO first", "hard", "other"),
+        # RFC 3463 X.1.7 / X.1.8, RFC 7505 X.7.27: the sender's address or domain.
+        ("5.1.7 Invalid address", "hard", "other"),
+        ("553 5.1.7 The sender address <news@sender.example> is not valid", "hard", "other"),
+        ("550 5.1.8 Address unknown", "hard", "user_unknown"),
+        ("550 5.7.27 The sender address has a null MX", "hard", "policy_auth"),
+        # Our own identity: a domain or HELO name that "does not exist" is ours.
+        ("550 Your domain does not exist", "hard", "domain_not_found"),
+        ("550 5.7.1 HELO domain does not exist", "hard", "domain_not_found"),
+        ("550 5.7.1 The sender's domain does not exist", "hard", "policy_auth"),
+        # Recipient words next to a sign of another fault, or a code that names one.
+        ("552 5.1.1 <b@x.example> Mailbox delivery failure policy error", "hard", "policy_auth"),
+        (
+            "550 5.1.1 <b@x.example>: Recipient address rejected: user unknown, see our spam "
+            "policy",
+            "hard",
+            "user_unknown",
+        ),
+        ("550 5.7.1 Requested action not taken: mailbox unavailable", "hard", "user_unknown"),
+        # "Access denied" after "Recipient address rejected:": Microsoft's edge
+        # blocking, but also gateways' own rules.
+        ("5.4.1 Recipient address rejected: Access denied", "hard", "policy_auth"),
+        (
+            "550 cuda_nsu 5.4.1 [b@x.example]: Recipient address rejected: Access denied",
+            "hard",
+            "policy_auth",
+        ),
+        (
+            "550 5.7.1 <b@x.example>: Recipient address rejected: Access denied by gateway rule",
+            "hard",
+            "policy_auth",
+        ),
+        # Words that name the recipient but not the cause.
+        ("550 5.1.1 b@x.example recipient rejected", "hard", "user_unknown"),
+        ("550 5.1.0 Address rejected.", "hard", "user_unknown"),
+        ("invalid address (in reply to RCPT TO command)", "hard", "user_unknown"),
+        ('552 "RCPT TO" mailbox unavailable', "hard", "user_unknown"),
+        ("mailbox currently unavailable", "hard", "other"),
+        ("450 mailbox unavailable.", "soft", "other"),
+        ("550 unrouteable address", "hard", "user_unknown"),
+        ("Bad recipient address syntax", "hard", "user_unknown"),
+        ("No valid recipients", "hard", "user_unknown"),
+        # Someone else's resolver, or a domain that exists but is broken.
+        ("all relevant MX records point to non-existent hosts", "hard", "domain_not_found"),
+        ("5.4.4 SMTPSEND.DNS.NonExistentDomain; nonexistent domain", "hard", "domain_not_found"),
+        ("554 5.4.4 SMTPSEND.DNS.MxLoopback", "hard", "other"),
+        ("Invalid domain name", "hard", "other"),
+        ("Unknown host", "hard", "domain_not_found"),
+        ("all host address lookups failed permanently", "hard", "domain_not_found"),
+        (
+            "Host or domain name not found. Name service error for name=mx.x.example type=A: "
+            "Host found but no data record of requested type",
+            "hard",
+            "domain_not_found",
+        ),
+        # Hedges, and states that may pass.
+        (
+            "The mail server could not deliver mail to b@x.example. The account or domain may "
+            "not exist, they may be blacklisted, or missing the proper dns entries.",
+            "hard",
+            "other",
+        ),
+        ("This account has been temporarily suspended", "hard", "mailbox_disabled"),
+        ("550 5.7.1 Policy rejection on the target address", "hard", "mailbox_disabled"),
+        # The upstream gave up: no verdict on the address.
+        ("550 5.4.316 Message expired, connection refused", "hard", "other"),
+    ],
+)
+def test_no_positive_evidence_never_suppresses(raw, kind, category):
+    """Issue 19: suppression needs positive evidence that the recipient's mailbox or
+    domain is gone. A syntax code, a code about the sender, a sign of another fault,
+    an ambiguous or hedged wording, someone else's DNS: hard at most, never suppressed."""
+    assert _judged(raw) == (kind, category, False)
+
+
+@pytest.mark.parametrize(
+    ("raw", "category"),
+    [
+        # RFC 5321's 550 "mailbox unavailable" and 553 name the mailbox; so does an
+        # enhanced X.1.1 / X.1.3, even on a 501.
+        ("550 Requested action not taken: mailbox unavailable", "user_unknown"),
+        ("550 5.5.0 Requested action not taken: mailbox unavailable (S2017062302)", "user_unknown"),
+        ("553 invalid address", "user_unknown"),
+        ("501 5.1.3 Invalid address [outlook.com]", "user_unknown"),
+        (
+            "550 5.1.1 <b@x.example>: Recipient address rejected: undeliverable address: host "
+            "mx.x.example[192.0.2.1] said: 550 5.1.1 no such mailbox",
+            "user_unknown",
+        ),
+        # Misspellings and wordings seen in real replies.
+        ("user not exist", "user_unknown"),
+        ("550 abcd:user not exist", "user_unknown"),
+        ("550 RC:LD The email account that you tried to reach does no exists.", "user_unknown"),
+        ("local server don't exists that user", "user_unknown"),
+        ("550 5.1.1 mailbox does not exists", "user_unknown"),
+        ("550 #2175041 unavailable mail user", "user_unknown"),
+        ("user not known", "user_unknown"),
+        ("550 user not known here", "user_unknown"),
+        ("550 recipient e-mail adress unknown", "user_unknown"),
+        ("not user of this server", "user_unknown"),
+        ("delivery error: dd This user doesn\u2019t have a example.org account", "user_unknown"),
+        ("554 5.7.1 <b@x.example>: Recipient address rejected: Invalid-Recipient.", "user_unknown"),
+        (
+            "550 5.7.1 <b@x.example>: Recipient address rejected: User email address is "
+            "marked as invalid",
+            "user_unknown",
+        ),
+        (
+            "554 5.7.1 <b@x.example>: Recipient address rejected: Not in recipient list",
+            "user_unknown",
+        ),
+        (
+            "550 5.1.6 <b@x.example>: Recipient address rejected: Destination mailbox has "
+            "moved, No forwarding address",
+            "user_unknown",
+        ),
+        (
+            "553 5.1.2 The recipient address <.@gmail.com> is not a valid RFC-5321 address.",
+            "user_unknown",
+        ),
+        # Disabled, archived, closed.
+        ("Mailaddress is administratively disabled", "mailbox_disabled"),
+        (
+            "550 5.5.0 Boite du destinataire archivee. Archived recipient. LPN007_420",
+            "mailbox_disabled",
+        ),
+        ("550 Recipient address rejected: Account closed", "mailbox_disabled"),
+        # Domains: qmail's DNS summaries, a reserved name, no MX, an unknown host
+        # named with its address or under a 5xx.
+        ("Sorry, I couldn't find any host named nowhere.example. (#5.1.2)", "domain_not_found"),
+        ("Sorry, I couldn't find a mail exchanger or IP address. (#5.4.4)", "domain_not_found"),
+        ("5.1.4 Recipient address reserved by RFC 2606", "domain_not_found"),
+        ("No MX found for domain", "domain_not_found"),
+        ("b@nowhere.example ... unknown host", "domain_not_found"),
+        ("550 Host unknown", "domain_not_found"),
+    ],
+)
+def test_dead_addresses_are_suppressed(raw, category):
+    """General wordings of a dead mailbox or domain, misspelt as real servers spell
+    them, are hard and suppress."""
+    assert _judged(raw) == ("hard", category, True)
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind", "category"),
+    [
+        # A cause named next to the pace is what to fix: authentication, TLS, the IP.
+        (
+            "421 4.7.27 Your email has been rate limited because SPF authentication didn't pass "
+            "for this message.",
+            "soft",
+            "policy_auth",
+        ),
+        (
+            "421 4.7.0 Your mail has been rate limited because DKIM did not pass.",
+            "soft",
+            "policy_auth",
+        ),
+        (
+            "451 4.7.24 The SPF record of the sending domain has one or more suspicious entries. "
+            "Mail sent from your IP address has been temporarily rate limited.",
+            "soft",
+            "policy_auth",
+        ),
+        (
+            "421 4.7.29 Your email has been rate limited because this message wasn't sent over a "
+            "TLS connection.",
+            "soft",
+            "tls_required",
+        ),
+        (
+            "421 4.7.0 Mail from your IP address has been rate limited due to its poor reputation.",
+            "soft",
+            "spam_block_ip",
+        ),
+        (
+            "554 This IP has been blocked for the day, for attempting to send too many messages "
+            "containing content judged to be spam",
+            "hard",
+            "spam_block_ip",
+        ),
+        # The sending IP or host: reverse DNS, dial-up ranges, a bare IP refusal.
+        (
+            "550 5.7.25 The sending IP does not match the IP address of the hostname specified in "
+            "the pointer (PTR) record.",
+            "hard",
+            "spam_block_ip",
+        ),
+        ("554 5.7.1 No PTR record found for your IP address", "hard", "spam_block_ip"),
+        ("421 Temporarily rejected. Reverse DNS for this IP failed.", "soft", "spam_block_ip"),
+        ("554: Dialup/transient IP not allowed.", "hard", "spam_block_ip"),
+        ("550 Sorry, no access for this ip", "hard", "spam_block_ip"),
+        ("IP is rejected", "hard", "spam_block_ip"),
+        ("550 5.7.1 host mx.x.invalid [192.0.2.1] from unknown TLD", "hard", "spam_block_ip"),
+        (
+            "550 5.7.1 Service refuse. Veuillez essayer plus tard. Service refused.",
+            "hard",
+            "spam_block_ip",
+        ),
+        (
+            "421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred due to user complaints",
+            "soft",
+            "spam_block_ip",
+        ),
+        # Block lists of senders (not IPs) kept by the receiver: its policy.
+        ("550 5.7.1 sender <news@sender.example> black listed", "hard", "policy_auth"),
+        (
+            "550 Rejected by header based Blocked Senders: news@sender.example",
+            "hard",
+            "policy_auth",
+        ),
+        ("550 Envelope blocked - User Entry", "hard", "policy_auth"),
+        ("550 Administrative prohibition", "hard", "policy_auth"),
+        ("550 Denied by policy", "hard", "policy_auth"),
+        (
+            "421 4.7.0 IP not in whitelist for RCPT domain, closing connection.",
+            "soft",
+            "policy_auth",
+        ),
+        # The sender's account, credentials and authentication mechanisms.
+        ("550 5.7.0, Mail Sending denied.", "hard", "policy_auth"),
+        (
+            "550 5.7.0 Email relay denied. The sending email account has been temporarily "
+            "suspended due to abuse.",
+            "hard",
+            "policy_auth",
+        ),
+        ("454 4.7.0 Too many login attempts, please try again later.", "soft", "policy_auth"),
+        ("550 command rejected due to Sender ID validation failure.", "hard", "policy_auth"),
+        ("530 SMTP authentication is required.", "hard", "policy_auth"),
+        ("451 auth error.", "soft", "policy_auth"),
+        ("5.5.3 Mail from not owned by user.", "hard", "policy_auth"),
+        # ... but a temporary fault named as the cause is the receiver's trouble.
+        (
+            "454 4.7.0 Cannot authenticate due to a temporary system problem. Try again later.",
+            "soft",
+            "service_unavailable",
+        ),
+        # Relaying and TLS.
+        ("553 host denies relay.", "hard", "relay_denied"),
+        (
+            "553 Sorry, this domain is not in my list of allowed hosts (#5.7.1)",
+            "hard",
+            "relay_denied",
+        ),
+        ("550 Domain of forward path is not allowed", "hard", "relay_denied"),
+        ("553 this route requires encryption (tls)", "hard", "tls_required"),
+        ("451 TLS/SSLv3 Connection required. (#4.7.1)", "soft", "tls_required"),
+        ("451 4.2.2 Server accepts messages only on TLS connection", "soft", "tls_required"),
+        # Greylisting answers with nothing but "try again later".
+        ("451 Please try again later.", "soft", "greylisted"),
+        ("450 4.2.1 Please try again later. (#id-5.9.4)", "soft", "greylisted"),
+        ("421 4.7.0 Try again later, closing connection.", "soft", "service_unavailable"),
+        # The client's protocol or the address's form.
+        ("554 5.7.0 Too many unauthenticated commands.", "hard", "other"),
+        ("421 4.7.0 me.com Error: too many errors", "soft", "other"),
+        (
+            "523 5.7.10 SMTP protocol violation, no commands allowed to pipeline after STARTTLS",
+            "hard",
+            "other",
+        ),
+        ("Recipient address rejected: need fully-qualified address", "hard", "other"),
+        ("5.1.6 Recipient addresses in single label domains not accepted", "hard", "other"),
+        # Loops and expiry summaries.
+        ("554 Too many Received: headers", "hard", "other"),
+        (
+            "I'm not going to try again; this message has been in the queue too long.",
+            "hard",
+            "other",
+        ),
+        # Full mailboxes and large messages worded without "quota".
+        ("550 User has exhausted allowed storage space.", "soft", "mailbox_full"),
+        ("550 User has too many messages on the server.", "soft", "mailbox_full"),
+        ("User mailbox exceeds allowed size", "soft", "mailbox_full"),
+        ("552 5.3.4 The number of attachments exceeds the limit", "soft", "message_too_large"),
+        ("552 message is too long.", "soft", "message_too_large"),
+        # Content: filtering and broken line ends.
+        ("553 - Message Filtered", "hard", "content_rejected"),
+        ("451 stray newline", "soft", "content_rejected"),
+        ("550 jane@x.example Blank From: addresses are not allowed.", "hard", "content_rejected"),
+        # The receiver's own trouble.
+        (
+            "Requested action not taken: mailbox unavailable (not enough free space)",
+            "hard",
+            "service_unavailable",
+        ),
+        ("422 License Expired", "soft", "service_unavailable"),
+        ("Unable to contact LDAP server", "soft", "service_unavailable"),
+    ],
+)
+def test_wordings_that_recur_across_providers(raw, kind, category):
+    """Category families of issue 19: the condition the reply names decides, in the
+    order of the patterns; none of these suppresses."""
+    assert _judged(raw) == (kind, category, False)
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind", "category"),
+    [
+        # NetEase's published return fields.
+        ("421 HL:ICC", "soft", "rate_limited"),
+        ("421 HL:REP", "soft", "spam_block_ip"),
+        ("450 RP:DRC", "soft", "too_many_recipients"),
+        ("450 WM:BLU", "soft", "policy_auth"),
+        ("550 MI:SPF", "hard", "policy_auth"),
+        ("554 DT:SPM", "hard", "content_rejected"),
+        ("451 RP:CEL", "soft", "other"),
+        # AOL's block codes and Cox's AUP# codes.
+        ("554 RTR:BL", "hard", "spam_block_ip"),
+        ("554 RLY:B1", "hard", "spam_block_ip"),
+        ("421 CON:B1", "soft", "rate_limited"),
+        ("554 cmsmtp blocked. Refer to Error Codes section. AUP#CXBL", "hard", "spam_block_ip"),
+        ("421 cmsmtp blocked. Refer to Error Codes section. AUP#CXCNCT", "soft", "rate_limited"),
+        ("550 message rejected. AUP#CXSNDR", "hard", "policy_auth"),
+        # Microsoft's X.7.5xx/7xx/8xx details behind "Access denied".
+        ("5.7.501 Access denied, spam abuse detected", "hard", "policy_auth"),
+        ("5.7.507 Access denied, rejected by recipient", "hard", "spam_block_ip"),
+        (
+            "5.7.508 Access denied, [192.0.2.1] has exceeded permitted limits",
+            "soft",
+            "rate_limited",
+        ),
+        (
+            "5.7.510 Access denied, [x.example] does not accept email over IPv6",
+            "hard",
+            "policy_auth",
+        ),
+        ("5.7.708 Access denied, traffic not accepted from this IP", "hard", "spam_block_ip"),
+        (
+            "5.7.750 Service unavailable. Client blocked from sending from unregistered domains",
+            "hard",
+            "policy_auth",
+        ),
+        ("451 4.7.851 Access denied, please try again later", "soft", "spam_block_ip"),
+        (
+            "5.7.322 certificate-expired: Destination mail server's certificate is expired.",
+            "hard",
+            "tls_required",
+        ),
+    ],
+)
+def test_published_vendor_codes(raw, kind, category):
+    """Codes whose meaning the provider publishes decide before the words, which
+    often say no more than "blocked" or "Access denied"."""
+    assert _judged(raw) == (kind, category, False)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "550 " + "a" * 1_000_000,
+        "550 " + "user account mailbox recipient address " * 25_000,
+        "550 " + "b@x.example ... " * 60_000,
+        "550-5.1.1 " + "x\n550-5.1.1 " * 100_000 + "y",
+        "Recipient address rejected: " + "does " * 200_000 + "(#5.1.1)",
+    ],
+)
+def test_hostile_reply_classifies_quickly(raw):
+    """A megabyte of hostile reply text is read in time independent of its size:
+    no pattern backtracks over it and only the first part is read."""
+    reply = Reply(int(raw[:3]) if raw[:3].isdigit() else 0, None, raw)
+    started = time.perf_counter()
+    classify(reply)
+    assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize(
+    ("reply", "suppress"),
+    [
+        # Exchange Online's Directory-Based Edge Blocking, stamped by its front end.
+        (
+            "550 5.4.1 Recipient address rejected: Access denied. AS(201806281) "
+            "[DB5EUR03FT011.eop-EUR03.prod.protection.outlook.com 2026-01-01T00:00:00.000Z]",
+            True,
+        ),
+        (
+            "550 5.4.1 Recipient address rejected: Access denied. "
+            "[VI1EUR04FT022.eop-eur04.prod.outlook.com]",
+            True,
+        ),
+        # The same words without the stamp (a gateway's copy, a documentation table).
+        ("550 5.4.1 Recipient address rejected: Access denied", False),
+        ("550 cuda_nsu 5.4.1 <b@x.example>: Recipient address rejected: Access denied", False),
+        # Stamped, but another fault named in the same reply.
+        (
+            "550 5.4.1 Recipient address rejected: Access denied, spam policy [X.prod.outlook.com]",
+            False,
+        ),
+        # IronPort's LDAP accept refusal, in its own notation; not the same words elsewhere.
+        ("550 #5.1.0 Address rejected.", True),
+        ("550 #5.1.0 Address rejected", True),
+        ("550 5.1.0 Address rejected.", False),
+        ("451 #5.1.0 Address rejected.", False),
+    ],
+)
+def test_a_vendor_mark_makes_a_directory_refusal_proof(reply, suppress):
+    """A vendor's documented "not in our directory" suppresses only with the vendor's mark."""
+    verdict = classify(parse_reply(reply))
+    assert verdict.suppress is suppress
+    if suppress:
+        assert verdict.category is Category.USER_UNKNOWN

@@ -16,6 +16,7 @@ from policies.templates import template_of
 from policies.verdict import (
     AFTER_DATA,
     CONFIRM_ABSENT,
+    HEARSAY,
     Attempt,
     Protection,
     Reported,
@@ -250,10 +251,23 @@ def test_user_unknown_after_data_is_hard_but_no_evidence_against_the_mailbox():
     assert (d.event, d.suppress, d.not_suppressed) == (EventType.HARD_BOUNCE, False, AFTER_DATA)
     assert not d.cancel_queued
     filtered = "550 5.2.1 <x@example.org>... User Unknown"  # a Japanese carrier's refusal
-    reported = _reported("failed", filtered, after_data=True)
+    reported = _reported("failed", filtered, answered="DATA")
     assert reported is not None and not reported.suppress
     assert reported.not_suppressed == AFTER_DATA
     assert _attempt(UNKNOWN, after_data=True).suppress  # 5.1.1 says so itself
     assert _attempt("554 5.2.1 This account has been disabled", after_data=True).suppress
     # any_5xx is the operator's literal rule: every 5xx suppresses, after DATA too.
     assert _attempt(filtered, Rules(suppress_on=SuppressOn.ANY_5XX), after_data=True).suppress
+
+
+def test_a_reported_unknown_needs_rcpt_or_an_address_status():
+    """A bounce message's "user unknown" suppresses when the report says it answered RCPT or
+    its status names the address (X.1.1); otherwise our next attempt hears it first-hand."""
+    plain = "550 User unknown"
+    assert _reported("failed", plain, answered="RCPT").suppress
+    assert _reported("failed", "550 5.1.1 User unknown").suppress
+    hearsay = _reported("failed", plain)
+    assert hearsay is not None and not hearsay.suppress and hearsay.not_suppressed == HEARSAY
+    assert not _reported("failed", "550 5.0.0 User unknown", answered="DATA").suppress
+    # A disabled mailbox or a missing domain is not "unknown": the rule is about that word.
+    assert _reported("failed", "550 This account has been disabled").suppress
