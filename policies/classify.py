@@ -1,6 +1,10 @@
 """Reply classification: every upstream reply becomes a ``Verdict``.
 
 This module is our ``smtp_trouble.c``: the whole bounce policy in one place.
+The longer tables it reads have modules of their own: the wordings of replies
+(``policies.reply_wordings``), the codes vendors publish
+(``policies.vendor_codes``), and ``Kind`` and ``Category`` themselves
+(``policies.categories``, re-exported here).
 ``classify(reply, recipient_domain, rules=..., suppress_on=...)`` first finds
 the *category* (what the reply is about), then reads the table below for the
 *kind* (delivered / soft / hard) and whether the recipient is *suppressed*.
@@ -75,26 +79,17 @@ The reply's words are the best witness; the enhanced code is often wrong
 basic code (450 for a disabled mailbox, 550 for a rate limit). So:
 
 1. codes whose meaning is published and more precise than the words around
-   them: Microsoft's 4.7.5xx-6xx (throttling, even when worded "Server busy"),
-   5.7.5xx/7xx ("Access denied, ..." for a banned IP, DMARC, a banned
-   tenant) and 5.7.606-649 (banned IP); Spectrum's ``AUP#I-1310``, Cox's
-   ``AUP#CXBL``, AOL's ``RTR:``/``RLY:`` blocks, NetEase's return fields
-   ("421 HL:ICC"); and RFC 3463 X.1.7, the *sender's* address syntax;
-2. text patterns, in the order of ``_TEXT_PATTERNS`` (most specific first:
-   a quota or greylisting message often starts "Recipient address rejected:",
-   a rate limit often says "blocked"); the whole multi-line reply is read,
-   up to its first 4 KB (more than any real reply; a hostile one costs no
-   more);
+   them: RFC 3463 X.1.7, the *sender's* address syntax, and the vendors'
+   codes of ``policies.vendor_codes`` (Microsoft's X.7.5xx-7xx, Spectrum's
+   and Cox's ``AUP#``, AOL's blocks, NetEase's return fields);
+2. the words: the first matching pattern of ``policies.reply_wordings``,
+   whose docstring gives the order (most specific first, a stated cause
+   before the pace it led to); the whole multi-line reply is read, up to its
+   first 4 KB (more than any real reply; a hostile one costs no more);
 3. the enhanced code (RFC 3463 subject.detail and the later codes of the
    IANA registry: X.1.10 null MX, X.7.13 disabled, X.7.2x authentication...);
 4. the basic code (421/451/452 service trouble, 552 storage, 556 no mail);
 5. ``other``.
-
-A stated cause beats the pace it led to: "rate limited because SPF did not
-pass" is authentication, "rate limited due to the very low reputation of the
-sending IP" is the IP. After a generic prefix ("Recipient address rejected:")
-the words that follow decide: "Mailer error", "No relaying", "On hold",
-"Access denied" say nothing about the mailbox.
 
 Evidence
 ========
@@ -121,7 +116,8 @@ reply is about; the proof says whether it condemns the address.
 * A code alone is proof when it says the address is gone by definition:
   enhanced X.1.1, X.1.2, X.1.3, X.1.6, X.1.10, X.2.1, X.7.13, basic 556.
 * A vendor's documented refusal of a recipient its directory does not hold
-  is proof when the reply carries the vendor's own mark: Exchange Online's
+  is proof when the reply carries the vendor's own mark
+  (``policies.vendor_codes.directory_mark``): Exchange Online's
   Directory-Based Edge Blocking "5.4.1 Recipient address rejected: Access
   denied" with the stamp of an Exchange Online front end
   (``[... .prod.outlook.com ...]``: the same words from a gateway or a copy
@@ -155,10 +151,18 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from enum import Enum, StrEnum
+from enum import StrEnum
 
 from policies.addresses import AddressError, ascii_domain
+from policies.categories import RECIPIENT_CATEGORIES, SOFT_CATEGORIES, Category, Kind
+from policies.reply_wordings import Proof, first_match
 from policies.smtp_reply import Reply, enhanced_matches, is_enhanced_pattern
+from policies.vendor_codes import (
+    DirectoryMark,
+    directory_mark,
+    vendor_category,
+    without_dbeb_wording,
+)
 
 __all__ = [
     "RECIPIENT_CATEGORIES",
@@ -175,52 +179,9 @@ __all__ = [
 ]
 
 
-class Kind(StrEnum):
-    DELIVERED = "delivered"
-    SOFT = "soft"
-    HARD = "hard"
-
-
-class Category(StrEnum):
-    USER_UNKNOWN = "user_unknown"
-    MAILBOX_DISABLED = "mailbox_disabled"
-    DOMAIN_NOT_FOUND = "domain_not_found"
-    MAILBOX_FULL = "mailbox_full"
-    MESSAGE_TOO_LARGE = "message_too_large"
-    CONTENT_REJECTED = "content_rejected"
-    SPAM_BLOCK_IP = "spam_block_ip"
-    POLICY_AUTH = "policy_auth"
-    RATE_LIMITED = "rate_limited"
-    GREYLISTED = "greylisted"
-    SERVICE_UNAVAILABLE = "service_unavailable"
-    RELAY_DENIED = "relay_denied"
-    TLS_REQUIRED = "tls_required"
-    TOO_MANY_RECIPIENTS = "too_many_recipients"
-    CONNECTION_FAILED = "connection_failed"
-    COMPLAINT = "complaint"  # a recipient's feedback report (ARF), not a reply
-    DELIVERED = "delivered"
-    OTHER = "other"
-
-
 class SuppressOn(StrEnum):
     RECIPIENT = "recipient"
     ANY_5XX = "any_5xx"
-
-
-# The only causes that speak against the address itself.
-RECIPIENT_CATEGORIES = frozenset(
-    {Category.USER_UNKNOWN, Category.MAILBOX_DISABLED, Category.DOMAIN_NOT_FOUND}
-)
-# Conditions that are soft even when sent as 5xx (see the table).
-SOFT_CATEGORIES = frozenset(
-    {
-        Category.MAILBOX_FULL,
-        Category.MESSAGE_TOO_LARGE,
-        Category.RATE_LIMITED,
-        Category.GREYLISTED,
-        Category.TOO_MANY_RECIPIENTS,
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -442,9 +403,9 @@ def _read(reply: Reply, words: str) -> _Reading:
     status = _status(reply, words)
     if _directory_refusal(reply, status, words):
         return _Reading(Category.USER_UNKNOWN, proof=True)
-    vendor = _vendor_category(reply.code, status, words)
-    if vendor is not None:
-        return _Reading(vendor)
+    published = _sender_address_category(status) or vendor_category(reply.code, status, words)
+    if published is not None:
+        return _Reading(published)
     category, proof = _category_and_proof(reply, status, words)
     if category not in RECIPIENT_CATEGORIES:
         return _Reading(category)
@@ -461,13 +422,29 @@ def _read(reply: Reply, words: str) -> _Reading:
     return _Reading(category, proof and not _OTHER_FAULT.search(words))
 
 
+def _directory_refusal(reply: Reply, status: str | None, words: str) -> bool:
+    """A vendor's documented refusal of a recipient its directory does not hold, carrying
+    the vendor's own mark (see "Evidence")."""
+    mark = directory_mark(reply.code, status, words, reply.text[:_READ_LIMIT])
+    if mark is DirectoryMark.EXCHANGE_ONLINE:
+        # "denied" is DBEB's own word; any other sign of another fault still vetoes.
+        return _OTHER_FAULT.search(without_dbeb_wording(words)) is None
+    return mark is DirectoryMark.IRONPORT
+
+
+def _sender_address_category(enhanced: str | None) -> Category | None:
+    """RFC 3463 X.1.7 is the syntax of the *sender's* address: whatever the
+    words call it ("Invalid address"), the recipient is not in question."""
+    return Category.OTHER if _subject_detail(enhanced) == "1.7" else None
+
+
 def _category_and_proof(reply: Reply, status: str | None, words: str) -> tuple[Category, bool]:
     """The first of: the words, the enhanced code, the basic code; with whether
     that reading alone would prove a recipient category."""
     reply_class = _reply_class(reply, words)
-    for pattern in _TEXT_PATTERNS:
-        if pattern.applies(reply_class) and pattern.regex.search(words):
-            return pattern.category, _words_prove(pattern.proof, reply.code, status)
+    pattern = first_match(reply_class, words)
+    if pattern is not None:
+        return pattern.category, _words_prove(pattern.proof, reply.code, status)
     by_enhanced = _enhanced_category(status)
     if by_enhanced is not None:
         proves = _subject_detail(status) in _PROVING_DETAILS
@@ -495,43 +472,10 @@ def _reply_class(reply: Reply, words: str) -> int:
 _TRAILING_STATUS = re.compile(r"\(#([245]\.\d{1,3}\.\d{1,3})\)\W*$")
 
 
-class _Proof(Enum):
-    """How much a recipient pattern's words prove on their own."""
-
-    WORDS = "words"  # "user unknown", "domain does not exist": the words suffice
-    # The words name the recipient but not the cause ("mailbox unavailable",
-    # "invalid address"): proof only with RFC 5321's mailbox-refusal codes
-    # (550 mailbox unavailable, 553 mailbox name not allowed) and no enhanced
-    # code that says something else.
-    MAILBOX_CODE = "mailbox_code"
-    NONE = "none"  # a hedge, a guess, or someone else's DNS: never proof
-
-
-@dataclass(frozen=True)
-class _Pattern:
-    category: Category
-    regex: re.Pattern[str]
-    classes: frozenset[int] = frozenset()  # empty: any reply class
-    proof: _Proof = _Proof.WORDS
-
-    def applies(self, reply_class: int) -> bool:
-        return not self.classes or reply_class in self.classes
-
-
-def _p(
-    category: Category,
-    *alternatives: str,
-    classes: Iterable[int] = (),
-    proof: _Proof = _Proof.WORDS,
-) -> _Pattern:
-    regex = re.compile("|".join(f"(?:{a})" for a in alternatives), re.IGNORECASE)
-    return _Pattern(category, regex, frozenset(classes), proof)
-
-
-def _words_prove(proof: _Proof, code: int, status: str | None) -> bool:
-    if proof is _Proof.WORDS:
+def _words_prove(proof: Proof, code: int, status: str | None) -> bool:
+    if proof is Proof.WORDS:
         return True
-    if proof is _Proof.NONE:
+    if proof is Proof.NONE:
         return False
     detail = _subject_detail(status)
     if detail in _DESTINATION_MAILBOX_DETAILS:
@@ -574,621 +518,6 @@ _NO_VERDICT = re.compile(
 )
 
 
-C = Category
-# Order matters: the first pattern that matches decides. Each group says why
-# it sits where it does.
-_TEXT_PATTERNS: tuple[_Pattern, ...] = (
-    # The upstream gave up, is looping or is still checking: whatever else the
-    # text says (a DNS failure, "recipient address rejected"), it is no verdict
-    # on the address.
-    _p(
-        C.OTHER,
-        r"too many hops",
-        r"hop count",
-        r"exceeded \d+ hops",
-        r"\bmail(?:ing)? loop",
-        r"\bloops? (?:back|detected)",
-        r"\blooping\b",
-        r"mxloopback",
-        r"too many \W?received\W? headers",
-        # qmail: the MX points back at the sending host itself.
-        r"best-preference mx",
-    ),
-    # A connection that never opened is the cause of an expiry, not a verdict.
-    _p(
-        C.SERVICE_UNAVAILABLE,
-        r"(?:was ?n[o']?t|was not|unable to|could ?n[o']?t|cannot) (?:be )?(?:able to )?"
-        r"(?:establish|open|make) (?:an? )?(?:smtp |tcp )?connection",
-    ),
-    _p(
-        C.OTHER,
-        r"\bmessage expired\b",
-        r"queue\.expired",
-        r"\benvelope expired\b",
-        r"unable to deliver in \d+",
-        r"delivery time expired",
-        r"past the expiration",
-        r"in the queue too long",
-        r"could not be delivered for too long",
-        r"\bretry (?:timeout exceeded|time not reached)",
-        r"failing for a long time",
-        r"still undelivered",
-        r"\bmessage delayed\b",
-    ),
-    _p(C.OTHER, r"verification (?:is )?(?:in progress|pending)"),
-    # Postfix could not finish its probe of the recipient: come back later.
-    _p(C.OTHER, r"unverified address", classes=[4]),
-    # The client's protocol or the address's form, not the mailbox: syntax and
-    # sequence errors, addresses the receiver will not parse.
-    _p(
-        C.OTHER,
-        r"protocol violation",
-        r"syntax error",
-        r"bad sequence",
-        r"out of sequence",
-        r"unrecognized command",
-        r"too many (?:errors|\w+ commands)",
-        r"command unrecognized",
-        r"\bunimplemented\b",
-        r"fully[- ]qualified",
-        r"single[- ]label domain",
-        r"source-routed",
-        r"at-sign in local-part",
-        r"invalid domain (?:name|address)",
-        r"dnssec-invalid",
-    ),
-    # Greylisting before pace, and before "try again later" is read as service
-    # trouble: a 4xx whose only words are "try again later" is how greylisting
-    # servers answer (hMailServer, Barracuda, ImprovMX).
-    _p(
-        C.GREYLISTED,
-        r"gr[ae]y-?list",
-        r"gr[ae]ylisting",
-        # Mimecast's documented greylisting reply (DOC-1369#451).
-        r"internal resource temporarily unavailable",
-    ),
-    _p(
-        C.GREYLISTED,
-        r"^(?:please )?try again later\W*(?:\(#?[\w.-]*\)\W*)?$",
-        classes=[4],
-    ),
-    # A temporary fault named as the cause: "Cannot authenticate due to a
-    # temporary system problem" is the receiver's trouble, not our credentials.
-    _p(
-        C.SERVICE_UNAVAILABLE,
-        r"(?:due to|because of) an? (?:temporary|internal) (?:system |server )?"
-        r"(?:problem|error|failure)",
-    ),
-    # A cause named next to the pace: "rate limited because SPF didn't pass",
-    # "rate limited due to the very low reputation of the sending IP", "IP
-    # blocked for sending too many spam messages". The cause is what to fix.
-    _p(
-        C.POLICY_AUTH,
-        r"rate limited because (?:\S+ ){0,12}?(?:unauthenticated|authenticat|spf|dkim|dmarc)",
-        r"\bspf record",
-        r"\bdmarc record",
-        r"\bdkim signature",
-        r"(?:is ?n[o']?t|is not|not) aligned with",
-        r"\blog ?in attempts",
-        r"fail(?:ed)? authentication",
-    ),
-    # "Rate limited because this message wasn't sent over a TLS connection".
-    _p(
-        C.TLS_REQUIRED,
-        r"(?:must|need to|required to|please) (?:issue a |use |first |support )?(?:start)?tls",
-        r"(?:start)?tls (?:is )?(?:required|mandatory)",
-        r"\b(?:tls|ssl)\S* connection (?:is )?required",
-        r"requires? (?:start)?tls",
-        r"requires? (?:\S+ )?encryption",
-        r"(?:does not|doesn't|not) support (?:start)?tls",
-        r"encryption (?:is )?required",
-        r"(?:over|on|via) (?:an? )?(?:tls|ssl|encrypted|secure) connection",
-        r"tls (?:negotiation|handshake) failed",
-        r"starttls-not-supported",
-        r"high-strength cipher",
-        r"\bcertificate\b",
-        r"\bdane\b",
-        r"\btlsa\b",
-    ),
-    # The sending IP or host: its reputation, its reverse DNS, its kind of
-    # address, a block of it (even "for sending too many spam messages").
-    _p(
-        C.SPAM_BLOCK_IP,
-        r"reputation",
-        r"\bptr\b",
-        r"pointer \(ptr\)",
-        r"reverse (?:dns|lookup|hostname)",
-        r"\brdns\b",
-        r"ip name lookup",
-        r"cannot find your (?:reverse )?hostname",
-        r"\bthe ip\b(?: \S+){0,5} (?:is )?not authori[sz]ed",
-        # The client's host name is in a reserved or unknown top-level domain.
-        r"\bhost\b(?: \S+){0,3} from (?:an? )?(?:unknown tld|rfc ?2606 reserved)",
-        r"dial-?up",
-        r"dynamic(?:ally assigned)? ip",
-        r"transient ip",
-        r"residential",
-        r"\b(?:this|your|the sending|the) ip(?: address| netblock)?\b(?: \S+){0,3} (?:has been|have"
-        r" been|is|was) (?:temporarily |permanently )?(?:blocked|banned|blacklisted|suspended)",
-    ),
-    # Throttling, before everything that says "blocked", "quota" or
-    # "recipients": these are about pace, and pace is soft. Counts per time
-    # window first: "too many recipients this hour" is pace, not one message's
-    # recipient list.
-    _p(
-        C.RATE_LIMITED,
-        r"(?:messages?|mails?|recipients|emails?|connections?) (?:per|an|this|in the last) "
-        r"(?:hour|day|minute|second|connection|session)\b",
-        r"\bper (?:hour|minute|day)\b",
-        r"\bthis hour\b",
-    ),
-    _p(
-        C.TOO_MANY_RECIPIENTS,
-        r"too many (?:recipients|rcpt)",
-        r"recipient limit",
-        r"max(?:imum)? (?:number of )?recipients",
-    ),
-    # A mailbox holding too many messages is full, not throttled.
-    _p(C.MAILBOX_FULL, r"too many (?:messages|mails) (?:on|in) (?:the |your )?(?:server|mailbox)"),
-    _p(
-        C.RATE_LIMITED,
-        r"rate[- ]?limit",
-        r"\brate that prevents",
-        r"receiving mail too quickly",
-        r"\btoo quickly\b",
-        r"frequency limit",
-        r"(?:unexpected|excessive|unusual) (?:volume|rate)",
-        r"\bthrottl",
-        r"slow down",
-        r"\btoo (?:many|much) (?:\w+ )?(?:messages|mails?|connections"
-        r"|sessions|emails|traffic)\b",
-        r"\btoo many recent\b",
-        r"too many concurrent",
-        r"concurrent connections",
-        r"connection rate",
-        r"sending rate",
-        r"submission rate",
-        r"queue quota",
-        r"quota for sending",
-        r"\b(?:relay|thread) limit",
-        r"exceeded (?:the |their |its )?limit for the number of messages",
-        r"max(?:imum)? (?:number of )?messages? per",
-        # Sending quotas of the sender's account, often sent as 5xx: pace, not the address.
-        r"daily (?:sending |message |mail )?(?:limit|quota)",
-        r"sending (?:limit|quota)",
-        r"submission quota",
-        r"limit on the number of (?:allowed )?outgoing messages",
-    ),
-    # Quota before size ("mailbox size limit") and before disabled ("out of
-    # storage space and inactive").
-    _p(
-        C.MAILBOX_FULL,
-        r"over ?quota",
-        r"quota (?:exceeded|violation|full)",
-        r"disk quota",
-        r"exceed(?:ed|s)? (?:\w+ )?(?:storage|quota)",
-        r"(?:mailbox|inbox|mail ?box|account)"
-        r"(?: \S+){0,3} (?:is |was )?(?:full|over (?:its )?(?:limit|quota))",
-        r"(?:mailbox|inbox|account)(?: \S+){0,3} out of (?:storage|space)",
-        r"mailbox size (?:limit )?exceeded",
-        r"mailbox exceeds",
-        r"(?:exhausted|exceeded|used up)(?: \S+){0,3} (?:storage|disk) space",
-        r"disk space limit",
-        r"\bquotaexceeded",
-        r"blocks limit exceeded",
-        r"inode limit",
-        r"(?:bo[iî]te|boite)(?: \S+){0,3} pleine",
-        r"insufficient (?:quota|mailbox)",
-    ),
-    _p(
-        C.MESSAGE_TOO_LARGE,
-        r"too (?:large|big)",
-        r"size limit",
-        r"sizelimit",
-        r"(?:message|mail|email|size|length) (?:size |length )?exceed",
-        r"larger than",
-        r"exceeds? (?:the |our )?(?:fixed )?max(?:imum)? (?:message )?(?:size|length)",
-        r"exc?ee?ded the maximum size",
-        r"(?:message|attachment|mail)s? (?:is |are )?too long",
-        r"exceeds (?:\S+ ){0,3}limit",
-    ),
-    # Published multi-provider templates that would otherwise be misread.
-    # cPanel/Exim's catch-all "the account or domain may not exist, they may be
-    # blacklisted, or missing the proper dns entries" only guesses.
-    _p(C.OTHER, r"account or domain may not exist"),
-    # Lotus Domino: "User not listed in public Name & Address Book".
-    _p(C.USER_UNKNOWN, r"not listed in (?:\S+ ){0,2}(?:name|address|directory)"),
-    # The sender's own account is suspended or may not send: its fault, even
-    # when the reply also says "relay denied".
-    _p(
-        C.POLICY_AUTH,
-        r"\bsending (?:\S+ ){0,2}account\b(?: \S+){0,4} (?:suspended|disabled|blocked|locked)",
-        r"\bsending (?:is |has been )?(?:denied|disabled|blocked|suspended|not allowed)",
-        r"sending for this account",
-        r"\boutbounds?\b(?: \S+){0,2} (?:is |are )?(?:disabled|suspended|blocked)",
-    ),
-    # The host we talk to does not take mail for this domain from us (wrong
-    # MX or smarthost, no SMTP AUTH): says nothing about the mailbox, even
-    # when it starts "Recipient address rejected:".
-    _p(
-        C.RELAY_DENIED,
-        r"relay(?:ing)? (?:access )?(?:is )?(?:denied|disallowed|prohibited"
-        r"|not (?:allowed|permitted|authori[sz]ed))",
-        r"not (?:configured|allowed|authori[sz]ed) to relay",
-        r"unable to relay",
-        r"\bas a relay\b",
-        r"insecure (?:mail )?relay",
-        r"we do not relay",
-        r"den(?:y|ies) relay",
-        r"unauthori[sz]ed relay",
-        r"(?:turn on|enable|use) smtp auth",
-        # qmail: "sorry, that domain isn't in my list of allowed rcpthosts".
-        r"rcpthosts",
-        r"list of allowed hosts",
-        r"forward path is not allowed",
-        r"\blocal users? only\b",
-        r"(?:address|identity|identities|domain) (?:is |are )?not verified",
-    ),
-    # About the message itself, though it names a blocklist ("a domain
-    # present in the Spamhaus DBL" is a URL in the body), an authentication
-    # header ("too many X-Authentication-Results headers") or an IP ("IP
-    # addresses are not allowed as a From: address").
-    _p(
-        C.CONTENT_REJECTED,
-        r"\b(?:ur[il]|link|domain)s? (?:present|found|contained) in\b",
-        r"\b(?:uribl|surbl)\b",
-        r"spam url",
-        r"url in (?:the )?(?:content|message|body)",
-        r"(?:too many|multiple|duplicate) (?:\S+ ){0,2}(?:x-)?headers?\b",
-        r"\bfrom: ?(?:header|address(?:es)?)\b",
-        r"\bfrom header\b",
-    ),
-    # A block list of senders or recipients kept by the receiver (Mimecast's
-    # Blocked Senders, an access map's "sender <x> black listed"): a policy
-    # about the sender, not the sending IP, and never proof about the
-    # recipient ("recipient <x> black listed" is a local rule, not a dead
-    # mailbox).
-    _p(
-        C.POLICY_AUTH,
-        r"\b(?:sender|recipient|user|from)\b(?: \S+){0,2} (?:is )?(?:black|block)[- ]?listed",
-        r"\buser in (?:the )?(?:black|block) ?list",
-        r"blocked senders?",
-        r"block policy",
-        r"envelope (?:blocked|rejected)",
-        r"administrative prohibition",
-        r"block-?send-?er",
-        r"block-?rcpt",
-    ),
-    # Authentication of the sender names its mechanism; that beats the
-    # generic "connections not accepted" of an IP block.
-    _p(
-        C.POLICY_AUTH,
-        r"\bdmarc\b",
-        r"spf\b",
-        r"\bdkim\b",
-        r"sender policy framework",
-        r"\bsender ?id\b",
-        # Our HELO name or our envelope sender failed the receiver's checks:
-        # "Helo command rejected: Host not found" is not about the recipient.
-        r"(?:helo|ehlo)(?: command)? rejected",
-        r"invalid (?:helo|ehlo)",
-        r"(?:helo|ehlo) (?:host)?name",
-        r"sender verif(?:y|ication)",
-        r"may not be mail exchanger",
-        r"smtp auth(?:entication)? (?:is )?required",
-        r"\bauth(?:entication)? (?:error|failure|failed|mode)",
-    ),
-    # Blocklists and reputation: about our IP or domain, never the address.
-    _p(
-        C.SPAM_BLOCK_IP,
-        r"rbl\b",
-        r"\bdnsbl",
-        r"spamhaus",
-        r"spamcop",
-        r"\bsorbs\b",
-        r"cloudmark",
-        r"barracudacentral",
-        r"block ?list",
-        r"black ?list",
-        r"\blisted (?:in|on|at|by)\b",
-        r"blocked using",
-        r"banned sending",
-        r"which is an open relay",
-        r"openrelay check",
-        r"(?:block|blocked|bloquee) (?:for|pour) (?:\w+ )?spam",
-        r"(?-i:\bBL\d*\b)",
-        r"remote ip check",
-        # The receiver's own reputation data: complaints about our mail, a
-        # deferral of everything "from" our IP.
-        r"\bcomplaints\b",
-        r"messages? from \S+ (?:will be )?(?:temporarily |permanently )?deferred",
-        r"^IP=\S+ -",
-        r"\bblack ?ip\b",
-        r"\bip (?:is )?(?:rejected|hangup|blocked|banned|denied)",
-        r"\binvalid ip\b",
-        r"no access (?:for|from) (?:this|mail server|your) ?(?:ip|\[)",
-        r"not allowed to connect",
-        r"client host rejected",
-    ),
-    # A 5xx refusal of "the client", "the host", "the service" is aimed at
-    # us; the same words in a 4xx are the server's own trouble.
-    _p(
-        C.SPAM_BLOCK_IP,
-        r"(?:client|host|ip|network|connections?)\b(?: \S+){0,4} (?:is |are |has been )?"
-        r"(?:blocked|banned|not allowed|not accepted|refused|denied)",
-        r"not accepting connections",
-        r"connection rejected",
-        classes=[5],
-    ),
-    # La Poste / Orange "Service refused, please try later" in a 5xx or a
-    # summary without a code: their IP block (their 421 is service trouble).
-    _p(C.SPAM_BLOCK_IP, r"service refus", classes=[0, 5]),
-    # Yandex: the recipient's account is blocked for breaking its terms; it can
-    # be unblocked, so no proof.
-    _p(
-        C.MAILBOX_DISABLED,
-        r"policy rejection on the (?:target|recipient) address",
-        proof=_Proof.NONE,
-    ),
-    # The sender side: our identity and authentication. Before the
-    # recipient patterns because "Domain of sender address ... does not
-    # exist" is about us, and before content because "message rejected due
-    # to DMARC" is about authentication.
-    _p(
-        C.POLICY_AUTH,
-        r"authenti(?:fi)?cat",
-        r"\bauth\b",
-        r"\blog ?in (?:attempts|credentials|failed|failure|with|required)",
-        r"\bpasswords?\b",
-        r"(?:sender(?:'s)?|mail from|envelope from|return[- ]path)\b(?: \S+){0,4} "
-        r"(?:is |has been |was )?"
-        r"(?:rejected|denied|blocked|invalid|disabled|suspended|unknown|not found|unvalidated"
-        r"|not validated|not owned|does ?n[o']?t exist|not (?:allowed|authori[sz]ed|permitted))",
-        r"(?:invalid|unknown|unauthori[sz]ed|fake|forged) sender",
-        r"den(?:y|ies) (?:the )?sender",
-        r"sender address (?:must|is required)",
-        r"sender(?: \S+){0,3} (?:has )?(?:an? )?null mx",
-        r"domain of sender",
-        r"sender(?:'s)? domain",
-        r"from:? ?domain",
-        r"mismatches client",
-        r"\bspoof",
-        r"responsible address",
-        r"smtp server of your isp",
-        r"not authori[sz]ed to send",
-        r"list of senders",
-        r"not (?:in|on) (?:the |my |our )?(?:\S+ )?(?:whitelist|allowlist|allowed[- ]senders)",
-        r"senderfilter",
-        r"auth(?:entication)? required",
-        r"\byour (?:e-?mail )?(?:account|access|domain|address)\b(?: \S+){0,6} "
-        r"(?:disabled|suspended|blocked|locked|banned|blacklisted)",
-        r"no access for this (?:domain|user|sender)",
-        r"(?:denied|rejected) by (?:local )?policy",
-        r"\bpolicy (?:rejection|error)",
-        r"rejected by (?:the )?(?:destination|recipient) (?:domain|organi[sz]ation|server)",
-        # Callout verification of our envelope sender, the sender's own account, a
-        # policy refusal: the fault is ours, whatever address the reply names.
-        r"\bverification failed\b",
-        r"sender (?:address )?(?:does ?n[o']?t|does not) match",
-        r"due to policy restrictions",
-        r"delivery not authori[sz]ed",
-        r"invalid dns (?:mx|a)\b",
-    ),
-    # The receiving side's own trouble, even after "Recipient address rejected:" or with
-    # "Host or domain name not found" in front of a resolver's failure.
-    _p(
-        C.SERVICE_UNAVAILABLE,
-        r"malformed or unexpected name server reply",
-        r"mailer error",
-        r"internal system error",
-        r"could not be saved",
-        r"local delivery failed",
-        r"not enough (?:free |disk )?space",
-        r"local error in processing",
-        r"no (?:valid )?route to",
-        r"network error",
-        r"no host found for",
-        r"unable to contact",
-        r"\bcrashed\b",
-        r"licen[cs]e (?:has )?expired",
-        r"out of memory",
-        r"(?:dns|mx|cname|host ?name|name server) (?:\S+ )?(?:lookup|query) "
-        r"(?:failed|failure)(?! permanently)",
-        r"(?:queue|database|server|system) (?:is )?(?:temporarily )?unavailable",
-    ),
-    _p(C.RELAY_DENIED, r"\bno relaying\b"),
-    _p(C.OTHER, r"\bon hold\b"),
-    # A refusal of us without a reason ("Access denied", Barracuda's bare
-    # "Blocked"): the receiver's policy, never proof about the address, even
-    # after "Recipient address rejected:" (Microsoft's edge blocking sends it
-    # for unknown users, gateways for their own rules).
-    _p(
-        C.POLICY_AUTH,
-        r"\baccess den(?:ied|y)\b",
-        r"^blocked\W*$",
-    ),
-    # The recipient. Disabled before unknown: "invalid mailbox ... account is
-    # disabled" is a disabled account. A suspension said to be temporary, or a
-    # "hung up" account, may come back: no proof.
-    _p(
-        C.MAILBOX_DISABLED,
-        r"temporarily (?:suspended|disabled|blocked|locked|deactivated)",
-        r"\b(?:user|account|mailbox) hang ?up\b",
-        proof=_Proof.NONE,
-    ),
-    _p(
-        C.MAILBOX_DISABLED,
-        r"\b(?:account|mailbox|address|user|recipient)\b(?: \S+){0,7} (?:is |has been |was )?"
-        r"(?:disabled|inactive|deactivated|suspended|frozen|discontinued|locked)\b",
-        r"\b(?:disabled|inactive|deactivated|suspended) (?:\w+ )?(?:recipient|account"
-        r"|mailbox|user|address)",
-        r"\b(?:account|mailbox) (?:is |has been |was )?closed\b",
-        r"\bclosed (?:account|mailbox)\b",
-        r"recipient (?:account|address|mailbox)\b(?: \S+){0,3} (?:is )?blocked\b",
-        r"blocked due to inactivity",
-        r"\bis now disabled\b",
-        r"administratively (?:disabled|locked|suspended)",
-        r"not (?:configured|enabled|allowed) to receive",
-        # La Poste: "Boite du destinataire archivee. Archived recipient."
-        r"archived (?:recipient|mailbox|account)",
-        r"destinataire archiv",
-    ),
-    # Someone else's resolver or a broken zone: the domain exists but cannot
-    # be reached as published ("all relevant MX records point to non-existent
-    # hosts", Exim); or a bare "unknown host" without an address or a code,
-    # which does not say whose host.
-    _p(
-        C.DOMAIN_NOT_FOUND,
-        r"mx records? point to non-?existent hosts",
-        # Postfix: the MX host exists but has no address of the type asked for.
-        r"host found but no data record",
-        r"lookups? failed permanently",
-        r"illegal host/domain name",
-        proof=_Proof.NONE,
-    ),
-    _p(
-        C.DOMAIN_NOT_FOUND,
-        r"domain (?:name )?not found",
-        r"host or domain name not found",
-        r"\S@\S+(?: \S+){0,2} (?:unknown host|host unknown)",
-        r"\bdomain\b(?: \S+){0,3} (?:does not|doesn't|does ?n[o']?t) exist",
-        r"non-?existent domain",
-        r"no such domain",
-        r"unknown domain",
-        r"invalid domain\b",
-        r"domain is not reachable",
-        r"nxdomain",
-        r"null ?mx",
-        r"domain\b(?: \S+){0,2} does not accept mail",
-        r"doesn't receive email",
-        r"no-?domain",
-        r"domain (?:is )?not (?:configured|hosted|served)",
-        r"nomxhostfound",
-        r"no mx (?:record|host)?s? ?(?:found )?for",
-        r"indicated no smtp service",
-        r"does not accept (?:e-?)?mail\b(?! from| over)",
-        # qmail-remote: the recipient's domain has no host, or no MX and no address.
-        r"could ?n[o']?t find any host (?:named|by that name)",
-        r"could ?n[o']?t find a mail exchanger",
-        # Reserved names can never receive mail (RFC 2606 / RFC 6761).
-        r"(?:recipient|destination) (?:address|domain) (?:is )?reserved",
-    ),
-    _p(C.DOMAIN_NOT_FOUND, r"host (?:unknown|not found)|unknown host", classes=[5]),
-    _p(C.DOMAIN_NOT_FOUND, r"host (?:unknown|not found)|unknown host", proof=_Proof.NONE),
-    # "Currently / temporarily unavailable" says nothing lasting, nor does
-    # RFC 5321's 450 "mailbox unavailable" (busy or temporarily blocked).
-    _p(C.OTHER, r"(?:mailbox|recipient) (?:is )?(?:currently|temporarily) unavailable"),
-    _p(C.OTHER, r"mailbox (?:is )?unavailable", classes=[4]),
-    _p(
-        C.USER_UNKNOWN,
-        r"(?:user|recipient|addressee|mailbox|address|adress|alias|account)(?:name)? unknown",
-        r"(?:user|recipient|addressee|mailbox|address|account) not known",
-        r"unknown (?:or illegal )?(?:user|recipient|mailbox|address|alias|local)",
-        r"no such (?:user|recipient|mailbox|address|account|person)",
-        r"\b(?:does ?n[o']?t|dosn'?t|do not|does no|don'?t) exists?\b",
-        r"\b(?:user|recipient|mailbox|address|account) (?:is |does )?not exists?\b",
-        r"not found by smtp address lookup",
-        r"recip(?:ient)?notfound",
-        r"(?:user|recipient|mailbox|address|account)(?: \S+){0,2} (?:was |is )?not found",
-        r"(?:user|recipient|mailbox|address|account)(?: \S+){0,2} could ?n[o']?t be found",
-        r"invalid final delivery userid",
-        r"invalid[- ](?:recipient|mailbox|user)",
-        r"marked as invalid",
-        r"not (?:in|on) (?:the )?(?:valid )?recipients? list",
-        r"destinataire invalide",
-        r"recipient address\b(?: \S+){0,2} is not a valid",
-        r"\bno mailbox\b",
-        r"mailbox unallocated",
-        r"unavailable (?:mail )?(?:user|recipient|account)\b",
-        r"no longer (?:valid|on server|available|exists)",
-        r"(?:does ?n[o']?t|does not) have an? (?:\S+ )?account",
-        r"not a valid (?:user|recipient|mailbox)",
-        r"not (?:a )?user of this (?:server|system|domain|site)",
-        # RFC 3463's own words for X.1.1, X.1.3 and X.1.6.
-        r"bad destination mailbox address",
-        r"mailbox has moved",
-        r"no forwarding address",
-    ),
-    # Words that name the recipient but not the cause: proof only with the
-    # mailbox-refusal code (RFC 5321's "550 ... mailbox unavailable").
-    _p(
-        C.USER_UNKNOWN,
-        r"mailbox (?:is )?unavailable",
-        r"undeliverable address",
-        r"invalid address",
-        r"address invalid",
-        proof=_Proof.MAILBOX_CODE,
-    ),
-    # A complaint about the address that does not say it is gone: a syntax
-    # complaint, an unroutable address (routing or configuration), no valid
-    # recipient left.
-    _p(
-        C.USER_UNKNOWN,
-        r"bad (?:recipient )?address syntax",
-        r"unrouteable address",
-        r"no (?:valid|correct) recipients",
-        proof=_Proof.NONE,
-    ),
-    _p(
-        C.CONTENT_REJECTED,
-        r"spam",
-        r"unsolicited",
-        r"\bube\b",
-        r"virus",
-        r"malware",
-        r"phish",
-        r"attachment",
-        r"content",
-        r"\bheaders?\b",
-        r"8-?bit",
-        r"rfc ?(?:2822|5322)",
-        r"rfc compliant",
-        r"(?:message|mail|email)s? (?:was |has been )?(?:rejected|refused|flagged)",
-        r"message not allowed",
-        r"\bfiltered\b",
-        r"bulk mail",
-        # Bare line feeds and broken line ends: the sending software's message.
-        r"smtplf",
-        r"bare lf",
-        r"stray newline",
-        r"partial final lines",
-    ),
-    # Opaque policy wording ("Local Policy Violation", "not accepted for
-    # policy reasons") gives no cause; keep it out of the code fallbacks.
-    _p(C.OTHER, r"policy violation", r"policy reasons"),
-    _p(
-        C.SERVICE_UNAVAILABLE,
-        r"service (?:is )?(?:currently |temporarily )(?:not available|unavailable)",
-        r"temporar(?:y|ily) (?:\w+ )?(?:error|failure|unavailable|rejected|problem)",
-        r"resources? temporarily unavailable",
-        r"internal (?:server )?error",
-        r"timeout exceeded",
-        r"timed? ?out",
-        r"connection (?:refused|reset|lost)",
-        r"lost connection",
-        r"accept our requests to connect",
-        r"insufficient (?:system )?(?:resources|disk space|storage)",
-        r"upstream error",
-        r"service refus",
-        r"not accepting connections",
-    ),
-    # A bare "service unavailable" is the server's trouble in a 4xx; in a 5xx
-    # it is a refusal without a reason (sendmail's summary after a 554).
-    _p(C.SERVICE_UNAVAILABLE, r"service (?:is )?(?:not available|unavailable)", classes=[0, 4]),
-    # Last: a bare "recipient (address) rejected" gives no reason; any stated
-    # reason (quota, spam, greylisting, relay, policy, unknown user) has
-    # matched above. It is about the recipient, but no proof it is gone.
-    _p(
-        C.USER_UNKNOWN,
-        r"recipient (?:address )?rejected",
-        r"\baddress rejected",
-        proof=_Proof.NONE,
-    ),
-    # A temporary reply that only asks us to come back later.
-    _p(C.SERVICE_UNAVAILABLE, r"try (?:again )?later", r"please retry", classes=[0, 4]),
-)
-del C
-
 # Words of a summary without a code that say it is to be tried again. Not
 # "temporarily suspended" (a state, said to pass or not) nor the giving-up
 # "retry timeout exceeded" / "not going to try again".
@@ -1201,176 +530,6 @@ _TEMPORARY = re.compile(
 
 _TLS_DETAILS = frozenset({"7.10", "7.11", "7.30"})
 _TLS_FAILURE = re.compile(r"\b(?:start)?tls\b|\bssl\b|certificate|handshake", re.IGNORECASE)
-
-# Spectrum/Charter publish their "AUP#I-nnnn" / "AUP#O-nnnn" codes
-# (spectrum.net "understanding email error codes"); the words around them
-# ("sender rejected") do not say which it is.
-_SPECTRUM_AUP = re.compile(r"AUP#(?:In?|O)-?(\d{4})\b", re.IGNORECASE)
-_SPECTRUM_RANGES: tuple[tuple[int, int, Category], ...] = (
-    (1000, 1000, Category.SPAM_BLOCK_IP),  # IP blocked for suspicious activity
-    (1010, 1080, Category.POLICY_AUTH),  # sending account blocked / limited
-    (1090, 1090, Category.SERVICE_UNAVAILABLE),  # cannot be processed, try later
-    (1100, 1150, Category.POLICY_AUTH),  # no full-circle reverse DNS
-    (1160, 1190, Category.POLICY_AUTH),  # against the sending domain's policy
-    (1200, 1250, Category.SPAM_BLOCK_IP),  # Cloudmark / Spamhaus listing
-    (1300, 1340, Category.RATE_LIMITED),  # too many (concurrent) connections
-    (1350, 1490, Category.RATE_LIMITED),  # volume limits
-    (1500, 1520, Category.POLICY_AUTH),  # sending as someone else
-    (1530, 1530, Category.MESSAGE_TOO_LARGE),
-    (1540, 1540, Category.RATE_LIMITED),  # too many messages in one session
-    (1550, 1550, Category.TOO_MANY_RECIPIENTS),
-    (1580, 1580, Category.RATE_LIMITED),  # too many recipients in a short time
-)
-
-# NetEase (163.com, 126.com, yeah.net, qiye.163.com) answers with a short
-# return field after the code ("421 HL:ICC") and publishes what each means
-# (help.163.com "退信代码说明"); the field is all the reply says.
-_NETEASE_FIELD = re.compile(r"^([A-Z]{2}:[A-Z]{3})\b")
-_NETEASE: dict[str, Category] = {
-    "HL:REP": Category.SPAM_BLOCK_IP,  # IP sends to many non-existent recipients
-    "HL:MEP": Category.SPAM_BLOCK_IP,  # IP forges many sender domains
-    "HL:ODP": Category.SPAM_BLOCK_IP,
-    "HL:IHU": Category.SPAM_BLOCK_IP,  # IP suspended for spam or odd connections
-    "HL:IPB": Category.SPAM_BLOCK_IP,  # IP not on the allowed sending list
-    "WM:BLI": Category.SPAM_BLOCK_IP,
-    "DT:RBL": Category.SPAM_BLOCK_IP,  # IP on one or more RBLs
-    "HL:ICC": Category.RATE_LIMITED,  # too many concurrent connections from the IP
-    "HL:IFC": Category.RATE_LIMITED,  # too much mail from the IP in a short time
-    "MI:DMC": Category.RATE_LIMITED,  # too many messages in this connection
-    "MI:SFQ": Category.RATE_LIMITED,  # sender over its 15-minute quota
-    "MI:STC": Category.RATE_LIMITED,  # sender over its daily connection count
-    "RP:QRC": Category.RATE_LIMITED,  # sender over its short-term recipient count
-    "RP:TRC": Category.RATE_LIMITED,  # sender over its daily recipient count
-    "RP:DRC": Category.TOO_MANY_RECIPIENTS,  # too many recipients in this connection
-    "RP:RCL": Category.TOO_MANY_RECIPIENTS,  # too many recipients in one message
-    "WM:BLU": Category.POLICY_AUTH,  # sender not on the allowed sender list
-    "MI:SPB": Category.POLICY_AUTH,
-    "MI:SPF": Category.POLICY_AUTH,
-    "MI:DMA": Category.POLICY_AUTH,
-    "DT:SUM": Category.POLICY_AUTH,  # envelope and header senders differ
-    "DT:SPM": Category.CONTENT_REJECTED,  # spam-like content
-    "RP:FRL": Category.RELAY_DENIED,  # no open relay
-    "MI:CEL": Category.OTHER,  # too many erroneous commands
-    "MI:CCL": Category.OTHER,  # more commands than normal
-    "RP:CEL": Category.OTHER,
-    "RP:CCL": Category.OTHER,
-    "MI:NHD": Category.OTHER,  # empty HELO
-    "MI:IMF": Category.OTHER,  # malformed sender address
-}
-# AOL's postmaster pages file its block codes by the part before the colon:
-# RTR (reputation, dynamic and unallocated IPs, rDNS), RLY (complaint blocks),
-# HVU, DYN and DNS (the sending IP's DNS) all block the sending IP; CON is a
-# connection threshold.
-_AOL_BLOCK = re.compile(r"\b(?:RTR|RLY|HVU|DYN|DNS):[A-Z0-9]{2}\b")
-_AOL_PACE = re.compile(r"\bCON:[A-Z0-9]{2}\b")
-# Cox's published AUP# codes (postmaster.cox.net "Error Codes").
-_COX_AUP = re.compile(r"AUP#(CX[A-Z]+|CDRBL|IPBL\d*)\b", re.IGNORECASE)
-_COX: dict[str, Category] = {
-    "CXBL": Category.SPAM_BLOCK_IP,  # IP blocked for spam-like behaviour
-    "CDRBL": Category.SPAM_BLOCK_IP,  # IP temporarily blocked
-    "IPBL": Category.SPAM_BLOCK_IP,  # IP on a DNSBL (IPBL0001 ... IPBL1111)
-    "CXCNCT": Category.RATE_LIMITED,  # too many connections
-    "CXMXRT": Category.RATE_LIMITED,  # too many messages
-    "CXSNDR": Category.POLICY_AUTH,  # sender domain fails DNS or authentication
-    "CXMJ": Category.POLICY_AUTH,  # sending account blocked
-    "CXDNS": Category.POLICY_AUTH,
-}
-
-
-# Exchange Online's Directory-Based Edge Blocking: the recipient is not in the tenant's
-# directory (Microsoft Learn, "Email non-delivery reports in Exchange Online", 5.4.1).
-# Its front ends stamp the reply "[NAME.region.prod.outlook.com ...]" or
-# "[NAME.prod.protection.outlook.com]"; a gateway repeating the words drops the stamp.
-_DBEB = re.compile(r"recipient address rejected: access denied", re.IGNORECASE)
-_EXCHANGE_ONLINE_STAMP = re.compile(r"\.prod\.(?:protection\.)?outlook\.com\b", re.IGNORECASE)
-# Cisco IronPort's refusal of a recipient its LDAP accept query does not find: its
-# default text, with the enhanced code in IronPort's own "#5.1.0" notation.
-_IRONPORT_LDAP_ACCEPT = re.compile(r"(?:^|\s)#5\.1\.0 Address rejected\.?\s*$")
-
-
-def _directory_refusal(reply: Reply, status: str | None, words: str) -> bool:
-    """A vendor's documented refusal of a recipient its directory does not hold, carrying
-    the vendor's own mark (see "Evidence")."""
-    text = reply.text[:_READ_LIMIT]
-    if status == "5.4.1" and _DBEB.search(words) and _EXCHANGE_ONLINE_STAMP.search(text):
-        # "denied" is DBEB's own word; any other sign of another fault still vetoes.
-        return _OTHER_FAULT.search(_DBEB.sub("", words)) is None
-    return reply.code == 550 and _IRONPORT_LDAP_ACCEPT.search(text) is not None
-
-
-def _vendor_category(code: int, status: str | None, words: str) -> Category | None:
-    """Published codes whose meaning is more precise than the words around them."""
-    precise = _microsoft_category(status) or _sender_address_category(status)
-    if precise is not None:
-        return precise
-    match = _SPECTRUM_AUP.search(words)
-    if match is not None:
-        number = int(match.group(1))
-        for low, high, category in _SPECTRUM_RANGES:
-            if low <= number <= high:
-                return category
-        return None
-    if code:
-        netease = _NETEASE_FIELD.match(words)
-        if netease is not None and netease.group(1) in _NETEASE:
-            return _NETEASE[netease.group(1)]
-    if _AOL_BLOCK.search(words):
-        return Category.SPAM_BLOCK_IP
-    if _AOL_PACE.search(words):
-        return Category.RATE_LIMITED
-    cox = _COX_AUP.search(words)
-    if cox is not None:
-        name = cox.group(1).upper()
-        return _COX.get("IPBL" if name.startswith("IPBL") else name)
-    return None
-
-
-# Microsoft's X.7.5xx/7xx details (Exchange Online's NDR table) name the cause
-# where the words say only "Access denied"; 4.7.5xx-6xx is throttling even
-# when worded "Server busy", 4.7.850-899 a temporary restriction of the IP.
-_MICROSOFT_PERMANENT: dict[int, Category] = {
-    501: Category.POLICY_AUTH,  # sending account banned for spam
-    502: Category.POLICY_AUTH,
-    503: Category.POLICY_AUTH,
-    506: Category.OTHER,  # bad HELO (the client named itself as the server)
-    507: Category.SPAM_BLOCK_IP,  # the recipient's organisation blocked the IP
-    508: Category.RATE_LIMITED,  # the IPv6 range sent too much too fast
-    509: Category.POLICY_AUTH,  # DMARC
-    510: Category.POLICY_AUTH,  # the recipient takes no mail over IPv6
-    511: Category.SPAM_BLOCK_IP,  # banned sending IP
-    512: Category.CONTENT_REJECTED,  # no valid From: header
-    513: Category.SPAM_BLOCK_IP,  # the recipient domain's block list
-    515: Category.POLICY_AUTH,  # authentication level of the sending domain
-    708: Category.SPAM_BLOCK_IP,  # traffic not accepted from this IP
-}
-
-
-def _microsoft_category(enhanced: str | None) -> Category | None:
-    if enhanced is None or enhanced[2:4] != "7.":
-        return None
-    number = int(enhanced[4:])
-    if enhanced[0] == "4":
-        if 500 <= number <= 699:
-            return Category.RATE_LIMITED
-        if 850 <= number <= 899:
-            return Category.SPAM_BLOCK_IP
-        return None
-    if number in _MICROSOFT_PERMANENT:
-        return _MICROSOFT_PERMANENT[number]
-    if 321 <= number <= 323:
-        return Category.TLS_REQUIRED  # STARTTLS, certificate, DANE of the destination
-    if 606 <= number <= 649:
-        return Category.SPAM_BLOCK_IP  # banned sending IP
-    if 700 <= number <= 750:
-        return Category.POLICY_AUTH  # the sending tenant is banned or unprovisioned
-    return None
-
-
-def _sender_address_category(enhanced: str | None) -> Category | None:
-    """RFC 3463 X.1.7 is the syntax of the *sender's* address: whatever the
-    words call it ("Invalid address"), the recipient is not in question."""
-    return Category.OTHER if _subject_detail(enhanced) == "1.7" else None
-
 
 # Enhanced subject.detail -> category: RFC 3463, the later IANA registrations
 # and Microsoft's published details (2.121/2.122 hourly limits, 4.310 no such

@@ -780,7 +780,11 @@ class Admin(Section):
         "where it listens (two relays on one machine need two ports; `:0` picks one)",
     )
     password_hash = Key(
-        STRING, "", "scrypt hash from `bounce-relay hash-password`; empty: no admin page"
+        STRING,
+        "",
+        "the admin page's old shared password (scrypt hash from `bounce-relay hash-password`): "
+        "it logs in as a built-in `admin` only while no account exists (`bounce-relay admin "
+        "user add`); empty: accounts only",
     )
     tokens = Table(AdminTokens, array=True)
     trusted_proxies = Key(

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 from policies.text import printable, printable_lines
 from relay.cli import (
+    admin,
     allowlist,
     classify,
     demo,
@@ -56,6 +57,7 @@ _MODULES = (
     classify,
     dsn,
     report,
+    admin,
 )
 
 _ABOUT = """\

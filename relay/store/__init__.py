@@ -9,6 +9,7 @@
     suppression.py  suppressions, scoped entries, allowlist, evidence, audit, one address
     incidents.py    provider incidents
     reports.py      bounce rollup, the bounces report, stats, recorded bounces for replay
+    accounts.py     admin accounts and the admin page's sessions
     outbox.py       the webhook outbox (``Outbox``, beside the Store; webhooks.sql)
 
 ``base.py`` is what they share: the named queries and the one way to run them, which
@@ -25,6 +26,7 @@ from typing import Any
 import asyncpg
 
 from relay.store import records
+from relay.store.accounts import AccountStore
 from relay.store.base import QUERIES, REPORT_TIMEOUT_SECONDS, translated
 from relay.store.database import DatabaseStore
 from relay.store.dsn import DsnStore
@@ -45,7 +47,15 @@ __all__ = [
 __all__ += records.__all__  # the Store's values are part of its interface
 
 
-class Store(DatabaseStore, DsnStore, QueueStore, SuppressionStore, IncidentStore, ReportStore):
+class Store(
+    DatabaseStore,
+    DsnStore,
+    QueueStore,
+    SuppressionStore,
+    IncidentStore,
+    ReportStore,
+    AccountStore,
+):
     """Named queries over asyncpg pools: ``queue`` for the statements every message runs
     (intake, claims, outcomes), ``pool`` for everything else (reports, admin, the CLI,
     maintenance, webhooks). One pool may serve both (tests, commands). Its methods are

@@ -315,7 +315,9 @@ async def _probation_and_incidents(
         )
     ended = [r["delivery_id"] for r in rows if by_id[r["delivery_id"]].probation_end]
     if ended:
-        await tx.status("end_probation", now, ended)
+        freed = [r["address"] for r in await tx.rows("end_probation", now, ended)]
+        if freed:
+            await tx.status("release_held_mail", now, freed)
     incidents = {o.incident_id for o in by_id.values() if o.incident_id is not None}
     if incidents:
         await tx.status("touch_incidents", now, sorted(incidents))

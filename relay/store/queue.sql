@@ -179,7 +179,8 @@ WHERE profiles.status = 'active';
 
 -- end_probation --
 -- The probe deliveries $2 finished: their probation ends. Unless the address was suppressed
--- (a confirmed bounce) its profile is active again and the mail held for it is due now.
+-- (a confirmed bounce) its profile is active again; returns those addresses, whose held mail
+-- release_held_mail makes due.
 WITH d AS (
     DELETE FROM probation WHERE delivery_id = ANY($2::bigint[]) RETURNING address
 ), free AS (
@@ -189,8 +190,15 @@ WITH d AS (
     UPDATE profiles SET status = 'active', status_changed_at = $1
     WHERE address IN (SELECT address FROM free) AND status = 'probation'
 )
+SELECT address FROM free;
+
+-- release_held_mail --
+-- The mail held for addresses $2 whose probation just ended is due now ($1). A statement of
+-- its own, after end_probation: its snapshot is taken once that DELETE got the probation
+-- rows, so it sees held deliveries a concurrent defer_leases handed back meanwhile (in one
+-- statement with the DELETE, its older snapshot saw them still inflight and missed them).
 UPDATE deliveries SET next_attempt_at = $1, updated_at = $1
-WHERE recipient_key IN (SELECT address FROM free) AND state = 'queued';
+WHERE recipient_key = ANY($2::text[]) AND state = 'queued' AND next_attempt_at > $1;
 
 -- release_bodies --
 -- Drop the bodies of messages whose deliveries are all final. Run after the commit that

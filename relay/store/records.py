@@ -8,8 +8,11 @@ from typing import Any
 
 __all__ = [
     "AcceptedMessage",
+    "AccountChange",
     "AddressBounce",
     "AddressProfile",
+    "AdminAccount",
+    "AdminSession",
     "AllowlistEntry",
     "AppliedDsn",
     "AppliedOutcomes",
@@ -519,3 +522,39 @@ class RecordedBounce:
                 for f in fields(cls)
             }
         )
+
+
+# --- admin accounts and the admin page's sessions (accounts.py) ---
+
+
+@dataclass(frozen=True)
+class AdminAccount:
+    """An account of the admin page, as ``admin user list`` shows it."""
+
+    name: str
+    role: str  # admin | viewer
+    created_at: datetime
+    password_changed_at: datetime
+    last_login_at: datetime | None
+    sessions: int  # live now
+
+
+@dataclass(frozen=True)
+class AccountChange:
+    """What adding, removing or re-passwording an account did: the sessions it ended (for
+    an add, the shared password's) and how many accounts there are now."""
+
+    name: str
+    role: str
+    sessions_ended: int
+    accounts_left: int
+
+
+@dataclass(frozen=True)
+class AdminSession:
+    """A live session of the admin page. ``account`` None: the built-in admin of the shared
+    ``[admin] password_hash``."""
+
+    account: str | None
+    role: str
+    csrf: str

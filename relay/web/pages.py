@@ -1,14 +1,24 @@
-"""The admin page: login, bounces report, suppression list, queue, profile lookup.
+"""The admin page: login, bounces report, suppression list, queue, incidents, profile.
 
-Served on ``[admin] listen`` only when ``[admin] password_hash`` is set. Sessions live in
-memory (a restart logs everyone out); the cookie is HttpOnly, SameSite=Strict and Secure
-behind TLS; every form that changes something carries the session's CSRF token, and the
-login form a token of its own (a random cookie and, in the form, its HMAC under a
-per-process key: a page elsewhere can neither read nor forge the pair). Every POST must come
-from the admin's own origin (``Origin``, else ``Referer``; neither: refused). Failed logins
-are limited per client address (``LOGIN_ATTEMPTS`` in ``LOGIN_WINDOW``, then 429 with
-Retry-After); the attempt is counted before the password is checked, so parallel guesses
-cannot slip past the limit, and the check runs off the event loop (``SecretChecker``).
+Served on ``[admin] listen``. People log in with named accounts (``bounce-relay admin user
+add|remove|list|passwd``, table ``admin_accounts``): role ``admin`` may do everything,
+``viewer`` may read every page and is refused (403, with a page that says why) every POST
+that changes something: any POST but the logout, so an action added later is refused to
+viewers unless its route says otherwise. The shared ``[admin] password_hash`` of older
+configs logs in (user name empty or "admin") as a built-in admin only while no account
+exists; once one does, it is refused with a message saying so.
+
+Sessions are rows in PostgreSQL (``relay.store.accounts``): a restart logs nobody out, a
+password change or an account's removal ends its sessions at once, a logout ends its own;
+the table keeps a hash of the cookie, never the cookie. The cookie is HttpOnly,
+SameSite=Strict and Secure behind TLS; every form that changes something carries the
+session's CSRF token, and the login form a token of its own (a random cookie and, in the
+form, its HMAC under a per-process key: a page elsewhere can neither read nor forge the
+pair). Every POST must come from the admin's own origin (``Origin``, else ``Referer``;
+neither: refused). Failed logins are limited per client address (``LOGIN_ATTEMPTS`` in
+``LOGIN_WINDOW``, then 429 with Retry-After); the attempt is counted before the password is
+checked, so parallel guesses cannot slip past the limit, and the check runs off the event
+loop (``PasswordChecks``). Every audit row a page writes names the account.
 Pages are built with ``relay.web.html``, where every string (a bounce text, a campaign, an
 address, a parameter) is text and escaped unless the helpers built it as markup, so no
 handler escapes anything itself; numbers in parameters go through ``parse_number`` (400
@@ -24,13 +34,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
+import structlog
 from aiohttp import web
 from multidict import MultiDictProxy
 from yarl import URL
@@ -39,29 +49,45 @@ from policies.addresses import AddressError, normalise_address, validate_address
 from policies.verdict import explain
 from relay.clock import Clock, utc_now
 from relay.config import Rules
+from relay.errors import StoreError
 from relay.passwords import AttemptLimit, CheckerBusy, SecretChecker
 from relay.reports import export as report
 from relay.reports.replay import judged_again
-from relay.store import EvidenceBounce, RecordedBounce, ReportRow, Store
+from relay.store import AdminSession, EvidenceBounce, RecordedBounce, ReportRow, Store
+from relay.store.accounts import SESSION_LIFETIME
 from relay.web.api import PERIOD_OUT_OF_RANGE, BadNumber, parse_number
 from relay.web.downloads import send_report
 from relay.web.html import Content, Markup, concat, element, link, table, trusted
 
-__all__ = ["COOKIE", "LOGIN_COOKIE", "PASSWORD_CHECKER", "add_page_routes"]
+__all__ = ["BUILT_IN_ADMIN", "COOKIE", "LOGIN_COOKIE", "PASSWORD_CHECKER", "add_page_routes"]
+
+log = structlog.get_logger("relay.admin")
 
 COOKIE = "br_session"
 LOGIN_COOKIE = "br_login"  # the login form's own CSRF cookie (before there is a session)
-SESSION_SECONDS = 8 * 3600
+SESSION_SECONDS = int(SESSION_LIFETIME.total_seconds())
 LOGIN_ATTEMPTS = 5  # failed logins per client ...
 LOGIN_WINDOW = timedelta(seconds=300)  # ... in this window, then 429 until it passes
 PAGE_ROWS = 50
 MAX_PAGE = 1_000_000  # of the suppression list: offset at most 50 million rows
 MAX_ID = 2**63 - 1  # deliveries and incidents have bigint ids
-PASSWORD_CHECKER = web.AppKey("password_checker", SecretChecker)
+BUILT_IN_ADMIN = "admin"  # who the shared [admin] password_hash logs in as
+# The checker's name for the shared hash: no account can be called this (0013's CHECK).
+_SHARED = "[admin] password_hash"
+_NO_ACCOUNTS = (
+    "Nobody can log in yet: create an account on the relay's host with "
+    "`bounce-relay admin user add NAME --role admin`."
+)
+_SHARED_REFUSED = (
+    "The shared password ([admin] password_hash) no longer logs in: named accounts exist. "
+    "Log in with your own user name; an administrator can add you with "
+    "`bounce-relay admin user add`, and should remove password_hash from config.toml."
+)
 
 _STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#222}
 nav{background:#1f3a5f;padding:.6em 1em}nav a{color:#fff;margin-right:1.2em;text-decoration:none}
+nav span{color:#d8e0ea;margin-right:1.2em}
 main{padding:1em 1.5em}table{border-collapse:collapse;margin:.5em 0}
 th,td{border-bottom:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}
 th{background:#f3f5f8}td.n{text-align:right}form.inline{display:inline}
@@ -71,26 +97,42 @@ input,select,button{font:inherit;margin:.2em}.err{color:#a00}.muted{color:#777}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@dataclass
-class _Session:
-    csrf: str
-    expires: float
+class PasswordChecks:
+    """Login passwords checked against the shared hash and every account's, off the event
+    loop (``SecretChecker``: worker threads, a bounded number at a time). The accounts are
+    read at each login; when their hashes differ from those the checker holds (an account
+    added, removed or given a new password), a new checker replaces it, so a password
+    verified before and remembered by the old one counts for nothing. Each check is narrowed
+    to one name: it costs one scrypt, whoever is named (an unknown name: a decoy)."""
+
+    def __init__(self, shared_hash: str) -> None:
+        self.shared_hash = shared_hash
+        self._accounts: dict[str, str] = {}
+        self._checker = self._new_checker()
+        self._retired_runs = 0
+
+    def _new_checker(self) -> SecretChecker:
+        return SecretChecker([*self._accounts.items(), (_SHARED, self.shared_hash)])
+
+    @property
+    def scrypt_runs(self) -> int:
+        """Hashes computed since the relay started (observable by tests and operators)."""
+        return self._retired_runs + self._checker.scrypt_runs
+
+    def holding(self, accounts: dict[str, str]) -> tuple[SecretChecker, dict[str, str]]:
+        """The checker for these account hashes, and the hashes it holds (by name)."""
+        if accounts != self._accounts:
+            self._retired_runs += self._checker.scrypt_runs
+            self._accounts = accounts
+            self._checker = self._new_checker()
+        return self._checker, self._accounts
 
 
 @dataclass
 class _Auth:
-    checker: SecretChecker
+    checks: PasswordChecks
     attempts: AttemptLimit
-    sessions: dict[str, _Session] = field(default_factory=dict)
     form_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
-
-    def session(self, request: web.Request) -> _Session | None:
-        sid = request.cookies.get(COOKIE, "")
-        found = self.sessions.get(sid)
-        if found is None or found.expires < time.monotonic():
-            self.sessions.pop(sid, None)
-            return None
-        return found
 
     def login_token(self, nonce: str) -> str:
         """The login form's hidden field for the browser holding cookie ``nonce``."""
@@ -100,6 +142,9 @@ class _Auth:
     def login_token_ok(self, request: web.Request, form: MultiDictProxy[Any]) -> bool:
         nonce = request.cookies.get(LOGIN_COOKIE, "")
         return bool(nonce) and _same(str(form.get("csrf", "")), self.login_token(nonce))
+
+
+PASSWORD_CHECKER = web.AppKey("password_checker", PasswordChecks)
 
 
 def _same(sent: str, expected: str) -> bool:
@@ -159,7 +204,7 @@ def same_origin_only(handler: Handler) -> Handler:
     return checked
 
 
-_SESSION = web.RequestKey("session", _Session)
+_SESSION = web.RequestKey("session", AdminSession)
 _FORM = web.RequestKey("form", MultiDictProxy[Any])
 _NAV = (
     ("/report", "Bounces report"),
@@ -171,12 +216,14 @@ _NAV = (
 
 
 def _page(request: web.Request, title: str, body: Markup, *, status: int = 200) -> web.Response:
-    """A whole page; logged in (a session), it starts with the navigation and Log out."""
+    """A whole page; logged in (a session), it starts with the navigation, who is logged in
+    and Log out."""
     session = request.get(_SESSION)
     nav = (
         element(
             "nav",
             *(link(href, name) for href, name in _NAV),
+            element("span", f"{_user(session)} ({session.role})"),
             element(
                 "form",
                 _csrf_field(session),
@@ -208,12 +255,34 @@ def _refused(request: web.Request, title: str, why: str) -> web.Response:
     return _page(request, title, _error(why), status=400)
 
 
+def _read_only(request: web.Request, session: AdminSession) -> web.Response:
+    """The 403 page a viewer's POST gets: nothing was changed, and why."""
+    body = concat(
+        _error(
+            f"Nothing was changed: your account {_user(session)} is a {session.role}, which "
+            "may read every page but change nothing."
+        ),
+        element("p", "Ask someone whose account has the role admin to do it."),
+    )
+    return _page(request, "Read-only account", body, status=403)
+
+
 def _error(text: str) -> Markup:
     return element("p", text, class_="err")
 
 
-def _csrf_field(session: _Session) -> Markup:
+def _csrf_field(session: AdminSession) -> Markup:
     return element("input", type="hidden", name="csrf", value=session.csrf)
+
+
+def _user(session: AdminSession) -> str:
+    """Who the session is: the account's name, or the shared password's built-in admin."""
+    return session.account or BUILT_IN_ADMIN
+
+
+def _actor(request: web.Request) -> str:
+    """Who a page's change is audited as: the logged-in account."""
+    return _user(request[_SESSION])
 
 
 def _confirmed_form(
@@ -299,21 +368,30 @@ class _Pages:
     def __init__(
         self,
         store: Store,
-        password_hash: str,
+        shared_hash: str,
         clock: Clock = utc_now,
         rules: Callable[[], Rules] | None = None,
     ) -> None:
         self.store = store
+        self.shared_hash = shared_hash
         self.clock = clock
         self.rules = rules
         self.auth = _Auth(
-            SecretChecker([("admin", password_hash)]),
-            AttemptLimit(LOGIN_ATTEMPTS, LOGIN_WINDOW, clock),
+            PasswordChecks(shared_hash), AttemptLimit(LOGIN_ATTEMPTS, LOGIN_WINDOW, clock)
         )
 
-    def login_required(self, handler: Handler) -> Handler:
+    def login_required(self, handler: Handler, *, viewer_may_post: bool = False) -> Handler:
+        """``handler`` for a live session only (else to /login). A POST needs the session's
+        CSRF token and, unless ``viewer_may_post`` (the logout), the role admin: a POST
+        changes something, and a viewer may change nothing."""
+
         async def wrapped(request: web.Request) -> web.StreamResponse:
-            session = self.auth.session(request)
+            session_id = request.cookies.get(COOKIE, "")
+            session = (
+                await self.store.admin_session(session_id, self.clock(), self.shared_hash)
+                if session_id
+                else None
+            )
             if session is None:
                 raise web.HTTPSeeOther("/login")
             request[_SESSION] = session
@@ -322,28 +400,55 @@ class _Pages:
                 sent = str(form.get("csrf", ""))
                 if not _same(sent, session.csrf):
                     raise web.HTTPForbidden(text="missing or wrong CSRF token")
+                if session.role != "admin" and not viewer_may_post:
+                    return _read_only(request, session)
                 request[_FORM] = form
             return await handler(request)
 
         return wrapped
 
     async def login_form(
-        self, request: web.Request, error: str = "", status: int = 200
+        self, request: web.Request, error: str = "", status: int = 200, user: str = ""
     ) -> web.Response:
+        """The login form; after a refusal, with why and the user name typed."""
         # The pre-session CSRF pair: a random cookie, and in the form its HMAC.
         nonce = request.cookies.get(LOGIN_COOKIE, "")
         fresh = not 0 < len(nonce) <= 128
         if fresh:
             nonce = secrets.token_urlsafe(32)
+        if not error and not self.shared_hash and not await self.store.admin_account_hashes():
+            error = _NO_ACCOUNTS
         body = concat(
             _error(error) if error else None,
             element(
                 "form",
                 element("input", type="hidden", name="csrf", value=self.auth.login_token(nonce)),
                 element(
-                    "label",
-                    "Password ",
-                    element("input", type="password", name="password", autofocus=True),
+                    "p",
+                    element(
+                        "label",
+                        "User name ",
+                        element(
+                            "input",
+                            name="user",
+                            value=user,
+                            autocomplete="username",
+                            autofocus=True,
+                        ),
+                    ),
+                ),
+                element(
+                    "p",
+                    element(
+                        "label",
+                        "Password ",
+                        element(
+                            "input",
+                            type="password",
+                            name="password",
+                            autocomplete="current-password",
+                        ),
+                    ),
                 ),
                 element("button", "Log in"),
                 method="post",
@@ -364,6 +469,19 @@ class _Pages:
         response.headers["Retry-After"] = str(retry_after)
         return response
 
+    def _checked_as(self, user: str, accounts: dict[str, str]) -> str | None:
+        """Whose hash the password given with ``user`` is checked against: the account of
+        that name; the shared password (user name empty or "admin", no such account); else
+        the name as given (no such account: the check runs on a decoy and fails). None: no
+        check at all, nobody can log in (no account, no shared password)."""
+        if user in accounts:
+            return user
+        if user in ("", BUILT_IN_ADMIN) and self.shared_hash:
+            return _SHARED
+        if not accounts and not self.shared_hash:
+            return None
+        return user
+
     async def login(self, request: web.Request) -> web.Response:
         client = request.remote or "?"
         attempts = self.auth.attempts
@@ -374,6 +492,14 @@ class _Pages:
             return await self._login_refused(
                 request, f"Too many failed logins; try again in {wait} s.", 429, wait
             )
+        try:
+            return await self._log_in(request, client)
+        except StoreError:
+            attempts.release(client)  # the database failed: not a wrong password
+            raise
+
+    async def _log_in(self, request: web.Request, client: str) -> web.Response:
+        attempts = self.auth.attempts
         form = await request.post()
         if not self.auth.login_token_ok(request, form):
             attempts.release(client)  # no password was tried
@@ -381,27 +507,49 @@ class _Pages:
                 text="The login form expired or came from another page: reload /login and "
                 "log in from there.\n"
             )
+        user = str(form.get("user", "")).strip().lower()
+        accounts = await self.store.admin_account_hashes()
+        checked_as = self._checked_as(user, accounts)
+        if checked_as is None:
+            attempts.release(client)
+            return await self.login_form(request, _NO_ACCOUNTS, 403)
+        checker, hashes = self.auth.checks.holding(accounts)
         try:
-            name = await self.auth.checker.match(str(form.get("password", "")))
+            name = await checker.match(str(form.get("password", "")), among=(checked_as,))
         except CheckerBusy:
             attempts.release(client)
             return await self._login_refused(
                 request, "Too many logins being checked; try again in a second.", 503, 1
             )
+        if name == _SHARED and accounts:
+            # Right, but retired: say so (the attempt still counts, as a wrong one would).
+            log.warning("admin.shared_password_refused", client=client, accounts=len(accounts))
+            return await self.login_form(request, _SHARED_REFUSED, 401, user)
         if name is None:
-            return await self.login_form(request, "Wrong password.", 401)
-        attempts.release(client)
+            log.info("admin.login_failed", user=user[:100], client=client)
+            return await self.login_form(request, "Wrong user name or password.", 401, user)
         # A login always starts a new session and ends the one the browser brought along, so
         # an identifier known before the login (fixation) is worth nothing after it.
-        self.auth.sessions.pop(request.cookies.get(COOKIE, ""), None)
-        sid = secrets.token_urlsafe(32)
-        self.auth.sessions[sid] = _Session(
-            secrets.token_urlsafe(32), time.monotonic() + SESSION_SECONDS
-        )
+        session_id, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        replaced = request.cookies.get(COOKIE, "")
+        if name == _SHARED:
+            await self.store.start_shared_session(
+                session_id, csrf, self.clock(), self.shared_hash, replaced
+            )
+            user, role = BUILT_IN_ADMIN, "admin"
+        else:
+            started = await self.store.start_account_session(
+                session_id, csrf, self.clock(), name, hashes[name], replaced
+            )
+            if started is None:  # removed, or a new password, while this one was checked
+                return await self.login_form(request, "Wrong user name or password.", 401, user)
+            user, role = name, started
+        attempts.release(client)
+        log.info("admin.login", user=user, role=role, client=client)
         response = web.HTTPSeeOther("/report")
         response.set_cookie(
             COOKIE,
-            sid,
+            session_id,
             httponly=True,
             samesite="Strict",
             secure=_secure(request),
@@ -411,7 +559,8 @@ class _Pages:
         raise response
 
     async def logout(self, request: web.Request) -> web.StreamResponse:
-        self.auth.sessions.pop(request.cookies.get(COOKIE, ""), None)
+        await self.store.end_admin_session(request.cookies.get(COOKIE, ""))
+        log.info("admin.logout", user=_actor(request))
         response = web.HTTPSeeOther("/login")
         response.del_cookie(COOKIE, path="/")
         raise response
@@ -565,7 +714,7 @@ class _Pages:
         except AddressError as exc:
             raise web.HTTPBadRequest(text=str(exc)) from exc
         removed = await self.store.remove_suppression(
-            normalise_address(address), "admin page", reason
+            normalise_address(address), _actor(request), reason
         )
         notice = f"Removed {address}." if removed else f"{address} was not on the list."
         raise web.HTTPSeeOther("/suppression?" + urlencode({"notice": notice}))
@@ -770,7 +919,7 @@ class _Pages:
                 + urlencode({"notice": "Releasing needs a reason and the confirmation box."})
             )
         released = await self.store.release_incident(
-            incident_id, self.clock(), "admin page", reason
+            incident_id, self.clock(), _actor(request), reason
         )
         notice = (
             f"Incident #{incident_id} released: {released[0]} suppressions lifted, "
@@ -790,18 +939,19 @@ class _Pages:
 def add_page_routes(
     app: web.Application,
     store: Store,
-    password_hash: str,
+    shared_hash: str = "",
     clock: Clock = utc_now,
     rules: Callable[[], Rules] | None = None,
 ) -> None:
-    pages = _Pages(store, password_hash, clock, rules)
-    app[PASSWORD_CHECKER] = pages.auth.checker
+    """The admin page's routes; ``shared_hash`` is ``[admin] password_hash`` ("": none)."""
+    pages = _Pages(store, shared_hash, clock, rules)
+    app[PASSWORD_CHECKER] = pages.auth.checks
     guarded = pages.login_required
     app.router.add_get("/", pages.home)
     app.router.add_get("/admin.css", pages.stylesheet)
     app.router.add_get("/login", pages.login_form)
     app.router.add_post("/login", same_origin_only(pages.login))
-    app.router.add_post("/logout", same_origin_only(guarded(pages.logout)))
+    app.router.add_post("/logout", same_origin_only(guarded(pages.logout, viewer_may_post=True)))
     app.router.add_get("/report", pages.login_required(pages.report_page))
     app.router.add_get(r"/report.{fmt:csv|xlsx}", pages.login_required(pages.report_file))
     app.router.add_get("/suppression", pages.login_required(pages.suppression_page))

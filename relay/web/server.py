@@ -4,8 +4,9 @@
 /healthz   200 while the process runs
 /readyz    200 when the database answers and the SMTP listener accepts; else 503
 /api/v1/   the JSON API (relay/web/api.py), when [[admin.tokens]] are configured
-/report, /suppression, /queue, /profile   the admin page (relay/web/pages.py), when
-           [admin] password_hash is set
+/report, /suppression, /queue, /incidents, /profile   the admin page (relay/web/pages.py):
+           named accounts (`bounce-relay admin user add`), or the shared
+           [admin] password_hash until the first account exists
 
 Every answer carries headers that keep it out of frames, caches and MIME sniffing (see
 ``SECURITY_HEADERS``). The client a request comes from is its peer address, or, when the
@@ -146,8 +147,8 @@ def _app(
     app.router.add_get("/metrics", scrape)
     if tokens:
         add_api_routes(app, store, tokens, clock)
-    if password_hash:
-        add_page_routes(app, store, password_hash, clock, rules)
+    # Always: accounts live in the database and may be added while the relay runs.
+    add_page_routes(app, store, password_hash, clock, rules)
     return app
 
 

@@ -501,6 +501,34 @@ COVERED = (
         ),
     ),
     Covered(
+        "A resolver that says NXDOMAIN for many distinct domains at once while the parent "
+        "zones answer (split horizon, a bad forwarder) opens a resolver incident: second "
+        "looks defer and suppress nobody",
+        (
+            "tests/relay/delivery/test_worker.py::"
+            "test_a_resolver_saying_no_such_domain_for_many_domains_is_an_incident",
+            "tests/policies/test_probation_and_incidents.py::"
+            "test_a_resolver_incident_holds_every_no_such_domain_of_ours",
+        ),
+    ),
+    Covered(
+        'An upstream that accepts a recipient at RCPT and says "User unknown" after DATA (a '
+        "content filter, a carrier refusing the sender), and a bounce message's "
+        'second-hand "unknown", suppress nobody',
+        (
+            "tests/relay/delivery/test_worker.py::"
+            "test_user_unknown_after_data_bounces_but_suppresses_nobody",
+            "tests/policies/test_verdict.py::"
+            "test_user_unknown_after_data_is_hard_but_no_evidence_against_the_mailbox",
+            "tests/policies/test_verdict.py::"
+            "test_a_reported_unknown_needs_rcpt_or_an_address_status",
+        ),
+    ),
+    Covered(
+        "A hostile reply text of a megabyte classifies in bounded time (only its head is read)",
+        ("tests/policies/test_classify.py::test_hostile_reply_classifies_quickly",),
+    ),
+    Covered(
         "What the running relay records for every real reply and bounce message is what "
         "`classify` and `dsn parse` print (one verdict, `policies.verdict`)",
         (

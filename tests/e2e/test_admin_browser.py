@@ -6,6 +6,7 @@ $BOUNCE_RELAY_ARTIFACTS (CI sets it to .ci/out), else to the test's temporary fo
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import os
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from relay.clock import utc_now
 from relay.ops.app import Relay
 from relay.passwords import hash_password
 from tests.support.report_seeds import T0, seed_hostile_bounce, seed_standard
@@ -24,6 +26,7 @@ from tests.support.tools import needs
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PASSWORD = "browser-test-pass"
+VIEWER_PASSWORD = "viewer-test-pass"
 
 pytestmark = needs(
     Path(CHROMIUM).exists(), "Debian's chromium is not installed (.ci/run installs it)"
@@ -33,7 +36,18 @@ pytestmark = needs(
 NOW = T0 + timedelta(days=1)
 
 
+async def _accounts(relay: Relay) -> None:
+    """alice may do everything, victor may only look."""
+    for name, role, password in (
+        ("alice", "admin", PASSWORD),
+        ("victor", "viewer", VIEWER_PASSWORD),
+    ):
+        hashed = await asyncio.to_thread(hash_password, password)
+        assert await relay.store.add_admin_account(name, role, hashed, utc_now(), "test")
+
+
 async def _seed(relay: Relay) -> str:
+    await _accounts(relay)
     await seed_standard(relay.store)
     await relay.store.add_suppression("gone@example.org", "user_unknown", "hard_bounce")
     return await seed_hostile_bounce(relay.store, "A")
@@ -42,7 +56,7 @@ async def _seed(relay: Relay) -> str:
 def _config(make_config: Any) -> Any:
     return make_config(
         '[smtp]\nlisten = "127.0.0.1:0"\nhostname = "relay.test"\n'
-        f'[admin]\nlisten = "127.0.0.1:0"\npassword_hash = "{hash_password(PASSWORD)}"\n'
+        '[admin]\nlisten = "127.0.0.1:0"\n'
         "[delivery]\nenabled = false\n",
         replace_base=True,
     )
@@ -55,12 +69,14 @@ async def _launch(pw: Any) -> Any:
     )
 
 
-async def _log_in(page: Any, url: str) -> None:
+async def _log_in(page: Any, url: str, user: str = "alice", password: str = PASSWORD) -> None:
     await page.goto(url + "/report")
     assert page.url.endswith("/login")
-    await page.fill("input[name=password]", PASSWORD)
+    await page.fill("input[name=user]", user)
+    await page.fill("input[name=password]", password)
     await page.click("button")
     assert page.url.endswith("/report")
+    assert f"{user} (" in await page.inner_text("nav")
 
 
 @pytest.mark.slow
@@ -121,6 +137,7 @@ async def test_another_site_cannot_frame_the_admin_page(db_dsn, make_config):
     from playwright.async_api import async_playwright
 
     async with Relay(_config(make_config), dsn=db_dsn, listen=("127.0.0.1", 0)) as relay:
+        await _accounts(relay)
         await relay.store.add_suppression("gone@example.org", "user_unknown", "hard_bounce")
         url = f"http://127.0.0.1:{relay.admin_port}"
 
@@ -153,3 +170,35 @@ async def test_another_site_cannot_frame_the_admin_page(db_dsn, make_config):
         finally:
             await runner.cleanup()
     assert "gone@example.org" not in framed and "Remove</button>" not in framed
+
+
+@pytest.mark.slow
+async def test_a_viewer_sees_the_pages_but_a_change_is_refused(db_dsn, make_config):
+    """victor (viewer) logs in by name and reads the suppression list and the report; his
+    click on Remove answers 403 with a page that says his account is a viewer, and the
+    address stays suppressed."""
+    from playwright.async_api import async_playwright
+
+    async with Relay(_config(make_config), dsn=db_dsn, listen=("127.0.0.1", 0)) as relay:
+        await _accounts(relay)
+        await relay.store.add_suppression("gone@example.org", "user_unknown", "hard_bounce")
+        url = f"http://127.0.0.1:{relay.admin_port}"
+        async with async_playwright() as pw:
+            browser = await _launch(pw)
+            page = await browser.new_page()
+            await _log_in(page, url, "victor", VIEWER_PASSWORD)
+            assert "victor (viewer)" in await page.inner_text("nav")
+            await page.goto(url + "/suppression")
+            assert "gone@example.org" in await page.inner_text("table")
+            await page.fill("input[name=reason]", "customer asked")
+            await page.check("input[name=confirm]")
+            async with page.expect_response(lambda r: r.url.endswith("/remove")) as answer:
+                await page.click("text=Remove")
+            assert (await answer.value).status == 403
+            refused = await page.inner_text("main")
+            await page.goto(url + "/incidents")
+            assert page.url.endswith("/incidents")  # still logged in, still reading
+            await browser.close()
+        assert await relay.store.suppression_reasons([("gone@example.org", "")]) != [None]
+    assert "Read-only account" in refused
+    assert "your account victor is a viewer" in refused

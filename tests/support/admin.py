@@ -1,5 +1,6 @@
 """A browser's session on the admin page over HTTP: cookies kept, the admin's own Origin on
-every POST, the login form's CSRF token, for the admin page's tests."""
+every POST, the login form's CSRF token, for the admin page's tests. ``user`` "" logs in with
+the shared ``[admin] password_hash`` (while no account exists)."""
 
 from __future__ import annotations
 
@@ -22,13 +23,19 @@ def browser() -> aiohttp.ClientSession:
 
 
 async def login_post(
-    http: aiohttp.ClientSession, relay: Relay, password: str, *, allow_redirects: bool = True
+    http: aiohttp.ClientSession,
+    relay: Relay,
+    password: str,
+    *,
+    user: str = "",
+    allow_redirects: bool = True,
 ) -> aiohttp.ClientResponse:
-    """GET the login form (its cookie and hidden token), then POST it with ``password``."""
+    """GET the login form (its cookie and hidden token), then POST it with ``user`` and
+    ``password``."""
     async with http.get(base(relay) + "/login") as r:
         token = re.search(r'name="csrf" value="([^"]+)"', await r.text())
     assert token is not None
-    data = {"password": password, "csrf": token[1]}
+    data = {"user": user, "password": password, "csrf": token[1]}
     return await http.post(
         base(relay) + "/login",
         data=data,
@@ -37,9 +44,12 @@ async def login_post(
     )
 
 
-async def logged_in(relay: Relay) -> tuple[aiohttp.ClientSession, str]:
+async def logged_in(
+    relay: Relay, user: str = "", password: str = PASSWORD
+) -> tuple[aiohttp.ClientSession, str]:
+    """A browser logged in as ``user``, and its session's CSRF token."""
     http = browser()
-    async with await login_post(http, relay, PASSWORD) as r:
+    async with await login_post(http, relay, password, user=user) as r:
         assert r.status == 200
         assert str(r.url).endswith("/report")
         page = await r.text()
