@@ -54,11 +54,22 @@ def register(subparsers: argparse._SubParsersAction[Parser]) -> None:
     report.add_argument(
         "--group-by",
         default="from-domain",
-        choices=["from-domain", "ip"],
-        help="a row per sending From domain, or per source IP",
+        choices=["from-domain", "ip", "provider"],
+        help="rows per sending From domain, per source IP, or per the recipients' mailbox "
+        "provider (google, microsoft, yahoo, ...: by the MX host that answered)",
     )
     report.add_argument(
-        "--top", metavar="N", type=positive_int, help="only the N largest rows (default: all)"
+        "--by",
+        choices=["hour", "day"],
+        help="a time series instead: attempts, deliveries, bounces and the bounce rate per "
+        "UTC hour or day and group (default: the report's rows of replies)",
+    )
+    report.add_argument(
+        "--top",
+        metavar="N",
+        type=positive_int,
+        help="only the N largest rows; with --by, the N groups with the most bounces "
+        "(default: all)",
     )
     report.add_argument(
         "--format",
@@ -83,6 +94,7 @@ def _report(args: argparse.Namespace) -> int:
             group_by=args.group_by,
             top=args.top,
             raw=args.raw,
+            by=args.by,
         )
     except report.ReportError as exc:
         raise UsageError(str(exc), "see `bounce-relay report --help`") from None

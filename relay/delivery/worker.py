@@ -35,6 +35,7 @@ from policies.addresses import is_address_literal
 from policies.incidents import OpenIncident
 from policies.outcome import Decision, ProbationStep
 from policies.probation import OnProbation
+from policies.providers import provider_of
 from policies.retry import doubling
 from policies.smtp_reply import Reply, synthetic_reply
 from policies.states import DeliveryState, EventType
@@ -471,6 +472,7 @@ class DeliveryWorker:
             synthetic=reply.synthetic,
             source_ip=result.source_ip,
             destination=result.destination,
+            provider=provider_of(result.destination, d.recipient_domain),
             avoid_source_ip=result.source_ip if decision.other_source_ip else None,
             incident_id=decision.incident_id,
             probation_until=decision.next_attempt_at if step is ProbationStep.START else None,
@@ -543,6 +545,7 @@ class DeliveryWorker:
             category="other",
             rule="unrecorded_claims",
             synthetic=True,
+            provider=provider_of(None, d.recipient_domain),
         )
 
     def _cancelled(self, d: ClaimedDelivery) -> OutcomeRecord:

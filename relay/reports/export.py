@@ -1,9 +1,11 @@
 """The bounces report: filters -> rows -> a table, CSV, Excel or JSON, through one ``export``.
 
-An analyst picks a period, a campaign (or all), a bounce type and a grouping
-(sending From domain or sending IP); each row is one (group, bounce text)
-with the amount of bounce events (resends count), the distinct messages and
-recipient domains, the category and when it was first and last seen.
+An analyst picks a period, a campaign (or all), a bounce type and a grouping (sending From
+domain, sending IP, or the recipients' mailbox provider); each row is one (group, bounce
+text) with the amount of bounce events (resends count), the group's delivery attempts and
+deliveries, the bounce rate (the row's amount over its group's attempts), the distinct
+messages and recipient domains, the category and when it was first and last seen. The
+total line is the store's (``ReportTotals``): the whole filter, each message once.
 
 ``export`` is the one way out, for the CLI (``bounce-relay report``), the admin page's
 downloads and the JSON API: the same filter gives the same rows, columns and bytes
@@ -34,7 +36,7 @@ import csv
 import enum
 import json
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
@@ -42,11 +44,13 @@ from typing import IO, Any, Literal, Protocol, TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from policies.text import printable
-from relay.store import ReportRow, Store
+from relay.store import ReportRow, ReportTotals, SeriesRow, Store
+from relay.store.reports import ReportStream
 
 __all__ = [
     "COLUMNS",
     "SAMPLE",
+    "SERIES_COLUMNS",
     "Column",
     "Format",
     "Kind",
@@ -54,6 +58,7 @@ __all__ = [
     "ReportFilter",
     "Sink",
     "TextSink",
+    "bounce_rate",
     "export",
     "neutralise",
     "parse_filter",
@@ -64,7 +69,8 @@ __all__ = [
 ]
 
 TYPES = {"soft": ("soft_bounce",), "hard": ("hard_bounce",), "all": ("soft_bounce", "hard_bounce")}
-GROUPINGS = {"from-domain": "from_domain", "ip": "source_ip"}
+GROUPINGS = {"from-domain": "from_domain", "ip": "source_ip", "provider": "provider"}
+BUCKETS = ("hour", "day")  # --by: a time series per UTC hour or day
 Format = Literal["table", "csv", "xlsx", "json"]
 TABLE_WIDTH = 70  # the terminal table cuts long texts (the bounce text) at this many characters
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -84,7 +90,13 @@ class Kind(enum.Enum):
 
     TEXT = "text"  # from outside: escaped on a terminal, formula-neutralised in CSV and XLSX
     COUNT = "count"  # a whole number: right-aligned, a number in XLSX and JSON
+    RATE = "rate"  # a fraction (4 places) or None: right-aligned, a percentage in XLSX
     TIME = "time"  # UTC: "YYYY-MM-DD HH:MM:SS" as text, a date in XLSX, ISO 8601 in JSON
+
+
+Value = str | int | float | datetime | None
+Row = ReportRow | SeriesRow  # a report row, or a point of the series (--by)
+Rows = ReportStream[ReportRow] | ReportStream[SeriesRow]
 
 
 @dataclass(frozen=True)
@@ -93,21 +105,23 @@ class Column:
 
     name: str  # the header (table, CSV, XLSX, admin page) and the JSON key
     kind: Kind
-    value: Callable[[ReportRow], str | int | datetime | None]
+    value: Callable[[Row], Value]
     width: int  # characters: the XLSX column's width
-    total: Literal["sum", "min", "max"] | None = None  # what the total row shows, if anything
+    # What the total row shows (the table, XLSX; JSON's "totals" for numbers and times),
+    # from the store's totals: never a sum of the rows shown, which would count a message
+    # once per row and a group's attempts once per text.
+    total: Callable[[ReportTotals], Value] | None = None
     cut: bool = False  # the terminal table cuts it at export's ``width`` (long bounce texts)
 
-    def text(self, row: ReportRow) -> str:
+    def text(self, row: Row) -> str:
         """The value as text: a CSV cell, a table cell (before escaping), an admin page cell."""
         return _as_text(self.value(row))
 
-    def json(self, row: ReportRow) -> str | int | None:
-        value = self.value(row)
-        return value.isoformat() if isinstance(value, datetime) else value
+    def json(self, row: Row) -> str | int | float | None:
+        return _as_json(self.value(row))
 
 
-def _as_text(value: str | int | datetime | None) -> str:
+def _as_text(value: Value) -> str:
     if value is None:
         return ""
     if isinstance(value, datetime):
@@ -115,21 +129,60 @@ def _as_text(value: str | int | datetime | None) -> str:
     return str(value)
 
 
-# The columns, in order. The first is named after the grouping (from_domain or source_ip:
-# see ReportFilter.columns); `sample` follows the last with --raw.
+def _as_json(value: Value) -> str | int | float | None:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def bounce_rate(bounces: int, attempts: int) -> float | None:
+    """``bounces / attempts`` to four places; None without attempts (none were recorded:
+    only bounce messages' reports, or a period before the relay counted attempts)."""
+    return round(bounces / attempts, 4) if attempts else None
+
+
+# What the total line says of itself, in its bounce_text cell (short enough for a table cut
+# at 60 characters); docs/reports.md says it in full.
+TOTAL_NOTE = "whole filter, each message once; row attempts are per group"
+
+# The columns, in order. The first is named after the grouping (from_domain, source_ip or
+# provider: see ReportFilter.columns); `sample` follows the last with --raw.
 COLUMNS: tuple[Column, ...] = (
-    Column("group", Kind.TEXT, attrgetter("group"), 18),
-    Column("bounce_text", Kind.TEXT, attrgetter("bounce_text"), 70, cut=True),
+    Column("group", Kind.TEXT, attrgetter("group"), 18, total=lambda _: "total"),
+    Column(
+        "bounce_text",
+        Kind.TEXT,
+        attrgetter("bounce_text"),
+        70,
+        total=lambda _: TOTAL_NOTE,
+        cut=True,
+    ),
     Column("code", Kind.TEXT, attrgetter("code"), 10),
-    Column("amount", Kind.COUNT, attrgetter("amount"), 10, total="sum"),
-    Column("messages", Kind.COUNT, attrgetter("messages"), 10, total="sum"),
-    # distinct per row: a sum over rows would count a domain once per row
+    Column("amount", Kind.COUNT, attrgetter("amount"), 10, total=attrgetter("amount")),
+    # the group's, on each of its rows: how much it sent, which the row's bounces are out of
+    Column("attempts", Kind.COUNT, attrgetter("attempts"), 10, total=attrgetter("attempts")),
+    Column("delivered", Kind.COUNT, attrgetter("delivered"), 10, total=attrgetter("delivered")),
+    Column(
+        "bounce_rate",
+        Kind.RATE,
+        lambda r: bounce_rate(r.amount, r.attempts),
+        12,
+        total=lambda t: bounce_rate(t.amount, t.attempts),
+    ),
+    Column("messages", Kind.COUNT, attrgetter("messages"), 10, total=attrgetter("messages")),
+    # distinct per row: the rows' sum would count a domain once per row, and no total is kept
     Column("recipient_domains", Kind.COUNT, attrgetter("recipient_domains"), 18),
     Column("category", Kind.TEXT, attrgetter("category"), 18),
-    Column("first_seen", Kind.TIME, attrgetter("first_seen"), 20, total="min"),
-    Column("last_seen", Kind.TIME, attrgetter("last_seen"), 20, total="max"),
+    Column("first_seen", Kind.TIME, attrgetter("first_seen"), 20, total=attrgetter("first_seen")),
+    Column("last_seen", Kind.TIME, attrgetter("last_seen"), 20, total=attrgetter("last_seen")),
 )
 SAMPLE = Column("sample", Kind.TEXT, attrgetter("sample"), 70)
+
+# --by hour|day: the report as a time series, a row per UTC bucket and group, no texts. The
+# second column is named after the grouping.
+SERIES_COLUMNS: tuple[Column, ...] = (
+    Column("bucket", Kind.TIME, attrgetter("bucket"), 20, total=lambda _: "total"),
+    Column("group", Kind.TEXT, attrgetter("group"), 18, total=lambda _: "whole filter"),
+    *(c for c in COLUMNS if c.name in ("amount", "attempts", "delivered", "bounce_rate")),
+)
 
 
 @dataclass(frozen=True)
@@ -138,9 +191,10 @@ class ReportFilter:
     end: datetime  # UTC, exclusive, on a whole hour
     types: tuple[str, ...]
     campaigns: tuple[str, ...]  # empty: all campaigns
-    group_by: str  # "from-domain" | "ip"
-    top: int | None
+    group_by: str  # "from-domain" | "ip" | "provider"
+    top: int | None  # rows; groups with ``by``
     raw: bool = False
+    by: str | None = None  # "hour" | "day": a time series
 
     @property
     def group_column(self) -> str:
@@ -148,8 +202,11 @@ class ReportFilter:
 
     @property
     def columns(self) -> tuple[Column, ...]:
-        """The report's columns under this filter: ``COLUMNS`` with the group column named
-        after the grouping, and ``sample`` with ``raw``."""
+        """The report's columns under this filter: ``COLUMNS`` (``SERIES_COLUMNS`` with
+        ``by``) with the group column named after the grouping, and ``sample`` with ``raw``."""
+        if self.by:
+            bucket, group, *counts = SERIES_COLUMNS
+            return (bucket, replace(group, name=self.group_column), *counts)
         named = (replace(COLUMNS[0], name=self.group_column), *COLUMNS[1:])
         return (*named, SAMPLE) if self.raw else named
 
@@ -177,6 +234,7 @@ def parse_filter(
     group_by: str = "from-domain",
     top: int | None = None,
     raw: bool = False,
+    by: str | None = None,
     now: datetime | None = None,
 ) -> ReportFilter:
     """Check and convert the report's filters; ``ReportError`` says what is wrong."""
@@ -189,9 +247,13 @@ def parse_filter(
     if kind not in TYPES:
         raise ReportError(f"--type {kind!r}: use soft, hard or all")
     if group_by not in GROUPINGS:
-        raise ReportError(f"--group-by {group_by!r}: use from-domain or ip")
+        raise ReportError(f"--group-by {group_by!r}: use from-domain, ip or provider")
     if top is not None and top <= 0:
         raise ReportError(f"--top {top}: must be a positive number of rows")
+    if by is not None and by not in BUCKETS:
+        raise ReportError(f"--by {by!r}: use hour or day")
+    if by is not None and raw:
+        raise ReportError("--raw shows the replies behind rows; a time series (--by) has none")
     current = now or datetime.now(UTC)
     # Without --to: up to the end of the current hour, so the newest bounces show.
     upper = (
@@ -218,6 +280,7 @@ def parse_filter(
         group_by=group_by,
         top=top,
         raw=raw,
+        by=by,
     )
 
 
@@ -267,28 +330,9 @@ class _Progress:
             self.stream.write(f"\r{self.rows:,} rows, done\n")
 
 
-class _Totals:
-    """The total row, accumulated as rows pass: ``Column.total`` of each column."""
-
-    def __init__(self, columns: tuple[Column, ...]) -> None:
-        self.columns = columns
-        self.values: list[Any] = [0 if c.total == "sum" else None for c in columns]
-
-    def add(self, row: ReportRow) -> None:
-        for i, column in enumerate(self.columns):
-            if column.total is None:
-                continue
-            value, held = column.value(row), self.values[i]
-            if column.total == "sum":
-                self.values[i] = held + value
-            elif held is None:
-                self.values[i] = value
-            else:
-                self.values[i] = min(held, value) if column.total == "min" else max(held, value)
-
-    def cells(self) -> list[Any]:
-        """Label first, then each column's total (None: nothing to show)."""
-        return ["total", *self.values[1:]]
+def _total_cells(columns: tuple[Column, ...], totals: ReportTotals | None) -> list[Value]:
+    """The total row's cells (None: nothing to show), from the store's totals."""
+    return [c.total(totals) if c.total and totals else None for c in columns]
 
 
 async def export(
@@ -305,14 +349,20 @@ async def export(
     The one export of the report, for the CLI, the admin page and the API. ``progress``:
     a stream to count rows on when it is a terminal (the CLI's stderr); ``width``: where
     the table cuts long texts."""
-    rows = store.iter_bounce_report(
-        flt.start, flt.end, flt.types, flt.campaigns, flt.group_by, flt.top
-    )
+    rows: Rows
+    if flt.by:
+        rows = store.iter_bounce_series(
+            flt.start, flt.end, flt.types, flt.campaigns, flt.group_by, flt.top, flt.by
+        )
+    else:
+        rows = store.iter_bounce_report(
+            flt.start, flt.end, flt.types, flt.campaigns, flt.group_by, flt.top
+        )
     return await write_rows(rows, flt, fmt, out, progress=progress, width=width)
 
 
 async def write_rows(
-    rows: AsyncIterator[ReportRow],
+    rows: Rows,
     flt: ReportFilter,
     fmt: Format,
     out: Sink,
@@ -320,7 +370,7 @@ async def write_rows(
     progress: TextIO | None = None,
     width: int = TABLE_WIDTH,
 ) -> int:
-    """``export`` for rows already at hand (``export`` passes the store's)."""
+    """``export`` for a report already asked of the store (its rows and totals)."""
     counter = _Progress(progress)
     try:
         if fmt == "csv":
@@ -333,9 +383,7 @@ async def write_rows(
             await _table(rows, flt, out, width, counter)
     finally:
         # Close the cursor now, whatever happened: it holds a pooled connection.
-        close = getattr(rows, "aclose", None)
-        if close is not None:
-            await close()
+        await rows.aclose()
     counter.done()
     return counter.rows
 
@@ -350,10 +398,9 @@ class _Lines:
         self.out.write(text.encode("utf-8"))
 
 
-async def _csv(
-    rows: AsyncIterator[ReportRow], flt: ReportFilter, out: Sink, progress: _Progress
-) -> None:
-    """RFC 4180 (CRLF, header row, UTF-8), streamed; no total row."""
+async def _csv(rows: Rows, flt: ReportFilter, out: Sink, progress: _Progress) -> None:
+    """RFC 4180 (CRLF, header row, UTF-8), streamed; no total row (a reader summing the
+    rows gets amounts and counts of events; docs/reports.md says what does not add up)."""
     columns = flt.columns
     writer = csv.writer(_Lines(out), lineterminator="\r\n")
     writer.writerow([c.name for c in columns])
@@ -364,17 +411,16 @@ async def _csv(
             await asyncio.sleep(0)  # rows come in fetched batches: let other clients in
 
 
-async def _json(
-    rows: AsyncIterator[ReportRow], flt: ReportFilter, out: Sink, progress: _Progress
-) -> None:
-    """The filter echoed, then ``rows``: the bytes of ``json.dumps`` of the whole object,
-    written a row at a time."""
+async def _json(rows: Rows, flt: ReportFilter, out: Sink, progress: _Progress) -> None:
+    """The filter echoed, then ``rows``, then ``totals`` (the total line's numbers and
+    times): the bytes of ``json.dumps`` of the whole object, written a row at a time."""
     columns = flt.columns
     head = json.dumps(
         {
             "from": flt.start.isoformat(),
             "to": flt.end.isoformat(),
             "group_by": flt.group_column,
+            "by": flt.by,
             "types": list(flt.types),
             "campaigns": list(flt.campaigns),
         }
@@ -388,11 +434,16 @@ async def _json(
         progress.tick()
         if progress.rows % _ROWS_PER_YIELD == 0:
             await asyncio.sleep(0)
-    out.write(b"]}")
+    totals = {
+        c.name: _as_json(value)
+        for c, value in zip(columns, _total_cells(columns, rows.totals), strict=True)
+        if value is not None and not isinstance(value, str)  # not the labels
+    }
+    out.write(b'], "totals": ' + json.dumps(totals).encode() + b"}")
 
 
 async def _table(
-    rows: AsyncIterator[ReportRow],
+    rows: Rows,
     flt: ReportFilter,
     out: Sink,
     width: int,
@@ -400,19 +451,20 @@ async def _table(
 ) -> None:
     """An aligned, readable table with a total row; texts of cut columns end at ``width``."""
     columns = flt.columns
-    totals = _Totals(columns)
     lines = [[c.name for c in columns]]
     async for row in rows:
         lines.append([printable(c.text(row), width if c.cut else None) for c in columns])
-        totals.add(row)
         progress.tick()
-    total = [_as_text(v) for v in totals.cells()]
+    total = [
+        printable(_as_text(v), width if c.cut else None)
+        for c, v in zip(columns, _total_cells(columns, rows.totals), strict=True)
+    ]
     widths = [max(len(line[i]) for line in [*lines, total]) for i in range(len(columns))]
     rule = ("  ".join("-" * w for w in widths) + "\n").encode()
 
     def line(cells: list[str]) -> bytes:
         shown = "  ".join(
-            cell.rjust(w) if column.kind is Kind.COUNT else cell.ljust(w)
+            cell.rjust(w) if column.kind in (Kind.COUNT, Kind.RATE) else cell.ljust(w)
             for cell, w, column in zip(cells, widths, columns, strict=True)
         )
         return (shown.rstrip() + "\n").encode("utf-8")
@@ -425,14 +477,12 @@ async def _table(
     out.write(line(total))
 
 
-async def _xlsx(
-    rows: AsyncIterator[ReportRow], flt: ReportFilter, out: Sink, progress: _Progress
-) -> None:
+async def _xlsx(rows: Rows, flt: ReportFilter, out: Sink, progress: _Progress) -> None:
     # xlsxwriter's row files live in a directory of our own, removed even when the export
     # fails half-way (the workbook only deletes them when it closes).
     with tempfile.TemporaryDirectory(prefix="bounces-xlsx-") as scratch:
         book = await asyncio.to_thread(_Workbook, flt, out, scratch)
-        batch: list[ReportRow] = []
+        batch: list[Row] = []
         async for row in rows:
             batch.append(row)
             if len(batch) == _ROWS_PER_YIELD:
@@ -442,13 +492,14 @@ async def _xlsx(
         await asyncio.to_thread(book.add, batch)
         progress.tick(len(batch))
         # Closing zips every sheet: seconds of compression for a large report.
-        await asyncio.to_thread(book.close)
+        await asyncio.to_thread(book.close, rows.totals)
 
 
 class _Workbook:
     """The XLSX report: bold frozen header, autofilter, widths, real dates and numbers, a
-    total row, and a second sheet charting the amount per group; constant-memory mode.
-    Used from worker threads, one call at a time (``_xlsx`` awaits each)."""
+    total row, and a second sheet charting the amount per group (a time series: attempts,
+    bounces and the bounce rate over time); constant-memory mode. Used from worker
+    threads, one call at a time (``_xlsx`` awaits each)."""
 
     def __init__(self, flt: ReportFilter, out: Sink, scratch: str) -> None:
         import xlsxwriter  # late: only this format needs it
@@ -461,39 +512,52 @@ class _Workbook:
         self.sheet = self.book.add_worksheet("bounces")
         self.bold = self.book.add_format({"bold": True})
         self.when = self.book.add_format({"num_format": "yyyy-mm-dd hh:mm:ss"})
+        self.percent = self.book.add_format({"num_format": "0.00%"})
+        self.bold_percent = self.book.add_format({"bold": True, "num_format": "0.00%"})
         for col, column in enumerate(self.columns):
             self.sheet.write_string(0, col, column.name, self.bold)
             self.sheet.set_column(col, col, column.width)
         self.sheet.freeze_panes(1, 0)
-        self.totals = _Totals(self.columns)
         self.per_group: dict[str, int] = {}
+        self.per_bucket: dict[datetime, tuple[int, int]] = {}  # attempts, bounces
         self.rows = 0
 
-    def add(self, batch: list[ReportRow]) -> None:
+    def add(self, batch: list[Row]) -> None:
         for row in batch:
             self.rows += 1
             for col, column in enumerate(self.columns):
                 self._cell(self.rows, col, column.kind, column.value(row))
-            self.totals.add(row)
             self.per_group[row.group] = self.per_group.get(row.group, 0) + row.amount
+            if isinstance(row, SeriesRow):
+                attempts, amount = self.per_bucket.get(row.bucket, (0, 0))
+                self.per_bucket[row.bucket] = (attempts + row.attempts, amount + row.amount)
 
     def _cell(self, r: int, c: int, kind: Kind, value: Any, style: Any = None) -> None:
-        if kind is Kind.COUNT:
+        if kind is Kind.RATE and value is None:
+            self.sheet.write_blank(r, c, None, style)
+        elif kind is Kind.RATE:
+            self.sheet.write_number(r, c, value, style or self.percent)
+        elif kind is Kind.COUNT:
             self.sheet.write_number(r, c, value, style)
         elif kind is Kind.TIME:
             self.sheet.write_datetime(r, c, _naive_utc(value), style or self.when)
         else:
             self.sheet.write_string(r, c, neutralise(_as_text(value)), style)
 
-    def close(self) -> None:
+    def close(self, totals: ReportTotals | None) -> None:
         total_row = self.rows + 1
-        for col, value in enumerate(self.totals.cells()):
+        for col, value in enumerate(_total_cells(self.columns, totals)):
             if value is not None:
-                kind = Kind.TEXT if col == 0 else self.columns[col].kind
-                style = None if kind is Kind.TIME else self.bold  # dates keep their format
+                # a label is text whatever the column holds (a series' total is in "bucket")
+                kind = Kind.TEXT if isinstance(value, str) else self.columns[col].kind
+                # dates keep their format, rates their percent sign
+                style = {Kind.TIME: None, Kind.RATE: self.bold_percent}.get(kind, self.bold)
                 self._cell(total_row, col, kind, value, style)
         self.sheet.autofilter(0, 0, max(self.rows, 1), len(self.columns) - 1)
-        self._chart_sheet()
+        if self.flt.by:
+            self._series_chart_sheet()
+        else:
+            self._chart_sheet()
         self.book.close()
 
     def _chart_sheet(self) -> None:
@@ -519,6 +583,50 @@ class _Workbook:
         chart.set_y_axis({"reverse": True})
         sheet.insert_chart(1, 3, chart, {"x_scale": 1.5, "y_scale": 1.5})
 
+    def _series_chart_sheet(self) -> None:
+        """Attempts and bounces (columns) and the bounce rate (a line, right axis) per bucket,
+        over the groups shown."""
+        name = "over time"
+        sheet = self.book.add_worksheet(name)
+        for col, header in enumerate((f"{self.flt.by} (UTC)", "attempts", "bounces", "rate")):
+            sheet.write_string(0, col, header, self.bold)
+        sheet.set_column(0, 0, 20)
+        buckets = sorted(self.per_bucket.items())
+        for i, (at, (attempts, amount)) in enumerate(buckets, start=1):
+            sheet.write_datetime(i, 0, _naive_utc(at), self.when)
+            sheet.write_number(i, 1, attempts)
+            sheet.write_number(i, 2, amount)
+            rate = bounce_rate(amount, attempts)
+            if rate is None:
+                sheet.write_blank(i, 3, None)
+            else:
+                sheet.write_number(i, 3, rate, self.percent)
+        last = max(len(buckets), 1)
+        counts = self.book.add_chart({"type": "column"})
+        for col, title in ((1, "attempts"), (2, "bounces")):
+            counts.add_series(
+                {
+                    "name": title,
+                    "categories": [name, 1, 0, last, 0],
+                    "values": [name, 1, col, last, col],
+                }
+            )
+        rate_line = self.book.add_chart({"type": "line"})
+        rate_line.add_series(
+            {
+                "name": "bounce rate",
+                "categories": [name, 1, 0, last, 0],
+                "values": [name, 1, 3, last, 3],
+                "y2_axis": True,
+            }
+        )
+        counts.combine(rate_line)
+        counts.set_title({"name": f"Attempts, bounces and bounce rate per {self.flt.by}"})
+        counts.set_x_axis({"date_axis": True, "num_format": "yyyy-mm-dd hh:mm"})
+        rate_line.set_y2_axis({"num_format": "0%"})
+        counts.set_legend({"position": "bottom"})
+        sheet.insert_chart(1, 5, counts, {"x_scale": 2, "y_scale": 1.5})
+
 
 def _naive_utc(value: datetime) -> datetime:
     # Excel has no time zones: dates are written as UTC wall time (the header says so).
@@ -528,18 +636,18 @@ def _naive_utc(value: datetime) -> datetime:
 # Shortcuts for rows already at hand and a file (the tests, the demo): the same writers.
 
 
-async def write_csv(rows: AsyncIterator[ReportRow], flt: ReportFilter, out: TextIO) -> int:
+async def write_csv(rows: Rows, flt: ReportFilter, out: TextIO) -> int:
     """CSV to a text stream (opened with newline="")."""
     return await write_rows(rows, flt, "csv", TextSink(out))
 
 
-async def write_xlsx(rows: AsyncIterator[ReportRow], flt: ReportFilter, out: IO[bytes]) -> int:
+async def write_xlsx(rows: Rows, flt: ReportFilter, out: IO[bytes]) -> int:
     """XLSX to a binary file."""
     return await write_rows(rows, flt, "xlsx", out)
 
 
 async def render_table(
-    rows: AsyncIterator[ReportRow], flt: ReportFilter, out: TextIO, *, width: int = TABLE_WIDTH
+    rows: Rows, flt: ReportFilter, out: TextIO, *, width: int = TABLE_WIDTH
 ) -> int:
     """The terminal table to a text stream."""
     return await write_rows(rows, flt, "table", TextSink(out), width=width)

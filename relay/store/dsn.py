@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from relay.store.base import clean, columns
+from policies.providers import provider_of, provider_of_mx
+from relay.store.base import Statements, clean, columns
 from relay.store.queue import QueueStore
 from relay.store.records import AppliedDsn, DsnRecord
 from relay.store.suppression import BOUNCES, suppress_and_roll_up
@@ -33,6 +34,21 @@ _DSN_COLUMNS = (
 )
 
 
+async def _providers(tx: Statements, records: Sequence[DsnRecord]) -> list[str]:
+    """Each record's mailbox provider, as the delivery worker decides it: by the remote MTA
+    the bounce names, else by the recipient's domain (read only when some MTA names none)."""
+    by_mx = [provider_of_mx(r.destination) for r in records]
+    unnamed = [r.delivery_id for r, p in zip(records, by_mx, strict=True) if p is None]
+    domains: dict[int, str] = {}
+    if unnamed:
+        rows = await tx.rows("recipient_domains_of_deliveries", unnamed)
+        domains = {r["id"]: r["recipient_domain"] for r in rows}
+    return [
+        p or provider_of(None, domains.get(r.delivery_id))
+        for r, p in zip(records, by_mx, strict=True)
+    ]
+
+
 class DsnStore(QueueStore):
     """Built on the queue: a bounce message finishes deliveries, and their bodies are
     released as an outcome's are."""
@@ -46,7 +62,8 @@ class DsnStore(QueueStore):
         cols = columns(records, _DSN_COLUMNS)
         by_id = {r.delivery_id: r for r in records}
         async with self._transaction("apply bounce messages") as tx:
-            rows = await tx.rows("apply_dsn_results", now, *cols)
+            providers = await _providers(tx, records)
+            rows = await tx.rows("apply_dsn_results", now, *cols, providers)
             added, cancelled, cancelled_messages = await suppress_and_roll_up(
                 tx,
                 now,

@@ -10,13 +10,15 @@
 -- action) counts once ever: its dsn_results key (0010) is taken here, so a repeated report
 -- (the same delayed DSN five times, two copies at once) records nothing more; within one
 -- batch the first result of a pair counts. The event carries the delivery's sending IP, the
--- remote MTA as its destination, and whether the verdict suppressed (classify --replay reads it).
+-- remote MTA as its destination and the recipient's provider ($16), and whether the verdict
+-- suppressed (classify --replay reads it).
 WITH o AS (
     SELECT * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::boolean[], $6::integer[],
                          $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
-                         $12::text[], $13::jsonb[], $14::text[], $15::boolean[]) WITH ORDINALITY
+                         $12::text[], $13::jsonb[], $14::text[], $15::boolean[], $16::text[])
+        WITH ORDINALITY
         AS o (delivery_id, event, finish_state, non_delivery, code, enhanced, reply_text,
-              template, category, rule, destination, detail, action, suppress, ord)
+              template, category, rule, destination, detail, action, suppress, provider, ord)
 ), reported AS (
     SELECT DISTINCT ON (d.id, coalesce(o.action, o.event))
            d.id, d.message_id, d.recipient_key, d.recipient_domain, d.attempts,
@@ -44,27 +46,32 @@ WITH o AS (
     INSERT INTO events (occurred_at, type, message_id, delivery_id, queue_id, campaign,
                         from_domain, envelope_sender, source_ip, destination, recipient,
                         recipient_domain, code, enhanced, reply_text, template, category,
-                        attempt, rule, detail, source, suppress)
+                        attempt, rule, detail, source, suppress, provider)
     SELECT $1, cur.event, cur.message_id, cur.id, m.queue_id, m.campaign, m.from_domain,
            m.envelope_sender, cur.last_source_ip, cur.destination, cur.recipient_key,
            cur.recipient_domain, cur.code, cur.enhanced, cur.reply_text, cur.template,
-           cur.category, cur.attempts, cur.rule, cur.detail, 'dsn', cur.suppress
+           cur.category, cur.attempts, cur.rule, cur.detail, 'dsn', cur.suppress, cur.provider
     FROM cur JOIN messages m ON m.id = cur.message_id
     RETURNING id, delivery_id
 ), nd AS (
     INSERT INTO events (occurred_at, type, message_id, delivery_id, queue_id, campaign,
                         from_domain, envelope_sender, source_ip, destination, recipient,
                         recipient_domain, code, enhanced, reply_text, template, category,
-                        attempt, rule, detail, source)
+                        attempt, rule, detail, source, provider)
     SELECT $1, 'non_delivery', cur.message_id, cur.id, m.queue_id, m.campaign, m.from_domain,
            m.envelope_sender, cur.last_source_ip, cur.destination, cur.recipient_key,
            cur.recipient_domain, cur.code, cur.enhanced, cur.reply_text, cur.template,
-           cur.category, cur.attempts, cur.rule, cur.detail, 'dsn'
+           cur.category, cur.attempts, cur.rule, cur.detail, 'dsn', cur.provider
     FROM cur JOIN messages m ON m.id = cur.message_id
     WHERE cur.non_delivery AND cur.id IN (SELECT id FROM u)
 )
 SELECT e.id AS event_id, cur.id AS delivery_id, cur.recipient_key, cur.message_id, cur.state
 FROM e JOIN cur ON cur.id = e.delivery_id;
+
+-- recipient_domains_of_deliveries --
+-- The recipient domain of each delivery $1 (a bounce message's provider, when its
+-- Remote-MTA names none).
+SELECT id, recipient_domain FROM deliveries WHERE id = ANY($1::bigint[]);
 
 -- lock_dsn_unmatched_client --
 -- Serialise the unmatched-bounce count and insert of one client address ($1) until commit:

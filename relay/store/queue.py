@@ -51,6 +51,7 @@ _OUTCOME_COLUMNS = (
     "avoid_source_ip",
     "suppress",
     "incident_id",
+    "provider",
 )
 
 

@@ -94,16 +94,17 @@ CROSS JOIN LATERAL delivery_checks(c.recipient_key, c.envelope_sender) k;
 SELECT id, body FROM messages WHERE id = ANY($1::bigint[]);
 
 -- apply_outcomes --
--- Finish or reschedule leased deliveries and record one event each; a row whose lease token no
--- longer matches (another relay took it over) is left alone: fencing.
+-- Finish or reschedule leased deliveries and record one event each, and count the attempts
+-- among them for the report; a row whose lease token no longer matches (another relay took it
+-- over) is left alone: fencing.
 WITH o AS (
     SELECT * FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::timestamptz[],
                          $7::boolean[], $8::boolean[], $9::integer[], $10::text[], $11::text[],
                          $12::text[], $13::text[], $14::text[], $15::boolean[], $16::text[],
-                         $17::text[], $18::text[], $19::boolean[], $20::bigint[])
+                         $17::text[], $18::text[], $19::boolean[], $20::bigint[], $21::text[])
         AS o (delivery_id, lease_token, state, event, next_attempt_at, counts_attempt,
               non_delivery, code, enhanced, reply_text, template, category, rule, synthetic,
-              source_ip, destination, avoid_source_ip, suppress, incident_id)
+              source_ip, destination, avoid_source_ip, suppress, incident_id, provider)
 ), u AS (
     UPDATE deliveries d
     SET state = o.state,
@@ -117,7 +118,8 @@ WITH o AS (
         last_code = o.code, last_reply = o.reply_text, updated_at = $1
     FROM o
     WHERE d.id = o.delivery_id AND d.lease_token = o.lease_token AND d.state = 'inflight'
-    RETURNING d.id, d.message_id, d.recipient_key, d.recipient_domain, d.attempts, d.state
+    RETURNING d.id, d.message_id, d.recipient_key, d.recipient_domain, d.attempts, d.state,
+              o.event, o.counts_attempt, o.source_ip, o.provider  -- for tried: no join with o
 ), finished AS (
     SELECT id, message_id FROM u WHERE state NOT IN ('queued', 'inflight')
 ), released AS (
@@ -135,25 +137,51 @@ WITH o AS (
     INSERT INTO events (occurred_at, type, message_id, delivery_id, queue_id, campaign,
                         from_domain, envelope_sender, source_ip, destination, recipient,
                         recipient_domain, code, enhanced, reply_text, template, category,
-                        attempt, rule, synthetic, suppress, retry_at, incident_id)
+                        attempt, rule, synthetic, suppress, retry_at, incident_id, provider)
     SELECT $1, o.event, u.message_id, u.id, m.queue_id, m.campaign, m.from_domain,
            m.envelope_sender, o.source_ip, o.destination, u.recipient_key, u.recipient_domain,
            o.code, o.enhanced, o.reply_text, o.template, o.category, u.attempts, o.rule,
            o.synthetic, o.suppress, CASE WHEN o.state = 'queued' THEN o.next_attempt_at END,
-           o.incident_id
+           o.incident_id, o.provider
     FROM u JOIN o ON o.delivery_id = u.id JOIN messages m ON m.id = u.message_id
     RETURNING id, delivery_id
 ), nd AS (
     INSERT INTO events (occurred_at, type, message_id, delivery_id, queue_id, campaign,
                         from_domain, envelope_sender, source_ip, destination, recipient,
                         recipient_domain, code, enhanced, reply_text, template, category,
-                        attempt, rule, synthetic)
+                        attempt, rule, synthetic, provider)
     SELECT $1, 'non_delivery', u.message_id, u.id, m.queue_id, m.campaign, m.from_domain,
            m.envelope_sender, o.source_ip, o.destination, u.recipient_key, u.recipient_domain,
            o.code, o.enhanced, o.reply_text, o.template, o.category, u.attempts, o.rule,
-           o.synthetic
+           o.synthetic, o.provider
     FROM u JOIN o ON o.delivery_id = u.id JOIN messages m ON m.id = u.message_id
     WHERE o.non_delivery
+), tried AS (
+    -- The attempts among these outcomes, for the bounces report (attempt_rollup, 0014): a
+    -- cancellation or a delivery given up untried was no attempt.
+    SELECT coalesce(m.campaign, '') AS campaign, coalesce(m.from_domain, '') AS from_domain,
+           coalesce(u.source_ip, '') AS source_ip, coalesce(u.provider, '') AS provider, u.event
+    FROM u JOIN messages m ON m.id = u.message_id
+    WHERE u.counts_attempt AND u.event IN ('delivered', 'soft_bounce', 'hard_bounce')
+), tried_counts AS (
+    -- per campaign, and (second grouping set) with all campaigns folded together
+    SELECT campaign, GROUPING(campaign) = 1 AS all_campaigns, from_domain, source_ip, provider,
+           count(*) AS attempts, count(*) FILTER (WHERE event = 'delivered') AS delivered
+    FROM tried
+    GROUP BY GROUPING SETS ((campaign, from_domain, source_ip, provider),
+                            (from_domain, source_ip, provider))
+), rolled AS (
+    INSERT INTO attempt_rollup AS r
+    SELECT g.grain, date_trunc(g.unit, $1::timestamptz AT TIME ZONE 'UTC') AT TIME ZONE 'UTC',
+           coalesce(t.campaign, ''), t.from_domain, t.source_ip, t.provider, t.attempts,
+           t.delivered
+    FROM tried_counts t
+    JOIN (VALUES ('hour', 'hour', false), ('day', 'day', false), ('day_all', 'day', true))
+        AS g (grain, unit, all_campaigns) USING (all_campaigns)
+    -- one lock order for every writer (as bounce_rollup): concurrent batches cannot deadlock
+    ORDER BY 1, 2, 3, 4, 5, 6
+    ON CONFLICT (grain, bucket, campaign, from_domain, source_ip, provider) DO UPDATE
+    SET attempts = r.attempts + EXCLUDED.attempts, delivered = r.delivered + EXCLUDED.delivered
 )
 SELECT u.id AS delivery_id, u.message_id, u.recipient_key, e.id AS event_id,
        u.state NOT IN ('queued', 'inflight')

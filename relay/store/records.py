@@ -35,6 +35,8 @@ __all__ = [
     "Recipient",
     "RecordedBounce",
     "ReportRow",
+    "ReportTotals",
+    "SeriesRow",
     "SuppressionEvidence",
     "SuppressionRow",
     "SuppressionWithCause",
@@ -141,6 +143,8 @@ class OutcomeRecord:
     incident_id: int | None = None  # an open incident's reply: deferred, suppresses nobody
     probation_until: datetime | None = None  # confirm_hard: probation starts, probe retried then
     probation_end: bool = False  # the probe finished: the address's probation ends
+    # The recipient's mailbox provider (policies.providers.provider_of), for the report
+    provider: str | None = None
 
 
 @dataclass(frozen=True)
@@ -474,7 +478,8 @@ class ReportRow:
     """One bounces-report row: a group (From domain or source IP), a bounce text and its
     codes. ``bounce_text`` is a wording one of the row's replies had, masked (the row groups
     a provider's rewordings of one reply by their template); ``code`` is the reply code and
-    enhanced status ("452 4.2.2"), empty when unknown."""
+    enhanced status ("452 4.2.2"), empty when unknown. ``attempts`` and ``delivered`` are
+    the group's (every row of a group carries the same), not the text's."""
 
     group: str
     bounce_text: str
@@ -486,6 +491,35 @@ class ReportRow:
     first_seen: datetime
     last_seen: datetime
     sample: str | None
+    attempts: int
+    delivered: int
+
+
+@dataclass(frozen=True)
+class ReportTotals:
+    """The bounces report's total line: everything its filter selects, whatever the grouping
+    and ``--top``. ``messages`` counts each message once however many texts, IPs or groups
+    it bounced with; ``attempts`` and ``delivered`` are those of every group; the times are
+    None when nothing bounced."""
+
+    amount: int
+    messages: int
+    attempts: int
+    delivered: int
+    first_seen: datetime | None
+    last_seen: datetime | None
+
+
+@dataclass(frozen=True)
+class SeriesRow:
+    """One point of the bounces report as a time series (``--by hour|day``): a group's
+    bounce events, attempts and deliveries in one UTC hour or day."""
+
+    bucket: datetime
+    group: str
+    amount: int
+    attempts: int
+    delivered: int
 
 
 @dataclass(frozen=True)

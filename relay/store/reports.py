@@ -4,15 +4,20 @@ Queries: ``reports.sql``."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+import asyncpg
 
 from policies.templates import wording_of
-from relay.store.base import QUERIES, REPORT_TIMEOUT_SECONDS, StoreBase
-from relay.store.records import RecordedBounce, ReportRow
+from relay.store.base import QUERIES, REPORT_TIMEOUT_SECONDS, Statements, StoreBase
+from relay.store.records import RecordedBounce, ReportRow, ReportTotals, SeriesRow
 
-__all__ = ["ReportStore", "roll_up_bounces"]
+__all__ = ["ReportStore", "ReportStream", "roll_up_bounces"]
+
+R = TypeVar("R")
 
 
 async def roll_up_bounces(
@@ -29,6 +34,13 @@ async def roll_up_bounces(
     await conn.execute(QUERIES["roll_up_bounces"], occurred_at, event_ids, timeout=timeout)
 
 
+def _totals(r: asyncpg.Record) -> ReportTotals:
+    """The total line, the first record of bounce_report and bounce_series."""
+    return ReportTotals(
+        r["amount"], r["messages"], r["attempts"], r["delivered"], r["first_seen"], r["last_seen"]
+    )
+
+
 def _whole_days(start: datetime, end: datetime) -> tuple[datetime, datetime]:
     """The whole UTC days inside [start, end), or an empty range at ``end``."""
     first = start.astimezone(UTC)
@@ -38,8 +50,28 @@ def _whole_days(start: datetime, end: datetime) -> tuple[datetime, datetime]:
     return (day_from, day_to) if day_from < day_to else (end, end)
 
 
+class ReportStream(Generic[R]):
+    """A report's rows, streamed from a server-side cursor (constant memory), and its
+    ``totals``: the statement's first record, computed from the rows it read, so they are
+    set once the first row (or the end) has arrived and say the same as the rows.
+    ``aclose`` ends the transaction early."""
+
+    def __init__(self, read: Callable[[ReportStream[R]], AsyncGenerator[R, None]]) -> None:
+        self.totals: ReportTotals | None = None
+        self._rows = read(self)
+
+    def __aiter__(self) -> ReportStream[R]:
+        return self
+
+    async def __anext__(self) -> R:
+        return await anext(self._rows)
+
+    async def aclose(self) -> None:
+        await self._rows.aclose()
+
+
 class ReportStore(StoreBase):
-    async def iter_bounce_report(
+    def iter_bounce_report(
         self,
         start: datetime,
         end: datetime,
@@ -47,38 +79,89 @@ class ReportStore(StoreBase):
         campaigns: Sequence[str] | None,
         group_by: str,
         top: int | None,
-    ) -> AsyncIterator[ReportRow]:
-        """Stream report rows through a server-side cursor (constant memory)."""
+    ) -> ReportStream[ReportRow]:
+        """The bounces report's rows (see bounce_report) and its totals."""
+        period = (start, end, list(types), list(campaigns) if campaigns else None)
+        days = _whole_days(start, end)
+
+        async def read(stream: ReportStream[ReportRow]) -> AsyncGenerator[ReportRow, None]:
+            async with self._report_transaction() as tx:
+                cursor = tx.cursor(
+                    "bounce_report",
+                    *period,
+                    group_by,
+                    top,
+                    *days,
+                    prefetch=2000,
+                    # A million-row report sorts for longer than the store's usual 10 s.
+                    timeout=REPORT_TIMEOUT_SECONDS,
+                )
+                async for r in cursor:
+                    if r["is_total"]:
+                        stream.totals = _totals(r)
+                        continue
+                    yield ReportRow(
+                        group=r["grp"],
+                        # The template groups rewordings; the row shows words a reply had.
+                        bounce_text=wording_of(r["sample"]) if r["sample"] else r["template"],
+                        code=r["code"],
+                        amount=r["amount"],
+                        messages=r["messages"],
+                        recipient_domains=r["recipient_domains"],
+                        category=r["category"],
+                        first_seen=r["first_seen"],
+                        last_seen=r["last_seen"],
+                        sample=r["sample"],
+                        attempts=r["attempts"],
+                        delivered=r["delivered"],
+                    )
+
+        return ReportStream(read)
+
+    def iter_bounce_series(
+        self,
+        start: datetime,
+        end: datetime,
+        types: Sequence[str],
+        campaigns: Sequence[str] | None,
+        group_by: str,
+        top: int | None,
+        by: str,
+    ) -> ReportStream[SeriesRow]:
+        """The report as a time series per UTC ``by`` ("hour" | "day") and group (see
+        bounce_series), and the report's totals."""
+        period = (start, end, list(types), list(campaigns) if campaigns else None)
+        days = _whole_days(start, end)
+
+        async def read(stream: ReportStream[SeriesRow]) -> AsyncGenerator[SeriesRow, None]:
+            async with self._report_transaction() as tx:
+                cursor = tx.cursor(
+                    "bounce_series",
+                    *period,
+                    group_by,
+                    top,
+                    *days,
+                    by,
+                    prefetch=2000,
+                    timeout=REPORT_TIMEOUT_SECONDS,
+                )
+                async for r in cursor:
+                    if r["is_total"]:
+                        stream.totals = _totals(r)
+                        continue
+                    yield SeriesRow(
+                        r["bucket"], r["grp"], r["amount"], r["attempts"], r["delivered"]
+                    )
+
+        return ReportStream(read)
+
+    @asynccontextmanager
+    async def _report_transaction(self) -> AsyncIterator[Statements]:
+        """A read-only transaction for a report's cursor."""
         async with self._transaction("bounces report", readonly=True) as tx:
             # JIT compiles for ~0.4 s before a report that itself takes less.
             await tx.conn.execute("SET LOCAL jit = off; SET LOCAL work_mem = '64MB'")
-            cursor = tx.cursor(
-                "bounce_report",
-                start,
-                end,
-                list(types),
-                list(campaigns) if campaigns else None,
-                group_by,
-                top,
-                *_whole_days(start, end),
-                prefetch=2000,
-                # A million-row report sorts for longer than the store's usual 10 s.
-                timeout=REPORT_TIMEOUT_SECONDS,
-            )
-            async for r in cursor:
-                yield ReportRow(
-                    r["grp"],
-                    # The template groups rewordings; the row shows words a reply had.
-                    wording_of(r["sample"]) if r["sample"] else r["template"],
-                    r["code"],
-                    r["amount"],
-                    r["messages"],
-                    r["recipient_domains"],
-                    r["category"],
-                    r["first_seen"],
-                    r["last_seen"],
-                    r["sample"],
-                )
+            yield tx
 
     async def queue_stats(self) -> dict[str, tuple[int, datetime | None]]:
         """Open deliveries per state with the oldest message's receive time."""

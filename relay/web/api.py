@@ -43,7 +43,7 @@ __all__ = [
     "parse_number",
 ]
 
-_GROUPS = {"from_domain": "from-domain", "ip": "ip"}
+_GROUPS = {"from_domain": "from-domain", "ip": "ip", "provider": "provider"}
 _FORMATS: dict[str, report.Format] = {"json": "json", "csv": "csv", "xlsx": "xlsx"}
 API_FAILURES = 10  # wrong tokens per client ...
 API_WINDOW = timedelta(seconds=60)  # ... in this window, then 429 until it passes
@@ -147,7 +147,7 @@ def add_api_routes(
             return _bad_request(f"format {q.get('format')!r}: use json, csv or xlsx")
         group = q.get("group_by", "from_domain")
         if group not in _GROUPS:
-            return _bad_request(f"group_by {group!r}: use from_domain or ip")
+            return _bad_request(f"group_by {group!r}: use from_domain, ip or provider")
         try:
             top = parse_number(q.get("top"), "top", 1, MAX_TOP)
             flt = report.parse_filter(
@@ -159,6 +159,7 @@ def add_api_routes(
                 group_by=_GROUPS[group],
                 top=top,
                 raw=q.get("raw") in ("1", "true"),
+                by=q.get("by") or None,
                 now=clock(),
             )
         except ValueError as exc:  # ReportError, BadNumber

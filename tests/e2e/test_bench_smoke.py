@@ -111,7 +111,29 @@ def test_report_bench_smoke(server_dsn):
         "--export-rows",
         "300",
     )
-    assert out.strip(), "the report bench prints its timings"
+    lines = [_fields(x) for x in out.splitlines() if x.startswith(("report ", "series "))]
+    # three groupings x (all campaigns, one), series by day and by hour x two groupings
+    assert len(lines) == 6 + 4
+    assert all(float(f["ratio"]) > 0 and int(f["rollup_rows_read"]) > 0 for f in lines)
+    [seeded] = [_fields(x) for x in out.splitlines() if x.startswith("seeded")]
+    assert int(seeded["attempts"]) == 10 * int(seeded["events"])
+
+
+@pytest.mark.slow
+def test_attempt_rollup_bench_smoke(server_dsn):
+    out = _run(
+        sys.executable,
+        "bench/attempt_rollup_bench.py",
+        "--dsn",
+        server_dsn,
+        "--batches",
+        "10",
+        "--rounds",
+        "2",
+    )
+    [line] = [_fields(x) for x in out.splitlines() if x.startswith("attempt_rollup")]
+    assert float(line["with_us_per_outcome"]) > 0
+    assert float(line["ratio"]) > 0
 
 
 @pytest.mark.slow

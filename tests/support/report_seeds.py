@@ -6,11 +6,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from policies.providers import provider_of
 from policies.smtp_reply import parse_reply
 from policies.templates import template_of, wording_of
 from relay.store import IncomingMessage, OutcomeRecord, Recipient, Store
 
 T0 = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
+# The test upstream's host names no provider: the recipient domain decides (gmail.com is
+# google's), as for mail through a smarthost.
+MX = "mx.test:25"
 GMAIL_QUOTA = (
     "452-4.2.2 The email account that you tried to reach is over quota. Please direct\n"
     "452-4.2.2 the recipient to\n"
@@ -28,7 +32,8 @@ YAHOO_T = wording_of(YAHOO_FULL.format(rcpt="x@yahoo.com"))
 
 
 class Seeder:
-    """Accepts messages and records bounces through claim + apply_outcomes, at chosen times."""
+    """Accepts messages and records bounces through claim + apply_outcomes, at chosen times,
+    each outcome with its provider as the delivery worker decides it."""
 
     def __init__(self, store: Store, prefix: str = "Q") -> None:
         self.store = store
@@ -77,7 +82,8 @@ class Seeder:
                     template=template_of(reply),
                     category="mailbox_full" if kind == "soft" else "user_unknown",
                     source_ip=ip,
-                    destination="mx.test:25",
+                    destination=MX,
+                    provider=provider_of(MX, d.recipient_domain),
                 )
             ],
         )
@@ -95,6 +101,8 @@ class Seeder:
                         event="delivered",
                         code=250,
                         source_ip="127.0.0.9",
+                        destination=MX,
+                        provider=provider_of(MX, d.recipient_domain),
                     )
                 ],
             )

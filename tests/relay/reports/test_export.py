@@ -14,6 +14,7 @@ import pytest
 
 from policies.templates import wording_of
 from relay.reports.export import (
+    TOTAL_NOTE,
     ReportError,
     ReportFilter,
     parse_filter,
@@ -22,6 +23,7 @@ from relay.reports.export import (
     write_xlsx,
 )
 from relay.store import ReportRow, Store, create_store
+from relay.store.reports import ReportStream
 from tests.support.report_seeds import (
     QUOTA_T,
     T0,
@@ -161,7 +163,7 @@ async def test_time_zone_shifts_the_period(store):
     [
         ({"start": "2026-11-03", "end": "2026-11-02"}, "is not before"),
         ({"start": "yesterday", "end": None}, "not an ISO date"),
-        ({"start": None, "end": None, "group_by": "campaign"}, "use from-domain or ip"),
+        ({"start": None, "end": None, "group_by": "campaign"}, "use from-domain, ip or provider"),
         ({"start": None, "end": None, "kind": "bogus"}, "use soft, hard or all"),
         ({"start": None, "end": None, "tz": "Mars/Olympus"}, "not a known time zone"),
         ({"start": "2026-11-02T10:30", "end": None}, "whole hour"),
@@ -185,6 +187,22 @@ PAYLOADS = [
 ]
 
 
+HEADER = [
+    "from_domain",
+    "bounce_text",
+    "code",
+    "amount",
+    "attempts",
+    "delivered",
+    "bounce_rate",
+    "messages",
+    "recipient_domains",
+    "category",
+    "first_seen",
+    "last_seen",
+]
+
+
 async def seed_hostile(store: Store) -> None:
     s = Seeder(store, prefix="H")
     for n, payload in enumerate(PAYLOADS):
@@ -192,7 +210,7 @@ async def seed_hostile(store: Store) -> None:
         await s.bounce(T0, f"550 {payload}", "127.0.0.2", kind="hard")
 
 
-async def _report(store: Store, **kw: Any) -> tuple[AsyncIterator[ReportRow], ReportFilter]:
+async def _report(store: Store, **kw: Any) -> tuple[ReportStream[ReportRow], ReportFilter]:
     flt = parse_filter(start="2026-11-02", end="2026-11-03", **kw)
     it = store.iter_bounce_report(
         flt.start, flt.end, flt.types, flt.campaigns, flt.group_by, flt.top
@@ -209,24 +227,25 @@ async def test_csv_parses_back_and_neutralises_formulas(store):
     await write_csv(it, flt, out)
     assert "\r\n" in out.getvalue()
     parsed = list(csv.reader(io.StringIO(out.getvalue(), newline="")))
-    assert parsed[0] == [
-        "from_domain",
-        "bounce_text",
-        "code",
-        "amount",
-        "messages",
-        "recipient_domains",
-        "category",
-        "first_seen",
-        "last_seen",
-        "sample",
-    ]
+    assert parsed[0] == [*HEADER, "sample"]
     body = parsed[1:]
     assert len(body) == 3 + len(PAYLOADS)
     assert not any(row[0] == "total" for row in body)
-    news = next(r for r in body if r[1] == QUOTA_T)
-    assert news[:7] == ["news.example.com", QUOTA_T, "452 4.2.2", "4", "2", "1", "mailbox_full"]
-    assert news[7] == "2026-11-02 10:00:00"
+    news = dict(zip(parsed[0], next(r for r in body if r[1] == QUOTA_T), strict=True))
+    assert news == {
+        **news,
+        "from_domain": "news.example.com",
+        "bounce_text": QUOTA_T,
+        "code": "452 4.2.2",
+        "amount": "4",
+        "attempts": "7",
+        "delivered": "2",
+        "bounce_rate": "0.5714",
+        "messages": "2",
+        "recipient_domains": "1",
+        "category": "mailbox_full",
+        "first_seen": "2026-11-02 10:00:00",
+    }
     for row in body:
         for cell in row:
             assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), cell
@@ -245,27 +264,29 @@ async def test_xlsx_reads_back_with_types_header_total_and_chart_sheet(store, tm
     assert book.sheetnames == ["bounces", "by group"]
     sheet = book["bounces"]
     header = [c.value for c in sheet[1]]
-    assert header == [
-        "from_domain",
-        "bounce_text",
-        "code",
-        "amount",
-        "messages",
-        "recipient_domains",
-        "category",
-        "first_seen",
-        "last_seen",
-    ]
+    assert header == HEADER
     assert sheet["A1"].font.b
     assert sheet.freeze_panes == "A2"
     assert sheet.auto_filter.ref is not None
     values = [[c.value for c in row] for row in sheet.iter_rows(min_row=2)]
-    news = next(v for v in values if v[1] == QUOTA_T)
-    assert news[:7] == ["news.example.com", QUOTA_T, "452 4.2.2", 4, 2, 1, "mailbox_full"]
-    assert news[7] == datetime(2026, 11, 2, 10, 0)
-    total = values[-1]
-    assert total[0] == "total"
-    assert total[3] == 4 + 1 + 1 + len(PAYLOADS)
+    news = dict(zip(header, next(v for v in values if v[1] == QUOTA_T), strict=True))
+    assert news == {
+        **news,
+        "from_domain": "news.example.com",
+        "code": "452 4.2.2",
+        "amount": 4,
+        "attempts": 7,
+        "delivered": 2,
+        "bounce_rate": 0.5714,
+        "messages": 2,
+        "first_seen": datetime(2026, 11, 2, 10, 0),
+    }
+    rate = header.index("bounce_rate") + 1
+    assert sheet.cell(2, rate).number_format == "0.00%"
+    total = dict(zip(header, values[-1], strict=True))
+    assert total["from_domain"] == "total"
+    assert total["amount"] == 4 + 1 + 1 + len(PAYLOADS)
+    assert total["messages"] == 4 + len(PAYLOADS)
     for row in sheet.iter_rows(min_row=2):
         for cell in row:
             assert cell.data_type != "f"
@@ -292,10 +313,11 @@ async def test_table_has_aligned_columns_and_total(store):
     out = io.StringIO()
     await render_table(it, flt, out)
     lines = out.getvalue().splitlines()
-    assert lines[0].startswith("from_domain")
+    assert lines[0].split() == HEADER
     assert set(lines[1]) <= {"-", " "}
-    assert lines[-1].startswith("total")
-    assert " 5 " in lines[-1] + " "
+    assert lines[-1].startswith(f"total             {TOTAL_NOTE}")
+    # amount, attempts, delivered, bounce_rate, messages; then two times of two words
+    assert lines[-1].split()[-9:-4] == ["5", "9", "3", "0.5556", "3"]
 
 
 CONTROL_REPLIES = [

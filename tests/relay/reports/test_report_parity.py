@@ -204,6 +204,9 @@ async def test_cli_page_and_api_give_the_same_report(
         "bounce_text",
         "code",
         "amount",
+        "attempts",
+        "delivered",
+        "bounce_rate",
         "messages",
         "recipient_domains",
         "category",
@@ -211,7 +214,9 @@ async def test_cli_page_and_api_give_the_same_report(
         "last_seen",
     ]
     assert len(rows) == 4  # quota (resent), unknown, Yahoo full, the hostile one
-    assert sum(int(r[3]) for r in rows) == 5
+    amount, messages = header.index("amount"), header.index("messages")
+    assert sum(int(r[amount]) for r in rows) == 5
+    assert sum(int(r[messages]) for r in rows) == 4  # four messages, one row each
     assert any(r[1].startswith("'=cmd") for r in rows)  # the formula, neutralised
 
     # JSON: the same keys, and the same values (times in ISO 8601, texts as stored).
@@ -233,11 +238,18 @@ async def test_cli_page_and_api_give_the_same_report(
     cli_cells = _xlsx_rows(cli_xlsx.read_bytes())
     assert cli_cells == _xlsx_rows(api_xlsx) == _xlsx_rows(page_xlsx)
     assert cli_cells[0] == header
-    assert [[str(v) for v in r[:7]] for r in cli_cells[1:-1]] == [r[:7] for r in rows]
-    assert cli_cells[-1][:5] == ["total", None, None, 5, sum(int(r[4]) for r in rows)]
+    assert [[str(v) for v in r[:10]] for r in cli_cells[1:-1]] == [r[:10] for r in rows]
+    total = dict(zip(header, cli_cells[-1], strict=True))
+    assert (total[group], total["amount"], total["messages"]) == ("total", 5, 4)
+    assert total["code"] is None
+    assert total["attempts"] == api_json["totals"]["attempts"] > 0
 
     # The terminal table: the same header, a line per row, the total.
     lines = cli_table.read_text(encoding="utf-8").splitlines()
     assert lines[0].split() == header
     assert len(lines) == 2 + len(rows) + 2
-    assert lines[-1].split()[:3] == ["total", "5", str(sum(int(r[4]) for r in rows))]
+    assert lines[-1].startswith("total")
+    assert lines[-1].split()[-9:-4] == [
+        str(api_json["totals"][name])
+        for name in ("amount", "attempts", "delivered", "bounce_rate", "messages")
+    ]

@@ -71,6 +71,45 @@ async def test_json_report_rows(relay):
     ] == [("127.0.0.2", QUOTA_T, 4, 2), ("127.0.0.3", YAHOO_T, 1, 1)]
 
 
+async def test_json_report_by_provider_with_attempts_and_totals(relay):
+    """group_by=provider: a row per provider and text, the provider's attempts on each, and
+    the total line's numbers under "totals"."""
+    await seed_standard(relay.store)
+    status, _, body = await call(relay, "GET", REPORT + "&group_by=provider")
+    assert status == 200
+    data = json.loads(body)
+    assert data["group_by"] == "provider"
+    assert [
+        (r["provider"], r["amount"], r["attempts"], r["delivered"], r["bounce_rate"])
+        for r in data["rows"]
+    ] == [("google", 4, 7, 2, 0.5714), ("yahoo", 1, 2, 1, 0.5)]
+    assert data["totals"] == {
+        "amount": 5,
+        "attempts": 9,
+        "delivered": 3,
+        "bounce_rate": 0.5556,
+        "messages": 3,
+        "first_seen": "2026-11-02T10:00:00+00:00",
+        "last_seen": "2026-11-02T13:00:00+00:00",
+    }
+
+
+async def test_series_by_day_in_json_and_xlsx(relay):
+    """by=day: a point per day and group; the workbook charts it over time."""
+    await seed_standard(relay.store)
+    status, _, body = await call(relay, "GET", REPORT + "&by=day&type=all")
+    assert status == 200
+    data = json.loads(body)
+    assert data["by"] == "day"
+    assert [(r["bucket"], r["from_domain"], r["amount"], r["attempts"]) for r in data["rows"]] == [
+        ("2026-11-02T00:00:00+00:00", "news.example.com", 5, 7),
+        ("2026-11-02T00:00:00+00:00", "shop.example.com", 1, 2),
+    ]
+    status, _, xlsx = await call(relay, "GET", REPORT + "&by=day&format=xlsx")
+    assert status == 200
+    assert openpyxl.load_workbook(io.BytesIO(xlsx)).sheetnames == ["bounces", "over time"]
+
+
 async def test_csv_bytes_match_the_cli_writer_and_xlsx_opens(relay):
     """format=csv is byte for byte what the CLI writes; format=xlsx is a workbook."""
     await seed_standard(relay.store)
@@ -96,10 +135,11 @@ async def test_csv_bytes_match_the_cli_writer_and_xlsx_opens(relay):
 @pytest.mark.parametrize(
     ("query", "message"),
     [
-        ("&group_by=campaign", "use from_domain or ip"),
+        ("&group_by=campaign", "use from_domain, ip or provider"),
         ("&type=bogus", "use soft, hard or all"),
         ("&format=pdf", "use json, csv or xlsx"),
         ("&top=ten", "top 'ten': use a whole number from 1 to"),
+        ("&by=week", "use hour or day"),
     ],
 )
 async def test_bad_report_filters_are_400(relay, query, message):
