@@ -4,7 +4,7 @@
 /healthz   200 while the process runs
 /readyz    200 when the database answers and the SMTP listener accepts; else 503
 /api/v1/   the JSON API (relay/web/api.py), when [[admin.tokens]] are configured
-/report, /suppression, /queue, /incidents, /profile   the admin page (relay/web/pages.py):
+/report, /suppression, /queue, /incidents, /profile   the admin page (relay/web/pages/):
            named accounts (`bounce-relay admin user add`), or the shared
            [admin] password_hash until the first account exists
 
