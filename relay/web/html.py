@@ -152,15 +152,23 @@ def table(
     headers: Sequence[Content],
     rows: Iterable[Sequence[Content]],
     numeric: Iterable[int] = (),
+    *,
+    caption: Content = None,
+    foot: Sequence[Content] | None = None,
 ) -> Markup:
-    """A table with one header row; columns at the ``numeric`` positions are right-aligned
-    (``class="n"``). Cells that are not ``Markup`` are escaped."""
+    """A table with one header row (``th scope="col"``), an optional ``caption`` and a
+    footer row ``foot`` (a totals row), in a ``div class="scroll"`` that scrolls sideways on
+    a narrow screen instead of widening the page. Columns at the ``numeric`` positions are
+    right-aligned (``class="n"``). Cells that are not ``Markup`` are escaped."""
     right = frozenset(numeric)
-    head = element("tr", *(element("th", h) for h in headers))
-    body = (
-        element(
-            "tr", *(element("td", c, class_="n" if i in right else None) for i, c in enumerate(r))
+
+    def cells(tag: str, row: Sequence[Content]) -> Markup:
+        return element(
+            "tr", *(element(tag, c, class_="n" if i in right else None) for i, c in enumerate(row))
         )
-        for r in rows
-    )
-    return element("table", head, *body)
+
+    head = element("thead", element("tr", *(element("th", h, scope="col") for h in headers)))
+    body = element("tbody", *(cells("td", r) for r in rows))
+    tail = element("tfoot", cells("td", foot)) if foot is not None else None
+    titled = element("caption", caption) if caption is not None else None
+    return element("div", element("table", titled, head, body, tail), class_="scroll")

@@ -6,77 +6,37 @@ $BOUNCE_RELAY_ARTIFACTS (CI sets it to .ci/out), else to the test's temporary fo
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
-import os
-import shutil
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiohttp import web
 
-from relay.clock import utc_now
 from relay.ops.app import Relay
-from relay.passwords import hash_password
-from tests.support.report_seeds import T0, seed_hostile_bounce, seed_standard
-from tests.support.tools import needs
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-PASSWORD = "browser-test-pass"
-VIEWER_PASSWORD = "viewer-test-pass"
-
-pytestmark = needs(
-    Path(CHROMIUM).exists(), "Debian's chromium is not installed (.ci/run installs it)"
+from tests.support.browser import (
+    VIEWER_PASSWORD,
+    add_accounts,
+    admin_config,
+    artifacts,
+    launch,
+    log_in,
+    needs_chromium,
 )
+from tests.support.report_seeds import T0, seed_hostile_bounce, seed_standard
+
+pytestmark = needs_chromium
 # The relay's clock a day after the seeded bounces: the page's default 30-day window
 # holds them whatever today's date is.
 NOW = T0 + timedelta(days=1)
 
 
-async def _accounts(relay: Relay) -> None:
-    """alice may do everything, victor may only look."""
-    for name, role, password in (
-        ("alice", "admin", PASSWORD),
-        ("victor", "viewer", VIEWER_PASSWORD),
-    ):
-        hashed = await asyncio.to_thread(hash_password, password)
-        assert await relay.store.add_admin_account(name, role, hashed, utc_now(), "test")
-
-
 async def _seed(relay: Relay) -> str:
-    await _accounts(relay)
+    await add_accounts(relay.store)
     await seed_standard(relay.store)
     await relay.store.add_suppression("gone@example.org", "user_unknown", "hard_bounce")
     return await seed_hostile_bounce(relay.store, "A")
-
-
-def _config(make_config: Any) -> Any:
-    return make_config(
-        '[smtp]\nlisten = "127.0.0.1:0"\nhostname = "relay.test"\n'
-        '[admin]\nlisten = "127.0.0.1:0"\n'
-        "[delivery]\nenabled = false\n",
-        replace_base=True,
-    )
-
-
-async def _launch(pw: Any) -> Any:
-    return await pw.chromium.launch(
-        executable_path=CHROMIUM,
-        args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-    )
-
-
-async def _log_in(page: Any, url: str, user: str = "alice", password: str = PASSWORD) -> None:
-    await page.goto(url + "/report")
-    assert page.url.endswith("/login")
-    await page.fill("input[name=user]", user)
-    await page.fill("input[name=password]", password)
-    await page.click("button")
-    assert page.url.endswith("/report")
-    assert f"{user} (" in await page.inner_text("nav")
 
 
 @pytest.mark.slow
@@ -86,20 +46,19 @@ async def test_admin_page_in_a_real_browser(db_dsn, make_config, tmp_path):
     no Content-Security-Policy violation and the stylesheet (/admin.css) applies."""
     from playwright.async_api import async_playwright
 
-    config = _config(make_config)
-    artifacts = Path(os.environ.get("BOUNCE_RELAY_ARTIFACTS") or tmp_path)
-    artifacts.mkdir(parents=True, exist_ok=True)
+    config = admin_config(make_config)
+    folder = artifacts(tmp_path)
     async with Relay(config, dsn=db_dsn, listen=("127.0.0.1", 0), clock=lambda: NOW) as relay:
         xss = await _seed(relay)
         url = f"http://127.0.0.1:{relay.admin_port}"
         async with async_playwright() as pw:
-            browser = await _launch(pw)
+            browser = await launch(pw)
             page = await browser.new_page(accept_downloads=True)
             dialogs: list[str] = []
             page.on("dialog", lambda d: dialogs.append(d.message))
             console: list[str] = []
             page.on("console", lambda m: console.append(m.text))
-            await _log_in(page, url)
+            await log_in(page, url)
             nav = await page.eval_on_selector("nav", "e => getComputedStyle(e).backgroundColor")
             assert nav == "rgb(31, 58, 95)"  # from /admin.css, allowed by the CSP
             # The default period (the 30 days before the relay's clock) offers the seeded
@@ -113,7 +72,7 @@ async def test_admin_page_in_a_real_browser(db_dsn, make_config, tmp_path):
             assert "shop.example.com" not in table  # campaign B filtered out
             assert xss in table  # shown as text ...
             assert dialogs == []  # ... never run
-            await page.screenshot(path=str(artifacts / "admin-report.png"), full_page=True)
+            await page.screenshot(path=str(folder / "admin-report.png"), full_page=True)
             async with page.expect_download() as info:
                 await page.click("text=CSV")
             download = await info.value
@@ -125,7 +84,7 @@ async def test_admin_page_in_a_real_browser(db_dsn, make_config, tmp_path):
             await page.click("text=Remove")
             assert "Removed gone@example.org." in await page.inner_text("main")
             await browser.close()
-    assert (artifacts / "admin-report.png").stat().st_size > 1000
+    assert (folder / "admin-report.png").stat().st_size > 1000
     assert not [m for m in console if "Content Security Policy" in m], console
 
 
@@ -136,8 +95,8 @@ async def test_another_site_cannot_frame_the_admin_page(db_dsn, make_config):
     in a frame. Chromium refuses to render it (frame-ancestors 'none', X-Frame-Options)."""
     from playwright.async_api import async_playwright
 
-    async with Relay(_config(make_config), dsn=db_dsn, listen=("127.0.0.1", 0)) as relay:
-        await _accounts(relay)
+    async with Relay(admin_config(make_config), dsn=db_dsn, listen=("127.0.0.1", 0)) as relay:
+        await add_accounts(relay.store)
         await relay.store.add_suppression("gone@example.org", "user_unknown", "hard_bounce")
         url = f"http://127.0.0.1:{relay.admin_port}"
 
@@ -157,9 +116,9 @@ async def test_another_site_cannot_frame_the_admin_page(db_dsn, make_config):
         evil_port = runner.addresses[0][1]
         try:
             async with async_playwright() as pw:
-                browser = await _launch(pw)
+                browser = await launch(pw)
                 page = await browser.new_page()
-                await _log_in(page, url)
+                await log_in(page, url)
                 await page.goto(f"http://127.0.0.1:{evil_port}/")
                 iframe = await page.wait_for_selector("iframe")
                 frame = await iframe.content_frame()
@@ -179,14 +138,14 @@ async def test_a_viewer_sees_the_pages_but_a_change_is_refused(db_dsn, make_conf
     address stays suppressed."""
     from playwright.async_api import async_playwright
 
-    async with Relay(_config(make_config), dsn=db_dsn, listen=("127.0.0.1", 0)) as relay:
-        await _accounts(relay)
+    async with Relay(admin_config(make_config), dsn=db_dsn, listen=("127.0.0.1", 0)) as relay:
+        await add_accounts(relay.store)
         await relay.store.add_suppression("gone@example.org", "user_unknown", "hard_bounce")
         url = f"http://127.0.0.1:{relay.admin_port}"
         async with async_playwright() as pw:
-            browser = await _launch(pw)
+            browser = await launch(pw)
             page = await browser.new_page()
-            await _log_in(page, url, "victor", VIEWER_PASSWORD)
+            await log_in(page, url, "victor", VIEWER_PASSWORD)
             assert "victor (viewer)" in await page.inner_text("nav")
             await page.goto(url + "/suppression")
             assert "gone@example.org" in await page.inner_text("table")

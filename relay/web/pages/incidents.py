@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlencode
-
 from aiohttp import web
 
 from relay.web.api import BadNumber, parse_number
@@ -17,9 +15,10 @@ from relay.web.pages.shell import (
     PageContext,
     Pages,
     actor,
+    back_to,
     confirmed_form,
     csrf_field,
-    error_notice,
+    outcome_notice,
     when,
     whole_page,
 )
@@ -50,9 +49,8 @@ class IncidentPages(Pages):
             ]
             for i in incidents
         ]
-        notice = request.query.get("notice")
         body = concat(
-            error_notice(notice) if notice else None,
+            outcome_notice(request),
             element(
                 "p",
                 "One reply template hitting many recipients at one destination from one IP: "
@@ -88,20 +86,19 @@ class IncidentPages(Pages):
         except BadNumber as exc:
             raise web.HTTPBadRequest(text=f"{exc}\n") from exc
         if form.get("confirm") != "yes" or not reason or incident_id is None:
-            raise web.HTTPSeeOther(
-                "/incidents?"
-                + urlencode({"notice": "Releasing needs a reason and the confirmation box."})
+            raise back_to(
+                "/incidents", problem="Releasing needs a reason and the confirmation box."
             )
         released = await self.store.release_incident(
             incident_id, self.clock(), actor(request), reason
         )
-        notice = (
-            f"Incident #{incident_id} released: {released[0]} suppressions lifted, "
-            f"{released[1]} deferred deliveries due now."
-            if released
-            else f"Incident #{incident_id} was released already."
+        if not released:
+            raise back_to("/incidents", problem=f"Incident #{incident_id} was released already.")
+        raise back_to(
+            "/incidents",
+            done=f"Incident #{incident_id} released: {released[0]} suppressions lifted, "
+            f"{released[1]} deferred deliveries due now.",
         )
-        raise web.HTTPSeeOther("/incidents?" + urlencode({"notice": notice}))
 
 
 def add_routes(app: web.Application, ctx: PageContext, guarded: Guard) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
+from urllib.parse import urlencode
 
 from aiohttp import web
 from multidict import MultiDictProxy
@@ -26,13 +27,32 @@ MAX_ID = 2**63 - 1  # deliveries and incidents have bigint ids
 BUILT_IN_ADMIN = "admin"  # who the shared [admin] password_hash logs in as
 
 STYLE = """
+*{box-sizing:border-box}
 body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#222}
-nav{background:#1f3a5f;padding:.6em 1em}nav a{color:#fff;margin-right:1.2em;text-decoration:none}
-nav span{color:#d8e0ea;margin-right:1.2em}
-main{padding:1em 1.5em}table{border-collapse:collapse;margin:.5em 0}
+nav{background:#1f3a5f;padding:.6em 1em;display:flex;flex-wrap:wrap;gap:.3em 1.2em;
+align-items:center}
+nav a{color:#fff;text-decoration:none}nav a[aria-current]{text-decoration:underline}
+nav span{color:#d8e0ea;margin-left:auto}nav button{margin:0}
+main{padding:1em 1.5em;max-width:100%}h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.5em}
+.scroll{overflow-x:auto;max-width:100%}table{border-collapse:collapse;margin:.5em 0}
+caption{text-align:left;color:#555;padding:.2em 0}
 th,td{border-bottom:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}
-th{background:#f3f5f8}td.n{text-align:right}form.inline{display:inline}
-input,select,button{font:inherit;margin:.2em}.err{color:#a00}.muted{color:#777}
+th{background:#f3f5f8}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
+tfoot td{font-weight:600;border-top:2px solid #999}
+th a{color:inherit}form.inline{display:inline}
+form.filters{display:flex;flex-wrap:wrap;gap:.4em 1em;align-items:end;margin:.5em 0}
+form.filters label{display:flex;flex-direction:column;font-size:.9em;color:#444}
+input,select,button{font:inherit;margin:.2em;max-width:100%}
+button{cursor:pointer}a:focus,button:focus,input:focus,select:focus{outline:2px solid #2a6fd6;
+outline-offset:1px}
+.err,.ok{padding:.5em .8em;border-radius:4px;border:1px solid}
+.err{color:#7a0d0d;background:#fdecec;border-color:#e4a3a3}
+.ok{color:#0d5a1f;background:#e9f7ec;border-color:#9fd3ab}
+.muted{color:#666}.over{color:#a00;font-weight:600}
+.pager{display:flex;gap:1em;align-items:center}
+svg text{font:11px system-ui,sans-serif}
+@media (max-width:640px){main{padding:.6em}nav{padding:.5em}
+form.filters{flex-direction:column;align-items:stretch}}
 """
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -73,7 +93,10 @@ def whole_page(
     nav = (
         element(
             "nav",
-            *(link(href, name) for href, name in NAV),
+            *(
+                link(href, name, aria_current="page" if request.path == href else None)
+                for href, name in NAV
+            ),
             element("span", f"{user_of(session)} ({session.role})"),
             element(
                 "form",
@@ -83,6 +106,7 @@ def whole_page(
                 method="post",
                 action="/logout",
             ),
+            aria_label="pages",
         )
         if session is not None
         else None
@@ -92,6 +116,8 @@ def whole_page(
         element(
             "head",
             element("meta", charset="utf-8"),
+            # Without it a phone draws the page at desktop width, shrunk.
+            element("meta", name="viewport", content="width=device-width, initial-scale=1"),
             element("title", f"{title} — bounce-relay"),
             element("link", rel="stylesheet", href="/admin.css"),
         ),
@@ -119,7 +145,34 @@ def read_only(request: web.Request, session: AdminSession) -> web.Response:
 
 
 def error_notice(text: str) -> Markup:
-    return element("p", text, class_="err")
+    """What went wrong, styled as an error and read out at once by screen readers."""
+    return element("p", text, class_="err", role="alert")
+
+
+def success_notice(text: str) -> Markup:
+    """What a change did, styled as a success."""
+    return element("p", text, class_="ok", role="status")
+
+
+# The outcome a change redirects back with (POST, then 303 to the page): ``done`` is shown as
+# a success, ``problem`` as an error. Both are only ever shown as text.
+DONE, PROBLEM = "done", "problem"
+
+
+def outcome_notice(request: web.Request) -> Markup | None:
+    """The notice of the change that redirected here, if any."""
+    if problem := request.query.get(PROBLEM):
+        return error_notice(problem)
+    if done := request.query.get(DONE):
+        return success_notice(done)
+    return None
+
+
+def back_to(path: str, *, done: str = "", problem: str = "") -> web.HTTPSeeOther:
+    """The 303 a change answers with: back to ``path`` with its outcome to show."""
+    query = urlencode([(k, v) for k, v in ((DONE, done), (PROBLEM, problem)) if v])
+    separator = "&" if "?" in path else "?"
+    return web.HTTPSeeOther(f"{path}{separator}{query}" if query else path)
 
 
 def csrf_field(session: AdminSession) -> Markup:

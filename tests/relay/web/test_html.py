@@ -214,10 +214,11 @@ def test_table_escapes_headers_and_cells_and_aligns_numbers():
         numeric={1},
     )
     assert markup == (
-        "<table><tr><th>&lt;th&gt;</th><th>n</th><th></th></tr>"
-        '<tr><td>&lt;script&gt;x&lt;/script&gt;</td><td class="n">5</td>'
+        '<div class="scroll"><table><thead><tr><th scope="col">&lt;th&gt;</th>'
+        '<th scope="col">n</th><th scope="col"></th></tr></thead>'
+        '<tbody><tr><td>&lt;script&gt;x&lt;/script&gt;</td><td class="n">5</td>'
         '<td><a href="/a">a</a></td></tr>'
-        '<tr><td></td><td class="n">0</td><td>&amp;</td></tr></table>'
+        '<tr><td></td><td class="n">0</td><td>&amp;</td></tr></tbody></table></div>'
     )
     assert "script" not in _Parsed(markup).tags
 
