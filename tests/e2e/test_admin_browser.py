@@ -6,10 +6,7 @@ $BOUNCE_RELAY_ARTIFACTS (CI sets it to .ci/out), else to the test's temporary fo
 
 from __future__ import annotations
 
-import csv
-import io
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -40,51 +37,30 @@ async def _seed(relay: Relay) -> str:
 
 
 @pytest.mark.slow
-async def test_admin_page_in_a_real_browser(db_dsn, make_config, tmp_path):
-    """Log in, filter the report by a campaign, download its CSV, see the XSS payload as text,
-    remove an address from the suppression list; screenshot the report. The browser reports
-    no Content-Security-Policy violation and the stylesheet (/admin.css) applies."""
+async def test_suppression_removal_in_a_real_browser(db_dsn, make_config, tmp_path):
+    """Remove an address from the suppression list through the page; the success notice
+    says so. No Content-Security-Policy violation."""
     from playwright.async_api import async_playwright
 
-    config = admin_config(make_config)
     folder = artifacts(tmp_path)
-    async with Relay(config, dsn=db_dsn, listen=("127.0.0.1", 0), clock=lambda: NOW) as relay:
-        xss = await _seed(relay)
+    async with Relay(
+        admin_config(make_config), dsn=db_dsn, listen=("127.0.0.1", 0), clock=lambda: NOW
+    ) as relay:
+        await _seed(relay)
         url = f"http://127.0.0.1:{relay.admin_port}"
         async with async_playwright() as pw:
             browser = await launch(pw)
-            page = await browser.new_page(accept_downloads=True)
-            dialogs: list[str] = []
-            page.on("dialog", lambda d: dialogs.append(d.message))
+            page = await browser.new_page()
             console: list[str] = []
             page.on("console", lambda m: console.append(m.text))
             await log_in(page, url)
-            nav = await page.eval_on_selector("nav", "e => getComputedStyle(e).backgroundColor")
-            assert nav == "rgb(31, 58, 95)"  # from /admin.css, allowed by the CSP
-            # The default period (the 30 days before the relay's clock) offers the seeded
-            # campaigns; narrow it to the seeded day and pick one.
-            await page.fill("input[name=from]", f"{T0:%Y-%m-%d}T00:00")
-            await page.fill("input[name=to]", f"{T0 + timedelta(days=1):%Y-%m-%d}T00:00")
-            await page.select_option("select[name=campaign]", "A")
-            await page.click("main form button")
-            table = await page.inner_text("table")
-            assert "news.example.com" in table
-            assert "shop.example.com" not in table  # campaign B filtered out
-            assert xss in table  # shown as text ...
-            assert dialogs == []  # ... never run
-            await page.screenshot(path=str(folder / "admin-report.png"), full_page=True)
-            async with page.expect_download() as info:
-                await page.click("text=CSV")
-            download = await info.value
-            rows = list(csv.DictReader(io.StringIO(Path(await download.path()).read_text())))
-            assert {r["from_domain"] for r in rows} == {"news.example.com", "evil.example"}
             await page.goto(url + "/suppression")
             await page.fill("input[name=reason]", "customer asked")
             await page.check("input[name=confirm]")
             await page.click("text=Remove")
             assert "Removed gone@example.org." in await page.inner_text("main")
+            await page.screenshot(path=str(folder / "suppression-removed.png"), full_page=True)
             await browser.close()
-    assert (folder / "admin-report.png").stat().st_size > 1000
     assert not [m for m in console if "Content Security Policy" in m], console
 
 

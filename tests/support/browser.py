@@ -116,5 +116,6 @@ async def snap(page: Any, name: str, folder: Path) -> None:
             "() => document.documentElement.scrollWidth - window.innerWidth"
         )
         assert overflow <= 1, f"{name} at {label} width scrolls sideways by {overflow} px"
-        assert await unlabelled_controls(page) == [], f"{name}: controls without a label"
+        unlabelled = await unlabelled_controls(page)
+        assert unlabelled == [], f"{name}: controls without a label: {unlabelled}"
         await page.screenshot(path=str(folder / f"{name}-{label}.png"), full_page=True)
