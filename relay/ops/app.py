@@ -14,6 +14,7 @@ from contextlib import AsyncExitStack
 from types import TracebackType
 
 import structlog
+from aiohttp import web
 
 from relay.clock import Clock, utc_now
 from relay.config import Config, Rules, load_config
@@ -93,6 +94,7 @@ class Relay:
         self._admin_listen = admin_listen
         self.metrics = Metrics()
         self.admin_port = 0
+        self.admin_app: web.Application | None = None
         self._clock = clock
         self._stack = AsyncExitStack()
         self.store: Store
@@ -201,6 +203,7 @@ class Relay:
                 rules=lambda: self.rules,
             )
             self._stack.push_async_callback(runner.cleanup)
+            self.admin_app = runner.app  # its routes, for tests that walk every page
         self.port = self.server.sockets[0].getsockname()[1]
         log.info(
             "intake.listening", address=self.server.sockets[0].getsockname()[0], port=self.port

@@ -20,13 +20,56 @@ from tests.support.admin import PASSWORD, base, browser, logged_in, login_post
 from tests.support.scripted import FakeClock
 
 
+def _page_routes(relay: Relay, method: str) -> list[str]:
+    """The admin page's routes of ``method`` behind a login (not the JSON API's, not login's,
+    not the stylesheet), as paths a client can ask for: a route with a variable part
+    (/report.{fmt}) is left out."""
+    assert relay.admin_app is not None
+    paths = []
+    for route in relay.admin_app.router.routes():
+        info = route.resource.get_info() if route.resource else {}
+        path = info.get("path")
+        if route.method != method or path is None:
+            continue
+        public = ("/api/", "/metrics", "/healthz", "/readyz", "/login", "/logout", "/admin.css")
+        if path == "/" or path.startswith(public):  # "/" only redirects to /report
+            continue
+        paths.append(path)
+    return sorted(paths)
+
+
 async def test_no_session_redirects_to_login(relay):
-    """Every page without a session sends the browser to /login."""
+    """Every page, and every change, without a session sends the browser to /login."""
+    pages = _page_routes(relay, "GET")
+    assert {"/report", "/suppression", "/queue", "/profile", "/incidents"} <= set(pages)
     async with aiohttp.ClientSession() as http:
-        for path in ("/report", "/suppression", "/queue", "/profile", "/report.csv"):
+        for path in [*pages, "/report.csv"]:
             async with http.get(base(relay) + path, allow_redirects=False) as r:
-                assert r.status == 303
+                assert r.status == 303, path
                 assert r.headers["Location"] == "/login"
+        for path in _page_routes(relay, "POST"):
+            own = {"Origin": base(relay)}
+            async with http.post(base(relay) + path, headers=own, allow_redirects=False) as r:
+                assert r.status == 303, path
+                assert r.headers["Location"] == "/login"
+
+
+async def test_a_viewer_is_refused_every_change_the_pages_offer(relay, db_dsn):
+    """Every POST route of the admin pages (found by walking the router, so a change added
+    later is covered without touching this test) answers a viewer 403 with the read-only
+    page, whatever the form holds, and nothing is audited."""
+    await add_account(relay, "bob", "viewer", BOB)
+    http, csrf = await logged_in(relay, "bob", BOB)
+    changes = _page_routes(relay, "POST")
+    assert "/suppression/remove" in changes and "/incidents/release" in changes
+    async with http:
+        for path in changes:
+            form = {"reason": "x", "confirm": "yes", "csrf": csrf}
+            own = {"Origin": base(relay)}
+            async with http.post(base(relay) + path, data=form, headers=own) as r:
+                assert r.status == 403, path
+                assert "Read-only account" in await r.text(), path
+    assert [a for a in await audit_actors(db_dsn) if a[1] != "account.add"] == []
 
 
 async def test_wrong_password_refused_then_rate_limited(relay):
