@@ -196,7 +196,11 @@ def confirmed_form(action: str, csrf: Markup, hidden: tuple[str, str | int], but
         "form",
         csrf,
         element("input", type="hidden", name=name, value=value),
-        element("input", name="reason", placeholder="why (required)", required=True),
+        element(
+            "label",
+            "Reason ",
+            element("input", name="reason", placeholder="why (required)", required=True),
+        ),
         element(
             "label",
             element("input", type="checkbox", name="confirm", value="yes", required=True),
