@@ -182,6 +182,24 @@ def test_systemd_unit_verifies(tmp_path):
     assert "ExecReload=/bin/kill -HUP $MAINPID" in unit
 
 
+def _table_rows(text: str) -> list[dict[str, str]]:
+    """The rows of the first report table in ``text`` (not its total line), by column name:
+    each cell cut at the columns' positions under the rule line of dashes."""
+    lines = text.splitlines()
+    rule = next(i for i, line in enumerate(lines) if line.startswith("---"))
+    spans, at = [], 0
+    for dashes in lines[rule].split("  "):
+        spans.append((at, at + len(dashes)))
+        at += len(dashes) + 2
+    names = [lines[rule - 1][a:b].strip() for a, b in spans]
+    rows = []
+    for line in lines[rule + 1 :]:
+        if line.startswith("---") or not line.strip():
+            break
+        rows.append({n: line[a:b].strip() for n, (a, b) in zip(names, spans, strict=True)})
+    return rows
+
+
 @pytest.mark.slow
 def test_demo_runs_to_completion_with_a_correct_report():
     """`bounce-relay demo`: embedded database, simulated upstream, both report groupings."""
@@ -211,7 +229,10 @@ def test_demo_runs_to_completion_with_a_correct_report():
     assert block_lines
     assert all(line.startswith("127.0.0.3") for line in block_lines)
     assert "refused at RCPT as suppressed" in out
-    grey = [line for line in rows if " greylisted " in line]
+    grey = [row for row in _table_rows(by_domain) if row["category"] == "greylisted"]
     # amount and messages: 2 messages, each greylisted once, then delivered
-    assert [line.split()[-8:-6] for line in grey] == [["2", "2"]]
+    assert [(row["amount"], row["messages"]) for row in grey] == [("2", "2")]
+    # every news.example.com row shows the group's attempts; some of them were delivered
+    news = [row for row in _table_rows(by_domain) if row["from_domain"] == "news.example.com"]
+    assert len({row["attempts"] for row in news}) == 1 and int(news[0]["delivered"]) > 0
     assert "gave up waiting" not in out
