@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["queue_list", "queue_show", "register"]
 
 _NOT_QUEUED = "`bounce-relay queue list --state queued` shows the queued ones"
+_RETRY_REASON = "retried by hand"
 
 
 def register(subparsers: argparse._SubParsersAction[Parser]) -> None:
@@ -40,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction[Parser]) -> None:
     listing.set_defaults(run=_list)
     for name, help_text, run in (
         ("show", "one delivery and every event of it", _show),
-        ("retry", "make a queued delivery due now", _retry),
+        ("retry", "make a queued delivery due now (audited)", _retry),
         ("purge", "cancel a queued delivery (audited)", _purge),
     ):
         action = add_command(actions, name, help_text)
@@ -50,6 +51,14 @@ def register(subparsers: argparse._SubParsersAction[Parser]) -> None:
         if name == "purge":
             action.add_argument(
                 "--reason", metavar="TEXT", required=True, help="why, as the audit log records it"
+            )
+            actor_option(action)
+        if name == "retry":
+            action.add_argument(
+                "--reason",
+                metavar="TEXT",
+                default=_RETRY_REASON,
+                help="why, as the audit log records it",
             )
             actor_option(action)
 
@@ -71,9 +80,11 @@ async def _show(args: argparse.Namespace, store: Store) -> int:
 async def _retry(args: argparse.Namespace, store: Store) -> int:
     from relay.clock import utc_now
 
-    if not await store.retry_delivery_now(args.id, utc_now()):
+    # The admin page's statement: audited, as a retry there is.
+    retried = await store.retry_deliveries([args.id], utc_now(), args.actor, args.reason)
+    if not retried.done:
         raise CommandFailed(f"no queued delivery {args.id}", _NOT_QUEUED)
-    print(f"delivery {args.id} is due now")
+    print(f"delivery {args.id} is due now (audited as {fmt(args.actor)})")
     return 0
 
 

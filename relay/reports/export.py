@@ -36,7 +36,7 @@ import csv
 import enum
 import json
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
@@ -211,12 +211,12 @@ class ReportFilter:
         return (*named, SAMPLE) if self.raw else named
 
 
-def _parse_when(value: str, zone: ZoneInfo, name: str) -> datetime:
+def _parse_when(value: str, zone: ZoneInfo, label: str) -> datetime:
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError as exc:
         raise ReportError(
-            f"--{name} {value!r} is not an ISO date or datetime (e.g. 2026-11-01 or "
+            f"{label} {value!r} is not an ISO date or datetime (e.g. 2026-11-01 or "
             "2026-11-01T08:00)"
         ) from exc
     if parsed.tzinfo is None:
@@ -236,41 +236,53 @@ def parse_filter(
     raw: bool = False,
     by: str | None = None,
     now: datetime | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> ReportFilter:
-    """Check and convert the report's filters; ``ReportError`` says what is wrong."""
+    """Check and convert the report's filters; ``ReportError`` says what is wrong.
+
+    ``labels``: what the messages call each option, by its flag's name without the dashes
+    ("from", "to", "group-by" ...), for a form that labels its fields otherwise (the admin
+    page); an option not in it is called by its flag ("--from")."""
+
+    def name(option: str) -> str:
+        return labels.get(option, f"--{option}") if labels else f"--{option}"
+
     try:
         zone = ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise ReportError(
-            f"--tz {tz!r} is not a known time zone (e.g. UTC, Europe/Berlin)"
+            f"{name('tz')} {tz!r} is not a known time zone (e.g. UTC, Europe/Berlin)"
         ) from exc
     if kind not in TYPES:
-        raise ReportError(f"--type {kind!r}: use soft, hard or all")
+        raise ReportError(f"{name('type')} {kind!r}: use soft, hard or all")
     if group_by not in GROUPINGS:
-        raise ReportError(f"--group-by {group_by!r}: use from-domain, ip or provider")
+        raise ReportError(f"{name('group-by')} {group_by!r}: use from-domain, ip or provider")
     if top is not None and top <= 0:
-        raise ReportError(f"--top {top}: must be a positive number of rows")
+        raise ReportError(f"{name('top')} {top}: must be a positive number of rows")
     if by is not None and by not in BUCKETS:
-        raise ReportError(f"--by {by!r}: use hour or day")
+        raise ReportError(f"{name('by')} {by!r}: use hour or day")
     if by is not None and raw:
-        raise ReportError("--raw shows the replies behind rows; a time series (--by) has none")
+        raise ReportError(
+            f"{name('raw')} shows the replies behind rows; a time series ({name('by')}) has none"
+        )
     current = now or datetime.now(UTC)
     # Without --to: up to the end of the current hour, so the newest bounces show.
     upper = (
-        _parse_when(end, zone, "to")
+        _parse_when(end, zone, name("to"))
         if end
         else current.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
     )
-    lower = _parse_when(start, zone, "from") if start else upper - timedelta(days=30)
+    lower = _parse_when(start, zone, name("from")) if start else upper - timedelta(days=30)
     if lower >= upper:
         raise ReportError(
-            f"--from {lower:%Y-%m-%d %H:%M}Z is not before --to {upper:%Y-%m-%d %H:%M}Z"
+            f"{name('from')} {lower:%Y-%m-%d %H:%M}Z is not before "
+            f"{name('to')} {upper:%Y-%m-%d %H:%M}Z"
         )
-    for name, when in (("from", lower), ("to", upper)):
+    for option, when in (("from", lower), ("to", upper)):
         if when.minute or when.second or when.microsecond:
             raise ReportError(
-                f"--{name} {when:%Y-%m-%d %H:%M:%S}Z: the report is kept per hour, so the "
-                "period must start and end on a whole hour in UTC"
+                f"{name(option)} {when:%Y-%m-%d %H:%M:%S}Z: the report is kept per hour, so "
+                "the period must start and end on a whole hour in UTC"
             )
     return ReportFilter(
         start=lower,

@@ -17,6 +17,7 @@ from relay.store.base import Statements, StoreBase, clean, columns
 from relay.store.records import (
     AcceptedMessage,
     AppliedOutcomes,
+    AuditEntry,
     ClaimedDelivery,
     DeliveryDetail,
     DeliveryEvent,
@@ -24,12 +25,52 @@ from relay.store.records import (
     IncomingMessage,
     OutcomeRecord,
     Probation,
+    QueueAction,
+    QueueDelivery,
+    QueueFilter,
 )
 from relay.store.suppression import BOUNCES, suppress_and_roll_up
 
 __all__ = ["QueueStore"]
 
 log = structlog.get_logger("relay.store")
+
+# How long one of the queue page's reads may take before the database gives it up (the page
+# then says so): a filter no index serves walks the deliveries, and on a big history that
+# would hold a connection the other pages need. Counting gets less: the page is of use
+# without its count.
+QUEUE_READ_SECONDS = 5.0
+QUEUE_COUNT_SECONDS = 2.0
+
+
+class _GaveUp(Exception):
+    """A bounded read of the queue page ran out of time (``QUEUE_READ_SECONDS``)."""
+
+
+def _filter_args(flt: QueueFilter) -> tuple[str | None, ...]:
+    """The filters as queue.sql takes them ($1..$5), text made storable as intake made it."""
+    return (
+        flt.state,
+        clean(flt.recipient_domain),
+        clean(flt.from_domain),
+        clean(flt.campaign),
+        clean(flt.reply_contains),
+    )
+
+
+def _action(rows: Sequence[asyncpg.Record], asked: int) -> QueueAction:
+    """retry_deliveries' or purge_deliveries' rows as what the action did. A delivery that
+    read as queued and was left alone changed before its lock was taken ("changed": a worker
+    claimed it, another administrator purged it)."""
+    skipped: dict[str, int] = {}
+    for r in rows:
+        if not r["done"]:
+            state = "changed" if r["state"] == "queued" else r["state"]
+            skipped[state] = skipped.get(state, 0) + 1
+    if unknown := asked - len(rows):
+        skipped["unknown"] = unknown
+    return QueueAction(done=sum(1 for r in rows if r["done"]), skipped=skipped)
+
 
 _OUTCOME_COLUMNS = (
     "delivery_id",
@@ -292,6 +333,100 @@ class QueueStore(StoreBase):
             return False
         await self._release_bodies(self.pool, {row["message_id"]})
         return True
+
+    # --- the queue page --------------------------------------------------------------------
+
+    async def _bounded_rows(
+        self, query: str, *args: Any, what: str, seconds: float = QUEUE_READ_SECONDS
+    ) -> list[asyncpg.Record] | None:
+        """``query``'s rows in a read-only transaction bounded by ``bound_queue_reads``;
+        None when the database gave it up after ``seconds``."""
+        try:
+            async with self._transaction(what, readonly=True) as tx:
+                await tx.value("bound_queue_reads", int(seconds * 1000))
+                try:
+                    return await tx.rows(query, *args)
+                except asyncpg.QueryCanceledError as exc:
+                    raise _GaveUp from exc  # out of the block: the transaction rolls back
+        except _GaveUp:
+            return None
+
+    async def queue_deliveries(
+        self,
+        flt: QueueFilter,
+        limit: int,
+        *,
+        older_than: int | None = None,
+        newer_than: int | None = None,
+    ) -> list[QueueDelivery] | None:
+        """Up to ``limit`` deliveries matching ``flt``, newest first: from the newest, those
+        older than delivery ``older_than``, or the ``limit`` just newer than ``newer_than``
+        (the page before). None: it took longer than ``QUEUE_READ_SECONDS``."""
+        if newer_than is not None:
+            rows = await self._bounded_rows(
+                "queue_deliveries_newer", *_filter_args(flt), newer_than, limit, what="list queue"
+            )
+            rows = rows[::-1] if rows is not None else None
+        else:
+            rows = await self._bounded_rows(
+                "queue_deliveries_older", *_filter_args(flt), older_than, limit, what="list queue"
+            )
+        return [QueueDelivery(**dict(r)) for r in rows] if rows is not None else None
+
+    async def count_queue_deliveries(self, flt: QueueFilter, cap: int) -> int | None:
+        """How many deliveries match ``flt``, counted up to ``cap``; None: counting took
+        longer than ``QUEUE_COUNT_SECONDS``."""
+        rows = await self._bounded_rows(
+            "count_queue_deliveries",
+            *_filter_args(flt),
+            cap,
+            what="count queue",
+            seconds=QUEUE_COUNT_SECONDS,
+        )
+        return int(rows[0][0]) if rows is not None else None
+
+    async def queued_ids_matching(self, flt: QueueFilter, limit: int) -> list[int] | None:
+        """The ids of up to ``limit`` queued deliveries matching ``flt``, newest first; None:
+        finding them took longer than ``QUEUE_READ_SECONDS``."""
+        rows = await self._bounded_rows(
+            "queued_ids_matching", *_filter_args(flt), limit, what="select queued deliveries"
+        )
+        return [r["id"] for r in rows] if rows is not None else None
+
+    async def queue_delivery(self, delivery_id: int) -> QueueDelivery | None:
+        row = await self._row("queue_delivery", delivery_id, what="read delivery")
+        return QueueDelivery(**dict(row)) if row else None
+
+    async def audit_of_delivery(self, delivery: QueueDelivery) -> list[AuditEntry]:
+        """Administrators' retries and purges of ``delivery``, newest first."""
+        rows = await self._rows(
+            "audit_of_delivery", delivery.id, delivery.recipient_key, what="read delivery audit"
+        )
+        return [AuditEntry(**dict(r)) for r in rows]
+
+    async def retry_deliveries(
+        self, delivery_ids: Sequence[int], now: datetime, actor: str, reason: str
+    ) -> QueueAction:
+        """Make the queued ones among ``delivery_ids`` due ``now``, each audited as
+        ``actor`` with ``reason``, in one statement; the others are left alone."""
+        ids = sorted(set(delivery_ids))
+        rows = await self._rows(
+            "retry_deliveries", ids, now, actor, clean(reason), what="retry deliveries"
+        )
+        return _action(rows, len(ids))
+
+    async def purge_deliveries(
+        self, delivery_ids: Sequence[int], now: datetime, actor: str, reason: str
+    ) -> QueueAction:
+        """Cancel the queued ones among ``delivery_ids`` at ``now``, each audited as
+        ``actor`` with ``reason``, in one statement; the others are left alone. The bodies
+        no delivery needs any more are released after the commit (as ``purge_delivery``)."""
+        ids = sorted(set(delivery_ids))
+        rows = await self._rows(
+            "purge_deliveries", ids, now, actor, clean(reason), what="purge deliveries"
+        )
+        await self._release_bodies(self.pool, {r["message_id"] for r in rows if r["done"]})
+        return _action(rows, len(ids))
 
 
 async def _probation_and_incidents(

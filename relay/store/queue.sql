@@ -307,3 +307,138 @@ WITH c AS (
     FROM c
 )
 SELECT id, message_id FROM c;
+
+-- bound_queue_reads --
+-- The queue page's reads, for the rest of their read-only transaction: custom plans (see
+-- queue_deliveries_older) and at most $1 milliseconds each, so a filter no index serves on a
+-- big queue is given up (the page says so) instead of holding a connection.
+SELECT set_config('plan_cache_mode', 'force_custom_plan', true),
+       set_config('statement_timeout', $1::integer::text, true);
+
+-- queue_deliveries_older --
+-- The queue page (relay/web/pages/queue.py): a page of the deliveries matching the filters,
+-- newest first, older than delivery $6 (NULL: from the newest); at most $7. Every filter is
+-- optional ($1 state, $2 recipient domain, $3 From domain, $4 campaign, $5 words in the last
+-- reply; NULL: any), and the four statements that take them spell them alike. They run with
+-- custom plans (QueueStore sets plan_cache_mode): a NULL filter folds away and a state picks
+-- its index (deliveries_open_newest, 0016, for queued and inflight; the primary key else).
+SELECT d.id, m.queue_id, m.message_id, d.recipient, d.recipient_key, m.envelope_sender,
+       m.from_domain, m.campaign, d.state, d.attempts, d.next_attempt_at, d.last_code,
+       d.last_reply, m.received_at
+FROM deliveries d JOIN messages m ON m.id = d.message_id
+WHERE ($1::text IS NULL OR d.state = $1)
+  AND ($2::text IS NULL OR d.recipient_domain = $2)
+  AND ($3::text IS NULL OR m.from_domain = $3)
+  AND ($4::text IS NULL OR m.campaign = $4)
+  AND ($5::text IS NULL OR strpos(lower(d.last_reply), lower($5)) > 0)
+  AND ($6::bigint IS NULL OR d.id < $6)
+ORDER BY d.id DESC
+LIMIT $7;
+
+-- queue_deliveries_newer --
+-- The page before: the deliveries matching the filters newer than delivery $6, the oldest of
+-- them first (the caller turns them round); at most $7.
+SELECT d.id, m.queue_id, m.message_id, d.recipient, d.recipient_key, m.envelope_sender,
+       m.from_domain, m.campaign, d.state, d.attempts, d.next_attempt_at, d.last_code,
+       d.last_reply, m.received_at
+FROM deliveries d JOIN messages m ON m.id = d.message_id
+WHERE ($1::text IS NULL OR d.state = $1)
+  AND ($2::text IS NULL OR d.recipient_domain = $2)
+  AND ($3::text IS NULL OR m.from_domain = $3)
+  AND ($4::text IS NULL OR m.campaign = $4)
+  AND ($5::text IS NULL OR strpos(lower(d.last_reply), lower($5)) > 0)
+  AND d.id > $6
+ORDER BY d.id
+LIMIT $7;
+
+-- count_queue_deliveries --
+-- How many deliveries match the filters, counted up to $6 (a bound on the work: the page
+-- says "more than" beyond it).
+SELECT count(*) FROM (
+    SELECT 1
+    FROM deliveries d JOIN messages m ON m.id = d.message_id
+    WHERE ($1::text IS NULL OR d.state = $1)
+      AND ($2::text IS NULL OR d.recipient_domain = $2)
+      AND ($3::text IS NULL OR m.from_domain = $3)
+      AND ($4::text IS NULL OR m.campaign = $4)
+      AND ($5::text IS NULL OR strpos(lower(d.last_reply), lower($5)) > 0)
+    LIMIT $6
+) AS matching;
+
+-- queued_ids_matching --
+-- The queued deliveries (waiting or deferred) matching the filters, newest first, at most
+-- $6: what "every queued delivery matching the filter" retries or purges.
+SELECT d.id
+FROM deliveries d JOIN messages m ON m.id = d.message_id
+WHERE d.state = 'queued'
+  AND ($1::text IS NULL OR d.state = $1)
+  AND ($2::text IS NULL OR d.recipient_domain = $2)
+  AND ($3::text IS NULL OR m.from_domain = $3)
+  AND ($4::text IS NULL OR m.campaign = $4)
+  AND ($5::text IS NULL OR strpos(lower(d.last_reply), lower($5)) > 0)
+ORDER BY d.id DESC
+LIMIT $6;
+
+-- queue_delivery --
+-- One delivery as the queue page shows it (its history page).
+SELECT d.id, m.queue_id, m.message_id, d.recipient, d.recipient_key, m.envelope_sender,
+       m.from_domain, m.campaign, d.state, d.attempts, d.next_attempt_at, d.last_code,
+       d.last_reply, m.received_at
+FROM deliveries d JOIN messages m ON m.id = d.message_id
+WHERE d.id = $1;
+
+-- audit_of_delivery --
+-- The administrators' acts on delivery $1 (retries, purges), whose audit rows name its
+-- address $2 (admin_audit_subject, 0016), newest first.
+SELECT occurred_at, actor, action, subject, reason, detail FROM admin_audit
+WHERE subject = $2 AND action LIKE 'queue.%' AND detail ->> 'delivery_id' = $1::bigint::text
+ORDER BY occurred_at DESC, id DESC
+LIMIT 100;
+
+-- retry_deliveries --
+-- Make the queued deliveries (waiting or deferred) among $1 due now ($2; one due earlier keeps
+-- its place), one audit row each naming actor $3 with reason $4. Returns each of $1 that
+-- exists with the state it was in and whether it was retried (a queued one that was not
+-- changed meanwhile: a worker claimed it, another administrator purged it).
+-- Rows are locked in id order, so two batches at once wait for each other, never deadlock.
+WITH picked AS MATERIALIZED (
+    SELECT id FROM deliveries
+    WHERE id = ANY($1::bigint[]) AND state = 'queued'
+    ORDER BY id
+    FOR UPDATE
+), r AS (
+    UPDATE deliveries d SET next_attempt_at = least(d.next_attempt_at, $2), updated_at = $2
+    FROM picked
+    WHERE d.id = picked.id AND d.state = 'queued'
+    RETURNING d.id, d.recipient_key
+), a AS (
+    INSERT INTO admin_audit (occurred_at, actor, action, subject, reason, detail)
+    SELECT $2, $3, 'queue.retry', r.recipient_key, $4, jsonb_build_object('delivery_id', r.id)
+    FROM r
+)
+SELECT d.id, d.state, r.id IS NOT NULL AS done
+FROM deliveries d LEFT JOIN r ON r.id = d.id
+WHERE d.id = ANY($1::bigint[]);
+
+-- purge_deliveries --
+-- Cancel the queued deliveries (waiting or deferred) among $1 at $2, one audit row each
+-- naming actor $3 with reason $4 (as purge_delivery). Returns each of $1 that exists with
+-- the state it was in, whether it was cancelled, and its message (whose body may go).
+WITH picked AS MATERIALIZED (
+    SELECT id FROM deliveries
+    WHERE id = ANY($1::bigint[]) AND state = 'queued'
+    ORDER BY id
+    FOR UPDATE
+), c AS (
+    UPDATE deliveries d SET state = 'cancelled', updated_at = $2
+    FROM picked
+    WHERE d.id = picked.id AND d.state = 'queued'
+    RETURNING d.id, d.recipient_key
+), a AS (
+    INSERT INTO admin_audit (occurred_at, actor, action, subject, reason, detail)
+    SELECT $2, $3, 'queue.purge', c.recipient_key, $4, jsonb_build_object('delivery_id', c.id)
+    FROM c
+)
+SELECT d.id, d.state, c.id IS NOT NULL AS done, d.message_id
+FROM deliveries d LEFT JOIN c ON c.id = d.id
+WHERE d.id = ANY($1::bigint[]);

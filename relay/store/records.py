@@ -10,6 +10,7 @@ __all__ = [
     "AcceptedMessage",
     "AccountChange",
     "AddressBounce",
+    "AddressDelivery",
     "AddressProfile",
     "AdminAccount",
     "AdminSession",
@@ -32,12 +33,17 @@ __all__ = [
     "OpenedIncident",
     "OutcomeRecord",
     "Probation",
+    "QueueAction",
+    "QueueDelivery",
+    "QueueFilter",
     "Recipient",
     "RecordedBounce",
     "ReportRow",
+    "ReportRowEvent",
     "ReportTotals",
     "SeriesRow",
     "SuppressionEvidence",
+    "SuppressionFilter",
     "SuppressionRow",
     "SuppressionWithCause",
 ]
@@ -216,6 +222,51 @@ class DeliveryEvent:
     synthetic: bool
 
 
+# The queue page (queue.sql queue_deliveries_older ... purge_deliveries).
+
+
+@dataclass(frozen=True)
+class QueueFilter:
+    """Which deliveries the queue page lists; each None means any. Domains in their ASCII
+    form (``ascii_domain``), ``reply_contains`` matched without regard to case."""
+
+    state: str | None = None
+    recipient_domain: str | None = None
+    from_domain: str | None = None
+    campaign: str | None = None
+    reply_contains: str | None = None
+
+
+@dataclass(frozen=True)
+class QueueDelivery:
+    """One delivery as the queue page lists it; ``message_id`` is the Message-ID header."""
+
+    id: int
+    queue_id: str
+    message_id: str | None
+    recipient: str
+    recipient_key: str
+    envelope_sender: str
+    from_domain: str | None
+    campaign: str | None
+    state: str
+    attempts: int
+    next_attempt_at: datetime
+    last_code: int | None
+    last_reply: str | None
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class QueueAction:
+    """What a retry or purge of a selection did: how many it changed, and how many it left
+    alone by the state they were in ("unknown": no such delivery; "changed": it changed
+    while the action waited for it)."""
+
+    done: int
+    skipped: dict[str, int]
+
+
 # --- bounce messages (dsn.py) ---
 
 
@@ -323,6 +374,35 @@ class AddressBounce:
     queue_id: str | None
     campaign: str | None
     attempt: int | None
+
+
+@dataclass(frozen=True)
+class AddressDelivery:
+    """One delivery to an address with its history, oldest event first (the profile page)."""
+
+    id: int
+    queue_id: str
+    state: str
+    recipient: str  # as the client wrote it
+    envelope_sender: str
+    from_domain: str | None
+    campaign: str | None
+    received_at: datetime  # when its message was accepted
+    attempts: int
+    events: tuple[DeliveryEvent, ...]  # the newest ones, oldest first
+    events_total: int  # how many it has: more than ``events`` when the oldest were left out
+
+
+@dataclass(frozen=True)
+class SuppressionFilter:
+    """Which entries of the suppression list a page, its count and its CSV hold; a None
+    field does not filter."""
+
+    search: str | None = None  # the address contains it (``policies.addresses.search_form``)
+    source: str | None = None  # hard_bounce, dsn, complaint, manual or import
+    category: str | None = None  # of the bounce that caused the entry
+    added_from: datetime | None = None  # created at or after
+    added_before: datetime | None = None  # created before
 
 
 # The evidence behind an address's entries (suppression.sql evidence_*); field order is the
@@ -493,6 +573,29 @@ class ReportRow:
     sample: str | None
     attempts: int
     delivered: int
+    # The row's identity (hex): its template key, which ``report_row_events`` takes to
+    # list the events behind it. Not a column of the report in any format.
+    template_key: str = ""
+
+
+@dataclass(frozen=True)
+class ReportRowEvent:
+    """One bounce event behind a bounces-report row (the admin page's drill-down).
+    ``code`` is the reply code and enhanced status as the row shows them ("" unknown),
+    ``template`` the text the row groups by, ``message_id`` the Message-ID header (None
+    when the message had none or is gone)."""
+
+    id: int
+    occurred_at: datetime
+    type: str
+    recipient: str | None
+    code: str
+    reply_text: str | None
+    template: str
+    source_ip: str | None
+    campaign: str | None
+    queue_id: str | None
+    message_id: str | None
 
 
 @dataclass(frozen=True)

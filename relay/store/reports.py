@@ -1,6 +1,6 @@
-"""Reports: the bounce rollup and the bounces report read from it, queue and bounce
-statistics for the admin pages, and recorded bounces read back for ``classify --replay``.
-Queries: ``reports.sql``."""
+"""Reports: the bounce rollup and the bounces report read from it (and the bounce events
+behind one of its rows), queue and bounce statistics for the admin pages, and recorded
+bounces read back for ``classify --replay``. Queries: ``reports.sql``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,13 @@ import asyncpg
 
 from policies.templates import wording_of
 from relay.store.base import QUERIES, REPORT_TIMEOUT_SECONDS, Statements, StoreBase
-from relay.store.records import RecordedBounce, ReportRow, ReportTotals, SeriesRow
+from relay.store.records import (
+    RecordedBounce,
+    ReportRow,
+    ReportRowEvent,
+    ReportTotals,
+    SeriesRow,
+)
 
 __all__ = ["ReportStore", "ReportStream", "roll_up_bounces"]
 
@@ -114,6 +120,7 @@ class ReportStore(StoreBase):
                         sample=r["sample"],
                         attempts=r["attempts"],
                         delivered=r["delivered"],
+                        template_key=r["template_key"],
                     )
 
         return ReportStream(read)
@@ -154,6 +161,40 @@ class ReportStore(StoreBase):
                     )
 
         return ReportStream(read)
+
+    async def report_row_events(
+        self,
+        start: datetime,
+        end: datetime,
+        types: Sequence[str],
+        campaigns: Sequence[str] | None,
+        group_by: str,
+        group: str,
+        template_key: str,
+        before: tuple[datetime, int] | None,
+        limit: int,
+    ) -> list[ReportRowEvent]:
+        """The bounce events behind one report row (``group`` under ``group_by``, the row's
+        ``template_key``) in the report's period, types and campaigns: newest first, at most
+        ``limit``, older than ``before`` (occurred_at, id: the last one of the previous
+        page), or from the newest."""
+        # Without a page before it, "older than (end, 0)" is no bound at all (the period
+        # ends before ``end``), and the keyset stays an index condition either way.
+        older_than = before or (end, 0)
+        rows = await self._rows(
+            "report_row_events",
+            start,
+            end,
+            list(types),
+            list(campaigns) if campaigns else None,
+            group_by,
+            group,
+            template_key,
+            *older_than,
+            limit,
+            what="events behind a report row",
+        )
+        return [ReportRowEvent(**dict(r)) for r in rows]
 
     @asynccontextmanager
     async def _report_transaction(self) -> AsyncIterator[Statements]:

@@ -134,7 +134,8 @@ ON CONFLICT (domain) DO NOTHING;
 -- snapshot): bounce events; distinct messages, each once (its first bounce of the types
 -- asked; rows rolled up before 0014 count as their rows did, once per text); the attempts
 -- and deliveries of every group; the first and last bounce. Only narrow columns are
--- aggregated; the texts of the rows that survive are looked up at the end.
+-- aggregated; the texts of the rows that survive are looked up at the end. Each row names its
+-- template key (hex), which report_row_events takes to list the events behind it.
 WITH r AS (
     SELECT type, campaign, from_domain, source_ip, provider, template_key, amount,
            messages_by_domain, messages_by_ip, messages_overall, messages_overall_any,
@@ -198,12 +199,15 @@ SELECT * FROM (
            NULL::bigint AS recipient_domains, NULL::text AS category,
            min(f.first_seen) AS first_seen, max(f.last_seen) AS last_seen, NULL::text AS sample,
            (SELECT coalesce(sum(attempts), 0) FROM tried)::bigint AS attempts,
-           (SELECT coalesce(sum(delivered), 0) FROM tried)::bigint AS delivered
+           (SELECT coalesce(sum(delivered), 0) FROM tried)::bigint AS delivered,
+           NULL::text AS template_key
     FROM f
     UNION ALL
     SELECT false, ranked.grp, t.template, t.code, ranked.amount, ranked.messages,
            ranked.recipient_domains, t.category, ranked.first_seen, ranked.last_seen, t.sample,
-           coalesce(tried.attempts, 0), coalesce(tried.delivered, 0)
+           coalesce(tried.attempts, 0), coalesce(tried.delivered, 0),
+           -- the row's identity, for the events behind it (report_row_events)
+           encode(ranked.template_key, 'hex')
     FROM ranked
     LEFT JOIN tried USING (grp)
     CROSS JOIN LATERAL (
@@ -336,3 +340,31 @@ LEFT JOIN deliveries d ON d.id = e.delivery_id
 WHERE e.type IN ('soft_bounce', 'hard_bounce')
   AND e.occurred_at >= $1 AND e.occurred_at < $2
 ORDER BY e.id;
+
+-- report_row_events --
+-- The bounce events behind one row of bounce_report: of [$1, $2), types $3, campaigns $4
+-- (NULL: all), whose group under grouping $5 is $6 and whose template key is $7 (hex, as the
+-- row names it), newest first, before ($8, $9) in (occurred_at, id), at most $10. The key is
+-- roll_up_bounces' (the codes and the template), spelled as events_report_row (0015) indexes
+-- it, so a page reads the row's own events and no other bounce of the period; the group and
+-- campaign are the rollup's too (NULL as ''), so the row's amount is the count of these.
+SELECT e.id, e.occurred_at, e.type, e.recipient, concat_ws(' ', e.code::text, e.enhanced) AS code,
+       e.reply_text, coalesce(e.template, e.reply_text, '') AS template, e.source_ip,
+       e.campaign, e.queue_id, m.message_id
+FROM events e
+LEFT JOIN messages m ON m.id = e.message_id
+WHERE e.type IN ('soft_bounce', 'hard_bounce')
+  AND decode(md5(CASE WHEN e.code IS NULL AND e.enhanced IS NULL
+                      THEN coalesce(e.template, e.reply_text, '')
+                      ELSE coalesce(e.code::text || ' ' || e.enhanced, e.code::text, e.enhanced)
+                           || E'\n' || coalesce(e.template, e.reply_text, '') END), 'hex')
+      = decode($7::text, 'hex')
+  AND e.occurred_at >= $1 AND e.occurred_at < $2
+  AND (e.occurred_at, e.id) < ($8::timestamptz, $9::bigint)
+  AND e.type = ANY($3::text[])
+  AND ($4::text[] IS NULL OR coalesce(e.campaign, '') = ANY($4::text[]))
+  AND CASE $5::text WHEN 'ip' THEN coalesce(e.source_ip, '')
+                    WHEN 'provider' THEN coalesce(e.provider, '')
+                    ELSE coalesce(e.from_domain, '') END = $6::text
+ORDER BY e.occurred_at DESC, e.id DESC
+LIMIT $10;

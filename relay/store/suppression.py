@@ -15,23 +15,40 @@ from policies.addresses import search_form
 from relay.store.base import REPORT_TIMEOUT_SECONDS, Statements, StoreBase, clean
 from relay.store.records import (
     AddressBounce,
+    AddressDelivery,
     AddressProfile,
     AllowlistEntry,
     AuditEntry,
+    DeliveryEvent,
     DsnRecord,
     EvidenceAudit,
     EvidenceBounce,
     EvidenceEntry,
     OutcomeRecord,
     SuppressionEvidence,
+    SuppressionFilter,
     SuppressionRow,
     SuppressionWithCause,
 )
 from relay.store.reports import roll_up_bounces
 
-__all__ = ["BOUNCES", "SuppressionStore", "suppress_and_roll_up"]
+__all__ = [
+    "BOUNCES",
+    "EVENTS_OF_DELIVERY",
+    "SORTS",
+    "SOURCES",
+    "SuppressionStore",
+    "suppress_and_roll_up",
+]
 
 BOUNCES = ("hard_bounce", "soft_bounce")
+# Where an entry comes from: the CHECK of suppressions.source (0001), in the order the
+# admin page offers them.
+SOURCES = ("hard_bounce", "dsn", "complaint", "manual", "import")
+SORTS = ("since", "address")  # what suppression_page orders by
+# The most events of one delivery the profile page shows (the newest): its retries are bounded
+# by the retry rules, so only a delivery retried for weeks has more.
+EVENTS_OF_DELIVERY = 50
 
 
 async def suppress_and_roll_up(
@@ -138,33 +155,58 @@ class SuppressionStore(StoreBase):
         self, address_key: str, actor: str, reason: str
     ) -> SuppressionRow | None:
         """Remove an entry (profile active, audited); None when the address was not listed."""
-        row = await self._row(
-            "remove_suppression", address_key, actor, reason, what="remove suppression"
+        removed = await self.remove_suppressions([address_key], actor, reason)
+        return removed[0] if removed else None
+
+    async def remove_suppressions(
+        self, address_keys: Sequence[str], actor: str, reason: str
+    ) -> list[SuppressionRow]:
+        """Remove entries in one statement (all or none), each with its profile made active
+        and an audit row naming ``actor``; the entries removed, by address (an address that
+        was not listed has none)."""
+        rows = await self._rows(
+            "remove_suppressions",
+            list(address_keys),
+            actor,
+            clean(reason),
+            what="remove suppressions",
         )
-        if row is None:
-            return None
-        return SuppressionRow(row["address"], row["reason"], row["source"], row["created_at"], None)
+        return [
+            SuppressionRow(r["address"], r["reason"], r["source"], r["created_at"], None)
+            for r in rows
+        ]
 
     async def import_suppressions(
-        self, entries: Sequence[tuple[str, str]], actor: str, source_name: str
+        self,
+        entries: Sequence[tuple[str, str]],
+        actor: str,
+        source_name: str,
+        why: str = "import",
     ) -> int:
-        """Add (address, reason) pairs; already-listed ones stay as they are. How many were new."""
+        """Add (address, reason) pairs; already-listed ones stay as they are. How many were new.
+        One audit row: ``actor``, the file (``source_name``), ``why`` and the number added."""
         added = await self._value(
             "import_suppressions",
             [a for a, _ in entries],
-            [r for _, r in entries],
+            [clean(r) for _, r in entries],
             actor,
-            source_name,
+            clean(source_name),
+            clean(why),
             what="import suppressions",
             timeout=REPORT_TIMEOUT_SECONDS,
         )
         return int(added)
 
-    async def iter_suppressions(self) -> AsyncIterator[SuppressionRow]:
-        """The whole list by address, streamed."""
+    async def iter_suppressions(
+        self, flt: SuppressionFilter | None = None
+    ) -> AsyncIterator[SuppressionRow]:
+        """The entries under ``flt`` (default: the whole list) by address, streamed."""
         async with self._transaction("export suppressions", readonly=True) as tx:
             async for r in tx.cursor(
-                "export_suppressions", prefetch=5000, timeout=REPORT_TIMEOUT_SECONDS
+                "export_suppressions",
+                *_filter_arguments(flt or SuppressionFilter()),
+                prefetch=5000,
+                timeout=REPORT_TIMEOUT_SECONDS,
             ):
                 yield SuppressionRow(r["address"], r["reason"], r["source"], r["created_at"], None)
 
@@ -198,6 +240,36 @@ class SuppressionStore(StoreBase):
             what="list suppressions",
         )
         return [SuppressionWithCause(**dict(r)) for r in rows]
+
+    async def suppression_page(
+        self,
+        flt: SuppressionFilter,
+        sort: str,
+        descending: bool,
+        limit: int,
+        offset: int,
+    ) -> list[SuppressionWithCause]:
+        """A page of the entries under ``flt``, ordered by ``sort`` (``SORTS``), the address
+        breaking ties, each with the bounce text that caused it."""
+        if sort not in SORTS:
+            raise ValueError(f"sort {sort!r}: one of {', '.join(SORTS)}")
+        rows = await self._rows(
+            "suppression_page",
+            *_filter_arguments(flt),
+            sort,
+            descending,
+            limit,
+            offset,
+            what="list suppressions",
+        )
+        return [SuppressionWithCause(**dict(r)) for r in rows]
+
+    async def count_suppressions(self, flt: SuppressionFilter) -> int:
+        """How many entries ``flt`` holds."""
+        n = await self._value(
+            "count_suppressions", *_filter_arguments(flt), what="count suppressions"
+        )
+        return int(n)
 
     async def audit_log(self, limit: int = 50) -> list[AuditEntry]:
         rows = await self._rows("audit_log", limit, what="audit log")
@@ -275,3 +347,49 @@ class SuppressionStore(StoreBase):
     async def delivery_counts_of_address(self, address_key: str) -> dict[str, int]:
         rows = await self._rows("delivery_counts_of_address", address_key, what="count deliveries")
         return {r["state"]: r["n"] for r in rows}
+
+    async def deliveries_of_address(
+        self, address_key: str, limit: int
+    ) -> tuple[list[AddressDelivery], bool]:
+        """The newest ``limit`` deliveries to an address, each with its newest
+        ``EVENTS_OF_DELIVERY`` events (attempts, bounce messages, cancellation), and whether
+        there were more deliveries than ``limit``."""
+        async with self._transaction("deliveries of address", readonly=True) as tx:
+            rows = await tx.rows("deliveries_of_address", address_key, limit + 1)
+            shown = rows[:limit]
+            events: list[Any] = []
+            if shown:
+                events = await tx.rows(
+                    "events_of_address_deliveries",
+                    address_key,
+                    [r["id"] for r in shown],
+                    min(r["received_at"] for r in shown),
+                    EVENTS_OF_DELIVERY,
+                )
+        history: dict[int, list[DeliveryEvent]] = {}
+        totals: dict[int, int] = {}
+        for e in events:
+            fields = dict(e)
+            delivery_id = fields.pop("delivery_id")
+            totals[delivery_id] = fields.pop("total")
+            history.setdefault(delivery_id, []).append(DeliveryEvent(**fields))
+        deliveries = [
+            AddressDelivery(
+                **dict(r),
+                events=tuple(history.get(r["id"], ())),
+                events_total=totals.get(r["id"], 0),
+            )
+            for r in shown
+        ]
+        return deliveries, len(rows) > limit
+
+
+def _filter_arguments(flt: SuppressionFilter) -> tuple[Any, ...]:
+    """``flt`` as suppression_page's $1..$5 (the address's search form: A-labels)."""
+    return (
+        search_form(flt.search) if flt.search else None,
+        flt.source,
+        flt.category,
+        flt.added_from,
+        flt.added_before,
+    )

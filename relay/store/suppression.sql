@@ -32,11 +32,12 @@ WITH ins AS (
 )
 SELECT EXISTS (SELECT 1 FROM ins);
 
--- remove_suppression --
--- An administrator removes an address: entry deleted, profile active again, audit row keeping
--- who, why and the entry removed. No row when the address was not suppressed.
+-- remove_suppressions --
+-- Administrators remove addresses $1, in one statement (all or none): each entry deleted, its
+-- profile active again, an audit row per address keeping who ($2), why ($3) and the entry
+-- removed. A row per address that was suppressed; none for the others.
 WITH d AS (
-    DELETE FROM suppressions WHERE address = $1
+    DELETE FROM suppressions WHERE address = ANY($1::text[])
     RETURNING address, reason, source, created_at, event_id
 ), p AS (
     UPDATE profiles SET status = 'active', status_changed_at = now()
@@ -46,12 +47,13 @@ WITH d AS (
     SELECT $2, 'suppression.remove', d.address, $3,
            jsonb_build_object('removed_reason', d.reason, 'removed_source', d.source,
                               'suppressed_at', d.created_at, 'event_id', d.event_id)
-    FROM d
+    FROM d ORDER BY d.address
 )
-SELECT address, reason, source, created_at FROM d;
+SELECT address, reason, source, created_at FROM d ORDER BY address;
 
 -- import_suppressions --
--- Add many addresses (source import); ones already listed are left as they are. Audited once.
+-- Add many addresses (source import); ones already listed are left as they are. Audited once:
+-- who ($3), the file ($4), why ($5) and how many were added.
 WITH ins AS (
     INSERT INTO suppressions (address, reason, source)
     SELECT address, reason, 'import' FROM unnest($1::text[], $2::text[]) AS x (address, reason)
@@ -63,14 +65,24 @@ WITH ins AS (
     ON CONFLICT (address) DO UPDATE SET status = 'suppressed', status_changed_at = now()
 ), a AS (
     INSERT INTO admin_audit (actor, action, subject, reason, detail)
-    SELECT $3, 'suppression.import', $4, 'import', jsonb_build_object('added', count(*))
+    SELECT $3, 'suppression.import', $4, $5, jsonb_build_object('added', count(*))
     FROM ins
 )
 SELECT count(*) AS added FROM ins;
 
 -- export_suppressions --
--- The whole list, by address (streamed).
-SELECT address, reason, source, created_at FROM suppressions ORDER BY address;
+-- The entries under suppression_page's filter ($1..$5; all NULL: the whole list), by
+-- address, streamed.
+SELECT address, reason, source, created_at
+FROM suppressions s
+WHERE ($1::text IS NULL OR strpos(s.address, lower($1)) > 0)
+  AND ($2::text IS NULL OR s.source = $2)
+  AND ($3::text IS NULL OR EXISTS (
+          SELECT 1 FROM events e
+          WHERE e.id = s.event_id AND e.occurred_at = s.event_at AND e.category = $3))
+  AND ($4::timestamptz IS NULL OR s.created_at >= $4)
+  AND ($5::timestamptz IS NULL OR s.created_at < $5)
+ORDER BY address;
 
 -- audit_log --
 -- Administrators' acts, newest first.
@@ -96,6 +108,43 @@ LEFT JOIN events e ON e.id = s.event_id AND e.occurred_at = s.event_at
 WHERE ($1::text IS NULL OR strpos(s.address, lower($1)) > 0)
 ORDER BY s.created_at DESC, s.address
 LIMIT $2 OFFSET $3;
+
+-- suppression_page --
+-- A page of the list under a filter: address contains $1, source $2, category of the bounce
+-- that caused the entry $3, added from $4 (inclusive) to $5 (exclusive); ordered by $6
+-- ('address' or 'since'; $7: descending), the address breaking ties; $8 rows from $9. The
+-- bounce text that caused each entry is a subquery in the select list: PostgreSQL evaluates
+-- it after the sort and the limit, for the rows shown only (a join would reach into the
+-- events of every entry first).
+SELECT s.address, s.reason, s.source, s.created_at,
+       (SELECT e.reply_text FROM events e
+        WHERE e.id = s.event_id AND e.occurred_at = s.event_at) AS cause
+FROM suppressions s
+WHERE ($1::text IS NULL OR strpos(s.address, lower($1)) > 0)
+  AND ($2::text IS NULL OR s.source = $2)
+  AND ($3::text IS NULL OR EXISTS (
+          SELECT 1 FROM events e
+          WHERE e.id = s.event_id AND e.occurred_at = s.event_at AND e.category = $3))
+  AND ($4::timestamptz IS NULL OR s.created_at >= $4)
+  AND ($5::timestamptz IS NULL OR s.created_at < $5)
+ORDER BY CASE WHEN $6::text = 'address' AND NOT $7::boolean THEN s.address END,
+         CASE WHEN $6::text = 'address' AND $7::boolean THEN s.address END DESC,
+         CASE WHEN $6::text = 'since' AND NOT $7::boolean THEN s.created_at END,
+         CASE WHEN $6::text = 'since' AND $7::boolean THEN s.created_at END DESC,
+         s.address
+LIMIT $8 OFFSET $9;
+
+-- count_suppressions --
+-- How many entries suppression_page's filter ($1..$5) holds.
+SELECT count(*)
+FROM suppressions s
+WHERE ($1::text IS NULL OR strpos(s.address, lower($1)) > 0)
+  AND ($2::text IS NULL OR s.source = $2)
+  AND ($3::text IS NULL OR EXISTS (
+          SELECT 1 FROM events e
+          WHERE e.id = s.event_id AND e.occurred_at = s.event_at AND e.category = $3))
+  AND ($4::timestamptz IS NULL OR s.created_at >= $4)
+  AND ($5::timestamptz IS NULL OR s.created_at < $5);
 
 -- suppress_recipients --
 -- Bounces and complaints that suppress: suppression entry (source $5; the first cause is kept),
@@ -242,3 +291,30 @@ LIMIT $2;
 -- delivery_counts_of_address --
 -- How many deliveries to one address ended in each state.
 SELECT state, count(*) AS n FROM deliveries WHERE recipient_key = $1 GROUP BY state ORDER BY state;
+
+-- deliveries_of_address --
+-- The deliveries to address $1, newest first, at most $2, with their message's envelope
+-- (deliveries_recipient, 0017, finds them without reading the whole table).
+SELECT d.id, m.queue_id, d.state, d.recipient, m.envelope_sender, m.from_domain, m.campaign,
+       m.received_at, d.attempts
+FROM deliveries d JOIN messages m ON m.id = d.message_id
+WHERE d.recipient_key = $1
+ORDER BY d.id DESC
+LIMIT $2;
+
+-- events_of_address_deliveries --
+-- What happened to deliveries $2 of address $1 (attempts, bounce messages, cancellation):
+-- the newest $4 events of each, oldest first, with how many it has in all. Found through
+-- events_recipient, from $3 on (when the oldest of their messages was received: no event of
+-- theirs is older).
+SELECT delivery_id, occurred_at, type, attempt, code, enhanced, category, rule, source_ip,
+       destination, reply_text, synthetic, total
+FROM (
+    SELECT e.*, row_number() OVER w AS newest,
+           count(*) OVER (PARTITION BY e.delivery_id) AS total
+    FROM events e
+    WHERE e.recipient = $1 AND e.delivery_id = ANY($2::bigint[]) AND e.occurred_at >= $3
+    WINDOW w AS (PARTITION BY e.delivery_id ORDER BY e.occurred_at DESC, e.id DESC)
+) x
+WHERE newest <= $4
+ORDER BY delivery_id DESC, occurred_at, id;

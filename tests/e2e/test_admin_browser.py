@@ -38,8 +38,9 @@ async def _seed(relay: Relay) -> str:
 
 @pytest.mark.slow
 async def test_suppression_removal_in_a_real_browser(db_dsn, make_config, tmp_path):
-    """Remove an address from the suppression list through the page; the success notice
-    says so. No Content-Security-Policy violation."""
+    """Remove an address from the suppression list through the page (its box ticked, a
+    reason, the confirmation); the success notice says so. No Content-Security-Policy
+    violation."""
     from playwright.async_api import async_playwright
 
     folder = artifacts(tmp_path)
@@ -55,10 +56,11 @@ async def test_suppression_removal_in_a_real_browser(db_dsn, make_config, tmp_pa
             page.on("console", lambda m: console.append(m.text))
             await log_in(page, url)
             await page.goto(url + "/suppression")
+            await page.check("input[aria-label='select gone@example.org']")
             await page.fill("input[name=reason]", "customer asked")
             await page.check("input[name=confirm]")
-            await page.click("text=Remove")
-            assert "Removed gone@example.org." in await page.inner_text("main")
+            await page.click("text=Remove selected")
+            assert "Removed gone@example.org." in await page.inner_text("p.ok")
             await page.screenshot(path=str(folder / "suppression-removed.png"), full_page=True)
             await browser.close()
     assert not [m for m in console if "Content Security Policy" in m], console
@@ -125,10 +127,11 @@ async def test_a_viewer_sees_the_pages_but_a_change_is_refused(db_dsn, make_conf
             assert "victor (viewer)" in await page.inner_text("nav")
             await page.goto(url + "/suppression")
             assert "gone@example.org" in await page.inner_text("table")
+            await page.check("input[aria-label='select gone@example.org']")
             await page.fill("input[name=reason]", "customer asked")
             await page.check("input[name=confirm]")
             async with page.expect_response(lambda r: r.url.endswith("/remove")) as answer:
-                await page.click("text=Remove")
+                await page.click("text=Remove selected")
             assert (await answer.value).status == 403
             refused = await page.inner_text("main")
             await page.goto(url + "/incidents")

@@ -113,8 +113,11 @@ async def test_queue_and_profile_commands(db_dsn, write_config):
     shown = await asyncio.to_thread(run, "queue", "show", str(delivery_id))
     assert "soft_bounce" in shown.stdout
     assert "mailbox_full" in shown.stdout
-    retried = await asyncio.to_thread(run, "queue", "retry", str(delivery_id))
-    assert retried.returncode == 0
+    retried = await asyncio.to_thread(
+        run, "queue", "retry", str(delivery_id), "--reason", "mailbox emptied", "--actor", "ops"
+    )
+    assert retried.returncode == 0, retried.stderr
+    assert "audited as ops" in retried.stdout
     purged = await asyncio.to_thread(
         run, "queue", "purge", str(delivery_id), "--reason", "test", "--actor", "ops"
     )

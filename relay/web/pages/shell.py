@@ -50,7 +50,7 @@ outline-offset:1px}
 .ok{color:#0d5a1f;background:#e9f7ec;border-color:#9fd3ab}
 .muted{color:#666}.over{color:#a00;font-weight:600}
 .pager{display:flex;gap:1em;align-items:center}
-svg text{font:11px system-ui,sans-serif}
+svg text{font:11px system-ui,sans-serif}.chartbox svg{min-width:620px;max-width:1200px}
 @media (max-width:640px){main{padding:.6em}nav{padding:.5em}
 form.filters{flex-direction:column;align-items:stretch}}
 """

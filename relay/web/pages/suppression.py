@@ -1,96 +1,623 @@
-"""The suppression list page: entries, removal (audited), the audit log."""
+"""The suppression list page: the entries under a filter (address, source, category of the
+bounce that caused them, when added), sorted and a page at a time with their total; removal
+of the selected entries (audited, one transaction); the list as CSV and a CSV file imported
+(the CLI's ``suppression export`` and ``suppression import``); the audit log.
+
+The CSV written is the CLI's, column for column (address, reason, source, created_at), with
+the same defence against spreadsheet formulas (``relay.reports.export.neutralise``). A file
+imported is read as the CLI reads one (``policies.suppression_file``), off the event loop: bad
+lines are reported by number and the good ones imported."""
 
 from __future__ import annotations
 
-from urllib.parse import urlencode
+import asyncio
+import csv
+import io
+import re
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, time, timedelta
+from typing import IO, Any
+from urllib.parse import parse_qsl, urlencode
 
 from aiohttp import web
+from multidict import MultiMapping
 
 from policies.addresses import AddressError, normalise_address, validate_address
+from policies.categories import Category
+from policies.suppression_file import SuppressionFile, read_suppression_csv
+from relay.reports.export import neutralise
+from relay.store import SuppressionFilter, SuppressionWithCause
+from relay.store.suppression import SORTS, SOURCES
 from relay.web.api import BadNumber, parse_number
-from relay.web.html import concat, element, link, table
+from relay.web.html import Content, Markup, concat, element, link, table
 from relay.web.pages.login import same_origin_only
+from relay.web.pages.profile import profile_url
 from relay.web.pages.shell import (
     FORM,
     MAX_PAGE,
     PAGE_ROWS,
     SESSION,
     Guard,
+    Handler,
     PageContext,
     Pages,
     actor,
-    confirmed_form,
+    back_to,
     csrf_field,
     error_notice,
-    refused,
+    outcome_notice,
+    success_notice,
     when,
     whole_page,
 )
 
+TITLE = "Suppression list"
+# A suppression is caused by a bounce or a complaint, never by a delivery.
+CATEGORIES = tuple(c.value for c in Category if c is not Category.DELIVERED)
+DEFAULT_ORDER = {"since": "desc", "address": "asc"}  # newest first; A to Z
+SORT_LABELS = {"since": "date added", "address": "address"}
+MAX_SEARCH = 320  # characters of "address contains": more than any address holds
+MAX_REASON = 1000  # characters of a removal's or an import's reason
+MAX_SELECTED = 1000  # addresses one removal takes (a page shows PAGE_ROWS)
+IMPORT_MAX_BYTES = 10 * 1024 * 1024  # a CSV file imported from the page
+BAD_LINES_SHOWN = 20
+_FORM_SLACK = 64 * 1024  # the import form's other fields and multipart framing
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CSV_COLUMNS = ["address", "reason", "source", "created_at"]  # `suppression export`'s
+_CHUNK = 1 << 16
+
+
+class _Refused(ValueError):
+    """A request the page cannot act on; the text says why, in the page's words."""
+
+
+class _TooLarge(_Refused):
+    """An uploaded file over IMPORT_MAX_BYTES."""
+
+
+@dataclass(frozen=True)
+class _Listing:
+    """What the list's query string asks for, as typed: the form shows it again, and the
+    links (pages, sorting, the CSV) carry it."""
+
+    search: str = ""
+    source: str = ""
+    category: str = ""
+    added_from: str = ""  # YYYY-MM-DD (UTC)
+    added_to: str = ""  # YYYY-MM-DD (UTC), inclusive
+    sort: str = "since"
+    order: str = ""  # asc | desc; "" is the sort's default
+    page: int = 1
+
+    @property
+    def descending(self) -> bool:
+        return (self.order or DEFAULT_ORDER.get(self.sort, "desc")) == "desc"
+
+    def params(self, *, paged: bool = True) -> list[tuple[str, str]]:
+        """The query string's fields that are not their defaults."""
+        fields = [
+            ("search", self.search),
+            ("source", self.source),
+            ("category", self.category),
+            ("from", self.added_from),
+            ("to", self.added_to),
+        ]
+        if paged:
+            fields.append(("sort", "" if self.sort == "since" else self.sort))
+            fields.append(("order", self.order))
+            fields.append(("page", str(self.page) if self.page > 1 else ""))
+        return [(k, v) for k, v in fields if v]
+
+    def url(self, path: str = "/suppression", **changes: Any) -> str:
+        listing = replace(self, **changes)
+        query = urlencode(listing.params(paged=path == "/suppression"))
+        return f"{path}?{query}" if query else path
+
+    def store_filter(self) -> SuppressionFilter:
+        """The filter in the store's terms (the listing is ``checked``)."""
+        before = _day(self.added_to) + timedelta(days=1) if self.added_to else None
+        return SuppressionFilter(
+            search=self.search or None,
+            source=self.source or None,
+            category=self.category or None,
+            added_from=_day(self.added_from) if self.added_from else None,
+            added_before=before,
+        )
+
+
+def _day(text: str) -> datetime:
+    return datetime.combine(date.fromisoformat(text), time(), UTC)
+
+
+def _typed(query: MultiMapping[str]) -> tuple[_Listing, str]:
+    """The listing as typed (page 1 when its number is not one) and the page number typed."""
+    raw_page = query.get("page", "")
+    page = int(raw_page) if raw_page.isascii() and raw_page.isdigit() and len(raw_page) < 8 else 1
+    listing = _Listing(
+        search=query.get("search", "").strip(),
+        source=query.get("source", ""),
+        category=query.get("category", ""),
+        added_from=query.get("from", "").strip(),
+        added_to=query.get("to", "").strip(),
+        sort=query.get("sort", "") or "since",
+        order=query.get("order", ""),
+        page=max(page, 1),
+    )
+    return listing, raw_page
+
+
+def _checked(listing: _Listing, raw_page: str) -> None:
+    """Raise ``_Refused`` saying what is wrong with the listing asked for, in the form's words."""
+    if len(listing.search) > MAX_SEARCH:
+        raise _Refused(f"Address contains: at most {MAX_SEARCH} characters.")
+    if _CONTROL.search(listing.search):
+        raise _Refused("Address contains: no control characters (tab, line break, NUL ...).")
+    if listing.source and listing.source not in SOURCES:
+        raise _Refused(f"Source: choose one of {', '.join(SOURCES)}, or all.")
+    if listing.category and listing.category not in CATEGORIES:
+        raise _Refused("Category: choose one of the list, or all.")
+    _checked_days(listing)
+    if listing.sort not in SORTS:
+        raise _Refused("Sort by: address or date added.")
+    if listing.order not in ("", "asc", "desc"):
+        raise _Refused("Order: ascending or descending.")
+    try:
+        parse_number(raw_page, "Page", 1, MAX_PAGE)
+    except BadNumber as exc:
+        raise _Refused(f"{exc}.") from None
+
+
+def _checked_days(listing: _Listing) -> None:
+    """Added from and Added to: days, in that order."""
+    for label, text in (("Added from", listing.added_from), ("Added to", listing.added_to)):
+        if not text:
+            continue
+        try:
+            if not _DAY.match(text):
+                raise ValueError(text)
+            date.fromisoformat(text)
+        except ValueError:
+            shown = text if len(text) <= 24 else text[:24] + "..."
+            raise _Refused(f"{label}: {shown!r} is not a day (YYYY-MM-DD).") from None
+    if listing.added_to == f"{date.max:%Y-%m-%d}":
+        raise _Refused(f"Added to: at most {date.max - timedelta(days=1):%Y-%m-%d}.")
+    if listing.added_from and listing.added_to and listing.added_from > listing.added_to:
+        raise _Refused("Added from is after Added to: nothing can match.")
+
+
+def _listing(query: MultiMapping[str]) -> _Listing:
+    listing, raw_page = _typed(query)
+    _checked(listing, raw_page)
+    return listing
+
+
+# -- the page ------------------------------------------------------------------------------------
+
+
+def _input(label: str, name: str, value: str = "", **attributes: str | bool) -> Markup:
+    return element("label", label, element("input", name=name, value=value, **attributes))
+
+
+def _select(label: str, name: str, options: Iterable[tuple[str, str]], current: str) -> Markup:
+    """A labelled select of (value, text) options, ``current`` selected."""
+    choices = (element("option", text, value=v, selected=v == current) for v, text in options)
+    return element("label", label, element("select", *choices, name=name))
+
+
+def _filter_form(listing: _Listing) -> Markup:
+    """The GET form of the filter and the sort, showing what was asked for."""
+    every = [("", "all")]
+    return element(
+        "form",
+        _input("Address contains", "search", listing.search, type="search"),
+        _select("Source", "source", every + [(s, s) for s in SOURCES], listing.source),
+        _select("Category", "category", every + [(c, c) for c in CATEGORIES], listing.category),
+        _input("Added from (UTC)", "from", listing.added_from, type="date"),
+        _input("Added to (UTC)", "to", listing.added_to, type="date"),
+        _select("Sort by", "sort", SORT_LABELS.items(), listing.sort),
+        _select(
+            "Order",
+            "order",
+            [("desc", "descending"), ("asc", "ascending")],
+            "desc" if listing.descending else "asc",
+        ),
+        element("button", "Show"),
+        class_="filters",
+        method="get",
+        action="/suppression",
+    )
+
+
+def _sort_link(listing: _Listing, key: str, label: str) -> Markup:
+    """A column header that sorts by it: the other way round when it is the sort already."""
+    if listing.sort != key:
+        return link(listing.url(sort=key, order="", page=1), label)
+    flipped = "asc" if listing.descending else "desc"
+    arrow = " ↓" if listing.descending else " ↑"
+    return link(listing.url(order=flipped, page=1), label + arrow)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}es"
+
+
+def _pager(listing: _Listing, total: int) -> Markup:
+    """Previous and next, each only when that page has rows."""
+    last = max(1, -(-total // PAGE_ROWS))
+    previous = min(listing.page - 1, last)
+    parts: list[Content] = []
+    if previous >= 1:
+        parts.append(link(listing.url(page=previous), "← previous page", rel="prev"))
+    parts.append(element("span", f"page {listing.page:,} of {last:,}", class_="muted"))
+    if listing.page < last and listing.page < MAX_PAGE:
+        parts.append(link(listing.url(page=listing.page + 1), "next page →", rel="next"))
+    return element("p", *parts, class_="pager")
+
+
+def _rows_form(listing: _Listing, entries: list[SuppressionWithCause], csrf: Markup) -> Markup:
+    """The page's entries, each with a box to select it, in the form that removes them."""
+    rows = [
+        [
+            element(
+                "label",
+                element(
+                    "input",
+                    type="checkbox",
+                    name="address",
+                    value=e.address,
+                    aria_label=f"select {e.address}",
+                ),
+            ),
+            link(profile_url(e.address), e.address),
+            e.source,
+            when(e.created_at),
+            e.reason,
+            e.cause,
+        ]
+        for e in entries
+    ]
+    order = "newest first" if listing.descending else "oldest first"
+    if listing.sort == "address":
+        order = "Z to A" if listing.descending else "A to Z"
+    return element(
+        "form",
+        csrf,
+        element("input", type="hidden", name="back", value=urlencode(listing.params())),
+        table(
+            [
+                "select",
+                _sort_link(listing, "address", "address"),
+                "source",
+                _sort_link(listing, "since", "since"),
+                "reason",
+                "bounce that caused it",
+            ],
+            rows,
+            caption=f"By {SORT_LABELS[listing.sort]}, {order}",
+        ),
+        element(
+            "p",
+            _input("Reason ", "reason", required=True, placeholder="why (required)"),
+            " ",
+            element(
+                "label",
+                element("input", type="checkbox", name="confirm", value="yes", required=True),
+                " sure: the selected addresses may get mail again",
+            ),
+            " ",
+            element("button", "Remove selected"),
+        ),
+        method="post",
+        action="/suppression/remove",
+    )
+
+
+def _import_form(csrf: Markup) -> Markup:
+    return concat(
+        element("h2", "Import a CSV file"),
+        element(
+            "p",
+            f"One address a line, optionally with a reason after a comma; a header line is "
+            f"allowed; UTF-8, at most {IMPORT_MAX_BYTES // (1024 * 1024)} MB. Addresses "
+            "already on the list stay as they are. The reason goes to lines without one, and "
+            "to the audit log.",
+            class_="muted",
+        ),
+        element(
+            "form",
+            csrf,
+            element(
+                "p",
+                _input("CSV file ", "file", type="file", accept=".csv,text/csv", required=True),
+            ),
+            element(
+                "p",
+                _input("Reason ", "reason", required=True, placeholder="why (required)"),
+                " ",
+                element("button", "Import"),
+            ),
+            method="post",
+            action="/suppression/import",
+            enctype="multipart/form-data",
+        ),
+    )
+
 
 class SuppressionPages(Pages):
-    """/suppression and its changes."""
+    """/suppression, /suppression.csv, and the changes: remove, import."""
 
     async def suppression_page(self, request: web.Request) -> web.Response:
-        search = request.query.get("search") or None
+        listing, raw_page = _typed(request.query)
         try:
-            page = parse_number(request.query.get("page"), "page", 1, MAX_PAGE) or 1
-        except BadNumber as exc:
-            return refused(request, "Suppression list", str(exc))
-        entries = await self.store.suppressions_with_cause(
-            search, PAGE_ROWS, (page - 1) * PAGE_ROWS
+            _checked(listing, raw_page)
+        except _Refused as exc:
+            body = concat(error_notice(str(exc)), _filter_form(listing))
+            return whole_page(request, TITLE, body, status=400)
+        flt = listing.store_filter()
+        total = await self.store.count_suppressions(flt)
+        entries = await self.store.suppression_page(
+            flt, listing.sort, listing.descending, PAGE_ROWS, (listing.page - 1) * PAGE_ROWS
         )
         csrf = csrf_field(request[SESSION])
-        rows = [
-            [
-                e.address,
-                e.source,
-                when(e.created_at),
-                e.reason,
-                e.cause,
-                confirmed_form("/suppression/remove", csrf, ("address", e.address), "Remove"),
-            ]
-            for e in entries
-        ]
+        if entries:
+            listed: Markup = concat(_rows_form(listing, entries, csrf), _pager(listing, total))
+        elif total:  # a page past the end (typed, or its rows were removed meanwhile)
+            listed = concat(element("p", "No entries on this page."), _pager(listing, total))
+        else:
+            listed = element("p", "No address on the list matches.", class_="muted")
         audit = await self.store.audit_log(20)
-        audit_rows = [[when(a.occurred_at), a.actor, a.action, a.subject, a.reason] for a in audit]
-        notice = request.query.get("notice")
-        next_page = urlencode({"search": search or "", "page": page + 1})
         body = concat(
-            error_notice(notice) if notice else None,
+            outcome_notice(request),
+            _filter_form(listing),
             element(
-                "form",
-                element("input", name="search", placeholder="address contains", value=search or ""),
-                element("button", "Search"),
-                method="get",
+                "p",
+                element("strong", _plural(total, "address")),
+                " · ",
+                link(listing.url("/suppression.csv"), "Download these as CSV"),
             ),
-            table(["address", "source", "since", "reason", "bounce that caused it", ""], rows),
-            element("p", link(f"?{next_page}", "next page")) if page < MAX_PAGE else None,
+            listed,
+            _import_form(csrf),
             element("h2", "Audit log"),
-            table(["when", "who", "what", "address", "why"], audit_rows),
+            table(
+                ["when", "who", "what", "address", "why"],
+                [[when(a.occurred_at), a.actor, a.action, a.subject, a.reason] for a in audit],
+                caption="Administrators' acts, newest first",
+            ),
         )
-        return whole_page(request, "Suppression list", body)
+        return whole_page(request, TITLE, body)
+
+    async def suppression_csv(self, request: web.Request) -> web.StreamResponse:
+        """The entries under the page's filter as CSV (the CLI's columns), all of them: written
+        to a temporary file as the cursor reads them, then sent, so the read-only transaction
+        lasts as long as the query, not as long as the slowest download."""
+        try:
+            listing = _listing(request.query)
+        except _Refused as exc:
+            body = concat(error_notice(str(exc)), _filter_form(_typed(request.query)[0]))
+            return whole_page(request, TITLE, body, status=400)
+        with tempfile.TemporaryFile() as spool:
+            await self._write_csv(listing.store_filter(), spool)
+            size = spool.tell()
+            spool.seek(0)
+            response = web.StreamResponse(
+                headers={
+                    "Content-Type": "text/csv; charset=utf-8",
+                    "Content-Disposition": 'attachment; filename="suppressions.csv"',
+                }
+            )
+            response.content_length = size
+            await response.prepare(request)
+            while chunk := spool.read(_CHUNK):
+                await response.write(chunk)
+            await response.write_eof()
+        return response
+
+    async def _write_csv(self, flt: SuppressionFilter, out: IO[bytes]) -> None:
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\r\n")
+        writer.writerow(_CSV_COLUMNS)
+        async for row in self.store.iter_suppressions(flt):
+            writer.writerow(
+                [
+                    neutralise(row.address),
+                    neutralise(row.reason),
+                    row.source,
+                    row.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                ]
+            )
+            if text.tell() >= _CHUNK:
+                out.write(text.getvalue().encode("utf-8"))
+                text.seek(0)
+                text.truncate()
+        out.write(text.getvalue().encode("utf-8"))
 
     async def suppression_remove(self, request: web.Request) -> web.StreamResponse:
+        """Remove the selected addresses (one or many), each audited with the reason."""
         form = request[FORM]
-        address, reason = str(form.get("address", "")), str(form.get("reason", "")).strip()
-        if form.get("confirm") != "yes" or not reason:
-            raise web.HTTPSeeOther(
-                "/suppression?"
-                + urlencode({"notice": "Removing needs a reason and the confirmation box."})
+        back = _back(str(form.get("back", "")))
+        try:
+            keys, reason = _removal(form)
+        except _Refused as exc:
+            raise back_to(back, problem=f"Nothing removed: {exc}") from None
+        removed = {
+            r.address for r in await self.store.remove_suppressions(keys, actor(request), reason)
+        }
+        missing = [k for k in keys if k not in removed]
+        if not removed:
+            if len(keys) == 1:
+                raise back_to(back, problem=f"{keys[0]} was not on the list.")
+            raise back_to(back, problem="Nothing removed: none of them was on the list.")
+        done = (
+            f"Removed {keys[0]}."
+            if len(keys) == 1
+            else f"Removed {_plural(len(removed), 'address')}."
+        )
+        if missing:
+            done += f" Not on the list (any more): {', '.join(missing[:5])}"
+            done += " ..." if len(missing) > 5 else "."
+        raise back_to(back, done=done)
+
+    async def suppression_import(self, request: web.Request) -> web.StreamResponse:
+        """Import the uploaded CSV file: the good lines added, the bad ones listed by number."""
+        form = request[FORM]
+        upload = form.get("file")
+        reason = str(form.get("reason", "")).strip()
+        if not isinstance(upload, web.FileField) or not upload.filename:
+            raise back_to("/suppression", problem="Nothing imported: choose a CSV file.")
+        if not reason or len(reason) > MAX_REASON:
+            raise back_to(
+                "/suppression",
+                problem=f"Nothing imported: give a reason (at most {MAX_REASON:,} characters).",
             )
         try:
+            parsed = await asyncio.to_thread(_read_upload, upload.file, reason)
+        except _TooLarge:
+            return _too_large(request)
+        except _Refused as exc:
+            raise back_to("/suppression", problem=f"Nothing imported: {exc}") from None
+        if not parsed.entries and not parsed.errors:
+            raise back_to("/suppression", problem="Nothing imported: the file holds no address.")
+        name = upload.filename[:200]
+        added = 0
+        if parsed.entries:  # as the CLI: no valid line, nothing to audit
+            added = await self.store.import_suppressions(
+                parsed.entries, actor(request), name, why=reason
+            )
+        return whole_page(request, f"{TITLE}: import", _import_report(name, parsed, added))
+
+
+def _removal(form: MultiMapping[Any]) -> tuple[list[str], str]:
+    """The list keys of the selected addresses and the reason, or ``_Refused``."""
+    addresses = [str(a) for a in form.getall("address", [])]
+    reason = str(form.get("reason", "")).strip()
+    if not addresses:
+        raise _Refused("select at least one address.")
+    if len(addresses) > MAX_SELECTED:
+        raise _Refused(f"at most {MAX_SELECTED:,} addresses at once.")
+    if not reason:
+        raise _Refused("give a reason (the audit log keeps it).")
+    if len(reason) > MAX_REASON:
+        raise _Refused(f"the reason is longer than {MAX_REASON:,} characters.")
+    if form.get("confirm") != "yes":
+        raise _Refused("tick the box that says you are sure.")
+    keys: dict[str, None] = {}  # in the order selected, each once
+    for address in addresses:
+        try:
             validate_address(address)
+            keys[normalise_address(address)] = None
         except AddressError as exc:
-            raise web.HTTPBadRequest(text=str(exc)) from exc
-        removed = await self.store.remove_suppression(
-            normalise_address(address), actor(request), reason
+            raise _Refused(str(exc)) from None
+    return list(keys), reason
+
+
+def _back(query: str) -> str:
+    """The list as it was (filter, sort, page) from the removal form's ``back`` field, keeping
+    only the list's own fields."""
+    known = ("search", "source", "category", "from", "to", "sort", "order", "page")
+    fields = [(k, v) for k, v in parse_qsl(query[:4000]) if k in known]
+    return "/suppression?" + urlencode(fields) if fields else "/suppression"
+
+
+def _read_upload(file: IO[bytes], reason: str) -> SuppressionFile:
+    """The uploaded file read as ``suppression import`` reads one (in a worker thread: a
+    10 MB file takes a while; the work is linear in its size)."""
+    data = file.read(IMPORT_MAX_BYTES + 1)
+    if len(data) > IMPORT_MAX_BYTES:
+        raise _TooLarge
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _Refused(
+            f"the file is not UTF-8 text ({exc.reason} at byte {exc.start:,}); save it as "
+            "UTF-8 CSV and try again."
+        ) from None
+    return read_suppression_csv(text.splitlines(keepends=True), reason)
+
+
+def _import_report(name: str, parsed: SuppressionFile, added: int) -> Markup:
+    """What an import did: counts as the CLI prints them, then the first bad lines."""
+    counts = (
+        f"{name}: {added:,} added, {len(parsed.entries) - added:,} already listed, "
+        f"{parsed.duplicates:,} duplicate lines, {len(parsed.errors):,} bad lines."
+    )
+    parts: list[Content] = [success_notice(counts) if parsed.entries else error_notice(counts)]
+    if parsed.errors:
+        parts.append(
+            error_notice(
+                f"{_plural_lines(len(parsed.errors))} not imported: fix them and import the "
+                "file again (what was imported stays as it is)."
+            )
         )
-        notice = f"Removed {address}." if removed else f"{address} was not on the list."
-        raise web.HTTPSeeOther("/suppression?" + urlencode({"notice": notice}))
+        shown = parsed.errors[:BAD_LINES_SHOWN]
+        more = len(parsed.errors) - len(shown)
+        parts.append(
+            table(
+                ["line", "what is wrong"],
+                [[number, why if len(why) <= 200 else why[:200] + "..."] for number, why in shown],
+                numeric={0},
+                caption=f"The first {len(shown)}; {more:,} more" if more else None,
+            )
+        )
+    parts.append(element("p", link("/suppression", "Back to the suppression list")))
+    return concat(*parts)
+
+
+def _plural_lines(n: int) -> str:
+    return "1 line was" if n == 1 else f"{n:,} lines were"
+
+
+def _too_large(request: web.Request) -> web.Response:
+    why = (
+        f"Nothing imported: the file is larger than {IMPORT_MAX_BYTES // (1024 * 1024)} MB. "
+        "Split it and import each part."
+    )
+    body = concat(error_notice(why), element("p", link("/suppression", "Back")))
+    return whole_page(request, f"{TITLE}: import", body, status=413)
+
+
+def _larger_upload(handler: Handler) -> Handler:
+    """The import's route may take a body of IMPORT_MAX_BYTES (the application's limit is
+    aiohttp's 1 MiB); a larger one is refused with a page that says so."""
+
+    async def bounded(request: web.Request) -> web.StreamResponse:
+        larger = request.clone(client_max_size=IMPORT_MAX_BYTES + _FORM_SLACK)
+        try:
+            response = await handler(larger)
+        except web.HTTPRequestEntityTooLarge:
+            return _too_large(larger)  # aiohttp closed the file it was spooling
+        except BaseException:
+            await _close_uploads(larger)
+            raise
+        await _close_uploads(larger)
+        return response
+
+    return bounded
+
+
+async def _close_uploads(request: web.Request) -> None:
+    """Close the temporary files aiohttp spooled the uploaded files into, whoever read the
+    form (the import, or a guard that refused it): aiohttp leaves them to the garbage
+    collector."""
+    if not request.body_exists or request.can_read_body:
+        return  # the body was not read: nothing was spooled
+    try:
+        form = await request.post()  # read already: aiohttp keeps what it parsed
+    except (ValueError, web.HTTPException):
+        return  # a body aiohttp refused to parse: nothing of it kept
+    for value in form.values():
+        if isinstance(value, web.FileField):
+            value.file.close()
 
 
 def add_routes(app: web.Application, ctx: PageContext, guarded: Guard) -> None:
     pages = SuppressionPages(ctx)
     app.router.add_get("/suppression", guarded(pages.suppression_page))
+    app.router.add_get("/suppression.csv", guarded(pages.suppression_csv))
     app.router.add_post("/suppression/remove", same_origin_only(guarded(pages.suppression_remove)))
+    app.router.add_post(
+        "/suppression/import",
+        _larger_upload(same_origin_only(guarded(pages.suppression_import))),
+    )

@@ -111,32 +111,44 @@ async def run_cli(config: Path, *args: str) -> None:
     assert process.returncode == 0, err.decode()
 
 
-class _ReportTable(HTMLParser):
-    """The first <table> of a page: its header cells and its rows' cells, as text."""
+class _Tables(HTMLParser):
+    """Every <table> of a page, each a list of its rows (header, body, total), each row a list
+    of its cells' texts."""
 
     def __init__(self, page: str) -> None:
         super().__init__(convert_charrefs=True)
-        self.rows: list[list[str]] = []
+        self.tables: list[list[list[str]]] = []
         self.cell: list[str] | None = None
-        self.tables = 0
         self.feed(page)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag == "table":
-            self.tables += 1
-        elif self.tables == 1 and tag == "tr":
-            self.rows.append([])
-        elif self.tables == 1 and tag in ("th", "td"):
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("th", "td"):
             self.cell = []
 
     def handle_endtag(self, tag: str) -> None:
         if tag in ("th", "td") and self.cell is not None:
-            self.rows[-1].append("".join(self.cell))
+            self.tables[-1][-1].append("".join(self.cell))
             self.cell = None
 
     def handle_data(self, data: str) -> None:
         if self.cell is not None:
             self.cell.append(data)
+
+
+def _as_page(header: list[str], row: list[str]) -> list[str]:
+    """A report row as the page shows it: the bounce rate in percent, marked above the
+    page's default threshold (5%)."""
+    cells = dict(zip(header, row, strict=True))
+    attempts = int(cells["attempts"])
+    if attempts:
+        percent = 100 * int(cells["amount"]) / attempts
+        mark = " above threshold" if percent > 5 else ""
+        cells["bounce_rate"] = f"{percent:.2f}%{mark}"
+    return list(cells.values())
 
 
 def _utc_text(iso: str) -> str:
@@ -229,9 +241,13 @@ async def test_cli_page_and_api_give_the_same_report(
     ]
     assert [[neutralise(cell) for cell in row] for row in as_text] == rows
 
-    # The page's table: the same header and cells, texts as stored (no formula quote).
-    shown = _ReportTable(page).rows
-    assert shown == [header, *as_text]
+    # The page's table: the same header and cells, texts as stored (no formula quote), the
+    # bounce rate in percent; then the store's total row.
+    [shown] = [t for t in _Tables(page).tables if t[0] == header]
+    assert shown[:-1] == [header, *(_as_page(header, r) for r in as_text)]
+    total_shown = dict(zip(header, shown[-1], strict=True))
+    assert (total_shown[group], total_shown["amount"]) == ("total", "5")
+    assert total_shown["messages"] == "4"
     assert "<b>bold</b>" not in page and "&lt;b&gt;bold&lt;/b&gt;" in page
 
     # XLSX: the same cells from the CLI, the page and the API; header, rows, total row.
