@@ -23,6 +23,7 @@ from relay.cli import (
     classify,
     demo,
     dsn,
+    embedded,
     incidents,
     passwords,
     profile,
@@ -47,6 +48,7 @@ __all__ = ["build_parser", "main"]
 # The order of the command summary in --help.
 _MODULES = (
     serve,
+    embedded,
     passwords,
     demo,
     queue,

@@ -1,9 +1,9 @@
 """Test databases: a migrated template per run, a fresh copy per test, and a way to take
 one away for a while (``database_unreachable``).
 
-The server is the one named by BOUNCE_RELAY_TEST_DSN; without it, an embedded
-PostgreSQL (pgserver) is started under the pytest temp directory, so the test
-command works on a machine with no server at all.
+The server is the one named by BOUNCE_RELAY_TEST_DSN; without it, the relay's own
+embedded PostgreSQL (relay.store.embedded) is started under the pytest temp directory,
+so the test command works on a machine with no server at all.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from relay.store.embedded import EmbeddedPostgres
 from relay.store.migrate import apply_migrations
 
 TEST_DSN_ENV = "BOUNCE_RELAY_TEST_DSN"
@@ -32,13 +33,11 @@ class TestServer:
     """One PostgreSQL server for the whole run."""
 
     def __init__(self, tmp: Path) -> None:
-        self._embedded = None
+        self._embedded: EmbeddedPostgres | None = None
         dsn = os.environ.get(TEST_DSN_ENV)
         if not dsn:
-            from pgserver.postgres_server import get_server
-
-            self._embedded = get_server(tmp / "pg", cleanup_mode="stop")
-            dsn = self._embedded.get_uri()
+            self._embedded = EmbeddedPostgres(tmp)
+            dsn = self._embedded.start()
         self.admin_dsn = dsn
         self.run_id = secrets.token_hex(4)
         self.template = f"br_tmpl_{self.run_id}"
@@ -74,7 +73,7 @@ class TestServer:
     def close(self) -> None:
         asyncio.run(self._admin(f'DROP DATABASE IF EXISTS "{self.template}" WITH (FORCE)'))
         if self._embedded is not None:
-            self._embedded.cleanup()
+            self._embedded.stop()
 
 
 @asynccontextmanager
