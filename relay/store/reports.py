@@ -76,7 +76,53 @@ class ReportStream(Generic[R]):
         await self._rows.aclose()
 
 
+def _report_row(r: asyncpg.Record) -> ReportRow:
+    return ReportRow(
+        group=r["grp"],
+        # The template groups rewordings; the row shows words a reply had.
+        bounce_text=wording_of(r["sample"]) if r["sample"] else r["template"],
+        code=r["code"],
+        amount=r["amount"],
+        messages=r["messages"],
+        recipient_domains=r["recipient_domains"],
+        category=r["category"],
+        first_seen=r["first_seen"],
+        last_seen=r["last_seen"],
+        sample=r["sample"],
+        attempts=r["attempts"],
+        delivered=r["delivered"],
+        template_key=r["template_key"],
+    )
+
+
+def _series_row(r: asyncpg.Record) -> SeriesRow:
+    return SeriesRow(r["bucket"], r["grp"], r["amount"], r["attempts"], r["delivered"])
+
+
 class ReportStore(StoreBase):
+    def _report_stream(
+        self, query: str, args: Sequence[Any], row: Callable[[asyncpg.Record], R]
+    ) -> ReportStream[R]:
+        """``query``'s records as a ReportStream: its total line (``is_total``) becomes the
+        stream's ``totals``, every other record a row."""
+
+        async def read(stream: ReportStream[R]) -> AsyncGenerator[R, None]:
+            async with self._report_transaction() as tx:
+                cursor = tx.cursor(
+                    query,
+                    *args,
+                    prefetch=2000,
+                    # A million-row report sorts for longer than the store's usual 10 s.
+                    timeout=REPORT_TIMEOUT_SECONDS,
+                )
+                async for r in cursor:
+                    if r["is_total"]:
+                        stream.totals = _totals(r)
+                        continue
+                    yield row(r)
+
+        return ReportStream(read)
+
     def iter_bounce_report(
         self,
         start: datetime,
@@ -88,42 +134,8 @@ class ReportStore(StoreBase):
     ) -> ReportStream[ReportRow]:
         """The bounces report's rows (see bounce_report) and its totals."""
         period = (start, end, list(types), list(campaigns) if campaigns else None)
-        days = _whole_days(start, end)
-
-        async def read(stream: ReportStream[ReportRow]) -> AsyncGenerator[ReportRow, None]:
-            async with self._report_transaction() as tx:
-                cursor = tx.cursor(
-                    "bounce_report",
-                    *period,
-                    group_by,
-                    top,
-                    *days,
-                    prefetch=2000,
-                    # A million-row report sorts for longer than the store's usual 10 s.
-                    timeout=REPORT_TIMEOUT_SECONDS,
-                )
-                async for r in cursor:
-                    if r["is_total"]:
-                        stream.totals = _totals(r)
-                        continue
-                    yield ReportRow(
-                        group=r["grp"],
-                        # The template groups rewordings; the row shows words a reply had.
-                        bounce_text=wording_of(r["sample"]) if r["sample"] else r["template"],
-                        code=r["code"],
-                        amount=r["amount"],
-                        messages=r["messages"],
-                        recipient_domains=r["recipient_domains"],
-                        category=r["category"],
-                        first_seen=r["first_seen"],
-                        last_seen=r["last_seen"],
-                        sample=r["sample"],
-                        attempts=r["attempts"],
-                        delivered=r["delivered"],
-                        template_key=r["template_key"],
-                    )
-
-        return ReportStream(read)
+        args = (*period, group_by, top, *_whole_days(start, end))
+        return self._report_stream("bounce_report", args, _report_row)
 
     def iter_bounce_series(
         self,
@@ -138,29 +150,8 @@ class ReportStore(StoreBase):
         """The report as a time series per UTC ``by`` ("hour" | "day") and group (see
         bounce_series), and the report's totals."""
         period = (start, end, list(types), list(campaigns) if campaigns else None)
-        days = _whole_days(start, end)
-
-        async def read(stream: ReportStream[SeriesRow]) -> AsyncGenerator[SeriesRow, None]:
-            async with self._report_transaction() as tx:
-                cursor = tx.cursor(
-                    "bounce_series",
-                    *period,
-                    group_by,
-                    top,
-                    *days,
-                    by,
-                    prefetch=2000,
-                    timeout=REPORT_TIMEOUT_SECONDS,
-                )
-                async for r in cursor:
-                    if r["is_total"]:
-                        stream.totals = _totals(r)
-                        continue
-                    yield SeriesRow(
-                        r["bucket"], r["grp"], r["amount"], r["attempts"], r["delivered"]
-                    )
-
-        return ReportStream(read)
+        args = (*period, group_by, top, *_whole_days(start, end), by)
+        return self._report_stream("bounce_series", args, _series_row)
 
     async def report_row_events(
         self,
