@@ -1,5 +1,6 @@
 """The queue page in a real headless Chromium (tests/support/browser.py): filter, select with
-the keyboard, retry with the confirmation, a delivery's history, its recipient's profile."""
+the keyboard, retry with the confirmation, purge, a delivery's history, its recipient's
+profile."""
 
 from __future__ import annotations
 
@@ -70,6 +71,13 @@ async def test_filter_select_retry_and_follow_a_delivery_to_its_profile(
             assert notice == "Retried 2 deliveries (due now)."
             assert "recipient_domain=gmail.com" in page.url
             await snap(page, "queue", folder)
+            # Purge one with the mouse: tick it, a reason, the confirmation, Purge.
+            await page.check(f"input[aria-label='select delivery {s.deferred_fay}']")
+            await page.fill("input[name=reason]", "customer left")
+            await page.check("input[name=confirm]")
+            async with page.expect_navigation():
+                await page.click("button[value=purge]")
+            assert await page.inner_text("[role=status]") == "Purged 1 delivery (cancelled)."
             async with page.expect_navigation():
                 await page.click(f"a[href='/queue/delivery?id={s.deferred_ann}']")
             history = await page.inner_text("main")
@@ -82,6 +90,8 @@ async def test_filter_select_retry_and_follow_a_delivery_to_its_profile(
             assert "/profile?address=ann%40gmail.com" in page.url
             assert "ann@gmail.com" in await page.inner_text("main")
             await browser.close()
+        fay = await relay.store.delivery_by_id(s.deferred_fay)
+        assert fay is not None and fay.state == "cancelled"
     assert dialogs == []
     assert not [m for m in console if "Content Security Policy" in m], console
     assert (folder / "queue-phone.png").stat().st_size > 1000

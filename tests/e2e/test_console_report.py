@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import openpyxl
 import pytest
 from playwright.async_api import async_playwright
 
@@ -116,6 +117,19 @@ async def test_report_console_filters_sorts_drills_down_and_downloads(
                 "shop.example.com",
                 "evil.example",
             }
+            # And the Excel workbook of the same filter: the same rows, a totals row.
+            async with page.expect_download() as info:
+                await page.click("text=Excel")
+            xlsx = await info.value
+            assert xlsx.suggested_filename.endswith(".xlsx")
+            # The download is saved without its extension, which openpyxl insists on.
+            saved = tmp_path / xlsx.suggested_filename
+            await xlsx.save_as(saved)
+            workbook = openpyxl.load_workbook(saved, read_only=True)
+            sheet = list(workbook.worksheets[0].iter_rows(values_only=True))
+            assert sheet[0][0] == "from_domain"
+            assert {r[0] for r in sheet[1:-1]} == {r["from_domain"] for r in rows}
+            assert sheet[-1][0] == "total"
 
             # The keyboard: Tab reaches the form, Enter in a field submits it.
             await page.focus("body")
