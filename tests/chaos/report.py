@@ -144,13 +144,13 @@ COVERED = (
             "tests/relay/reports/test_export.py::test_csv_parses_back_and_neutralises_formulas",
             "tests/relay/reports/test_export.py::"
             "test_xlsx_reads_back_with_types_header_total_and_chart_sheet",
-            "tests/relay/web/test_pages.py::test_report_page_download_and_xss_as_text",
+            "tests/relay/web/test_report_page.py::test_report_page_download_and_xss_as_text",
         ),
     ),
     Covered(
         "Admin page: CSRF on changes, login rate limit; API bearer tokens",
         (
-            "tests/relay/web/test_pages.py::test_remove_needs_csrf_and_works_with_it",
+            "tests/relay/web/test_suppression_page.py::test_remove_needs_csrf_and_works_with_it",
             "tests/relay/web/test_pages.py::test_wrong_password_refused_then_rate_limited",
             "tests/relay/web/test_api.py::test_without_or_with_a_wrong_token_401",
         ),
