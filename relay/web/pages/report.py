@@ -1,5 +1,6 @@
-"""The bounces report page (/report), the bounce events behind one of its rows
-(/report/rows), and its downloads (/report.csv, /report.xlsx: ``relay.reports.export``'s).
+"""The bounces report page (/report) and its downloads (/report.csv, /report.xlsx:
+``relay.reports.export``'s); the bounce events behind one of its rows are
+``report_rows`` (/report/rows), which reads its query with ``report_filter``.
 
 The page is a GET form and links, no script. A period is a preset (the last 24 hours, 7 or
 30 days, up to the end of the relay's current hour) or two dates, whole UTC days with the
@@ -12,7 +13,7 @@ downloads'), at most ``ROW_CAP`` of them, those with the most bounce events (the
 hold every row), sorted here by any column; its total row is the store's (the whole
 filter, each message once), never a sum of the rows shown. A row whose bounce rate is
 above the threshold says so in words as well as colour. A row's amount links to the bounce
-events behind it (``store.report_row_events``, by the row's template key), a page at a time.
+events behind it (/report/rows, by the row's template key).
 
 The chart is ``relay.web.chart``: attempts, bounces and the bounce rate per hour (periods up
 to two days) or per day, summed over the groups, from ``store.iter_bounce_series``.
@@ -35,25 +36,34 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from relay.reports import export as report
-from relay.store import ReportRow, ReportRowEvent, ReportTotals
+from relay.store import ReportRow, ReportTotals
 from relay.web.api import BadNumber, parse_number
 from relay.web.chart import Point, chart_with_numbers
 from relay.web.downloads import send_report
 from relay.web.html import Content, Markup, concat, element, link, table
 from relay.web.pages.shell import (
-    MAX_ID,
     Guard,
     PageContext,
     Pages,
     error_notice,
-    when,
     whole_page,
 )
 
-__all__ = ["DEFAULT_THRESHOLD", "EVENTS_PER_PAGE", "LABELS", "PRESETS", "ROW_CAP", "add_routes"]
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "GROUPINGS",
+    "LABELS",
+    "PRESETS",
+    "ROW_CAP",
+    "TYPES",
+    "Refused",
+    "add_routes",
+    "exact_query",
+    "period_text",
+    "report_filter",
+]
 
 TITLE = "Bounces report"
-ROWS_TITLE = "Bounce events behind a report row"
 # name in the query -> (words on the page, length up to the end of the current hour)
 PRESETS = {
     "24h": ("Last 24 hours", timedelta(hours=24)),
@@ -62,7 +72,6 @@ PRESETS = {
 }
 DEFAULT_PRESET = "30d"
 ROW_CAP = 500  # rows the page shows, those with the most bounce events; downloads hold all
-EVENTS_PER_PAGE = 200  # events behind a row, a page at a time
 MAX_CAMPAIGNS = 100  # chosen at once
 DEFAULT_THRESHOLD = 5  # percent
 HOURLY_UP_TO = timedelta(days=2)  # longer periods are charted per day
@@ -72,12 +81,11 @@ TYPES = (("soft", "Soft"), ("hard", "Hard"), ("all", "Soft and hard"))
 # What parse_filter's messages call each option here: the form's labels.
 LABELS = {"from": "From date", "to": "To date", "type": "Type", "group-by": "Group by"}
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
-_KEY = re.compile(r"[0-9a-f]{32}\Z")
 _COMPARABLE = (report.Kind.COUNT, report.Kind.RATE, report.Kind.TIME)
 
 
-class _Refused(ValueError):
-    """What is wrong with the query, in the page's words."""
+class Refused(ValueError):
+    """What is wrong with the query, in the page's words (the drill-down's too)."""
 
 
 @dataclass(frozen=True)
@@ -151,20 +159,20 @@ def _period(typed: _Typed, now: datetime) -> tuple[str | None, str | None, str |
         preset = typed.period or DEFAULT_PRESET
         if preset not in PRESETS:
             choices = ", ".join(f"{key} ({words})" for key, (words, _) in PRESETS.items())
-            raise _Refused(f"Period {preset!r}: use one of {choices}, or pick dates")
+            raise Refused(f"Period {preset!r}: use one of {choices}, or pick dates")
         upper = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
         upper += timedelta(hours=1)
         return preset, (upper - PRESETS[preset][1]).isoformat(), upper.isoformat()
     first, last = _day(typed.start, "From date"), _day(typed.end, "To date")
     if first and last and last < first:
-        raise _Refused(
+        raise Refused(
             f"To date {last} is before From date {first}: pick a To date on or after the "
             "From date (it is included)"
         )
     end = typed.end or None
     if last is not None:
         if last == date.max:
-            raise _Refused(f"To date {last}: pick a day before {date.max}")
+            raise Refused(f"To date {last}: pick a day before {date.max}")
         end = (last + timedelta(days=1)).isoformat()  # the day included: up to its end
     return None, typed.start or None, end
 
@@ -176,16 +184,16 @@ def _day(typed: str, label: str) -> date | None:
     try:
         return date.fromisoformat(typed)
     except ValueError as exc:
-        raise _Refused(f"{label} {typed!r} is not a date: use YYYY-MM-DD") from exc
+        raise Refused(f"{label} {typed!r} is not a date: use YYYY-MM-DD") from exc
 
 
 def _check(typed: _Typed, now: datetime) -> _View:
-    """``typed`` checked and converted; ``_Refused`` says what to change, in page words."""
+    """``typed`` checked and converted; ``Refused`` says what to change, in page words."""
     if len(typed.campaigns) > MAX_CAMPAIGNS:
-        raise _Refused(f"Campaigns: pick at most {MAX_CAMPAIGNS} at once")
+        raise Refused(f"Campaigns: pick at most {MAX_CAMPAIGNS} at once")
     if any("\x00" in c for c in typed.campaigns):
         # PostgreSQL text cannot hold one, and a stored campaign never does (store.clean)
-        raise _Refused("Campaigns: a NUL character is in no campaign's name")
+        raise Refused("Campaigns: a NUL character is in no campaign's name")
     preset, start, end = _period(typed, now)
     try:
         flt = report.parse_filter(
@@ -200,18 +208,18 @@ def _check(typed: _Typed, now: datetime) -> _View:
         )
         threshold = parse_number(typed.threshold, "Bounce rate threshold", 0, 100)
     except OverflowError as exc:
-        raise _Refused(
+        raise Refused(
             "From date, To date: the period reaches outside the years 1 to 9999; pick dates "
             "within them"
         ) from exc
     except (report.ReportError, BadNumber) as exc:
-        raise _Refused(str(exc)) from exc
+        raise Refused(str(exc)) from exc
     names = [c.name for c in flt.columns]
     sort = typed.sort or "amount"
     if sort not in names:
-        raise _Refused(f"Sort {sort!r}: pick a column: {', '.join(names)}")
+        raise Refused(f"Sort {sort!r}: pick a column: {', '.join(names)}")
     if typed.direction not in ("", "asc", "desc"):
-        raise _Refused(f"Order {typed.direction!r}: use asc or desc")
+        raise Refused(f"Order {typed.direction!r}: use asc or desc")
     descending = typed.direction == "desc" or (not typed.direction and _numeric(flt, sort))
     return _View(
         flt=flt,
@@ -227,8 +235,15 @@ def _numeric(flt: report.ReportFilter, name: str) -> bool:
     return next(c.kind for c in flt.columns if c.name == name) in _COMPARABLE
 
 
-def _exact(flt: report.ReportFilter) -> list[tuple[str, str]]:
-    """The filter as its exact period, for downloads and the events behind a row."""
+def report_filter(query: MultiMapping[str], now: datetime) -> report.ReportFilter:
+    """The report's filter that ``query`` asks for, its sorting left out: the filter of a
+    row's events (/report/rows), checked as this page checks its own."""
+    return _check(replace(_Typed.of(query), sort="", direction=""), now).flt
+
+
+def exact_query(flt: report.ReportFilter) -> list[tuple[str, str]]:
+    """The filter as its exact period, for downloads, the events behind a row and the way
+    back from them."""
     kind = next(k for k, v in report.TYPES.items() if v == flt.types)
     return [
         ("from", flt.start.isoformat()),
@@ -238,7 +253,7 @@ def _exact(flt: report.ReportFilter) -> list[tuple[str, str]]:
     ] + [("campaign", c) for c in flt.campaigns]
 
 
-def _span(flt: report.ReportFilter) -> str:
+def period_text(flt: report.ReportFilter) -> str:
     start, end = flt.start.astimezone(UTC), flt.end.astimezone(UTC)
     # isoformat: four digits of year even before 1000 (strftime's %Y gives "1")
     return f"{start.date()} {start:%H:%M} to {end.date()} {end:%H:%M} UTC"
@@ -322,7 +337,7 @@ def _presets(typed: _Typed, view: _View) -> Markup:
         "p",
         "Period: ",
         *_between(choices, " · "),
-        element("span", f" Showing {_span(view.flt)}{dates}.", class_="muted"),
+        element("span", f" Showing {period_text(view.flt)}{dates}.", class_="muted"),
     )
 
 
@@ -423,7 +438,7 @@ def _totals(totals: ReportTotals | None, view: _View) -> list[Content]:
 
 
 def _rows_link(row: ReportRow, flt: report.ReportFilter) -> str:
-    query = [*_exact(flt), ("group", row.group), ("key", row.template_key)]
+    query = [*exact_query(flt), ("group", row.group), ("key", row.template_key)]
     return f"/report/rows?{urlencode(query)}"
 
 
@@ -461,20 +476,20 @@ def _slots(flt: report.ReportFilter) -> tuple[str, datetime, timedelta, int]:
 def _chart_label(flt: report.ReportFilter, step: timedelta) -> str:
     unit = "hour" if step < timedelta(days=1) else "day" if step.days == 1 else f"{step.days} days"
     chosen = f", campaigns {', '.join(flt.campaigns)}" if flt.campaigns else ""
-    return f"Attempts, bounces and bounce rate per {unit}, {_span(flt)}{chosen}"
+    return f"Attempts, bounces and bounce rate per {unit}, {period_text(flt)}{chosen}"
 
 
 # --- the pages ----------------------------------------------------------------------------
 
 
 class ReportPages(Pages):
-    """/report, /report/rows, /report.csv, /report.xlsx."""
+    """/report, /report.csv, /report.xlsx."""
 
     async def report_page(self, request: web.Request) -> web.Response:
         typed = _Typed.of(request.query)
         try:
             view = _check(typed, self.clock())
-        except _Refused as exc:
+        except Refused as exc:
             body = concat(error_notice(str(exc)), _form(typed, None, ()))
             return whole_page(request, TITLE, body, status=400)
         flt = view.flt
@@ -518,7 +533,7 @@ class ReportPages(Pages):
 
     @staticmethod
     def _downloads(flt: report.ReportFilter) -> Markup:
-        query = urlencode(_exact(flt))
+        query = urlencode(exact_query(flt))
         return element(
             "p",
             "Download every row: ",
@@ -547,144 +562,16 @@ class ReportPages(Pages):
             class_="muted",
         )
 
-    async def rows_page(self, request: web.Request) -> web.Response:
-        """The bounce events behind one report row, newest first, a page at a time."""
-        query = request.query
-        typed = _Typed.of(query)
-        try:
-            view = _check(replace(typed, sort="", direction=""), self.clock())
-            group, key, before = _row_of(query)
-        except _Refused as exc:
-            back = element("p", link("/report", "Back to the report"))
-            return whole_page(request, ROWS_TITLE, concat(error_notice(str(exc)), back), status=400)
-        flt = view.flt
-        found = await self.store.report_row_events(
-            flt.start,
-            flt.end,
-            flt.types,
-            flt.campaigns,
-            flt.group_by,
-            group,
-            key,
-            before,
-            EVENTS_PER_PAGE + 1,
-        )
-        events, more = found[:EVENTS_PER_PAGE], len(found) > EVENTS_PER_PAGE
-        report_url = f"/report?{urlencode(_exact(flt))}"
-        body = concat(
-            _row_heading(flt, group, events),
-            _events_table(events),
-            _events_pager(query, events, more, report_url, before is not None),
-        )
-        return whole_page(request, ROWS_TITLE, body)
-
     async def report_file(self, request: web.Request) -> web.StreamResponse:
         fmt: report.Format = "xlsx" if request.match_info["fmt"] == "xlsx" else "csv"
         try:
             view = _check(_Typed.of(request.query), self.clock())
-        except _Refused as exc:
+        except Refused as exc:
             raise web.HTTPBadRequest(text=str(exc)) from exc
         return await send_report(request, self.store, replace(view.flt, top=None), fmt)
-
-
-# --- the events behind a row --------------------------------------------------------------
-
-
-def _row_of(query: MultiMapping[str]) -> tuple[str, str, tuple[datetime, int] | None]:
-    """The row (its group and template key) and where the page starts (None: the newest)."""
-    if "group" not in query or not _KEY.match(str(query.get("key", ""))):
-        raise _Refused("This link names no report row: follow a row's amount on the report")
-    before_at, before_id = str(query.get("before", "")), query.get("before_id")
-    group = str(query["group"])
-    if "\x00" in group:
-        raise _Refused("Group: a NUL character is in no group's name")
-    if not before_at and not before_id:
-        return group, str(query["key"]), None
-    try:
-        number = parse_number(before_id, "Older than (event)", 1, MAX_ID)
-        at = datetime.fromisoformat(before_at)
-        if at.tzinfo is None or number is None:
-            raise ValueError("no UTC offset, or no event")
-        at = at.astimezone(UTC)
-    except BadNumber as exc:
-        raise _Refused(str(exc)) from exc
-    except (ValueError, OverflowError) as exc:
-        raise _Refused(
-            f"Older than {before_at!r}: give a date and time with its UTC offset, and an event"
-        ) from exc
-    return group, str(query["key"]), (at, number)
-
-
-def _row_heading(flt: report.ReportFilter, group: str, events: list[ReportRowEvent]) -> Markup:
-    grouping = dict(GROUPINGS)[flt.group_by]
-    kind = dict(TYPES)[next(k for k, v in report.TYPES.items() if v == flt.types)]
-    facts: list[tuple[str, Content]] = [
-        (grouping, group or "(none)"),
-        ("Template", events[0].template if events else ""),
-        ("Period", _span(flt)),
-        ("Type", kind),
-        ("Campaigns", ", ".join(flt.campaigns) or "all"),
-    ]
-    return element(
-        "dl",
-        *(concat(element("dt", name), element("dd", value)) for name, value in facts),
-    )
-
-
-def _events_table(events: list[ReportRowEvent]) -> Markup:
-    return table(
-        [
-            "when (UTC)",
-            "type",
-            "recipient",
-            "code",
-            "reply",
-            "source IP",
-            "campaign",
-            "queue id",
-            "Message-ID",
-        ],
-        (
-            [
-                when(e.occurred_at),
-                e.type,
-                link(f"/profile?{urlencode({'address': e.recipient})}", e.recipient)
-                if e.recipient
-                else "",
-                e.code,
-                e.reply_text,
-                e.source_ip,
-                e.campaign,
-                e.queue_id,
-                e.message_id,
-            ]
-            for e in events
-        ),
-        caption=f"{len(events)} events, newest first",
-    )
-
-
-def _events_pager(
-    query: MultiMapping[str],
-    events: list[ReportRowEvent],
-    more: bool,
-    back: str,
-    paged: bool,
-) -> Markup:
-    links: list[Content] = [link(back, "Back to the report")]
-    if paged:
-        first = [(k, str(v)) for k, v in query.items() if k not in ("before", "before_id")]
-        links.append(link(f"/report/rows?{urlencode(first)}", "Newest"))
-    if more:
-        last = events[-1]
-        older = [(k, str(v)) for k, v in query.items() if k not in ("before", "before_id")]
-        older += [("before", last.occurred_at.isoformat()), ("before_id", str(last.id))]
-        links.append(link(f"/report/rows?{urlencode(older)}", f"Next {EVENTS_PER_PAGE} (older)"))
-    return element("p", *links, class_="pager")
 
 
 def add_routes(app: web.Application, ctx: PageContext, guarded: Guard) -> None:
     pages = ReportPages(ctx)
     app.router.add_get("/report", guarded(pages.report_page))
-    app.router.add_get("/report/rows", guarded(pages.rows_page))
     app.router.add_get(r"/report.{fmt:csv|xlsx}", guarded(pages.report_file))

@@ -1,24 +1,19 @@
 """The suppression list page: the entries under a filter (address, source, category of the
 bounce that caused them, when added), sorted and a page at a time with their total; removal
-of the selected entries (audited, one transaction); the list as CSV and a CSV file imported
-(the CLI's ``suppression export`` and ``suppression import``); the audit log.
+of the selected entries (audited, one transaction); the audit log.
 
-The CSV written is the CLI's, column for column (address, reason, source, created_at), with
-the same defence against spreadsheet formulas (``relay.reports.export.neutralise``). A file
-imported is read as the CLI reads one (``policies.suppression_file``), off the event loop: bad
-lines are reported by number and the good ones imported."""
+The list as CSV and a CSV file imported (the CLI's ``suppression export`` and ``suppression
+import``) are ``suppression_files``: the download takes this page's filter
+(``checked_listing``), and the import form shown here posts to it, at most
+``IMPORT_MAX_BYTES``."""
 
 from __future__ import annotations
 
-import asyncio
-import csv
-import io
 import re
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
-from typing import IO, Any
+from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from aiohttp import web
@@ -26,8 +21,6 @@ from multidict import MultiMapping
 
 from policies.addresses import AddressError, normalise_address, validate_address
 from policies.categories import Category
-from policies.suppression_file import SuppressionFile, read_suppression_csv
-from relay.reports.export import neutralise
 from relay.store import SuppressionFilter, SuppressionWithCause
 from relay.store.suppression import SORTS, SOURCES
 from relay.web.api import BadNumber, parse_number
@@ -40,7 +33,6 @@ from relay.web.pages.shell import (
     PAGE_ROWS,
     SESSION,
     Guard,
-    Handler,
     PageContext,
     Pages,
     actor,
@@ -48,10 +40,20 @@ from relay.web.pages.shell import (
     csrf_field,
     error_notice,
     outcome_notice,
-    success_notice,
     when,
     whole_page,
 )
+
+__all__ = [
+    "IMPORT_MAX_BYTES",
+    "MAX_REASON",
+    "TITLE",
+    "Listing",
+    "Refused",
+    "add_routes",
+    "checked_listing",
+    "refused_listing",
+]
 
 TITLE = "Suppression list"
 # A suppression is caused by a bounce or a complaint, never by a delivery.
@@ -61,25 +63,17 @@ SORT_LABELS = {"since": "date added", "address": "address"}
 MAX_SEARCH = 320  # characters of "address contains": more than any address holds
 MAX_REASON = 1000  # characters of a removal's or an import's reason
 MAX_SELECTED = 1000  # addresses one removal takes (a page shows PAGE_ROWS)
-IMPORT_MAX_BYTES = 10 * 1024 * 1024  # a CSV file imported from the page
-BAD_LINES_SHOWN = 20
-_FORM_SLACK = 64 * 1024  # the import form's other fields and multipart framing
+IMPORT_MAX_BYTES = 10 * 1024 * 1024  # a CSV file imported (the import form states it)
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_CSV_COLUMNS = ["address", "reason", "source", "created_at"]  # `suppression export`'s
-_CHUNK = 1 << 16
 
 
-class _Refused(ValueError):
+class Refused(ValueError):
     """A request the page cannot act on; the text says why, in the page's words."""
 
 
-class _TooLarge(_Refused):
-    """An uploaded file over IMPORT_MAX_BYTES."""
-
-
 @dataclass(frozen=True)
-class _Listing:
+class Listing:
     """What the list's query string asks for, as typed: the form shows it again, and the
     links (pages, sorting, the CSV) carry it."""
 
@@ -132,11 +126,11 @@ def _day(text: str) -> datetime:
     return datetime.combine(date.fromisoformat(text), time(), UTC)
 
 
-def _typed(query: MultiMapping[str]) -> tuple[_Listing, str]:
+def _typed(query: MultiMapping[str]) -> tuple[Listing, str]:
     """The listing as typed (page 1 when its number is not one) and the page number typed."""
     raw_page = query.get("page", "")
     page = int(raw_page) if raw_page.isascii() and raw_page.isdigit() and len(raw_page) < 8 else 1
-    listing = _Listing(
+    listing = Listing(
         search=query.get("search", "").strip(),
         source=query.get("source", ""),
         category=query.get("category", ""),
@@ -149,28 +143,28 @@ def _typed(query: MultiMapping[str]) -> tuple[_Listing, str]:
     return listing, raw_page
 
 
-def _checked(listing: _Listing, raw_page: str) -> None:
-    """Raise ``_Refused`` saying what is wrong with the listing asked for, in the form's words."""
+def _checked(listing: Listing, raw_page: str) -> None:
+    """Raise ``Refused`` saying what is wrong with the listing asked for, in the form's words."""
     if len(listing.search) > MAX_SEARCH:
-        raise _Refused(f"Address contains: at most {MAX_SEARCH} characters.")
+        raise Refused(f"Address contains: at most {MAX_SEARCH} characters.")
     if _CONTROL.search(listing.search):
-        raise _Refused("Address contains: no control characters (tab, line break, NUL ...).")
+        raise Refused("Address contains: no control characters (tab, line break, NUL ...).")
     if listing.source and listing.source not in SOURCES:
-        raise _Refused(f"Source: choose one of {', '.join(SOURCES)}, or all.")
+        raise Refused(f"Source: choose one of {', '.join(SOURCES)}, or all.")
     if listing.category and listing.category not in CATEGORIES:
-        raise _Refused("Category: choose one of the list, or all.")
+        raise Refused("Category: choose one of the list, or all.")
     _checked_days(listing)
     if listing.sort not in SORTS:
-        raise _Refused("Sort by: address or date added.")
+        raise Refused("Sort by: address or date added.")
     if listing.order not in ("", "asc", "desc"):
-        raise _Refused("Order: ascending or descending.")
+        raise Refused("Order: ascending or descending.")
     try:
         parse_number(raw_page, "Page", 1, MAX_PAGE)
     except BadNumber as exc:
-        raise _Refused(f"{exc}.") from None
+        raise Refused(f"{exc}.") from None
 
 
-def _checked_days(listing: _Listing) -> None:
+def _checked_days(listing: Listing) -> None:
     """Added from and Added to: days, in that order."""
     for label, text in (("Added from", listing.added_from), ("Added to", listing.added_to)):
         if not text:
@@ -181,17 +175,24 @@ def _checked_days(listing: _Listing) -> None:
             date.fromisoformat(text)
         except ValueError:
             shown = text if len(text) <= 24 else text[:24] + "..."
-            raise _Refused(f"{label}: {shown!r} is not a day (YYYY-MM-DD).") from None
+            raise Refused(f"{label}: {shown!r} is not a day (YYYY-MM-DD).") from None
     if listing.added_to == f"{date.max:%Y-%m-%d}":
-        raise _Refused(f"Added to: at most {date.max - timedelta(days=1):%Y-%m-%d}.")
+        raise Refused(f"Added to: at most {date.max - timedelta(days=1):%Y-%m-%d}.")
     if listing.added_from and listing.added_to and listing.added_from > listing.added_to:
-        raise _Refused("Added from is after Added to: nothing can match.")
+        raise Refused("Added from is after Added to: nothing can match.")
 
 
-def _listing(query: MultiMapping[str]) -> _Listing:
+def checked_listing(query: MultiMapping[str]) -> Listing:
+    """The listing ``query`` asks for; ``Refused`` says what is wrong, in the form's words."""
     listing, raw_page = _typed(query)
     _checked(listing, raw_page)
     return listing
+
+
+def refused_listing(request: web.Request, why: str) -> web.Response:
+    """The filter form again, with what was typed and ``why`` it was refused (400)."""
+    body = concat(error_notice(why), _filter_form(_typed(request.query)[0]))
+    return whole_page(request, TITLE, body, status=400)
 
 
 # -- the page ------------------------------------------------------------------------------------
@@ -207,7 +208,7 @@ def _select(label: str, name: str, options: Iterable[tuple[str, str]], current: 
     return element("label", label, element("select", *choices, name=name))
 
 
-def _filter_form(listing: _Listing) -> Markup:
+def _filter_form(listing: Listing) -> Markup:
     """The GET form of the filter and the sort, showing what was asked for."""
     every = [("", "all")]
     return element(
@@ -231,7 +232,7 @@ def _filter_form(listing: _Listing) -> Markup:
     )
 
 
-def _sort_link(listing: _Listing, key: str, label: str) -> Markup:
+def _sort_link(listing: Listing, key: str, label: str) -> Markup:
     """A column header that sorts by it: the other way round when it is the sort already."""
     if listing.sort != key:
         return link(listing.url(sort=key, order="", page=1), label)
@@ -244,7 +245,7 @@ def _plural(n: int, word: str) -> str:
     return f"{n:,} {word}" if n == 1 else f"{n:,} {word}es"
 
 
-def _pager(listing: _Listing, total: int) -> Markup:
+def _pager(listing: Listing, total: int) -> Markup:
     """Previous and next, each only when that page has rows."""
     last = max(1, -(-total // PAGE_ROWS))
     previous = min(listing.page - 1, last)
@@ -257,7 +258,7 @@ def _pager(listing: _Listing, total: int) -> Markup:
     return element("p", *parts, class_="pager")
 
 
-def _rows_form(listing: _Listing, entries: list[SuppressionWithCause], csrf: Markup) -> Markup:
+def _rows_form(listing: Listing, entries: list[SuppressionWithCause], csrf: Markup) -> Markup:
     """The page's entries, each with a box to select it, in the form that removes them."""
     rows = [
         [
@@ -347,15 +348,13 @@ def _import_form(csrf: Markup) -> Markup:
 
 
 class SuppressionPages(Pages):
-    """/suppression, /suppression.csv, and the changes: remove, import."""
+    """/suppression, and the removal of entries from it."""
 
     async def suppression_page(self, request: web.Request) -> web.Response:
-        listing, raw_page = _typed(request.query)
         try:
-            _checked(listing, raw_page)
-        except _Refused as exc:
-            body = concat(error_notice(str(exc)), _filter_form(listing))
-            return whole_page(request, TITLE, body, status=400)
+            listing = checked_listing(request.query)
+        except Refused as exc:
+            return refused_listing(request, str(exc))
         flt = listing.store_filter()
         total = await self.store.count_suppressions(flt)
         entries = await self.store.suppression_page(
@@ -389,58 +388,13 @@ class SuppressionPages(Pages):
         )
         return whole_page(request, TITLE, body)
 
-    async def suppression_csv(self, request: web.Request) -> web.StreamResponse:
-        """The entries under the page's filter as CSV (the CLI's columns), all of them: written
-        to a temporary file as the cursor reads them, then sent, so the read-only transaction
-        lasts as long as the query, not as long as the slowest download."""
-        try:
-            listing = _listing(request.query)
-        except _Refused as exc:
-            body = concat(error_notice(str(exc)), _filter_form(_typed(request.query)[0]))
-            return whole_page(request, TITLE, body, status=400)
-        with tempfile.TemporaryFile() as spool:
-            await self._write_csv(listing.store_filter(), spool)
-            size = spool.tell()
-            spool.seek(0)
-            response = web.StreamResponse(
-                headers={
-                    "Content-Type": "text/csv; charset=utf-8",
-                    "Content-Disposition": 'attachment; filename="suppressions.csv"',
-                }
-            )
-            response.content_length = size
-            await response.prepare(request)
-            while chunk := spool.read(_CHUNK):
-                await response.write(chunk)
-            await response.write_eof()
-        return response
-
-    async def _write_csv(self, flt: SuppressionFilter, out: IO[bytes]) -> None:
-        text = io.StringIO()
-        writer = csv.writer(text, lineterminator="\r\n")
-        writer.writerow(_CSV_COLUMNS)
-        async for row in self.store.iter_suppressions(flt):
-            writer.writerow(
-                [
-                    neutralise(row.address),
-                    neutralise(row.reason),
-                    row.source,
-                    row.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
-                ]
-            )
-            if text.tell() >= _CHUNK:
-                out.write(text.getvalue().encode("utf-8"))
-                text.seek(0)
-                text.truncate()
-        out.write(text.getvalue().encode("utf-8"))
-
     async def suppression_remove(self, request: web.Request) -> web.StreamResponse:
         """Remove the selected addresses (one or many), each audited with the reason."""
         form = request[FORM]
         back = _back(str(form.get("back", "")))
         try:
             keys, reason = _removal(form)
-        except _Refused as exc:
+        except Refused as exc:
             raise back_to(back, problem=f"Nothing removed: {exc}") from None
         removed = {
             r.address for r in await self.store.remove_suppressions(keys, actor(request), reason)
@@ -460,56 +414,28 @@ class SuppressionPages(Pages):
             done += " ..." if len(missing) > 5 else "."
         raise back_to(back, done=done)
 
-    async def suppression_import(self, request: web.Request) -> web.StreamResponse:
-        """Import the uploaded CSV file: the good lines added, the bad ones listed by number."""
-        form = request[FORM]
-        upload = form.get("file")
-        reason = str(form.get("reason", "")).strip()
-        if not isinstance(upload, web.FileField) or not upload.filename:
-            raise back_to("/suppression", problem="Nothing imported: choose a CSV file.")
-        if not reason or len(reason) > MAX_REASON:
-            raise back_to(
-                "/suppression",
-                problem=f"Nothing imported: give a reason (at most {MAX_REASON:,} characters).",
-            )
-        try:
-            parsed = await asyncio.to_thread(_read_upload, upload.file, reason)
-        except _TooLarge:
-            return _too_large(request)
-        except _Refused as exc:
-            raise back_to("/suppression", problem=f"Nothing imported: {exc}") from None
-        if not parsed.entries and not parsed.errors:
-            raise back_to("/suppression", problem="Nothing imported: the file holds no address.")
-        name = upload.filename[:200]
-        added = 0
-        if parsed.entries:  # as the CLI: no valid line, nothing to audit
-            added = await self.store.import_suppressions(
-                parsed.entries, actor(request), name, why=reason
-            )
-        return whole_page(request, f"{TITLE}: import", _import_report(name, parsed, added))
-
 
 def _removal(form: MultiMapping[Any]) -> tuple[list[str], str]:
-    """The list keys of the selected addresses and the reason, or ``_Refused``."""
+    """The list keys of the selected addresses and the reason, or ``Refused``."""
     addresses = [str(a) for a in form.getall("address", [])]
     reason = str(form.get("reason", "")).strip()
     if not addresses:
-        raise _Refused("select at least one address.")
+        raise Refused("select at least one address.")
     if len(addresses) > MAX_SELECTED:
-        raise _Refused(f"at most {MAX_SELECTED:,} addresses at once.")
+        raise Refused(f"at most {MAX_SELECTED:,} addresses at once.")
     if not reason:
-        raise _Refused("give a reason (the audit log keeps it).")
+        raise Refused("give a reason (the audit log keeps it).")
     if len(reason) > MAX_REASON:
-        raise _Refused(f"the reason is longer than {MAX_REASON:,} characters.")
+        raise Refused(f"the reason is longer than {MAX_REASON:,} characters.")
     if form.get("confirm") != "yes":
-        raise _Refused("tick the box that says you are sure.")
+        raise Refused("tick the box that says you are sure.")
     keys: dict[str, None] = {}  # in the order selected, each once
     for address in addresses:
         try:
             validate_address(address)
             keys[normalise_address(address)] = None
         except AddressError as exc:
-            raise _Refused(str(exc)) from None
+            raise Refused(str(exc)) from None
     return list(keys), reason
 
 
@@ -521,103 +447,7 @@ def _back(query: str) -> str:
     return "/suppression?" + urlencode(fields) if fields else "/suppression"
 
 
-def _read_upload(file: IO[bytes], reason: str) -> SuppressionFile:
-    """The uploaded file read as ``suppression import`` reads one (in a worker thread: a
-    10 MB file takes a while; the work is linear in its size)."""
-    data = file.read(IMPORT_MAX_BYTES + 1)
-    if len(data) > IMPORT_MAX_BYTES:
-        raise _TooLarge
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise _Refused(
-            f"the file is not UTF-8 text ({exc.reason} at byte {exc.start:,}); save it as "
-            "UTF-8 CSV and try again."
-        ) from None
-    return read_suppression_csv(text.splitlines(keepends=True), reason)
-
-
-def _import_report(name: str, parsed: SuppressionFile, added: int) -> Markup:
-    """What an import did: counts as the CLI prints them, then the first bad lines."""
-    counts = (
-        f"{name}: {added:,} added, {len(parsed.entries) - added:,} already listed, "
-        f"{parsed.duplicates:,} duplicate lines, {len(parsed.errors):,} bad lines."
-    )
-    parts: list[Content] = [success_notice(counts) if parsed.entries else error_notice(counts)]
-    if parsed.errors:
-        parts.append(
-            error_notice(
-                f"{_plural_lines(len(parsed.errors))} not imported: fix them and import the "
-                "file again (what was imported stays as it is)."
-            )
-        )
-        shown = parsed.errors[:BAD_LINES_SHOWN]
-        more = len(parsed.errors) - len(shown)
-        parts.append(
-            table(
-                ["line", "what is wrong"],
-                [[number, why if len(why) <= 200 else why[:200] + "..."] for number, why in shown],
-                numeric={0},
-                caption=f"The first {len(shown)}; {more:,} more" if more else None,
-            )
-        )
-    parts.append(element("p", link("/suppression", "Back to the suppression list")))
-    return concat(*parts)
-
-
-def _plural_lines(n: int) -> str:
-    return "1 line was" if n == 1 else f"{n:,} lines were"
-
-
-def _too_large(request: web.Request) -> web.Response:
-    why = (
-        f"Nothing imported: the file is larger than {IMPORT_MAX_BYTES // (1024 * 1024)} MB. "
-        "Split it and import each part."
-    )
-    body = concat(error_notice(why), element("p", link("/suppression", "Back")))
-    return whole_page(request, f"{TITLE}: import", body, status=413)
-
-
-def _larger_upload(handler: Handler) -> Handler:
-    """The import's route may take a body of IMPORT_MAX_BYTES (the application's limit is
-    aiohttp's 1 MiB); a larger one is refused with a page that says so."""
-
-    async def bounded(request: web.Request) -> web.StreamResponse:
-        larger = request.clone(client_max_size=IMPORT_MAX_BYTES + _FORM_SLACK)
-        try:
-            response = await handler(larger)
-        except web.HTTPRequestEntityTooLarge:
-            return _too_large(larger)  # aiohttp closed the file it was spooling
-        except BaseException:
-            await _close_uploads(larger)
-            raise
-        await _close_uploads(larger)
-        return response
-
-    return bounded
-
-
-async def _close_uploads(request: web.Request) -> None:
-    """Close the temporary files aiohttp spooled the uploaded files into, whoever read the
-    form (the import, or a guard that refused it): aiohttp leaves them to the garbage
-    collector."""
-    if not request.body_exists or request.can_read_body:
-        return  # the body was not read: nothing was spooled
-    try:
-        form = await request.post()  # read already: aiohttp keeps what it parsed
-    except (ValueError, web.HTTPException):
-        return  # a body aiohttp refused to parse: nothing of it kept
-    for value in form.values():
-        if isinstance(value, web.FileField):
-            value.file.close()
-
-
 def add_routes(app: web.Application, ctx: PageContext, guarded: Guard) -> None:
     pages = SuppressionPages(ctx)
     app.router.add_get("/suppression", guarded(pages.suppression_page))
-    app.router.add_get("/suppression.csv", guarded(pages.suppression_csv))
     app.router.add_post("/suppression/remove", same_origin_only(guarded(pages.suppression_remove)))
-    app.router.add_post(
-        "/suppression/import",
-        _larger_upload(same_origin_only(guarded(pages.suppression_import))),
-    )

@@ -20,13 +20,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from relay.store.embedded import (
-    OLD_ENGINE,
-    EmbeddedPostgres,
-    EmbeddedServerFailed,
-    EmbeddedVersionMismatch,
-    find_binaries,
-)
+from relay.errors import EmbeddedServerFailed, EmbeddedVersionMismatch
+from relay.store.embedded import OLD_ENGINE, EmbeddedPostgres, find_binaries
 from tests.support.cli import run_cli
 
 

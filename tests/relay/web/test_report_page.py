@@ -20,7 +20,8 @@ from policies.templates import template_of
 from relay.ops.app import Relay
 from relay.reports.export import parse_filter, write_csv
 from relay.store import IncomingMessage, OutcomeRecord, Recipient, ReportTotals, Store
-from relay.web.pages.report import EVENTS_PER_PAGE, ROW_CAP
+from relay.web.pages.report import ROW_CAP
+from relay.web.pages.report_rows import EVENTS_PER_PAGE
 from tests.support.admin import base, logged_in
 from tests.support.report_seeds import (
     MX,

@@ -3,6 +3,7 @@ of one or many (CSRF, audit, refusals); the CSV export and import."""
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import re
@@ -476,6 +477,26 @@ async def test_an_import_adds_the_good_lines_and_lists_the_bad_ones_by_number(re
     assert imports == [("alice", "suppression.import", "old-list.csv", "migrated from the old ESP")]
 
 
+async def test_an_import_skips_a_byte_order_mark_as_the_cli_does(relay):
+    """A file a spreadsheet saved as "CSV UTF-8" starts with a byte order mark: its header is
+    still a header, not a bad line 1, and the addresses after it are imported (the CLI's
+    ``suppression import`` reads it the same way)."""
+    content = codecs.BOM_UTF8 + b"address,reason\r\nann@example.org,asked us\r\n"
+    bare = codecs.BOM_UTF8 + b"bob@example.org\r\n"
+    http, csrf = await logged_in(relay)
+    async with http:
+        status, page = await post(http, relay, "/suppression/import", upload(csrf, content))
+        bare_status, bare_page = await post(http, relay, "/suppression/import", upload(csrf, bare))
+    assert status == bare_status == 200
+    assert "old-list.csv: 1 added, 0 already listed, 0 duplicate lines, 0 bad lines." in page
+    assert "old-list.csv: 1 added, 0 already listed, 0 duplicate lines, 0 bad lines." in bare_page
+    checks = [("ann@example.org", ""), ("bob@example.org", "")]
+    assert await relay.store.suppression_reasons(checks) == [
+        "asked us",
+        "migrated from the old ESP",
+    ]
+
+
 async def test_more_than_twenty_bad_lines_show_the_first_twenty(relay):
     content = "\n".join(f"bad{n}" for n in range(30)).encode() + b"\nok@example.org\n"
     http, csrf = await logged_in(relay)
@@ -493,6 +514,11 @@ async def test_more_than_twenty_bad_lines_show_the_first_twenty(relay):
             b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe garbage",
             "r",
             "the file is not UTF-8 text (invalid start byte at byte 0)",
+        ),
+        (
+            codecs.BOM_UTF8 + b"a@example.org\n\xff",
+            "r",
+            "the file is not UTF-8 text (invalid start byte at byte 17)",
         ),
         (b"a@example.org\n", "", "give a reason"),
         (b"\n# only a comment\n", "r", "the file holds no address."),
