@@ -51,6 +51,12 @@ _QUOTED = re.compile(rf'"(?:[\x20\x21\x23-\x5b\x5d-\x7e{_UTF8}]|\\["\\\\])*"')
 _LDH_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
 _ADDRESS_LITERAL = re.compile(r"\[[A-Za-z0-9:.\-]+\]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Characters that show as nothing: a byte order mark (a CSV file's first line), zero-width
+# space, direction marks and overrides, word joiner, invisible operators. An address holding
+# one looks like another and never matches it, so a suppression entry made from it would
+# suppress nobody. Zero-width (non-)joiners stay: scripts such as Persian spell words with
+# them.
+_INVISIBLE = re.compile("[\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
 MAX_PATH_OCTETS = 256  # RFC 5321 §4.5.3.1.3, angle brackets included
 MAX_DOMAIN_OCTETS = 253  # RFC 1035 §2.3.4, in the ASCII form, without the root's dot
 MAX_LABEL_OCTETS = 63
@@ -201,6 +207,8 @@ def validate_address(address: str) -> str:
         raise AddressError(address, "not valid UTF-8") from None
     if _CONTROL.search(address):
         raise AddressError(address, "control character (NUL, CR, LF, TAB, ...)")
+    if _INVISIBLE.search(address):
+        raise AddressError(address, "invisible character (byte order mark, zero-width space, ...)")
     addr = address.strip()
     if addr.startswith("<") and addr.endswith(">"):
         addr = addr[1:-1]

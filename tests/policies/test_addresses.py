@@ -269,6 +269,9 @@ def test_valid_addresses(address):
         ('"a\tb"@example.com', "control character"),
         ('"a\\\rb"@example.com', "control character"),
         ("a\x85b@example.com", "control character"),
+        ("\ufeffbob@example.org", "invisible character"),  # a CSV's byte order mark
+        ("a\u200bb@example.com", "invisible character"),
+        ("a\u202eb@example.com", "invisible character"),
         ("a\udcffb@example.com", "not valid UTF-8"),
         ('"a\\b"@example.com', "local part"),  # a needless escape: aiosmtplib drops it
         ("a@" + CJK_LONG, "253 octets"),  # 240 octets of UTF-8, 256 as ASCII
