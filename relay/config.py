@@ -30,6 +30,7 @@ from policies.incidents import IncidentRules
 from policies.retry import RetryPolicy, RetryRule, SourceChoice
 from policies.verp import MIN_SECRET_LENGTH, ReturnPaths
 from relay.config_keys import (
+    MAX_EVENT_PARTITIONS,
     MAX_OUTCOME_WINDOW,
     WEBHOOK_EVENTS,
     Admin,
@@ -44,8 +45,10 @@ from relay.config_keys import (
     Log,
     LogLevel,
     Match,
+    PartitionWidth,
     Policy,
     Pools,
+    Retention,
     Retry,
     RetryRules,
     Root,
@@ -73,7 +76,9 @@ __all__ = [
     "DeliveryConfig",
     "DsnConfig",
     "LogLevel",
+    "PartitionWidth",
     "PoolConfig",
+    "RetentionConfig",
     "RouteConfig",
     "RouteMode",
     "Rules",
@@ -222,6 +227,18 @@ class DsnConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    """``[retention]``: how long data is kept (relay.ops.maintenance removes it)."""
+
+    events: timedelta = Retention.events.default
+    event_partitions: PartitionWidth = Retention.event_partitions.default
+    messages: timedelta = Retention.messages.default
+    webhook_outbox: timedelta = Retention.webhook_outbox.default
+    admin_audit: timedelta | None = Retention.admin_audit.default  # None: kept
+    check_every: timedelta = Retention.check_every.default
+
+
+@dataclass(frozen=True)
 class WebhookConfig:
     """One ``[[webhooks]]`` receiver: events posted as signed JSON from a durable outbox."""
 
@@ -268,6 +285,7 @@ class Config:
     dsn: DsnConfig = DsnConfig()
     log_level: str = Log.level.default
     webhooks: tuple[WebhookConfig, ...] = ()
+    retention: RetentionConfig = RetentionConfig()
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -744,6 +762,36 @@ def _read_dsn(r: _Reader) -> DsnConfig:
     return cfg
 
 
+# The most days one partition of each width holds (a month: 31).
+_PARTITION_DAYS = {PartitionWidth.DAY: 1, PartitionWidth.WEEK: 7, PartitionWidth.MONTH: 31}
+
+
+def _read_retention(r: _Reader) -> RetentionConfig:
+    cfg = RetentionConfig(
+        events=r.get(Retention.events),
+        event_partitions=r.get(Retention.event_partitions),
+        messages=r.get(Retention.messages),
+        webhook_outbox=r.get(Retention.webhook_outbox),
+        admin_audit=r.get(Retention.admin_audit),
+        check_every=r.get(Retention.check_every),
+    )
+    width = cfg.event_partitions
+    spanned = cfg.events.days // _PARTITION_DAYS[width]
+    if spanned > MAX_EVENT_PARTITIONS:
+        wider = [f'"{w}"' for w in PartitionWidth if _PARTITION_DAYS[w] > _PARTITION_DAYS[width]]
+        todo = "a shorter events window"
+        if wider:
+            todo = f"{' or '.join(wider)}, or {todo}"
+        r.error(
+            ("event_partitions",),
+            f'"{width}" with events = "{cfg.events.days}d" keeps about {spanned} partitions '
+            f"of events, more than {MAX_EVENT_PARTITIONS} (every query on events that names no "
+            f"time reads them all); use {todo}",
+        )
+    r.finish()
+    return cfg
+
+
 def _read_one(root: _Reader, table: Table, key: Key[T]) -> T:
     """The one key of a one-key table ([campaign], [log])."""
     r = root.sub(table)
@@ -771,6 +819,7 @@ def _read(data: dict[str, Any], path: Path, text: str) -> Config:
     delivery = _read_delivery(root.sub(Root.delivery))
     admin = _read_admin(root.sub(Root.admin))
     dsn = _read_dsn(root.sub(Root.dsn))
+    retention = _read_retention(root.sub(Root.retention))
     level = _read_one(root, Root.log, Log.level)
     root.finish()
     if errors:
@@ -797,6 +846,7 @@ def _read(data: dict[str, Any], path: Path, text: str) -> Config:
         dsn=dsn,
         log_level=level,
         webhooks=webhooks,
+        retention=retention,
     )
 
 

@@ -82,6 +82,52 @@ class Metrics:
         self.db_pool = Gauge(
             "bounce_relay_db_pool_connections", "Database pool connections", ["state"], registry=r
         )
+        # The data lifecycle ([retention], relay.ops.maintenance): counted by the relay
+        # process that did the work (one at a time); sum them over the relays.
+        self.retention_partitions_created = Counter(
+            "bounce_relay_retention_partitions_created",
+            "Partitions of events created ahead by the data lifecycle",
+            registry=r,
+        )
+        self.retention_partitions_dropped = Counter(
+            "bounce_relay_retention_partitions_dropped",
+            "Partitions of events dropped once older than [retention] events",
+            registry=r,
+        )
+        self.retention_rows = Counter(
+            "bounce_relay_retention_rows_removed",
+            "Rows removed by the data lifecycle, by table (events: dropped partitions, by "
+            "PostgreSQL's row estimate)",
+            ["table"],
+            registry=r,
+        )
+        self.retention_bytes = Counter(
+            "bounce_relay_retention_bytes_dropped",
+            "Bytes on disk freed by dropping partitions of events",
+            registry=r,
+        )
+        self.retention_failures = Counter(
+            "bounce_relay_retention_failures",
+            "Data lifecycle steps that failed (retried at the next run), by step",
+            ["step"],
+            registry=r,
+        )
+        self.retention_last_run = Gauge(
+            "bounce_relay_retention_last_run_timestamp_seconds",
+            "When this relay process last finished a data lifecycle run (its clock)",
+            registry=r,
+        )
+        self.retention_run_seconds = Gauge(
+            "bounce_relay_retention_last_run_seconds",
+            "How long this relay process's last data lifecycle run took",
+            registry=r,
+        )
+        self.retention_default_rows = Gauge(
+            "bounce_relay_retention_default_partition_rows",
+            "Events in the default partition at the last run (0 while partitions are "
+            "created ahead)",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

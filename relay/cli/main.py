@@ -29,6 +29,7 @@ from relay.cli import (
     profile,
     queue,
     report,
+    retention,
     serve,
     suppression,
 )
@@ -59,6 +60,7 @@ _MODULES = (
     classify,
     dsn,
     report,
+    retention,
     admin,
 )
 

@@ -15,6 +15,13 @@ the operator's classify rules say: an allowlisted address, a recipient at an add
 (``user@[192.0.2.1]``: an IP is no mailbox's lasting home, and mail to it
 bypasses the MX a domain publishes), and a recipient whose transaction ended in
 a protocol error (``relay.delivery.upstream``: its reply may quote a stale line).
+
+A worker registers its lease owner name in the store (``relay_instances``) and beats
+every ``HEARTBEAT``; one silent for ``PRESUMED_DEAD_AFTER`` is presumed dead, and the next
+claim of a live peer takes its leases over (a SIGKILLed relay's work goes on within seconds,
+not after ``[delivery] lease``). The beat runs beside the sends, so a slow transaction
+never costs its lease; a relay that could not beat that long (stalled, cut off from the
+database) may find its leases taken, and its late outcomes are fenced like any others.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import os
 import random
 import secrets
 import socket
@@ -58,8 +66,19 @@ log = structlog.get_logger("relay.delivery")
 
 
 PROBATION_RECHECK = timedelta(minutes=5)
-# Claims in a row with nothing recorded before a delivery is given up (see _given_up).
-MAX_UNRECORDED_CLAIMS = 5
+# Sends in a row with nothing recorded before a delivery is given up (see _given_up). Only
+# sends count (note_sends), never claims: a relay that died before sending has not tried it.
+MAX_UNRECORDED_SENDS = 5
+# How often a worker tells the registry it is alive, and the silence after which the others
+# presume it dead and take its leases over. Five beats to a silence: a beat or two lost to a
+# slow database or a busy event loop costs nothing; a SIGKILLed relay's work goes on within
+# PRESUMED_DEAD_AFTER plus a poll, where the lease alone took 15 minutes.
+HEARTBEAT = timedelta(seconds=2)
+PRESUMED_DEAD_AFTER = timedelta(seconds=10)
+# Relays silent this long that hold no lease any more leave the registry (looked for every
+# PRUNE_EVERY beats).
+FORGET_RELAYS_AFTER = timedelta(hours=1)
+PRUNE_EVERY = 30
 # How long an outcome the database could not take is written again (at most half the lease).
 OUTCOME_RETRY_SECONDS = 60.0
 # The wait between those writes: doubling from the first to the most.
@@ -89,6 +108,7 @@ class DeliveryWorker:
         # goes in a transaction of its own.
         self.return_paths = return_paths
         self.owner = owner or f"{socket.gethostname()}:{secrets.token_hex(4)}"
+        self._beat_failing = False
         self._wake = asyncio.Event()
         # Whether the last claim filled its batch: only then may more work be due at once.
         self._backlog = False
@@ -118,6 +138,66 @@ class DeliveryWorker:
     def wake(self, *_: object) -> None:
         """Look for due work now (called after each intake commit)."""
         self._wake.set()
+
+    # -- the registry of relays holding leases (relay_instances) ------------------------------
+
+    async def register(self) -> None:
+        """Register ``owner`` before anything is leased to it (raises StoreError)."""
+        await self.store.relay_heartbeat(
+            self.owner, PRESUMED_DEAD_AFTER, socket.gethostname(), os.getpid()
+        )
+
+    async def keep_registered(self) -> None:
+        """Beat every ``HEARTBEAT`` until cancelled, which comes after ``stop``: a relay
+        draining its transactions is alive. A beat that fails is logged and made again at the
+        next; PRESUMED_DEAD_AFTER without one and the others take this relay's leases over."""
+        beats = 0
+        while True:
+            await asyncio.sleep(HEARTBEAT.total_seconds())
+            beats += 1
+            try:
+                await self._beat()
+                if beats % PRUNE_EVERY == 0:
+                    await self.store.prune_relay_instances(FORGET_RELAYS_AFTER)
+            except StoreError as exc:
+                if not self._beat_failing:
+                    log.warning(
+                        "delivery.heartbeat_failed",
+                        error=str(exc),
+                        action="beating again; silent for "
+                        f"{PRESUMED_DEAD_AFTER.total_seconds():g} s, this relay's leases go "
+                        "to the others",
+                    )
+                self._beat_failing = True
+            except Exception as exc:  # a bug here must not silence a live relay for good
+                log.exception("delivery.heartbeat_error", error_type=type(exc).__name__)
+
+    async def _beat(self) -> None:
+        silence = await self.store.relay_heartbeat(
+            self.owner, PRESUMED_DEAD_AFTER, socket.gethostname(), os.getpid()
+        )
+        if self._beat_failing:
+            log.info("delivery.heartbeat_resumed", silent_seconds=_seconds(silence))
+        self._beat_failing = False
+        if silence is None or silence >= PRESUMED_DEAD_AFTER:
+            log.warning(
+                "delivery.presumed_dead",
+                silent_seconds=_seconds(silence),
+                action="the other relays may have taken this relay's leases over; what it "
+                "still sends of them is fenced (at-least-once)",
+            )
+
+    async def retire(self) -> None:
+        """After ``stop``: this relay is gone, and a lease it could not hand back goes to the
+        next claim of another relay instead of waiting out its silence."""
+        try:
+            await self.store.retire_relay_instance(self.owner)
+        except StoreError as exc:
+            log.warning(
+                "delivery.retire_failed",
+                error=str(exc),
+                action="a lease it still holds is taken over once its heartbeat is missed",
+            )
 
     async def run(self) -> None:
         """Claim and deliver until cancelled; ``stop`` deals with transactions in flight."""
@@ -275,9 +355,9 @@ class DeliveryWorker:
                     self.metrics.dry_run.labels("delivery").inc()
                     log.info("delivery.would_cancel", recipient=d.recipient_key, dry_run=True)
             outcomes = [self._cancelled(d) for d in cancel]
-            # A delivery whose claims keep ending with nothing recorded (a crash loop, an
+            # A delivery whose sends keep ending with nothing recorded (a crash loop, an
             # outcome the database refuses) is given up rather than sent for ever.
-            poisoned = [d for d in rest if d.unrecorded_claims >= MAX_UNRECORDED_CLAIMS]
+            poisoned = [d for d in rest if d.unrecorded_sends >= MAX_UNRECORDED_SENDS]
             outcomes += [self._given_up(d) for d in poisoned]
             rest = [d for d in rest if d not in poisoned]
             held = [d for d in rest if _held_by_probation(d)]
@@ -292,7 +372,9 @@ class DeliveryWorker:
                 if until is not None:  # a provider asked for less: wait, untried
                     await self._defer(live, [until] * len(live))
                 else:
-                    outcomes += await self._attempt(live, group, body, rules, destination)
+                    going = await self._note_sends(live)
+                    if going:
+                        outcomes += await self._attempt(going, group, body, rules, destination)
             if not outcomes:
                 return
             fenced = await self._record(outcomes)
@@ -302,6 +384,32 @@ class DeliveryWorker:
                     deliveries=fenced,
                     why="another relay took over after our lease ran out",
                 )
+
+    async def _note_sends(self, live: list[ClaimedDelivery]) -> list[ClaimedDelivery]:
+        """Those of ``live`` that go. One whose last claim ended with nothing recorded is
+        counted as sent before it goes (the count ``_given_up`` reads); one another relay
+        took over meanwhile is left to it. A first claim is not counted, so that a relay
+        dying before its sends never adds to it: one write, and only after a crash."""
+        suspect = [(d.id, d.lease_token) for d in live if d.unrecorded_claims]
+        if not suspect:
+            return live
+        try:
+            ours = await self.store.note_sends(suspect)
+        except StoreError as exc:
+            log.warning(
+                "delivery.send_not_noted",
+                error=str(exc),
+                action="sending anyway; this send does not count toward giving it up",
+            )
+            return live
+        going = [d for d in live if not d.unrecorded_claims or d.id in ours]
+        if len(going) < len(live):
+            log.warning(
+                "delivery.fenced",
+                deliveries=len(live) - len(going),
+                why="another relay took over before the send",
+            )
+        return going
 
     async def _record(self, outcomes: list[OutcomeRecord]) -> int:
         """Apply ``outcomes``; how many were fenced. A database that is away for a moment (a
@@ -520,13 +628,14 @@ class DeliveryWorker:
         reply = synthetic_reply(
             451,
             "4.3.0",
-            f"given up: {d.unrecorded_claims} claims in a row ended with no outcome recorded "
+            f"given up: {d.unrecorded_sends} sends in a row ended with no outcome recorded "
             "(the relay crashed or could not write it)",
         )
         log.error(
             "delivery.given_up_unrecorded",
             delivery_id=d.id,
             recipient=d.recipient_key,
+            sends=d.unrecorded_sends,
             claims=d.unrecorded_claims,
             action="look for a crash loop or a refused write in the log before this line; "
             "`bounce-relay queue show ID` has its events",
@@ -543,7 +652,7 @@ class DeliveryWorker:
             enhanced=reply.enhanced,
             reply_text=reply.text,
             category="other",
-            rule="unrecorded_claims",
+            rule="unrecorded_sends",
             synthetic=True,
             provider=provider_of(None, d.recipient_domain),
         )
@@ -600,6 +709,10 @@ def _probation_end(d: ClaimedDelivery, now: datetime) -> datetime:
 
 def _everyone(live: list[ClaimedDelivery], reply: Reply) -> TransactionResult:
     return TransactionResult({d.recipient: reply for d in live})
+
+
+def _seconds(silence: timedelta | None) -> float | None:
+    return round(silence.total_seconds(), 1) if silence is not None else None
 
 
 def _no_reply() -> Reply:

@@ -27,7 +27,7 @@ from relay.intake.commit import GroupCommitter
 from relay.intake.server import IntakeHandler, start_intake
 from relay.metrics import Metrics
 from relay.ops import systemd
-from relay.ops.maintenance import vacuum_while_autovacuum_is_off
+from relay.ops.maintenance import keep_data_lifecycle, vacuum_while_autovacuum_is_off
 from relay.ops.supervisor import ProcessRole, signal_ready
 from relay.store import Store, create_store
 from relay.store.embedded import EmbeddedPostgres
@@ -132,11 +132,23 @@ class Relay:
             vacuum_while_autovacuum_is_off(self.store), name="maintenance.vacuum"
         )
         self._stack.push_async_callback(_cancel, vacuum)
+        # Partitions created ahead, old ones dropped, finished rows deleted: every relay runs
+        # it, the store's advisory lock lets one at a time do the work.
+        lifecycle = asyncio.create_task(
+            keep_data_lifecycle(self.store, config, clock=self._clock, metrics=self.metrics),
+            name="maintenance.retention",
+        )
+        self._stack.push_async_callback(_cancel, lifecycle)
         # Subscriptions follow the config on every start (none configured: no outbox rows).
         await sync_subscriptions(self.store, config.webhooks)
         if config.webhooks:
             sender = await self._stack.enter_async_context(
-                WebhookSender(self.store, config.webhooks, clock=self._clock)
+                WebhookSender(
+                    self.store,
+                    config.webhooks,
+                    clock=self._clock,
+                    keep=config.retention.webhook_outbox,
+                )
             )
             webhooks = asyncio.create_task(sender.run(), name="webhooks.sender")
             self._stack.push_async_callback(sender.stop, webhooks, 5.0)
@@ -152,6 +164,14 @@ class Relay:
                 metrics=self.metrics,
                 return_paths=config.dsn.return_paths,
             )
+            # Registered before anything is leased to it; its heartbeat outlives the drain
+            # in worker.stop (teardown is in reverse), and it retires once that is done.
+            await self.worker.register()
+            self._stack.push_async_callback(self.worker.retire)
+            heartbeat = asyncio.create_task(
+                self.worker.keep_registered(), name="delivery.heartbeat"
+            )
+            self._stack.push_async_callback(_cancel, heartbeat)
             worker_task = asyncio.create_task(self.worker.run(), name="delivery.worker")
             self._stack.push_async_callback(
                 self.worker.stop, worker_task, config.delivery.shutdown_grace.total_seconds()
@@ -253,6 +273,7 @@ class Relay:
             "log_level",
             "dsn",
             "webhooks",
+            "retention",
         ):
             if getattr(new, section) != getattr(self.config, section):
                 log.warning(

@@ -13,7 +13,8 @@ connection and no socket:
 - a process that fails to start stops the others and ``serve`` exits 1 with
   that process's own error on stderr;
 - a process that dies later is started again (after 1 s, backing off to 30 s);
-  its leases run out and the others or its successor take the work over.
+  once its heartbeat has been silent for 10 s the others or its successor take its
+  leases over (``relay.delivery.worker``: HEARTBEAT, PRESUMED_DEAD_AFTER).
 """
 
 from __future__ import annotations

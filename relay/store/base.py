@@ -11,6 +11,7 @@ never an asyncpg record.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -24,6 +25,7 @@ from relay.errors import StoreError, StoreUnavailable
 __all__ = [
     "QUERIES",
     "REPORT_TIMEOUT_SECONDS",
+    "ReadOnlyServer",
     "Statements",
     "StoreBase",
     "clean",
@@ -72,6 +74,20 @@ _UNAVAILABLE = (
 # 08 connection, 40 rollback (serialization/deadlock), 53 resources, 55 object not in
 # prerequisite state (e.g. database not accepting connections), 57 operator intervention.
 _UNAVAILABLE_CLASSES = frozenset({"08", "40", "53", "55", "57"})
+# And single states of other classes: 25006 read_only_sql_transaction, a write on a server
+# that no longer takes them (a primary fenced or demoted in a failover, a standby behind a
+# writer endpoint that has not moved yet). The writer is elsewhere or soon will be; the
+# pool drops such a connection (``ReadOnlyServer``) and the next one looks for it.
+_UNAVAILABLE_STATES = frozenset({"25006"})
+
+
+# Names for the cursors declared behind a pooler (Statements.cursor).
+_CURSOR_NUMBERS = itertools.count(1)
+
+
+class ReadOnlyServer(Exception):
+    """A pooled connection's server reports it takes no writes (``in_hot_standby`` or
+    ``default_transaction_read_only``, both reported by PostgreSQL 14 and later)."""
 
 
 @asynccontextmanager
@@ -82,10 +98,17 @@ async def translated(what: str) -> AsyncIterator[None]:
         yield
     except TimeoutError as exc:
         raise StoreUnavailable(f"{what}: the database did not answer in time") from exc
+    except ReadOnlyServer as exc:
+        raise StoreUnavailable(
+            f"{what}: the database is read-only (a standby, or a primary failing over); "
+            "connecting again to find the writer"
+        ) from exc
     except _UNAVAILABLE as exc:
         raise StoreUnavailable(f"{what}: database unreachable ({type(exc).__name__})") from exc
     except asyncpg.PostgresError as exc:
-        if exc.sqlstate and exc.sqlstate[:2] in _UNAVAILABLE_CLASSES:
+        if exc.sqlstate and (
+            exc.sqlstate[:2] in _UNAVAILABLE_CLASSES or exc.sqlstate in _UNAVAILABLE_STATES
+        ):
             raise StoreUnavailable(f"{what}: database unavailable ({exc.sqlstate})") from exc
         raise StoreError(f"{what}: database refused ({exc.sqlstate})") from exc
 
@@ -118,11 +141,13 @@ class Statements:
     """Named queries on one asyncpg connection (or a pool, which lends one per statement),
     each with ``timeout`` unless told otherwise. Errors are left to the ``translated`` block
     around the caller. Statements that are not named queries (settings, advisory locks) go
-    to ``conn`` itself."""
+    to ``conn`` itself. ``pooler``: a pooler in transaction mode stands between us and the
+    server (``relay.store.create_store``)."""
 
-    def __init__(self, conn: Any, timeout: float) -> None:
+    def __init__(self, conn: Any, timeout: float, *, pooler: bool = False) -> None:
         self.conn = conn
         self.timeout = timeout
+        self.pooler = pooler
 
     def _timeout(self, timeout: float | None) -> float:
         return self.timeout if timeout is None else timeout
@@ -146,8 +171,28 @@ class Statements:
         return str(await self.conn.execute(QUERIES[query], *args, timeout=self._timeout(timeout)))
 
     def cursor(self, query: str, *args: Any, prefetch: int, timeout: float) -> Any:
-        """A server-side cursor (``async for``); ``conn`` must be a connection in a transaction."""
+        """A server-side cursor (``async for``); ``conn`` must be a connection in a transaction.
+
+        Behind a pooler, a cursor of SQL's own (DECLARE, then FETCH) instead of asyncpg's,
+        which needs a named prepared statement: that statement outlives the transaction on
+        the pooler's server connection (asyncpg closes it later, from whichever server
+        connection it is lent then), and the next client there that prepares the same name
+        fails ("prepared statement ... already exists"): asyncpg numbers its statements
+        from 1 in every process."""
+        if self.pooler:
+            return self._declared_cursor(QUERIES[query], args, prefetch, timeout)
         return self.conn.cursor(QUERIES[query], *args, prefetch=prefetch, timeout=timeout)
+
+    async def _declared_cursor(
+        self, sql: str, args: Sequence[Any], prefetch: int, timeout: float
+    ) -> AsyncIterator[asyncpg.Record]:
+        name = f"relay_cursor_{next(_CURSOR_NUMBERS)}"  # unique in its transaction
+        declare = f"DECLARE {name} NO SCROLL CURSOR FOR {sql.rstrip().rstrip(';')}"
+        await self.conn.execute(declare, *args, timeout=timeout)
+        # The transaction's end closes the cursor, also when the reader stops early.
+        while rows := await self.conn.fetch(f"FETCH {int(prefetch)} FROM {name}", timeout=timeout):
+            for row in rows:
+                yield row
 
 
 class StoreBase:
@@ -158,16 +203,19 @@ class StoreBase:
     Each helper runs one named query on ``pool`` (or ``on``: ``self.queue`` for the queue's
     statements) and translates its errors into one line starting with ``what``."""
 
-    def __init__(self, pool: Any, *, timeout: float = 10.0, queue: Any | None = None) -> None:
+    def __init__(
+        self, pool: Any, *, timeout: float = 10.0, queue: Any | None = None, pooler: bool = False
+    ) -> None:
         self.pool = pool
         self.queue = queue if queue is not None else pool
         self.timeout = timeout
+        self.pooler = pooler  # a pooler in transaction mode in between (create_store)
 
     def _pool(self, on: Any | None) -> Any:
         return self.pool if on is None else on
 
     def _statements(self, on: Any | None) -> Statements:
-        return Statements(self._pool(on), self.timeout)
+        return Statements(self._pool(on), self.timeout, pooler=self.pooler)
 
     async def _rows(
         self, query: str, *args: Any, what: str, on: Any = None, timeout: float | None = None
@@ -197,7 +245,25 @@ class StoreBase:
     async def _connection(self, what: str, *, on: Any = None) -> AsyncIterator[Statements]:
         """One connection of ``pool`` (or ``on``) for several statements, no transaction."""
         async with translated(what), self._pool(on).acquire(timeout=self.timeout) as conn:
-            yield Statements(conn, self.timeout)
+            yield Statements(conn, self.timeout, pooler=self.pooler)
+
+    @asynccontextmanager
+    async def _advisory_lock(self, key: int, what: str) -> AsyncIterator[bool]:
+        """Hold advisory lock ``key`` for the block: True, or False at once when another
+        session holds it. The lock is a transaction's (``pg_try_advisory_xact_lock``), left
+        open on a connection of its own until the block ends, not a session's: behind a
+        pooler in transaction mode (PgBouncer) each statement of a session may run on
+        another server connection, so a session lock taken by one statement and released by
+        another stays held for good, on a connection the pooler lends to every client. The
+        open transaction keeps its server connection. Work that cannot run in a transaction
+        (VACUUM) runs on another connection meanwhile."""
+        async with self._transaction(what) as tx:
+            got = bool(await tx.conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", key))
+            # The extended protocol's unnamed portal keeps its snapshot until the next
+            # statement, and an idle transaction holding one holds vacuum back for as long as
+            # the block runs; a statement by the simple protocol closes that portal.
+            await tx.conn.execute("SELECT 1")
+            yield got
 
     @asynccontextmanager
     async def _transaction(
@@ -210,4 +276,4 @@ class StoreBase:
             self._pool(on).acquire(timeout=self.timeout) as conn,
             conn.transaction(readonly=readonly),
         ):
-            yield Statements(conn, self.timeout)
+            yield Statements(conn, self.timeout, pooler=self.pooler)

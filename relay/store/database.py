@@ -47,11 +47,12 @@ class DatabaseStore(StoreBase):
     async def vacuum_queue(self) -> bool:
         """VACUUM (ANALYZE) the queue tables unless another relay process is at it; whether
         this call did it."""
-        async with self._connection("vacuum queue") as db:
-            if not await db.conn.fetchval("SELECT pg_try_advisory_lock($1)", _VACUUM_LOCK):
+        # The lock is held by a transaction of its own (safe behind PgBouncer: see
+        # _advisory_lock); VACUUM cannot run in a transaction, so it runs on another
+        # connection meanwhile.
+        async with self._advisory_lock(_VACUUM_LOCK, "vacuum queue") as ours:
+            if not ours:
                 return False
-            try:
+            async with self._connection("vacuum queue") as db:
                 await db.conn.execute("VACUUM (ANALYZE) deliveries, messages", timeout=300)
-            finally:
-                await db.conn.execute("SELECT pg_advisory_unlock($1)", _VACUUM_LOCK)
         return True

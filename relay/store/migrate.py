@@ -1,8 +1,11 @@
 """Schema migrations: numbered ``.sql`` files in ``migrations/``, applied in order.
 
 Each file runs in its own transaction and is recorded in ``schema_migrations``.
-A session-level advisory lock serialises relays that start at once against one
-database: the second waits, then finds nothing left to apply.
+A transaction-level advisory lock, taken in each migration's own transaction,
+serialises relays that start at once against one database: the second waits, then
+finds the migration applied and skips it. A session lock would not do behind a pooler
+in transaction mode (PgBouncer): its unlock may run on another server connection, and
+the lock would stay held for good on one the pooler lends to everyone.
 """
 
 from __future__ import annotations
@@ -45,26 +48,27 @@ def available_migrations() -> list[Migration]:
 async def apply_migrations(conn: Any) -> list[Migration]:
     """Apply what is missing on ``conn`` (an asyncpg connection); return what was applied."""
     applied_now = []
-    await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
-    try:
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " version integer PRIMARY KEY, name text NOT NULL,"
             " applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-        for migration in available_migrations():
-            if migration.version in done:
+    for migration in available_migrations():
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+            # Asked again under the lock: another relay may have applied it meanwhile.
+            if await conn.fetchval(
+                "SELECT 1 FROM schema_migrations WHERE version = $1", migration.version
+            ):
                 continue
-            async with conn.transaction():
-                await conn.execute(migration.sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                    migration.version,
-                    migration.name,
-                )
-            log.info("store.migration_applied", version=migration.version, name=migration.name)
-            applied_now.append(migration)
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+            await conn.execute(migration.sql)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                migration.version,
+                migration.name,
+            )
+        log.info("store.migration_applied", version=migration.version, name=migration.name)
+        applied_now.append(migration)
     return applied_now

@@ -1,7 +1,9 @@
 """The queue: messages accepted with their deliveries, deliveries claimed under a lease,
 their outcomes applied (with probation and incidents seen), leases given back, bodies
-released once no delivery needs them, and the administrators' view of deliveries.
-Queries: ``queue.sql``. The hot statements run on the ``queue`` pool."""
+released once no delivery needs them, and the administrators' view of deliveries; and the
+registry of the relays that hold leases (``relay_instances``), whose heartbeats let a dead
+relay's leases be taken over within seconds. Queries: ``queue.sql``. The hot statements run
+on the ``queue`` pool."""
 
 from __future__ import annotations
 
@@ -121,9 +123,25 @@ def _accepted(rows: Sequence[asyncpg.Record]) -> list[AcceptedMessage]:
 def _claimed(row: asyncpg.Record) -> ClaimedDelivery:
     fields = dict(row)
     probation = fields.pop("probation")
+    fields.pop("taken_from", None)  # claim_due_deliveries: logged by the claim
+    fields.pop("taken_because", None)
     return ClaimedDelivery(
         **fields, probation=Probation(**dict(probation)) if probation is not None else None
     )
+
+
+def _log_takeovers(owner: str, rows: Sequence[asyncpg.Record]) -> None:
+    """One line per relay whose leases this claim took over, and why: its lease ran out,
+    or it fell silent (presumed dead) or stopped with leases it could not hand back."""
+    taken: dict[tuple[str, str], int] = {}
+    for r in rows:
+        if r["taken_because"] is not None:
+            key = (r["taken_from"], r["taken_because"])
+            taken[key] = taken.get(key, 0) + 1
+    for (previous, why), count in taken.items():
+        log.info(
+            "store.leases_taken_over", owner=owner, previous_owner=previous, why=why, leases=count
+        )
 
 
 def _accept_columns(batch: Sequence[IncomingMessage]) -> list[list[Any]]:
@@ -206,11 +224,46 @@ class QueueStore(StoreBase):
     async def claim_due_deliveries(
         self, owner: str, now: datetime, lease: timedelta, limit: int
     ) -> list[ClaimedDelivery]:
-        """Lease up to ``limit`` due deliveries (FOR UPDATE SKIP LOCKED)."""
+        """Lease up to ``limit`` due deliveries (FOR UPDATE SKIP LOCKED): queued and due, or
+        inflight with a lease that ran out or an owner presumed dead (``relay_heartbeat``)."""
         rows = await self._rows(
             "claim_due_deliveries", owner, now, lease, limit, what="claim deliveries", on=self.queue
         )
+        _log_takeovers(owner, rows)
         return sorted((_claimed(r) for r in rows), key=lambda d: d.id)
+
+    async def relay_heartbeat(
+        self, name: str, silent_after: timedelta, host: str, pid: int
+    ) -> timedelta | None:
+        """Relay ``name`` is alive, to be presumed dead once silent for ``silent_after``
+        (its first beat registers it); how long it had been silent (None: registered now)."""
+        silence: timedelta | None = await self._value(
+            "relay_heartbeat", name, silent_after, host, pid, what="heartbeat", on=self.queue
+        )
+        return silence
+
+    async def retire_relay_instance(self, name: str) -> None:
+        """Relay ``name`` stopped: a lease it still holds is taken over at once."""
+        await self._status("retire_relay_instance", name, what="retire relay", on=self.queue)
+
+    async def prune_relay_instances(self, silent_for: timedelta) -> list[str]:
+        """Forget the relays silent for longer than ``silent_for`` that hold no lease."""
+        rows = await self._rows(
+            "prune_relay_instances", silent_for, what="prune relay instances", on=self.queue
+        )
+        return [r["name"] for r in rows]
+
+    async def note_sends(self, leases: Sequence[tuple[int, int]]) -> set[int]:
+        """(delivery id, lease token) are about to be sent after a claim that ended with
+        nothing recorded: count the send; the ids still ours (the others were taken over)."""
+        rows = await self._rows(
+            "note_sends",
+            [i for i, _ in leases],
+            [t for _, t in leases],
+            what="note sends",
+            on=self.queue,
+        )
+        return {r["id"] for r in rows}
 
     async def message_bodies(self, message_ids: Sequence[int]) -> dict[int, bytes | None]:
         rows = await self._rows(
@@ -322,10 +375,6 @@ class QueueStore(StoreBase):
     async def events_of_delivery(self, delivery_id: int) -> list[DeliveryEvent]:
         rows = await self._rows("events_of_delivery", delivery_id, what="read events")
         return [DeliveryEvent(**dict(r)) for r in rows]
-
-    async def retry_delivery_now(self, delivery_id: int, now: datetime) -> bool:
-        due = await self._value("retry_delivery_now", delivery_id, now, what="retry delivery")
-        return due is not None
 
     async def purge_delivery(self, delivery_id: int, actor: str, reason: str) -> bool:
         row = await self._row("purge_delivery", delivery_id, actor, reason, what="purge delivery")

@@ -48,29 +48,60 @@ LEFT JOIN LATERAL (
 ) c ON true;
 
 -- claim_due_deliveries --
--- Lease up to $4 due deliveries to owner $1 at time $2 for $3: queued and due, or inflight with a
--- lease that ran out (its relay died). SKIP LOCKED lets any number of relays claim side by side.
+-- Lease up to $4 due deliveries to owner $1 at time $2 for $3: queued and due, inflight with a
+-- lease that ran out, or inflight and held by a relay presumed dead (relay_instances, 0018).
+-- SKIP LOCKED lets any number of relays claim side by side.
 -- Leases are set and judged by the database's clock, never a relay's: a relay whose clock ran
 -- ahead would otherwise take over live deliveries and send them a second time. ($2, the
 -- relay's clock, still says what is due: a schedule a skewed clock reads early or late costs
 -- a retry's timing, not a duplicate.)
+-- A registered relay is presumed dead once it has been silent for its silent_after, or at
+-- once when it stopped (what it could not hand back). Two guards keep live relays' leases
+-- where they are. The claimer takes over only while it beats itself (its last beat within
+-- half its silent_after) and after beating without a gap for the silent one's silent_after:
+-- a database outage silences every relay at once, and the live ones get that long to beat
+-- again before anyone reads their silence as death. And a claimer presumed dead claims
+-- nothing: its peers would take the work straight back. An owner with no row (a caller that
+-- does not register, an older relay) keeps the lease alone.
 -- Each comes with its checks (delivery_checks, 0008): the suppression precedence for its
--- message's sending domain, and its address's probation (confirm_hard), if any; and with its
--- last reply (the verdict confirms a domain our resolver said was absent by a second look).
-WITH queued AS (
-    SELECT id FROM deliveries
-    WHERE state = 'queued' AND next_attempt_at <= $2
+-- message's sending domain, and its address's probation (confirm_hard), if any; with its
+-- last reply (the verdict confirms a domain our resolver said was absent by a second look);
+-- and, when it was taken over, from whom and why (the store logs it).
+WITH me AS (
+    SELECT heartbeat_at, beating_since, silent_after FROM relay_instances WHERE name = $1
+), claimer_alive AS (
+    SELECT NOT EXISTS (SELECT 1 FROM me WHERE heartbeat_at < now() - silent_after) AS yes
+), dead AS (
+    SELECT p.name FROM relay_instances p, me
+    WHERE p.name <> $1
+      AND me.heartbeat_at >= now() - me.silent_after / 2
+      AND (p.stopped_at IS NOT NULL
+           OR (p.heartbeat_at < now() - p.silent_after
+               AND me.beating_since <= now() - p.silent_after))
+), queued AS (
+    SELECT id, NULL::text AS taken_from, NULL::text AS taken_because FROM deliveries
+    WHERE state = 'queued' AND next_attempt_at <= $2 AND (SELECT yes FROM claimer_alive)
     ORDER BY next_attempt_at, message_id
     LIMIT $4
     FOR UPDATE SKIP LOCKED
 ), stale AS (
-    SELECT id FROM deliveries
-    WHERE state = 'inflight' AND lease_until < now()
+    SELECT id, lease_owner AS taken_from, 'lease_ran_out' AS taken_because FROM deliveries
+    WHERE state = 'inflight' AND lease_until < now() AND (SELECT yes FROM claimer_alive)
+    ORDER BY lease_until
+    LIMIT $4
+    FOR UPDATE SKIP LOCKED
+), orphaned AS (
+    -- The EXISTS is evaluated once, before the scan: with nobody presumed dead (nearly
+    -- always) the inflight deliveries are not read at all.
+    SELECT id, lease_owner AS taken_from, 'owner_presumed_dead' AS taken_because
+    FROM deliveries
+    WHERE state = 'inflight' AND lease_until >= now()
+      AND lease_owner IN (SELECT name FROM dead) AND EXISTS (SELECT 1 FROM dead)
     ORDER BY lease_until
     LIMIT $4
     FOR UPDATE SKIP LOCKED
 ), due AS (
-    SELECT id FROM stale UNION ALL SELECT id FROM queued LIMIT $4
+    SELECT * FROM stale UNION ALL SELECT * FROM orphaned UNION ALL SELECT * FROM queued LIMIT $4
 ), claimed AS (
     UPDATE deliveries d
     SET state = 'inflight', lease_owner = $1, lease_until = now() + $3::interval,
@@ -79,15 +110,56 @@ WITH queued AS (
     FROM due, messages m
     WHERE d.id = due.id AND m.id = d.message_id
     RETURNING d.id, d.message_id, d.recipient, d.recipient_key, d.recipient_domain, d.attempts,
-              d.unrecorded_claims - 1 AS unrecorded_claims,
+              d.unrecorded_claims - 1 AS unrecorded_claims, d.unrecorded_sends,
               d.first_failure_at, d.lease_token, d.last_source_ip, d.avoid_source_ip,
               d.last_code, d.last_reply,
               m.queue_id, m.envelope_sender, m.from_domain, m.campaign, m.smtputf8,
-              m.received_at
+              m.received_at, due.taken_from, due.taken_because
 )
 SELECT c.*, k.suppressed, k.allowlisted, k.probation
 FROM claimed c
 CROSS JOIN LATERAL delivery_checks(c.recipient_key, c.envelope_sender) k;
+
+-- relay_heartbeat --
+-- Relay instance $1 (host $3, pid $4) is alive, and to be presumed dead once silent for $2;
+-- its first beat registers it. Its beats run without a gap while each comes within half $2
+-- of the one before; a longer gap (it stalled, the database was away) starts them afresh,
+-- and until they have run for a silent peer's silent_after it takes no leases over
+-- (claim_due_deliveries). How long it had been silent before this beat (NULL: registered).
+WITH before AS (
+    SELECT heartbeat_at FROM relay_instances WHERE name = $1
+)
+INSERT INTO relay_instances AS i (name, host, pid, heartbeat_at, beating_since, silent_after)
+VALUES ($1, $3, $4, now(), now(), $2)
+ON CONFLICT (name) DO UPDATE
+SET heartbeat_at = now(), silent_after = EXCLUDED.silent_after, stopped_at = NULL,
+    beating_since = CASE WHEN i.heartbeat_at < now() - i.silent_after / 2 THEN now()
+                         ELSE i.beating_since END
+RETURNING (SELECT now() - heartbeat_at FROM before) AS silence;
+
+-- retire_relay_instance --
+-- Relay instance $1 stopped: a lease it still holds (one it could not hand back) is taken
+-- over at a peer's next claim instead of after its silence or its lease.
+UPDATE relay_instances SET stopped_at = now() WHERE name = $1;
+
+-- prune_relay_instances --
+-- Forget the relay instances silent for longer than $1 that no inflight delivery names any
+-- more; their names. (A lease that still names one after this runs out as leases do.)
+DELETE FROM relay_instances p
+WHERE p.heartbeat_at < now() - $1::interval
+  AND NOT EXISTS (SELECT 1 FROM deliveries d
+                  WHERE d.state = 'inflight' AND d.lease_owner = p.name)
+RETURNING p.name;
+
+-- note_sends --
+-- Leased deliveries $1 (tokens $2) are about to be sent after a claim that ended with nothing
+-- recorded: one more unrecorded send each, until an outcome, a release or a deferral resets
+-- it (relay.delivery.worker gives a delivery up past a bound). Fenced by token: one another
+-- relay took over meanwhile is not returned, and not sent.
+UPDATE deliveries d SET unrecorded_sends = d.unrecorded_sends + 1
+FROM unnest($1::bigint[], $2::bigint[]) AS l (id, token)
+WHERE d.id = l.id AND d.lease_token = l.token AND d.state = 'inflight'
+RETURNING d.id;
 
 -- message_bodies --
 -- The bodies of the given messages (NULL once released).
@@ -113,6 +185,7 @@ WITH o AS (
         first_failure_at = CASE WHEN o.event IN ('soft_bounce', 'hard_bounce')
                                 THEN coalesce(d.first_failure_at, $1) ELSE d.first_failure_at END,
         lease_until = NULL, lease_owner = NULL, lease_token = NULL, unrecorded_claims = 0,
+        unrecorded_sends = 0,
         last_source_ip = coalesce(o.source_ip, d.last_source_ip),
         avoid_source_ip = o.avoid_source_ip,
         last_code = o.code, last_reply = o.reply_text, updated_at = $1
@@ -239,7 +312,8 @@ WHERE m.id = ANY($1::bigint[]) AND m.body IS NOT NULL
 -- release_leases --
 -- Hand claimed deliveries back (shutdown): queued again, due as they were; fenced by token.
 UPDATE deliveries d
-SET state = 'queued', lease_until = NULL, lease_owner = NULL, lease_token = NULL, unrecorded_claims = 0
+SET state = 'queued', lease_until = NULL, lease_owner = NULL, lease_token = NULL, unrecorded_claims = 0,
+    unrecorded_sends = 0
 FROM unnest($1::bigint[], $2::bigint[]) AS l (id, token)
 WHERE d.id = l.id AND d.lease_token = l.token AND d.state = 'inflight'
 RETURNING d.id;
@@ -257,6 +331,7 @@ WITH held AS (
 )
 UPDATE deliveries d
 SET state = 'queued', lease_until = NULL, lease_owner = NULL, lease_token = NULL, unrecorded_claims = 0,
+    unrecorded_sends = 0,
     next_attempt_at = CASE WHEN $5::boolean AND d.recipient_key NOT IN (SELECT address FROM held)
                            THEN $4 ELSE l.due END,
     updated_at = $4
@@ -288,12 +363,6 @@ WHERE d.id = $1;
 SELECT occurred_at, type, attempt, code, enhanced, category, rule, source_ip, destination,
        reply_text, synthetic
 FROM events WHERE delivery_id = $1 ORDER BY occurred_at, id;
-
--- retry_delivery_now --
--- Make a queued delivery due now.
-UPDATE deliveries SET next_attempt_at = $2, updated_at = $2
-WHERE id = $1 AND state = 'queued'
-RETURNING id;
 
 -- purge_delivery --
 -- Cancel a queued delivery by hand, with an audit row.

@@ -108,6 +108,8 @@ class ClaimedDelivery:
     suppressed: bool
     allowlisted: bool = False
     probation: Probation | None = None
+    # earlier sends in a row with nothing recorded (note_sends): what gives it up, claims not
+    unrecorded_sends: int = 0
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,21 @@ class Covered:
 
 COVERED = (
     Covered(
+        "Behind PgBouncer in transaction pooling (Debian's 1.18): accept, deliver, bounce, "
+        "report, migrations; no prepared statement or lock left on pooled server connections",
+        (
+            "tests/e2e/test_pgbouncer.py::test_relay_through_pgbouncer_in_transaction_mode",
+            "tests/e2e/test_pgbouncer.py::test_the_stores_advisory_lock_holds_through_pgbouncer",
+        ),
+    ),
+    Covered(
+        "Relays on two hosts sharing one database: exactly-once accounting",
+        (
+            "tests/e2e/test_multi_host.py::"
+            "test_two_hosts_share_one_database_with_exactly_once_accounting",
+        ),
+    ),
+    Covered(
         "Refuses to start on a server with `fsync` or `synchronous_commit` off",
         (
             "tests/relay/intake/test_server.py::test_refuses_to_start_when_commits_would_not_be_durable",
@@ -473,10 +488,13 @@ COVERED = (
         ),
     ),
     Covered(
-        "A delivery whose claims keep ending with nothing recorded is given up",
+        "A delivery whose sends keep ending with nothing recorded is given up; one whose "
+        "relays die before sending it never is",
         (
-            "tests/relay/delivery/test_unrecorded_claims.py::"
-            "test_claims_that_keep_running_out_give_the_delivery_up",
+            "tests/relay/store/test_lease_takeover.py::"
+            "test_sends_that_keep_ending_unrecorded_give_the_delivery_up",
+            "tests/relay/store/test_lease_takeover.py::"
+            "test_a_delivery_whose_relays_die_before_sending_is_never_given_up",
         ),
     ),
     Covered(
@@ -569,14 +587,21 @@ FINDINGS = (
     "generic 451 (`tests/relay/intake/test_hostile_clients.py`). A next hop without SMTPUTF8 gets "
     "a UTF-8 domain as its A-label and a UTF-8 local part fails permanently "
     "(`tests/relay/delivery/test_downgrade.py`).",
-    "**Fixed, bounded: claims that never record an outcome.** An exception raised after "
+    "**Fixed, bounded: sends that never record an outcome.** An exception raised after "
     "the send (outside `_attempt`, e.g. a bug in the outcome policy) or an outcome the "
     "database refuses for good let the lease run out and the delivery be claimed again, "
-    "each time without counting an attempt: unbounded. Deliveries now count the claims in a "
-    "row that ended with nothing recorded (`unrecorded_claims`, reset by every outcome, "
-    "release or deferral); the sixth such claim gives the delivery up (expired, "
-    "non_delivery, rule `unrecorded_claims`; "
-    "`tests/relay/delivery/test_unrecorded_claims.py`).",
+    "each time without counting an attempt: unbounded. Deliveries now count the sends that "
+    "follow a claim which ended with nothing recorded (`unrecorded_sends`, noted under the "
+    "lease token just before the send, reset by every outcome, release or deferral); the "
+    "fifth such send gives the delivery up (expired, non_delivery, rule `unrecorded_sends`; "
+    "`tests/relay/store/test_lease_takeover.py`). Claims alone never give a delivery up, so "
+    "a crash loop caused by another message cannot give up deliveries never sent.",
+    "**Fixed: a crash cost a lease.** A SIGKILLed relay's deliveries (most leased at "
+    "commit) stayed `inflight` with no attempt until the 15-minute lease ran out. Each "
+    "delivering relay now beats a heartbeat in `relay_instances` every 2 s (the database's "
+    "clock); 10 s of silence and a live peer takes its leases over with new tokens "
+    "(`tests/chaos/test_dead_lease.py`: within ~12 s of a restart, directly and behind "
+    "PgBouncer; a live relay with 15-second sends keeps its leases).",
     "**Fixed: retries are spread by default.** The default schedule had no jitter (only "
     '`backoff = "random"` spread retries), so a queue that failed together came back '
     "together. `[retry] spread` (0.1 by default) now stretches every schedule, fixed and "
@@ -704,6 +729,8 @@ ORDER = (
     "test_crash_windows",
     "test_fencing",
     "test_postgres_faults",
+    "test_dead_lease",
+    "test_failover",
     "test_soak",
     "test_backlog",
     "test_unexpected_errors",

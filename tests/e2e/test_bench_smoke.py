@@ -238,3 +238,46 @@ def test_verdict_accuracy_scores_every_corpus():
     assert summaries["smtp-replies"]["false_suppressions"] == "0"
     assert int(summaries["dsn"]["recipients"]) > 250
     assert "| labelled \\ decided |" in out
+
+
+@pytest.mark.slow
+def test_multi_host_bench_smoke(server_dsn):
+    """bench/multi_host_bench.py runs one relay and then two on two addresses, and prints a
+    line for each and their ratio."""
+    out = _run(
+        sys.executable,
+        "bench/multi_host_bench.py",
+        "--dsn",
+        server_dsn,
+        "--messages",
+        "40",
+        "--clients",
+        "2",
+        "--rounds",
+        "1",
+    )
+    lines = [_fields(x) for x in out.splitlines() if x.startswith("multi_host_bench")]
+    assert len(lines) == 3 and float(lines[-1]["delivered"]) > 0
+
+
+@pytest.mark.slow
+def test_retention_bench_smoke(server_dsn):
+    """bench/retention_bench.py drives a few simulated days through the data lifecycle."""
+    out = _run(
+        sys.executable,
+        "bench/retention_bench.py",
+        "--dsn",
+        server_dsn,
+        "--days",
+        "3",
+        "--events",
+        "2000",
+        "--events-days",
+        "1",
+        "--messages-days",
+        "1",
+    )
+    rows = [line.split("\t") for line in out.splitlines() if line[:1].isdigit()]
+    assert [r[0] for r in rows] == ["1", "2", "3"]
+    # From the second day on, a day's partition is dropped and a day's messages deleted.
+    assert all(int(r[-2]) >= 1 and int(r[-1]) > 0 for r in rows[1:]), rows
