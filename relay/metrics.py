@@ -79,6 +79,11 @@ class Metrics:
             buckets=_SECONDS,
             registry=r,
         )
+        # bounce_relay_log_lines_dropped_total: info and debug lines this process dropped
+        # because stderr fell behind (relay.ops.logging); read when scraped.
+        from relay.ops.logging import DroppedLogLines
+
+        r.register(DroppedLogLines())
         self.db_pool = Gauge(
             "bounce_relay_db_pool_connections", "Database pool connections", ["state"], registry=r
         )

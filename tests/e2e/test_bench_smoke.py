@@ -281,3 +281,21 @@ def test_retention_bench_smoke(server_dsn):
     assert [r[0] for r in rows] == ["1", "2", "3"]
     # From the second day on, a day's partition is dropped and a day's messages deleted.
     assert all(int(r[-2]) >= 1 and int(r[-1]) > 0 for r in rows[1:]), rows
+
+
+@pytest.mark.slow
+def test_logging_cost_smoke(server_dsn):
+    """bench/logging_cost.sh runs two relays, one at info and one at warning, and compares
+    them; bench/logging_cost.py times one log call against stock structlog."""
+    out = _run(
+        "bash",
+        "bench/logging_cost.sh",
+        "--smoke",
+        env={"BOUNCE_RELAY_TEST_DSN": server_dsn, "PYTHON": sys.executable},
+    )
+    [summary] = [_fields(x) for x in out.splitlines() if x.startswith("logging_cost_summary")]
+    assert float(summary["info_vs_warning"]) > 0
+    assert float(summary["info_lines_per_msg"]) >= 1  # the info relay did log its messages
+    calls = _run(sys.executable, "bench/logging_cost.py", "--calls", "2000", "--rounds", "1")
+    [line] = [_fields(x) for x in calls.splitlines() if x.startswith("logging_cost_call")]
+    assert float(line["relay_us"]) > 0 and line["dropped"] == "0"
