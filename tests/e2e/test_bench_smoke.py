@@ -188,7 +188,11 @@ def test_cpu_per_message_smoke(server_dsn):
         "bash",
         "bench/cpu_per_message.sh",
         "--smoke",
-        env={"BOUNCE_RELAY_TEST_DSN": server_dsn, "PYTHON": sys.executable},
+        env={
+            "PEER_BENCH_DIR": str(PEER_BENCH),
+            "BOUNCE_RELAY_TEST_DSN": server_dsn,
+            "PYTHON": sys.executable,
+        },
     )
     [line] = [_fields(x) for x in out.splitlines() if x.startswith("cpu_per_message_summary")]
     assert float(line["msgs_per_sec"]) > 0
@@ -291,7 +295,11 @@ def test_logging_cost_smoke(server_dsn):
         "bash",
         "bench/logging_cost.sh",
         "--smoke",
-        env={"BOUNCE_RELAY_TEST_DSN": server_dsn, "PYTHON": sys.executable},
+        env={
+            "PEER_BENCH_DIR": str(PEER_BENCH),
+            "BOUNCE_RELAY_TEST_DSN": server_dsn,
+            "PYTHON": sys.executable,
+        },
     )
     [summary] = [_fields(x) for x in out.splitlines() if x.startswith("logging_cost_summary")]
     assert float(summary["info_vs_warning"]) > 0
