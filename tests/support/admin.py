@@ -5,12 +5,17 @@ the shared ``[admin] password_hash`` (while no account exists)."""
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import aiohttp
 
 from relay.ops.app import Relay
+from tests.support.report_seeds import T0 as REPORT_SEEDS_T0
 
 PASSWORD = "correct horse battery"
+# The clock of the admin page tests' relay: a day after the standard report seeds
+# (tests.support.report_seeds.T0), so its default 30-day window holds them.
+NOW = REPORT_SEEDS_T0 + timedelta(days=1)
 
 
 def base(relay: Relay) -> str:

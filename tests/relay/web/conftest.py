@@ -1,4 +1,7 @@
-"""The admin page's HTTP tests share a relay with the shared password and delivery off."""
+"""The admin page's HTTP tests share a relay with the shared password and delivery off, on
+a fixed clock (``tests.support.admin.NOW``): what the tests seed is dated from it, so no
+test depends on today's date, and the relay's data lifecycle (which runs at start) finds
+nothing old enough to remove."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import pytest
 
 from relay.ops.app import Relay
 from relay.passwords import hash_password
-from tests.support.admin import PASSWORD
+from tests.support.admin import NOW, PASSWORD
 
 
 @pytest.fixture(scope="module")
@@ -24,5 +27,5 @@ async def relay(db_dsn, make_config, password_hash) -> AsyncIterator[Relay]:
         "[delivery]\nenabled = false\n",
         replace_base=True,
     )
-    async with Relay(config, dsn=db_dsn, listen=("127.0.0.1", 0)) as r:
+    async with Relay(config, dsn=db_dsn, listen=("127.0.0.1", 0), clock=lambda: NOW) as r:
         yield r

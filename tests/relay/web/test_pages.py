@@ -11,12 +11,11 @@ import asyncio
 import aiohttp
 import asyncpg
 
-from relay.clock import utc_now
 from relay.ops.app import Relay
 from relay.passwords import hash_password
 from relay.store.accounts import SESSION_IDLE
 from relay.web.pages import COOKIE
-from tests.support.admin import PASSWORD, base, browser, logged_in, login_post
+from tests.support.admin import NOW, PASSWORD, base, browser, logged_in, login_post
 from tests.support.scripted import FakeClock
 
 
@@ -119,7 +118,7 @@ ALICE, BOB = "alice-password-1", "bob-password-1"
 
 async def add_account(relay: Relay, name: str, role: str, password: str) -> None:
     hashed = await asyncio.to_thread(hash_password, password)
-    assert await relay.store.add_admin_account(name, role, hashed, utc_now(), "test") is not None
+    assert await relay.store.add_admin_account(name, role, hashed, NOW, "test") is not None
 
 
 async def audit_actors(db_dsn: str) -> list[tuple[str, str]]:
@@ -172,7 +171,7 @@ async def test_an_account_logs_in_by_name_and_the_audit_log_names_it(relay, db_d
             assert f"Incident #{incident_id} released" in await r.text()
     acts = [a for a in await audit_actors(db_dsn) if a[1] != "account.add"]
     assert acts == [("alice", "suppression.remove"), ("alice", "incident.release")]
-    [alice] = await relay.store.admin_accounts(utc_now())
+    [alice] = await relay.store.admin_accounts(NOW)
     assert alice.last_login_at is not None and alice.sessions == 1
 
 
@@ -253,7 +252,7 @@ async def test_a_new_password_ends_the_session_and_the_old_one_no_longer_logs_in
     http, _ = await logged_in(relay, "alice", ALICE)
     async with http:
         new_hash = await asyncio.to_thread(hash_password, "alice-password-2")
-        assert await relay.store.set_admin_password("alice", new_hash, utc_now(), "test")
+        assert await relay.store.set_admin_password("alice", new_hash, NOW, "test")
         async with http.get(base(relay) + "/report", allow_redirects=False) as r:
             assert r.status == 303
         async with await login_post(http, relay, ALICE, user="alice") as r:
@@ -267,7 +266,7 @@ async def test_a_removed_account_is_logged_out_at_once(relay):
     await add_account(relay, "bob", "viewer", BOB)
     http, _ = await logged_in(relay, "bob", BOB)
     async with http:
-        assert await relay.store.remove_admin_account("bob", utc_now(), "test")
+        assert await relay.store.remove_admin_account("bob", NOW, "test")
         async with http.get(base(relay) + "/queue", allow_redirects=False) as r:
             assert r.status == 303 and r.headers["Location"] == "/login"
         async with await login_post(http, relay, BOB, user="bob") as r:

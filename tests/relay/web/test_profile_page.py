@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from html import escape
 
 import asyncpg
@@ -11,10 +11,10 @@ import pytest
 
 from relay.store import IncomingMessage, OutcomeRecord, Recipient, Store
 from relay.web.pages.profile import DELIVERIES_SHOWN
-from tests.support.admin import base, logged_in
+from tests.support.admin import NOW, base, logged_in
 from tests.support.report_seeds import seed_standard
 
-T0 = datetime(2021, 5, 6, 9, 30, tzinfo=UTC)
+T0 = NOW - timedelta(days=5)  # the relay's clock is NOW (tests/relay/web/conftest.py)
 
 
 async def test_incidents_page_release_and_why_on_the_profile_page(relay, db_dsn):

@@ -7,7 +7,7 @@ import codecs
 import csv
 import io
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from html import escape
 
 import aiohttp
@@ -20,12 +20,12 @@ from relay.ops.app import Relay
 from relay.store import IncomingMessage, OutcomeRecord, Recipient, Store
 from relay.store.suppression import SOURCES
 from relay.web.pages.suppression import IMPORT_MAX_BYTES
-from tests.support.admin import base, logged_in
+from tests.support.admin import NOW, base, logged_in
 from tests.support.browser import PASSWORD, add_accounts
 
 # When the seeded bounces happened: fixed, never today's date.
 # In the past: entries added by hand or imported in a test (now) are always later.
-T0 = datetime(2021, 5, 6, 9, 30, tzinfo=UTC)
+T0 = NOW - timedelta(days=5)  # the relay's clock is NOW (tests/relay/web/conftest.py)
 
 
 async def suppress_by_bounces(
