@@ -16,12 +16,8 @@ the operator's classify rules say: an allowlisted address, a recipient at an add
 bypasses the MX a domain publishes), and a recipient whose transaction ended in
 a protocol error (``relay.delivery.upstream``: its reply may quote a stale line).
 
-A worker registers its lease owner name in the store (``relay_instances``) and beats
-every ``HEARTBEAT``; one silent for ``PRESUMED_DEAD_AFTER`` is presumed dead, and the next
-claim of a live peer takes its leases over (a SIGKILLed relay's work goes on within seconds,
-not after ``[delivery] lease``). The beat runs beside the sends, so a slow transaction
-never costs its lease; a relay that could not beat that long (stalled, cut off from the
-database) may find its leases taken, and its late outcomes are fenced like any others.
+Each worker's relay beats a heartbeat (``relay.delivery.heartbeat``), so the others take
+its leases over within seconds of its death.
 """
 
 from __future__ import annotations
@@ -29,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import os
 import random
 import secrets
 import socket
@@ -53,6 +48,7 @@ from relay import faults
 from relay.batching import GroupBatcher
 from relay.clock import Clock, utc_now
 from relay.config import DeliveryConfig, Rules
+from relay.delivery.heartbeat import Heartbeat
 from relay.delivery.routing import SourceIPs, pool_for, route_for
 from relay.delivery.throttle import DestinationThrottle
 from relay.delivery.upstream import Transaction, TransactionResult, Upstream
@@ -69,16 +65,6 @@ PROBATION_RECHECK = timedelta(minutes=5)
 # Sends in a row with nothing recorded before a delivery is given up (see _given_up). Only
 # sends count (note_sends), never claims: a relay that died before sending has not tried it.
 MAX_UNRECORDED_SENDS = 5
-# How often a worker tells the registry it is alive, and the silence after which the others
-# presume it dead and take its leases over. Five beats to a silence: a beat or two lost to a
-# slow database or a busy event loop costs nothing; a SIGKILLed relay's work goes on within
-# PRESUMED_DEAD_AFTER plus a poll, where the lease alone took 15 minutes.
-HEARTBEAT = timedelta(seconds=2)
-PRESUMED_DEAD_AFTER = timedelta(seconds=10)
-# Relays silent this long that hold no lease any more leave the registry (looked for every
-# PRUNE_EVERY beats).
-FORGET_RELAYS_AFTER = timedelta(hours=1)
-PRUNE_EVERY = 30
 # How long an outcome the database could not take is written again (at most half the lease).
 OUTCOME_RETRY_SECONDS = 60.0
 # The wait between those writes: doubling from the first to the most.
@@ -108,7 +94,7 @@ class DeliveryWorker:
         # goes in a transaction of its own.
         self.return_paths = return_paths
         self.owner = owner or f"{socket.gethostname()}:{secrets.token_hex(4)}"
-        self._beat_failing = False
+        self.heartbeat = Heartbeat(store, self.owner)
         self._wake = asyncio.Event()
         # Whether the last claim filled its batch: only then may more work be due at once.
         self._backlog = False
@@ -138,66 +124,6 @@ class DeliveryWorker:
     def wake(self, *_: object) -> None:
         """Look for due work now (called after each intake commit)."""
         self._wake.set()
-
-    # -- the registry of relays holding leases (relay_instances) ------------------------------
-
-    async def register(self) -> None:
-        """Register ``owner`` before anything is leased to it (raises StoreError)."""
-        await self.store.relay_heartbeat(
-            self.owner, PRESUMED_DEAD_AFTER, socket.gethostname(), os.getpid()
-        )
-
-    async def keep_registered(self) -> None:
-        """Beat every ``HEARTBEAT`` until cancelled, which comes after ``stop``: a relay
-        draining its transactions is alive. A beat that fails is logged and made again at the
-        next; PRESUMED_DEAD_AFTER without one and the others take this relay's leases over."""
-        beats = 0
-        while True:
-            await asyncio.sleep(HEARTBEAT.total_seconds())
-            beats += 1
-            try:
-                await self._beat()
-                if beats % PRUNE_EVERY == 0:
-                    await self.store.prune_relay_instances(FORGET_RELAYS_AFTER)
-            except StoreError as exc:
-                if not self._beat_failing:
-                    log.warning(
-                        "delivery.heartbeat_failed",
-                        error=str(exc),
-                        action="beating again; silent for "
-                        f"{PRESUMED_DEAD_AFTER.total_seconds():g} s, this relay's leases go "
-                        "to the others",
-                    )
-                self._beat_failing = True
-            except Exception as exc:  # a bug here must not silence a live relay for good
-                log.exception("delivery.heartbeat_error", error_type=type(exc).__name__)
-
-    async def _beat(self) -> None:
-        silence = await self.store.relay_heartbeat(
-            self.owner, PRESUMED_DEAD_AFTER, socket.gethostname(), os.getpid()
-        )
-        if self._beat_failing:
-            log.info("delivery.heartbeat_resumed", silent_seconds=_seconds(silence))
-        self._beat_failing = False
-        if silence is None or silence >= PRESUMED_DEAD_AFTER:
-            log.warning(
-                "delivery.presumed_dead",
-                silent_seconds=_seconds(silence),
-                action="the other relays may have taken this relay's leases over; what it "
-                "still sends of them is fenced (at-least-once)",
-            )
-
-    async def retire(self) -> None:
-        """After ``stop``: this relay is gone, and a lease it could not hand back goes to the
-        next claim of another relay instead of waiting out its silence."""
-        try:
-            await self.store.retire_relay_instance(self.owner)
-        except StoreError as exc:
-            log.warning(
-                "delivery.retire_failed",
-                error=str(exc),
-                action="a lease it still holds is taken over once its heartbeat is missed",
-            )
 
     async def run(self) -> None:
         """Claim and deliver until cancelled; ``stop`` deals with transactions in flight."""
@@ -709,10 +635,6 @@ def _probation_end(d: ClaimedDelivery, now: datetime) -> datetime:
 
 def _everyone(live: list[ClaimedDelivery], reply: Reply) -> TransactionResult:
     return TransactionResult({d.recipient: reply for d in live})
-
-
-def _seconds(silence: timedelta | None) -> float | None:
-    return round(silence.total_seconds(), 1) if silence is not None else None
 
 
 def _no_reply() -> Reply:

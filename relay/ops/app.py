@@ -166,10 +166,10 @@ class Relay:
             )
             # Registered before anything is leased to it; its heartbeat outlives the drain
             # in worker.stop (teardown is in reverse), and it retires once that is done.
-            await self.worker.register()
-            self._stack.push_async_callback(self.worker.retire)
+            await self.worker.heartbeat.register()
+            self._stack.push_async_callback(self.worker.heartbeat.retire)
             heartbeat = asyncio.create_task(
-                self.worker.keep_registered(), name="delivery.heartbeat"
+                self.worker.heartbeat.keep_registered(), name="delivery.heartbeat"
             )
             self._stack.push_async_callback(_cancel, heartbeat)
             worker_task = asyncio.create_task(self.worker.run(), name="delivery.worker")

@@ -14,7 +14,7 @@ connection and no socket:
   that process's own error on stderr;
 - a process that dies later is started again (after 1 s, backing off to 30 s);
   once its heartbeat has been silent for 10 s the others or its successor take its
-  leases over (``relay.delivery.worker``: HEARTBEAT, PRESUMED_DEAD_AFTER).
+  leases over (``relay.delivery.heartbeat``).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from relay.delivery.worker import PRESUMED_DEAD_AFTER
+from relay.delivery.heartbeat import PRESUMED_DEAD_AFTER
 from tests.chaos.harness import (
     ChaosUpstream,
     Client,

@@ -17,7 +17,8 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from relay.delivery.worker import MAX_UNRECORDED_SENDS, PRESUMED_DEAD_AFTER
+from relay.delivery.heartbeat import PRESUMED_DEAD_AFTER
+from relay.delivery.worker import MAX_UNRECORDED_SENDS
 from relay.store import ClaimedDelivery, IncomingMessage, Recipient, Store, create_store
 from tests.support.delivery import (
     delivered,
