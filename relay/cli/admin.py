@@ -10,14 +10,14 @@ is audited. The first account retires the shared ``[admin] password_hash``.
 from __future__ import annotations
 
 import argparse
-import getpass
 import re
 import sys
 from typing import TYPE_CHECKING, TextIO
 
 from relay.cli.arguments import Parser, actor_option, add_command, config_option
-from relay.cli.common import CommandFailed, Interrupted, UsageError, load_config_of, with_store
+from relay.cli.common import CommandFailed, UsageError, load_config_of, with_store
 from relay.cli.output import fmt, print_row
+from relay.cli.passwords import ask_twice
 from relay.clock import utc_now
 
 if TYPE_CHECKING:
@@ -156,7 +156,11 @@ async def _check_exists(store: Store, name: str, must_exist: bool) -> int:
 
 
 def _new_password(from_stdin: bool) -> str:
-    password = sys.stdin.readline().rstrip("\r\n") if from_stdin else _asked()
+    password = (
+        sys.stdin.readline().rstrip("\r\n")
+        if from_stdin
+        else ask_twice("pipe it with --password-stdin", "nothing was changed")
+    )
     if not password:
         how = "pipe a non-empty one" if from_stdin else "type one"
         raise CommandFailed("empty password refused", f"{how}; nothing was changed")
@@ -166,32 +170,6 @@ def _new_password(from_stdin: bool) -> str:
             f"use at least {MIN_PASSWORD}; nothing was changed",
         )
     return password
-
-
-def _asked() -> str:
-    """The password typed twice at the terminal, not echoed."""
-    try:
-        password = getpass.getpass("Password: ")
-        if password and getpass.getpass("Again: ") != password:
-            raise CommandFailed(
-                "the two passwords differ", "run it again and type the same password twice"
-            )
-    except EOFError:
-        _end_prompt_line()
-        raise CommandFailed(
-            "no password given (end of input)",
-            "type one and press Enter, or pipe it with --password-stdin",
-        ) from None
-    except KeyboardInterrupt:
-        _end_prompt_line()
-        raise Interrupted("interrupted at the password prompt", "nothing was changed") from None
-    return password
-
-
-def _end_prompt_line() -> None:
-    """Ctrl-D or Ctrl-C leaves the cursor after the prompt: the message starts a line."""
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
 
 
 def _hashed(password: str) -> str:

@@ -9,7 +9,7 @@ import sys
 from relay.cli.arguments import Parser, add_command
 from relay.cli.common import CommandFailed, Interrupted
 
-__all__ = ["register"]
+__all__ = ["ask_twice", "register"]
 
 
 def register(subparsers: argparse._SubParsersAction[Parser]) -> None:
@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction[Parser]) -> None:
 def _hash_password(args: argparse.Namespace) -> int:
     from relay.passwords import hash_password
 
-    password = sys.stdin.readline().rstrip("\n") if args.stdin else _asked()
+    password = sys.stdin.readline().rstrip("\n") if args.stdin else _ask()
     if not password:
         how = "pipe a non-empty one" if args.stdin else "type one"
         raise CommandFailed("empty password refused", how)
@@ -38,8 +38,15 @@ def _hash_password(args: argparse.Namespace) -> int:
     return 0
 
 
-def _asked() -> str:
-    """The password typed twice at the terminal, not echoed."""
+def _ask() -> str:
+    return ask_twice(
+        'pipe it: echo -n "$PASSWORD" | bounce-relay hash-password --stdin', "nothing was hashed"
+    )
+
+
+def ask_twice(pipe_instead: str, unchanged: str) -> str:
+    """A password typed twice at the terminal, not echoed. ``pipe_instead`` says how to pipe
+    one instead (at end of input), ``unchanged`` what was left undone (at Ctrl-C)."""
     try:
         password = getpass.getpass("Password: ")
         if password and getpass.getpass("Again: ") != password:
@@ -49,13 +56,11 @@ def _asked() -> str:
     except EOFError:
         _end_prompt_line()
         raise CommandFailed(
-            "no password given (end of input)",
-            'type one and press Enter, or pipe it: echo -n "$PASSWORD" | '
-            "bounce-relay hash-password --stdin",
+            "no password given (end of input)", f"type one and press Enter, or {pipe_instead}"
         ) from None
     except KeyboardInterrupt:
         _end_prompt_line()
-        raise Interrupted("interrupted at the password prompt", "nothing was hashed") from None
+        raise Interrupted("interrupted at the password prompt", unchanged) from None
     return password
 
 
