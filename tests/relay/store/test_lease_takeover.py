@@ -19,13 +19,14 @@ from structlog.testing import capture_logs
 
 from relay.delivery.heartbeat import PRESUMED_DEAD_AFTER
 from relay.delivery.worker import MAX_UNRECORDED_SENDS
-from relay.store import ClaimedDelivery, IncomingMessage, Recipient, Store, create_store
+from relay.store import ClaimedDelivery, IncomingMessage, Store, create_store
 from tests.support.delivery import (
     delivered,
     events_of,
     eventually,
     expire_leases,
     in_state,
+    incoming_to,
     send,
 )
 
@@ -51,18 +52,7 @@ async def b(db_dsn: str) -> AsyncIterator[Store]:
 
 
 def _message(n: int, *recipients: str) -> IncomingMessage:
-    return IncomingMessage(
-        queue_id=f"Q{n}",
-        envelope_sender="bounces@news.example",
-        recipients=tuple(Recipient(r, r, r.rpartition("@")[2]) for r in recipients),
-        body=b"Subject: x\r\n\r\nx\r\n",
-        from_domain="news.example",
-        message_id=None,
-        campaign="spring",
-        client_address="127.0.0.1",
-        session_id="s",
-        smtputf8=False,
-    )
+    return incoming_to(f"Q{n}", recipients, "news.example")
 
 
 async def _lease_to_a(a: Store) -> list[ClaimedDelivery]:

@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from relay.store import IncomingMessage, OutcomeRecord, QueueFilter, Recipient, Store, create_store
-from tests.support.delivery import eventually
+from relay.store import IncomingMessage, OutcomeRecord, QueueFilter, Store, create_store
+from tests.support.delivery import eventually, incoming_to
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 ANY = QueueFilter()
@@ -33,18 +33,7 @@ async def db(db_dsn: str) -> AsyncIterator[asyncpg.Connection]:
 
 
 def _message(n: int, *recipients: str) -> IncomingMessage:
-    return IncomingMessage(
-        queue_id=f"Q{n}",
-        envelope_sender="bounces@news.example",
-        recipients=tuple(Recipient(r, r, r.rpartition("@")[2]) for r in recipients),
-        body=b"Subject: x\r\n\r\nx\r\n",
-        from_domain="news.example",
-        message_id=None,
-        campaign="spring",
-        client_address="127.0.0.1",
-        session_id="s",
-        smtputf8=False,
-    )
+    return incoming_to(f"Q{n}", recipients, "news.example")
 
 
 async def _all(store: Store, flt: QueueFilter = ANY) -> list[int]:
