@@ -94,13 +94,16 @@ def sink_name() -> str:
 
 
 @contextlib.contextmanager
-def sink_process(port: int) -> Iterator[subprocess.Popen[bytes]]:
+def sink_process(port: int, data_delay: int = 0) -> Iterator[subprocess.Popen[bytes]]:
     """A server that answers 250 and stores nothing: Postfix's smtp-sink (C, so it is never
-    what a benchmark measures) where installed, else a bare aiosmtpd."""
+    what a benchmark measures) where installed, else a bare aiosmtpd. ``data_delay``: whole
+    seconds it waits before answering each message's data (a slow upstream; smtp-sink takes
+    whole seconds only)."""
     if sink_name() == "smtp-sink":
         user = ["-u", "nobody"] if os.geteuid() == 0 else []
+        delay = ["-W", f"data:{data_delay}"] if data_delay else []
         proc = subprocess.Popen(
-            [str(SMTP_SINK), *user, "-c", "-m", "1024", f"127.0.0.1:{port}", "1024"],
+            [str(SMTP_SINK), *user, *delay, "-c", "-m", "1024", f"127.0.0.1:{port}", "1024"],
             stdout=subprocess.DEVNULL,
         )
         try:
@@ -112,7 +115,9 @@ def sink_process(port: int) -> Iterator[subprocess.Popen[bytes]]:
         "import asyncio\n"
         "from aiosmtpd.smtp import SMTP\n"
         "class H:\n"
-        "    async def handle_DATA(self, s, se, e): return '250 OK'\n"
+        "    async def handle_DATA(self, s, se, e):\n"
+        f"        await asyncio.sleep({data_delay})\n"
+        "        return '250 OK'\n"
         "async def main():\n"
         "    loop = asyncio.get_running_loop()\n"
         f"    srv = await loop.create_server(lambda: SMTP(H()), '127.0.0.1', {port})\n"
