@@ -57,7 +57,8 @@ def _port_on(host: str) -> int:
 
 
 def _config(host: str, port: int, sink_port: int, dsn: str) -> str:
-    # As bench/relay-config.sh (wide delivery limits, logs at warning), one process per host.
+    # As bench/relay-config.sh's tuned profile (wide delivery limits, logs at warning), one
+    # process per host.
     return f"""
 [smtp]
 listen = "{host}:{port}"
