@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from policies.addresses import AddressError, validate_address
 from policies.classify import ClassifyRule, SuppressOn
+from policies.guardrails import Canary, GuardrailRules, Threshold, Thresholds
 from policies.incidents import IncidentRules
 from policies.retry import RetryPolicy, RetryRule, SourceChoice
 from policies.verp import MIN_SECRET_LENGTH, ReturnPaths
@@ -40,6 +41,7 @@ from relay.config_keys import (
     ClassifyRules,
     Delivery,
     Dsn,
+    Guardrails,
     Incidents,
     Key,
     Log,
@@ -48,6 +50,8 @@ from relay.config_keys import (
     PartitionWidth,
     Policy,
     Pools,
+    RecipientAction,
+    Recipients,
     Retention,
     Retry,
     RetryRules,
@@ -78,6 +82,8 @@ __all__ = [
     "LogLevel",
     "PartitionWidth",
     "PoolConfig",
+    "RecipientAction",
+    "RecipientsConfig",
     "RetentionConfig",
     "RouteConfig",
     "RouteMode",
@@ -250,6 +256,20 @@ class WebhookConfig:
     max_age: timedelta = Webhooks.max_age.default
 
 
+@dataclass(frozen=True)
+class RecipientsConfig:
+    """``[recipients]``: the RCPT checks of recipient domains, with ``[delivery]``'s resolver
+    (``nameservers``, ``dns_port``), which the domain lookups share with delivery."""
+
+    typo: RecipientAction = Recipients.typo.default
+    no_mail_domain: RecipientAction = Recipients.no_mail_domain.default
+    lookup_timeout: timedelta = Recipients.lookup_timeout.default
+    cache_size: int = Recipients.cache_size.default
+    cache_ttl: timedelta = Recipients.cache_ttl.default
+    nameservers: tuple[str, ...] = Delivery.nameservers.default
+    dns_port: int = Delivery.dns_port.default
+
+
 def _declared_incident_rules() -> IncidentRules:
     return _read_incidents(_Reader.unwritten(Incidents))
 
@@ -271,6 +291,10 @@ class Rules:
     # when still absent this much later.
     nxdomain_confirm_after: timedelta = Policy.nxdomain_confirm_after.default
     incidents: IncidentRules = field(default_factory=_declared_incident_rules)
+    # [recipients]: swapped with the rest, so SIGHUP may turn a check on or off.
+    recipients: RecipientsConfig = RecipientsConfig()
+    # [guardrails]: thresholds and canary, reloaded with the rest.
+    guardrails: GuardrailRules = field(default_factory=GuardrailRules)
 
 
 @dataclass(frozen=True)
@@ -679,6 +703,35 @@ def _read_incidents(r: _Reader) -> IncidentRules:
     return rules
 
 
+def _read_guardrails(r: _Reader) -> GuardrailRules:
+    thresholds = {}
+    for rate, review, pause in (
+        ("bounce", Guardrails.bounce_review, Guardrails.bounce_pause),
+        ("hard_bounce", Guardrails.hard_bounce_review, Guardrails.hard_bounce_pause),
+        ("unknown_user", Guardrails.unknown_user_review, Guardrails.unknown_user_pause),
+        ("complaint", Guardrails.complaint_review, Guardrails.complaint_pause),
+    ):
+        low, high = r.get(review), r.get(pause)
+        if low > high:
+            r.error((f"{rate}_review",), f"must not exceed {rate}_pause ({high:g})")
+            high = low
+        thresholds[rate] = Threshold(low, high)
+    rules = GuardrailRules(
+        enabled=r.get(Guardrails.enabled),
+        thresholds=Thresholds(
+            **thresholds,
+            min_attempts=r.get(Guardrails.min_attempts),
+            min_attempts_complaints=r.get(Guardrails.min_attempts_complaints),
+        ),
+        canary=Canary(r.get(Guardrails.canary_size), r.get(Guardrails.canary_share)),
+        canary_wait=r.get(Guardrails.canary_wait),
+        check_every=r.get(Guardrails.check_every),
+        recheck=r.get(Guardrails.recheck),
+    )
+    r.finish()
+    return rules
+
+
 def _read_webhooks(root: _Reader) -> tuple[WebhookConfig, ...]:
     hooks: list[WebhookConfig] = []
     for r in root.each(Root.webhooks):
@@ -719,6 +772,20 @@ def _read_delivery(r: _Reader) -> DeliveryConfig:
         nameservers=r.get(Delivery.nameservers),
         dns_port=r.get(Delivery.dns_port),
         shutdown_grace=r.get(Delivery.shutdown_grace),
+    )
+    r.finish()
+    return cfg
+
+
+def _read_recipients(r: _Reader, delivery: DeliveryConfig) -> RecipientsConfig:
+    cfg = RecipientsConfig(
+        typo=r.get(Recipients.typo),
+        no_mail_domain=r.get(Recipients.no_mail_domain),
+        lookup_timeout=r.get(Recipients.lookup_timeout),
+        cache_size=r.get(Recipients.cache_size),
+        cache_ttl=r.get(Recipients.cache_ttl),
+        nameservers=delivery.nameservers,
+        dns_port=delivery.dns_port,
     )
     r.finish()
     return cfg
@@ -815,8 +882,10 @@ def _read(data: dict[str, Any], path: Path, text: str) -> Config:
         root.sub(Root.policy)
     )
     incidents = _read_incidents(root.sub(Root.incidents))
+    guardrails = _read_guardrails(root.sub(Root.guardrails))
     webhooks = _read_webhooks(root)
     delivery = _read_delivery(root.sub(Root.delivery))
+    recipients = _read_recipients(root.sub(Root.recipients), delivery)
     admin = _read_admin(root.sub(Root.admin))
     dsn = _read_dsn(root.sub(Root.dsn))
     retention = _read_retention(root.sub(Root.retention))
@@ -834,6 +903,8 @@ def _read(data: dict[str, Any], path: Path, text: str) -> Config:
         dry_run=dry_run,
         nxdomain_confirm_after=nxdomain_confirm_after,
         incidents=incidents,
+        recipients=recipients,
+        guardrails=guardrails,
     )
     return Config(
         path=path,

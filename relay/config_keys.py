@@ -40,6 +40,7 @@ from relay.config_values import (
     DURATION,
     HOST_PORT,
     IPS,
+    NON_NEGATIVE_INT,
     NUMBER,
     PATH,
     PORT,
@@ -48,6 +49,7 @@ from relay.config_values import (
     POSITIVE_NUMBER,
     PROCESSES,
     SHARE,
+    SHARE_OR_ZERO,
     SIZE,
     STRING,
     Value,
@@ -77,6 +79,8 @@ __all__ = [
     "PartitionWidth",
     "Policy",
     "Pools",
+    "RecipientAction",
+    "Recipients",
     "Retention",
     "Retry",
     "RetryRules",
@@ -136,6 +140,8 @@ class WebhookEvent(StrEnum):
     SUPPRESSED = "suppressed"
     UNSUPPRESSED = "unsuppressed"
     INCIDENT = "incident"
+    GUARDRAIL_TRIPPED = "guardrail.tripped"
+    GUARDRAIL_RELEASED = "guardrail.released"
 
 
 WEBHOOK_EVENTS = tuple(event.value for event in WebhookEvent)
@@ -660,6 +666,46 @@ class Incidents(Section):
     check_every = Key(DURATION, "15s", "how often detection runs")
 
 
+class Guardrails(Section):
+    """Guardrails: each campaign watched per From domain and mailbox provider, paused when a
+    rate reaches its pause threshold (docs/guardrails.md says where each default comes
+    from). Rates are shares of the send's attempts: 0.05 is 5%."""
+
+    enabled = Key(BOOL, True, "watch campaigns (mail with no campaign is never held)")
+    canary_size = Key(
+        NON_NEGATIVE_INT,
+        100,
+        "a new send's first deliveries per provider; the rest wait until their rates are "
+        "known (0 and `canary_share = 0`: no canary)",
+    )
+    canary_share = Key(
+        SHARE_OR_ZERO,
+        0.0,
+        "or this share of the campaign's messages queued so far, when more than `canary_size`",
+    )
+    canary_wait = Key(
+        POSITIVE_DURATION,
+        "1h",
+        "a canary whose replies have not all come back is judged on what came by then",
+    )
+    check_every = Key(
+        POSITIVE_DURATION, "2s", "how often the active sends are judged and the holds reloaded"
+    )
+    recheck = Key(POSITIVE_DURATION, "1m", "a held delivery is handed back, due again after this")
+    min_attempts = Key(POSITIVE_INT, 100, "attempts before a bounce rate is judged")
+    min_attempts_complaints = Key(
+        POSITIVE_INT, 1000, "attempts before the complaint rate is judged"
+    )
+    bounce_review = Key(SHARE, 0.05, "any 5xx bounce: log and show a review (Amazon SES: 5%)")
+    bounce_pause = Key(SHARE, 0.10, "... pause the send (Amazon SES: 10%)")
+    hard_bounce_review = Key(SHARE, 0.02, "bounces about the recipient (SES asks under 2%)")
+    hard_bounce_pause = Key(SHARE, 0.05, "...")
+    unknown_user_review = Key(SHARE, 0.02, "unknown users (Validity: good senders under 1%)")
+    unknown_user_pause = Key(SHARE, 0.05, "... (Validity: problems from 5%)")
+    complaint_review = Key(SHARE, 0.001, "feedback reports (Google: keep under 0.1%)")
+    complaint_pause = Key(SHARE, 0.003, "... (Google: never reach 0.3%)")
+
+
 def _webhook_url(url: str) -> str | None:
     if _WEBHOOK_URL.fullmatch(url):
         return None
@@ -763,6 +809,53 @@ class Delivery(Section):
         DURATION,
         "30s",
         "on SIGTERM, how long deliveries in flight may take before they are cut and handed back",
+    )
+
+
+class RecipientAction(StrEnum):
+    """``[recipients]`` typo and no_mail_domain: what RCPT does with such a recipient."""
+
+    REFUSE = "refuse"
+    TAG = "tag"
+    OFF = "off"
+
+
+class Recipients(Section):
+    """Recipient domains checked at RCPT, before anything is queued: likely typos of a large
+    mailbox provider's domain (gmial.com, hotmail.con), and, for recipients whose route is
+    `mx`, domains that can receive no mail (no such domain, no MX and no address, a null
+    MX). `refuse` answers RCPT with a 5xx naming why (and the likely address for a typo);
+    `tag` accepts the recipient and records why on its delivery (`recipient_domain_flag`),
+    logged as `intake.recipient_domain_flagged`; `off` does neither. The domain lookups use
+    `[delivery]`'s resolver (`nameservers`, `dns_port`); an answer that cannot be trusted
+    (timeout, SERVFAIL, a resolver that says the parent zone is absent too) accepts the
+    recipient: a DNS fault never refuses mail. See docs/recipient-checks.md."""
+
+    typo = Key(
+        one_of(RecipientAction),
+        "refuse",
+        "a likely typo of a large provider's domain: `refuse` (`550 5.1.2` with the likely "
+        "address), `tag` or `off`. Refused by default: the mail would otherwise go to whoever "
+        "holds the typo domain (many are registered to catch such mail) or bounce later",
+    )
+    no_mail_domain = Key(
+        one_of(RecipientAction),
+        "off",
+        "a domain with no mail server by DNS (mx routes only): `refuse` (`550 5.1.2`; a null "
+        "MX `556 5.1.10`), `tag` or `off`. Off by default: it puts a DNS lookup in RCPT for "
+        "every domain not cached, and delivery bounces these recipients anyway",
+    )
+    lookup_timeout = Key(
+        POSITIVE_DURATION,
+        "2s",
+        "the longest RCPT waits for a domain's lookups; then the recipient is accepted",
+    )
+    cache_size = Key(POSITIVE_INT, 10000, "domains whose answer is kept (least recently used go)")
+    cache_ttl = Key(
+        POSITIVE_DURATION,
+        "10m",
+        "how long an answer is kept, found or not; an answer that could not be had is "
+        "kept 30 seconds at most",
     )
 
 
@@ -923,8 +1016,10 @@ class Root(Section):
     classify = Table(Classify)
     policy = Table(Policy)
     incidents = Table(Incidents)
+    guardrails = Table(Guardrails)
     webhooks = Table(Webhooks, array=True)
     delivery = Table(Delivery)
+    recipients = Table(Recipients)
     admin = Table(Admin)
     dsn = Table(Dsn)
     retention = Table(Retention)

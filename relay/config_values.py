@@ -208,6 +208,12 @@ POSITIVE_NUMBER: Value[float] = checked(
 SHARE: Value[float] = checked(
     "a share between 0 and 1 (e.g. 0.5)", lambda raw: _is_number(raw) and 0 < raw <= 1
 ).then(float)
+NON_NEGATIVE_INT: Value[int] = checked(
+    "an integer, 0 or more", lambda raw: _is_int(raw) and raw >= 0
+)
+SHARE_OR_ZERO: Value[float] = checked(
+    "a share between 0 and 1 (e.g. 0.01; 0: none)", lambda raw: _is_number(raw) and 0 <= raw <= 1
+).then(float)
 PROCESSES: Value[int] = checked(
     '"auto" or a number of processes 1-64',
     lambda raw: raw == "auto" or (_is_int(raw) and 1 <= raw <= 64),

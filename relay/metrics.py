@@ -61,6 +61,29 @@ class Metrics:
             ["event"],
             registry=r,
         )
+        self.recipient_domains_flagged = Counter(
+            "bounce_relay_recipient_domains_flagged",
+            "Recipients whose domain [recipients] flagged at RCPT, by reason and action",
+            ["reason", "action"],
+            registry=r,
+        )
+        self.guardrails = Counter(
+            "bounce_relay_guardrails",
+            "Guardrail judgements that changed a send: tripped (paused), review",
+            ["event"],
+            registry=r,
+        )
+        self.guardrails_paused = Gauge(
+            "bounce_relay_guardrails_paused",
+            "Sends (campaign x From domain x provider) paused by a guardrail now",
+            registry=r,
+        )
+        self.guardrail_held = Counter(
+            "bounce_relay_guardrail_held_deliveries",
+            "Deliveries handed back untried by a guardrail: paused send, or beyond a canary",
+            ["reason"],
+            registry=r,
+        )
         self.leased = Counter(
             "bounce_relay_deliveries_leased",
             "Deliveries leased: as they were committed (sent at once, from memory) or by a claim",

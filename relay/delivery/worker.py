@@ -38,7 +38,7 @@ from policies.addresses import is_address_literal
 from policies.incidents import OpenIncident
 from policies.outcome import Decision, ProbationStep
 from policies.probation import OnProbation
-from policies.providers import provider_of
+from policies.providers import provider_of, provider_of_mx
 from policies.retry import doubling
 from policies.smtp_reply import Reply, synthetic_reply
 from policies.states import DeliveryState, EventType
@@ -48,6 +48,7 @@ from relay import faults
 from relay.batching import GroupBatcher
 from relay.clock import Clock, utc_now
 from relay.config import DeliveryConfig, Rules
+from relay.delivery.guardrails import GuardrailGate
 from relay.delivery.heartbeat import Heartbeat
 from relay.delivery.routing import SourceIPs, pool_for, route_for
 from relay.delivery.throttle import DestinationThrottle
@@ -120,6 +121,8 @@ class DeliveryWorker:
         self.incidents: list[OpenIncident] = []
         # Destinations that asked for less traffic (provider hints), per recipient domain.
         self.throttle = DestinationThrottle(config.connections_per_destination)
+        # Campaign sends held by a guardrail (relay.delivery.guardrails); None: none checked.
+        self.guardrails: GuardrailGate | None = None
 
     def wake(self, *_: object) -> None:
         """Look for due work now (called after each intake commit)."""
@@ -289,14 +292,23 @@ class DeliveryWorker:
             held = [d for d in rest if _held_by_probation(d)]
             if held:
                 await self._defer(
-                    held, [_probation_end(d, self.clock()) for d in held], for_probation=True
+                    held,
+                    [_probation_end(d, self.clock()) for d in held],
+                    for_probation=True,
+                    why="probation",
                 )
             live = [d for d in rest if not _held_by_probation(d)]
+            if live and self.guardrails is not None:
+                # A paused send, or a canary's deliveries beyond its slice: back untried.
+                live, guarded = await self.guardrails.admit(live, self.clock())
+                if guarded:
+                    recheck = self.clock() + self.guardrails.rules().recheck
+                    await self._defer(guarded, [recheck] * len(guarded), why="guardrail")
             if live:
                 destination = live[0].recipient_domain
                 until = self.throttle.admit(destination, self.clock())
                 if until is not None:  # a provider asked for less: wait, untried
-                    await self._defer(live, [until] * len(live))
+                    await self._defer(live, [until] * len(live), why="throttle")
                 else:
                     going = await self._note_sends(live)
                     if going:
@@ -483,6 +495,9 @@ class DeliveryWorker:
             last_reply=d.last_reply,
         )
         decision = verdict(reply, facts, rules)
+        provider = provider_of(result.destination, d.recipient_domain)
+        if self.guardrails is not None and provider_of_mx(result.destination) is not None:
+            self.guardrails.learn(d.recipient_domain, provider)
         if decision.slow_down_until is not None and decision.hint is not None:
             self.throttle.slow_down(d.recipient_domain, decision.hint, now)
         _log_decision(d, reply, decision, result)
@@ -506,7 +521,7 @@ class DeliveryWorker:
             synthetic=reply.synthetic,
             source_ip=result.source_ip,
             destination=result.destination,
-            provider=provider_of(result.destination, d.recipient_domain),
+            provider=provider,
             avoid_source_ip=result.source_ip if decision.other_source_ip else None,
             incident_id=decision.incident_id,
             probation_until=decision.next_attempt_at if step is ProbationStep.START else None,
@@ -525,7 +540,12 @@ class DeliveryWorker:
             m.non_delivery.inc()
 
     async def _defer(
-        self, group: list[ClaimedDelivery], until: list[datetime], *, for_probation: bool = False
+        self,
+        group: list[ClaimedDelivery],
+        until: list[datetime],
+        *,
+        why: str,
+        for_probation: bool = False,
     ) -> None:
         """Hand deliveries back untried, each due again at its time in ``until``."""
         try:
@@ -537,8 +557,20 @@ class DeliveryWorker:
         except StoreError as exc:
             log.warning("delivery.defer_failed", error=str(exc), action="the leases run out")
             return
-        for d, t in zip(group, until, strict=True):
-            log.info("delivery.deferred", recipient=d.recipient_key, until=t, deliveries=deferred)
+        # One line per group; a guardrail's holds at debug: a held campaign hands back
+        # thousands a minute, which its guardrail.tripped line and the held-deliveries
+        # metric already tell.
+        say = log.debug if why == "guardrail" else log.info
+        if len(group) == 1:
+            say("delivery.deferred", why=why, recipient=group[0].recipient_key, until=until[0])
+        else:
+            say(
+                "delivery.deferred",
+                why=why,
+                recipients=len(group),
+                deliveries=deferred,
+                until=min(until),
+            )
 
     async def _release(self, group: list[ClaimedDelivery]) -> None:
         if not group:

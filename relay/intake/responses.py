@@ -22,7 +22,11 @@ __all__ = [
     "DATA_TIMEOUT",
     "DATA_TOO_SLOW",
     "IDLE_TIMEOUT",
+    "LIKELY_TYPO",
     "NON_ASCII_ADDRESS",
+    "NO_MAIL_HOSTS",
+    "NO_SUCH_DOMAIN",
+    "NULL_MX",
     "OK",
     "PROXY_REFUSED",
     "QUEUED",
@@ -34,6 +38,8 @@ __all__ = [
     "TOO_MANY_HOPS",
     "TOO_MANY_INVALID_COMMANDS",
     "TOO_MANY_RECIPIENTS",
+    "likely_typo",
+    "no_mail_domain",
     "rewrite_builtin",
     "suppressed",
 ]
@@ -102,6 +108,42 @@ def suppressed(address: str, reason: str) -> str:
     return SUPPRESSED.format(
         address=ascii_line(address, SUPPRESSED_ADDRESS_MAX),
         reason=ascii_line(reason, SUPPRESSED_REASON_MAX),
+    )
+
+
+# [recipients] typo = "refuse": RFC 3463 X.1.2, bad destination system address.
+LIKELY_TYPO = "550 5.1.2 <{address}>: did you mean {suggested}? ({domain} is a likely typo)"
+# [recipients] no_mail_domain = "refuse".
+NO_SUCH_DOMAIN = "550 5.1.2 <{address}>: the domain {domain} does not exist"
+NO_MAIL_HOSTS = "550 5.1.2 <{address}>: the domain {domain} has no mail server (no MX, A or AAAA)"
+# RFC 7505 §4.1 (and RFC 7504's 556): a domain whose only MX is "0 ." has said that it accepts
+# no mail, and a client must answer 556 5.1.10 "recipient address has null MX" rather than try.
+# The relay is that client here, so RCPT answers as it would: the same code and words as the
+# bounce delivery would record (relay.delivery.upstream).
+NULL_MX = "556 5.1.10 <{address}>: the domain {domain} publishes a null MX and accepts no mail"
+# An address in these replies: SUPPRESSED_ADDRESS_MAX, the longest a path holds. The texts
+# are at most 90 characters, the domains 255: within MAX_REPLY_LINE with two addresses.
+_DOMAIN_MAX = 100
+
+
+def likely_typo(address: str, domain: str, suggested_domain: str) -> str:
+    """RCPT's refusal of ``address`` at ``domain``, a likely typo of ``suggested_domain``:
+    names the address it likely meant. The local part is the client's (a checked address,
+    maybe UTF-8): like the suppression reply, only printable ASCII goes back, bounded."""
+    local = address.rpartition("@")[0]
+    return LIKELY_TYPO.format(
+        address=ascii_line(address, SUPPRESSED_ADDRESS_MAX),
+        suggested=ascii_line(f"{local}@{suggested_domain}", SUPPRESSED_ADDRESS_MAX),
+        domain=ascii_line(domain, _DOMAIN_MAX),
+    )
+
+
+def no_mail_domain(template: str, address: str, domain: str) -> str:
+    """RCPT's refusal of ``address`` whose ``domain`` can receive no mail (``NO_SUCH_DOMAIN``,
+    ``NO_MAIL_HOSTS``, ``NULL_MX``), in printable ASCII."""
+    return template.format(
+        address=ascii_line(address, SUPPRESSED_ADDRESS_MAX),
+        domain=ascii_line(domain, _DOMAIN_MAX),
     )
 
 

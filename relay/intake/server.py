@@ -14,6 +14,10 @@ The relay's contract with its clients lives here:
   smuggling through us) or ``[smtp] max_hops`` ``Received:`` fields or more (a loop:
   554 5.4.6), and a recipient at an address literal (``user@[192.0.2.1]``) unless its
   route has ``address_literals`` (550 5.1.2): never looked up as a name, never suppressed;
+- a recipient domain that is a likely typo of a large provider's (``policies.domain_typos``)
+  or, on an ``mx`` route, can receive no mail by DNS (``relay.intake.domain_check``) is
+  refused (550 5.1.2, a null MX 556 5.1.10) or accepted with the flag stored on its delivery,
+  as ``[recipients]`` says; a DNS fault or a slow answer never refuses;
 - every message stored starts with our own ``Received:`` field (RFC 5321 §4.4), so that
   a route or MX pointing back at us is a loop that ``max_hops`` ends; what the client
   says of itself (its EHLO name) is named there only when it is a well-formed domain or
@@ -49,18 +53,20 @@ from policies.addresses import (
     normalise_address,
     validate_address,
 )
+from policies.domain_typos import likely_typo_of
 from policies.headers import count_received, summarise_headers
 from policies.line_endings import bad_line_ending
 from policies.verdict import refuses_suppressed
 from relay import faults
 from relay.batching import GroupBatcher
 from relay.clock import Clock, utc_now
-from relay.config import Rules, SmtpConfig
+from relay.config import RecipientAction, RecipientsConfig, RouteMode, Rules, SmtpConfig
 from relay.delivery.routing import literal_ip, route_for
 from relay.errors import ListenError, StoreError
 from relay.intake import responses as replies
 from relay.intake.bounces import BounceReader
 from relay.intake.commit import GroupCommitter
+from relay.intake.domain_check import DomainCheck, DomainState
 from relay.intake.limits import Limits
 from relay.intake.protocol import RelaySMTP, peer_ip
 from relay.intake.proxy import UnusableHeader, client_behind
@@ -102,6 +108,9 @@ class SessionState:
     bounce_transaction: bool | None = None
     # The peer as our Received fields write it ([192.0.2.1]); worked out at the first one.
     address_literal: str = ""
+    # Recipients of the open transaction accepted with a flag on their domain ([recipients]
+    # "tag"), by normalised address: stored on their deliveries.
+    domain_flags: dict[str, str] = field(default_factory=dict)
 
 
 class IntakeHandler:
@@ -144,8 +153,15 @@ class IntakeHandler:
             store.suppression_reasons, name="intake.suppression_check", max_batch=512
         )
 
+        # [recipients] no_mail_domain: made at the first lookup, anew when SIGHUP changes its
+        # resolver or cache settings.
+        self._domain_check: DomainCheck | None = None
+        self._domain_check_settings: tuple[object, ...] = ()
+
     async def close(self) -> None:
         await self._suppression_checks.close()
+        if self._domain_check is not None:
+            await self._domain_check.close()
 
     # -- session bookkeeping ------------------------------------------------------------------
 
@@ -247,7 +263,9 @@ class IntakeHandler:
         address: str,
         mail_options: list[str],
     ) -> str:
-        self._state(session).bounce_transaction = None
+        state = self._state(session)
+        state.bounce_transaction = None
+        state.domain_flags.clear()
         if self.shutting_down:
             return replies.SHUTTING_DOWN
         if not self._may_relay(session) and self.bounces is None:
@@ -299,23 +317,132 @@ class IntakeHandler:
             return refusal
         key = normalise_address(address)
         with structlog.contextvars.bound_contextvars(recipient=key):
-            try:
-                reason = await self._suppression_checks.submit(
-                    (key, domain_of(envelope.mail_from or ""))
-                )
-            except StoreError as exc:
-                self.metrics.rejected.labels("store_unavailable").inc()
-                return _store_unavailable("rcpt", exc)
-            if reason is not None:
-                if self.rules is not None and not refuses_suppressed(self.rules()):
-                    self.metrics.dry_run.labels("rcpt").inc()
-                    log.info("intake.would_reject", suppression_reason=reason, dry_run=True)
-                else:
-                    return await self._reject_suppressed(session, envelope, address, key, reason)
+            # The pure check first (no database), the DNS one last (suppressed: no lookup).
+            refusal = self._typo_refusal(state, address, key)
+            if refusal is None:
+                refusal = await self._suppression_refusal(session, envelope, address, key)
+            if refusal is None and key not in state.domain_flags:
+                # (a tagged typo is not looked up: its flag names the domain meant)
+                refusal = await self._no_mail_refusal(state, address, key)
+            if refusal is not None:
+                return refusal
         envelope.rcpt_tos.append(address)
         self._open_transaction(state, bounces=False)
         envelope.rcpt_options.extend(rcpt_options)
         return replies.RCPT_OK
+
+    async def _suppression_refusal(
+        self, session: Session, envelope: Envelope, address: str, key: str
+    ) -> str | None:
+        """The refusal of a suppressed recipient (451 when the list cannot be read), or None:
+        not suppressed, or [policy] dry_run only counts it."""
+        try:
+            reason = await self._suppression_checks.submit(
+                (key, domain_of(envelope.mail_from or ""))
+            )
+        except StoreError as exc:
+            self.metrics.rejected.labels("store_unavailable").inc()
+            return _store_unavailable("rcpt", exc)
+        if reason is None:
+            return None
+        if self.rules is not None and not refuses_suppressed(self.rules()):
+            self.metrics.dry_run.labels("rcpt").inc()
+            log.info("intake.would_reject", suppression_reason=reason, dry_run=True)
+            return None
+        return await self._reject_suppressed(session, envelope, address, key, reason)
+
+    # -- [recipients]: typos and domains that receive no mail -----------------------------------
+
+    def _recipients(self) -> RecipientsConfig:
+        return self.rules().recipients if self.rules is not None else RecipientsConfig()
+
+    def _typo_refusal(self, state: SessionState, address: str, key: str) -> str | None:
+        """The refusal of a recipient at a likely typo of a large provider's domain, or None
+        (no typo, or tagged). Pure and a few dict probes: no lookup, no database."""
+        action = self._recipients().typo
+        if action is RecipientAction.OFF:
+            return None
+        domain = key.rpartition("@")[2]
+        meant = likely_typo_of(domain)
+        if meant is None:
+            return None
+        reply = replies.likely_typo(address, domain, meant)
+        return self._flag(state, key, "likely_typo", action, reply, flag=f"likely_typo:{meant}")
+
+    async def _no_mail_refusal(self, state: SessionState, address: str, key: str) -> str | None:
+        """The refusal of a recipient whose domain can receive no mail by DNS, or None. Asked
+        only on an ``mx`` route (smarthosts and static routes resolve no recipient domain);
+        a lookup that fails or takes longer than ``lookup_timeout`` accepts."""
+        settings = self._recipients()
+        if settings.no_mail_domain is RecipientAction.OFF or self.rules is None:
+            return None
+        domain = key.rpartition("@")[2]
+        route = route_for(self.rules().routes, domain)
+        if route is None or route.mode is not RouteMode.MX or is_address_literal(domain):
+            return None
+        try:
+            status = await self._domain_checker(settings).status(domain)
+        except Exception as exc:  # a fault of ours must not refuse mail either
+            log.warning("intake.domain_check_failed", error=repr(exc)[:200], action="accepted")
+            return None
+        if not status.receives_no_mail:
+            return None
+        template = {
+            DomainState.NO_SUCH_DOMAIN: replies.NO_SUCH_DOMAIN,
+            DomainState.NO_MAIL_HOSTS: replies.NO_MAIL_HOSTS,
+            DomainState.NULL_MX: replies.NULL_MX,
+        }[status.state]
+        reply = replies.no_mail_domain(template, address, domain)
+        return self._flag(state, key, status.state.value, settings.no_mail_domain, reply)
+
+    def _flag(
+        self,
+        state: SessionState,
+        key: str,
+        reason: str,
+        action: RecipientAction,
+        reply: str,
+        *,
+        flag: str | None = None,
+    ) -> str | None:
+        """Refuse with ``reply`` or tag the recipient (``flag``, else ``reason``), as
+        ``action`` says: counted and logged either way."""
+        refused = action is RecipientAction.REFUSE
+        self.metrics.recipient_domains_flagged.labels(
+            reason, "refused" if refused else "tagged"
+        ).inc()
+        log.info(
+            "intake.recipient_domain_flagged",
+            reason=reason,
+            flag=flag or reason,
+            action="refused" if refused else "accepted and tagged",
+            reply=reply if refused else None,
+        )
+        if refused:
+            state.refused += 1
+            self.metrics.rejected.labels(reason).inc()
+            return reply
+        state.domain_flags[key] = flag or reason
+        return None
+
+    def _domain_checker(self, settings: RecipientsConfig) -> DomainCheck:
+        wanted = (
+            settings.nameservers,
+            settings.dns_port,
+            settings.lookup_timeout,
+            settings.cache_size,
+            settings.cache_ttl,
+        )
+        if self._domain_check is None or wanted != self._domain_check_settings:
+            self._domain_check = DomainCheck(
+                nameservers=settings.nameservers,
+                dns_port=settings.dns_port,
+                timeout=settings.lookup_timeout.total_seconds(),
+                cache_size=settings.cache_size,
+                cache_ttl=settings.cache_ttl.total_seconds(),
+            )
+            self._domain_check_settings = wanted
+        return self._domain_check
 
     def _literal_refusal(self, address: str) -> str | None:
         """The refusal of a recipient at an address literal, or None (not a literal, or
@@ -425,6 +552,7 @@ class IntakeHandler:
 
     def _close_transaction(self, state: SessionState) -> None:
         state.bounce_transaction = None
+        state.domain_flags.clear()
         self._open.discard(state.session_id)
         if not self._open:
             self._idle.set()
@@ -442,9 +570,12 @@ class IntakeHandler:
         queue_id = _new_id()
         sent: bytes = envelope.original_content or b""
         recipients: dict[str, Recipient] = {}
+        flags = self._state(session).domain_flags
         for address in envelope.rcpt_tos:
             key = normalise_address(address)
-            recipients.setdefault(key, Recipient(address, key, domain_of(key)))
+            if key in recipients:
+                continue
+            recipients[key] = Recipient(address, key, domain_of(key), flags.get(key))
         summary = summarise_headers(sent, self.campaign_header)
         trace = self._trace(session, queue_id, list(recipients.values()))
         # The bytes sent follow our field unchanged. That makes a copy: the data as sent

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from relay.clock import Clock, utc_now
 from relay.config import Config, Rules, load_config
+from relay.delivery.guardrails import GuardrailGate, GuardrailWatch
 from relay.delivery.incidents import IncidentWatch
 from relay.delivery.upstream import Upstream
 from relay.delivery.worker import DeliveryWorker
@@ -102,6 +103,7 @@ class Relay:
         self.server: asyncio.Server
         self.worker: DeliveryWorker | None = None
         self.incident_watch: IncidentWatch | None = None
+        self.guardrail_gate: GuardrailGate | None = None
         self.port = 0
 
     async def __aenter__(self) -> Relay:
@@ -181,6 +183,19 @@ class Relay:
             )
             watch = asyncio.create_task(self.incident_watch.run(), name="incidents.watch")
             self._stack.push_async_callback(_cancel, watch)
+            self.guardrail_gate = GuardrailGate(
+                self.store, lambda: self.rules.guardrails, metrics=self.metrics
+            )
+            self.worker.guardrails = self.guardrail_gate
+            guardrail_watch = GuardrailWatch(
+                self.store,
+                self.guardrail_gate,
+                lambda: self.rules.guardrails,
+                clock=self._clock,
+                metrics=self.metrics,
+            )
+            guard = asyncio.create_task(guardrail_watch.run(), name="guardrails.watch")
+            self._stack.push_async_callback(_cancel, guard)
         committer = GroupCommitter(
             self.store,
             max_batch=config.store.commit_batch,

@@ -8,6 +8,7 @@
     dsn.py          bounce messages: results applied, unusable ones kept
     suppression.py  suppressions, scoped entries, allowlist, evidence, audit, one address
     incidents.py    provider incidents
+    guardrails.py   campaign sends watched, paused, released; canaries
     reports.py      bounce rollup, the bounces report, stats, recorded bounces for replay
     accounts.py     admin accounts and the admin page's sessions
     lifecycle.py    events' time partitions, retention deletes, the lifecycle's lock
@@ -32,6 +33,7 @@ from relay.store.accounts import AccountStore
 from relay.store.base import QUERIES, REPORT_TIMEOUT_SECONDS, ReadOnlyServer, translated
 from relay.store.database import DatabaseStore
 from relay.store.dsn import DsnStore
+from relay.store.guardrails import GuardrailStore
 from relay.store.incidents import IncidentStore
 from relay.store.lifecycle import LifecycleStore
 from relay.store.queue import QueueStore
@@ -58,6 +60,7 @@ class Store(
     QueueStore,
     SuppressionStore,
     IncidentStore,
+    GuardrailStore,
     ReportStore,
     AccountStore,
     LifecycleStore,

@@ -145,8 +145,9 @@ def _log_takeovers(owner: str, rows: Sequence[asyncpg.Record]) -> None:
 
 
 def _accept_columns(batch: Sequence[IncomingMessage]) -> list[list[Any]]:
-    """accept_messages' $1..$14: ten per message, then four per recipient."""
-    cols: list[list[Any]] = [[] for _ in range(14)]
+    """accept_messages' $1..$14: ten per message, then four per recipient; and the
+    recipients' flags, $18."""
+    cols: list[list[Any]] = [[] for _ in range(15)]
     for m in batch:
         row = (
             m.queue_id,
@@ -167,6 +168,7 @@ def _accept_columns(batch: Sequence[IncomingMessage]) -> list[list[Any]]:
             cols[11].append(clean(r.address))
             cols[12].append(clean(r.key))
             cols[13].append(clean(r.domain))
+            cols[14].append(r.domain_flag)
     return cols
 
 
@@ -211,7 +213,8 @@ class QueueStore(StoreBase):
         lease: timedelta | None,
         before_commit: Callable[[], None] | None,
     ) -> list[asyncpg.Record]:
-        args = (*_accept_columns(batch), now, owner, lease)
+        *columns, flags = _accept_columns(batch)
+        args = (*columns, now, owner, lease, flags)
         if before_commit is None:
             return await self._rows("accept_messages", *args, what="accept messages", on=self.queue)
         async with self._transaction("accept messages", on=self.queue) as tx:

@@ -7,7 +7,8 @@
 -- Without an owner ($16 NULL) the deliveries are queued, due at $15. With one, they are born
 -- leased to it for $17: it sends them at once, from memory (relay.commit). A row per delivery
 -- comes back, with its message's id, queue id and time, and when leased all that
--- claim_due_deliveries returns for it, under the same names.
+-- claim_due_deliveries returns for it, under the same names. $18: each recipient's
+-- recipient_domain_flag ([recipients] "tag"), NULL for most.
 WITH m AS (
     INSERT INTO messages (queue_id, envelope_sender, from_domain, message_id, campaign, size,
                           body, client_address, session_id, smtputf8, received_at)
@@ -18,14 +19,14 @@ WITH m AS (
 ), d AS (
     INSERT INTO deliveries (message_id, recipient, recipient_key, recipient_domain,
                             next_attempt_at, updated_at, state, lease_owner, lease_until,
-                            lease_token, unrecorded_claims)
+                            lease_token, unrecorded_claims, recipient_domain_flag)
     SELECT m.id, r.recipient, r.recipient_key, r.recipient_domain, $15, $15,
            CASE WHEN $16::text IS NULL THEN 'queued' ELSE 'inflight' END,
            $16, now() + $17::interval,  -- the database's clock: see claim_due_deliveries
            CASE WHEN $16 IS NULL THEN NULL ELSE nextval('lease_tokens') END,
-           CASE WHEN $16 IS NULL THEN 0 ELSE 1 END
-    FROM unnest($11::text[], $12::text[], $13::text[], $14::text[]) WITH ORDINALITY
-         AS r (queue_id, recipient, recipient_key, recipient_domain, n)
+           CASE WHEN $16 IS NULL THEN 0 ELSE 1 END, r.flag
+    FROM unnest($11::text[], $12::text[], $13::text[], $14::text[], $18::text[]) WITH ORDINALITY
+         AS r (queue_id, recipient, recipient_key, recipient_domain, flag, n)
     JOIN m USING (queue_id)
     ORDER BY r.n  -- delivery ids in the order the client gave the recipients
     RETURNING id, message_id, recipient, recipient_key, recipient_domain, attempts,

@@ -57,6 +57,9 @@ class Recipient:
     address: str  # as the client wrote it
     key: str  # normalise_address()
     domain: str
+    # [recipients] "tag": what the RCPT check found of the domain ("likely_typo:gmail.com",
+    # "no_such_domain", ...), stored on the delivery as recipient_domain_flag.
+    domain_flag: str | None = None
 
 
 @dataclass(frozen=True)

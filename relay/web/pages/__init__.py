@@ -1,8 +1,10 @@
-"""The admin page: login, bounces report, suppression list, queue, incidents, profile.
+"""The admin page: login, bounces report, suppression list, queue, incidents, guardrails,
+profile.
 
 Served on ``[admin] listen``, one module per page (``report`` and the events behind a row,
 ``report_rows``; ``suppression`` and its CSV download and import, ``suppression_files``;
-``queue`` and a delivery's history, ``delivery``; ``profile``; ``incidents``), each adding
+``queue`` and a delivery's history, ``delivery``; ``profile``; ``incidents``;
+``guardrails``), each adding
 its routes behind ``login.Login.login_required``; ``shell`` is what they share (the frame,
 notices, the confirmed-change form, the style).
 The report's table takes its columns and cell texts from ``relay.reports.export`` (the
@@ -24,6 +26,7 @@ from relay.config import Rules
 from relay.store import Store
 from relay.web.pages import (
     delivery,
+    guardrails,
     incidents,
     profile,
     queue,
@@ -72,6 +75,7 @@ def add_page_routes(
         delivery,
         profile,
         incidents,
+        guardrails,
     )
     for module in pages:
         module.add_routes(app, ctx, guarded)

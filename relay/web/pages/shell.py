@@ -33,7 +33,8 @@ nav{background:#1f3a5f;padding:.6em 1em;display:flex;flex-wrap:wrap;gap:.3em 1.2
 align-items:center}
 nav a{color:#fff;text-decoration:none}nav a[aria-current]{text-decoration:underline}
 nav span{color:#d8e0ea;margin-left:auto}nav button{margin:0}
-main{padding:1em 1.5em;max-width:100%}h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.5em}
+main{padding:1em 1.5em;max-width:100%}h1{font-size:1.5em;overflow-wrap:anywhere}
+h2{font-size:1.2em;margin-top:1.5em}
 .scroll{overflow-x:auto;max-width:100%}table{border-collapse:collapse;margin:.5em 0}
 caption{text-align:left;color:#555;padding:.2em 0}
 th,td{border-bottom:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}
@@ -80,6 +81,7 @@ NAV = (
     ("/suppression", "Suppression list"),
     ("/queue", "Queue"),
     ("/incidents", "Incidents"),
+    ("/guardrails", "Guardrails"),
     ("/profile", "Profile"),
 )
 
