@@ -26,10 +26,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-import dns.asyncresolver
 import dns.exception
 import dns.resolver
 import structlog
+
+from relay.resolver import can_vouch_absent, make_resolver
 
 __all__ = ["DomainCheck", "DomainState", "DomainStatus"]
 
@@ -78,14 +79,10 @@ class DomainCheck:
         cache_ttl: float = 600.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        # As relay.delivery.upstream.Upstream builds its resolver: the same servers answer.
-        self._resolver = dns.asyncresolver.Resolver(configure=not nameservers)
-        if nameservers:
-            self._resolver.nameservers = list(nameservers)
-        if dns_port:
-            self._resolver.port = dns_port
-        # Every query of one check (MX, A, AAAA, the parent's SOA) ends by then.
-        self._resolver.lifetime = timeout
+        # The servers delivery asks (relay.resolver); every query of one check (MX, A, AAAA,
+        # the parent's SOA) ends within ``timeout``. Its answers are cached below, as
+        # judgements.
+        self._resolver = make_resolver(nameservers, dns_port, timeout)
         self.timeout = timeout
         self._cache_size = cache_size
         self._cache_ttl = cache_ttl
@@ -173,12 +170,8 @@ class DomainCheck:
         return await self._absent(domain, DomainState.NO_MAIL_HOSTS, "no MX, A or AAAA record")
 
     async def _absent(self, domain: str, state: DomainState, detail: str) -> DomainStatus:
-        """``state`` if the resolver can vouch for it (as delivery's ``Upstream._absent``):
-        the parent zone answers, or, when the parent is absent too, the root does."""
-        parent = domain.partition(".")[2] or "."
-        vouched = await self._zone_answers(parent)
-        if vouched is None and parent != ".":
-            vouched = await self._zone_answers(".")
+        """``state`` if the resolver can vouch for it (``relay.resolver``)."""
+        vouched, parent = await can_vouch_absent(self._resolver, domain)
         if not vouched:
             log.warning(
                 "intake.resolver_unreliable",
@@ -189,19 +182,6 @@ class DomainCheck:
             )
             return DomainStatus(DomainState.UNKNOWN, f"{detail}, but {parent} does not answer")
         return DomainStatus(state, detail)
-
-    async def _zone_answers(self, zone: str) -> bool | None:
-        """True when ``zone`` exists by our resolver, None when it says NXDOMAIN, False when
-        it cannot tell (SERVFAIL, timeout)."""
-        try:
-            await self._resolver.resolve(zone, "SOA")
-        except dns.resolver.NoAnswer:
-            return True
-        except dns.resolver.NXDOMAIN:
-            return None
-        except (dns.exception.DNSException, OSError):
-            return False
-        return True
 
 
 def _describe(exc: BaseException) -> str:
