@@ -340,10 +340,17 @@ async def drain(
         row = await conn.fetchrow(
             "SELECT count(*) FILTER (WHERE state = 'delivered') AS delivered,"
             " count(*) FILTER (WHERE state = 'queued') AS deferred,"
-            " count(*) FILTER (WHERE state NOT IN ('delivered', 'queued')) AS other,"
+            " count(*) FILTER (WHERE state = 'bounced') AS bounced,"
+            " count(*) FILTER (WHERE state NOT IN ('delivered', 'queued', 'bounced')) AS other,"
             " coalesce(sum(attempts), 0) AS attempts FROM deliveries"
         )
         assert row is not None
+        # The campaign's guardrail (shipped defaults: a canary, then watched): how it ended.
+        guards = await conn.fetchrow(
+            "SELECT count(*) FILTER (WHERE state = 'paused') AS paused,"
+            " count(*) FILTER (WHERE state = 'open') AS open FROM guardrails"
+        )
+        assert guards is not None
     finally:
         await conn.close()
     return {
@@ -353,7 +360,10 @@ async def drain(
         "steady": _steady_rate(progress, total),
         "delivered": int(row["delivered"]),
         "deferred": int(row["deferred"]),
+        "bounced": int(row["bounced"]),
         "other": int(row["other"]),
+        "guardrails_paused": int(guards["paused"]),
+        "guardrails_open": int(guards["open"]),
         "all_attempts": int(row["attempts"]),
         "rss_peak": peak,
     }
@@ -400,7 +410,7 @@ async def run(args: argparse.Namespace) -> str:
             "--hosts", str(args.hosts), "--address-base", ADDRESS_BASE,
             "--processes", str(args.sink_processes),
             "--min-delay", str(args.min_delay), "--max-delay", str(args.max_delay),
-            "--tempfail", str(args.tempfail), *tls_args,
+            "--tempfail", str(args.tempfail), "--unknown", str(args.unknown), *tls_args,
         ]  # fmt: skip
         sinks: list[subprocess.Popen[str]] = []
         sink_port = 0
@@ -473,7 +483,10 @@ def _line(
         "drain_seconds": f"{r['seconds']:.1f}",
         "delivered": int(r["delivered"]),
         "deferred_4xx": int(r["deferred"]),
+        "bounced_5xx": int(r["bounced"]),
         "other_final": int(r["other"]),
+        "guardrails_open": int(r["guardrails_open"]),
+        "guardrails_paused": int(r["guardrails_paused"]),
         "attempts": int(r["all_attempts"]),
         "attempts_per_sec": f"{attempts / first_seconds:.0f}",
         "steady_per_sec": f"{r['steady']:.0f}",
@@ -481,6 +494,7 @@ def _line(
         "of_ceiling": f"{r['steady'] / ceiling:.2f}",
         "sink_messages": sink.get("messages", 0),
         "sink_rcpt_4xx": sink.get("rcpt_4xx", 0),
+        "sink_rcpt_5xx": sink.get("rcpt_5xx", 0),
         "connections": sink.get("connections", 0),
         "connections_per_msg": f"{sink.get('connections', 0) / delivered:.4f}",
         "tls_handshakes": sink.get("tls_handshakes", 0),
@@ -518,6 +532,12 @@ def main() -> None:
     parser.add_argument("--min-delay", type=float, default=0.020)
     parser.add_argument("--max-delay", type=float, default=0.100)
     parser.add_argument("--tempfail", type=float, default=0.05)
+    parser.add_argument(
+        "--unknown",
+        type=float,
+        default=0.0,
+        help="share of addresses the sinks refuse with 550 5.1.1 (a list this stale)",
+    )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--poll", type=float, default=1.0, help="seconds between progress checks")
     parser.add_argument("--timeout", type=float, default=3600, help="give up on the drain")

@@ -32,6 +32,7 @@ import random
 import signal
 import ssl
 import sys
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +49,7 @@ class Sink:
         self.min_delay = args.min_delay
         self.max_delay = args.max_delay
         self.tempfail = args.tempfail
+        self.unknown = args.unknown
         self.random = random.Random(args.seed)
         self.counts: Counter[str] = Counter()
         self.tls: ssl.SSLContext | None = None
@@ -60,6 +62,13 @@ class Sink:
 
     def refuses(self) -> bool:
         return self.random.random() < self.tempfail
+
+    def unknown_user(self, rcpt_line: bytes) -> bool:
+        """The ``--unknown`` share of addresses do not exist: chosen by the address (a
+        checksum, not a draw), so that a retry meets the same answer."""
+        if not self.unknown:
+            return False
+        return zlib.crc32(bytes(rcpt_line).lower()) % 100_000 < self.unknown * 100_000
 
 
 class Session(asyncio.Protocol):
@@ -142,6 +151,9 @@ class Session(asyncio.Protocol):
         handler = self._handlers.get(verb)
         if handler is None:
             self._reply(b"502 5.5.2 command not recognized\r\n")
+        elif verb == b"RCPT" and self.sink.unknown_user(line):
+            self.sink.counts["rcpt_5xx"] += 1
+            self._reply(b"550 5.1.1 The email account that you tried to reach does not exist\r\n")
         else:
             handler(self, verb)
 
@@ -286,6 +298,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--min-delay", type=float, default=0.020)
     parser.add_argument("--max-delay", type=float, default=0.100)
     parser.add_argument("--tempfail", type=float, default=0.05, help="share of RCPTs given 451")
+    parser.add_argument(
+        "--unknown", type=float, default=0.0, help="share of addresses given 550 5.1.1"
+    )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--cert", default="", help="PEM certificate: offer STARTTLS")
     parser.add_argument("--key", default="")

@@ -37,6 +37,8 @@ def test_delivery_bench_smoke(pg_server):
             "0.2",
             "--seed",
             "1",
+            "--unknown",
+            "0.01",
         ],
         capture_output=True,
         text=True,
@@ -52,10 +54,15 @@ def test_delivery_bench_smoke(pg_server):
     messages = int(fields["messages"])
     assert messages == 500
     delivered, deferred = int(fields["delivered"]), int(fields["deferred_4xx"])
-    # Every delivery ended: taken by a sink, or deferred by its 4xx; nothing else.
-    assert delivered + deferred == messages
+    bounced = int(fields["bounced_5xx"])
+    # Every delivery ended: taken by a sink, deferred by its 4xx or refused as unknown
+    # (1% of the addresses); nothing else.
+    assert delivered + deferred + bounced == messages
     assert int(fields["other_final"]) == 0
     assert int(fields["sink_messages"]) == delivered
     assert int(fields["sink_rcpt_4xx"]) == deferred
+    assert bounced == int(fields["sink_rcpt_5xx"]) > 0
+    # The campaign's canary passed (1% unknown is a clean list) and nothing paused it.
+    assert (int(fields["guardrails_open"]), int(fields["guardrails_paused"])) == (1, 0)
     assert int(fields["tls_handshakes"]) > 0
     assert int(fields["connections"]) > 0
