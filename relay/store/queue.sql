@@ -450,10 +450,11 @@ ORDER BY d.id DESC
 LIMIT $6;
 
 -- queue_delivery --
--- One delivery as the queue page shows it (its history page).
+-- One delivery as the queue page shows it (its history page), with what the RCPT check
+-- found of its domain when it was accepted with a tag ([recipients] "tag", 0020).
 SELECT d.id, m.queue_id, m.message_id, d.recipient, d.recipient_key, m.envelope_sender,
        m.from_domain, m.campaign, d.state, d.attempts, d.next_attempt_at, d.last_code,
-       d.last_reply, m.received_at
+       d.last_reply, m.received_at, d.recipient_domain_flag
 FROM deliveries d JOIN messages m ON m.id = d.message_id
 WHERE d.id = $1;
 

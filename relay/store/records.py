@@ -260,6 +260,9 @@ class QueueDelivery:
     last_code: int | None
     last_reply: str | None
     received_at: datetime
+    # [recipients] "tag": what the RCPT check found of the domain (the history page reads
+    # it; the listing does not).
+    recipient_domain_flag: str | None = None
 
 
 @dataclass(frozen=True)

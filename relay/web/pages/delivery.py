@@ -109,6 +109,9 @@ def _delivery_fields(d: QueueDelivery) -> Markup:
         ("next attempt", when(d.next_attempt_at) if open_ else "none: final"),
         ("last reply", last),
     ]
+    if d.recipient_domain_flag:
+        # Accepted with a tag by [recipients] (docs/recipient-checks.md): why, in its words.
+        fields.append(("recipient domain flagged", d.recipient_domain_flag))
     return table(["field", "value"], [[element("b", k), v] for k, v in fields])
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from html import unescape
 
@@ -479,3 +479,21 @@ async def test_odd_text_in_a_filter_is_looked_for_not_a_failure(relay, query):
         status, page = await _get(http, relay, "/queue?" + query)
     assert status == 200, page
     assert listed(page) == [] and "0 deliveries match." in page
+
+
+async def test_a_tagged_recipients_domain_flag_is_on_its_history(relay):
+    """[recipients] "tag" accepted ann@gmial.com and recorded why: her delivery's history
+    says so; a delivery accepted untagged has no such line."""
+    flagged = Recipient("ann@gmial.com", "ann@gmial.com", "gmial.com", "likely_typo:gmail.com")
+    tagged = replace(_message(90, "ann@gmial.com", "spring", "news.example"), recipients=(flagged,))
+    plain = _message(91, "bob@gmail.com", "spring", "news.example")
+    await relay.store.accept_messages(T0, [tagged, plain])
+    [one] = await relay.store.queue_deliveries(QueueFilter(recipient_domain="gmial.com"), 1) or []
+    [other] = await relay.store.queue_deliveries(QueueFilter(recipient_domain="gmail.com"), 1) or []
+    http, _ = await _admin(relay)
+    async with http:
+        _, page = await _get(http, relay, f"/queue/delivery?id={one.id}")
+        _, plain_page = await _get(http, relay, f"/queue/delivery?id={other.id}")
+    assert "<b>recipient domain flagged</b>" in page
+    assert "likely_typo:gmail.com" in page
+    assert "recipient domain flagged" not in plain_page
