@@ -178,7 +178,9 @@ class RelayProcess:
 
     def acknowledged(self) -> set[str]:
         """Queue ids this relay logged ``intake.accepted`` for (log level info): their 250
-        was handed to the kernel in the same step, with no await in between."""
+        was handed to the kernel in the same step, with no await in between. A SIGKILL can
+        take the last lines with it (the log writer thread had not written them): after a
+        kill, ``Client.acknowledged`` is the one to believe."""
         ids = set()
         for line in self.log_path.read_text(errors="replace").splitlines():
             if line.startswith("{") and '"intake.accepted"' in line:
@@ -235,6 +237,10 @@ class Client:
     pending: list[int] = field(default_factory=list)
     replies: Counter[str] = field(default_factory=Counter)
     next_seq: int = 0
+    # The queue ids of the 250s this client read ("queued as <id>"): what was acknowledged,
+    # as the client saw it. (The relay's own log can lose its last lines to a SIGKILL: its
+    # writer thread had not written them yet.)
+    acknowledged: set[str] = field(default_factory=set)
 
     def new(self, count: int) -> None:
         self.pending += range(self.next_seq, self.next_seq + count)
@@ -245,7 +251,7 @@ class Client:
         client = aiosmtplib.SMTP(hostname="127.0.0.1", port=self.port, start_tls=False, timeout=20)
         try:
             await client.connect()
-            await client.sendmail("s@example.com", [f"r{seq}@example.org"], body(seq))
+            _, reply = await client.sendmail("s@example.com", [f"r{seq}@example.org"], body(seq))
         except aiosmtplib.SMTPRecipientsRefused as exc:
             return self._outcome(seq, str(next(iter(exc.recipients)).code)[0])
         except aiosmtplib.SMTPResponseException as exc:
@@ -256,6 +262,7 @@ class Client:
         finally:
             with contextlib.suppress(Exception):
                 client.close()
+        self.acknowledged.add(reply.rsplit(" ", 1)[-1])
         return self._outcome(seq, "2")
 
     def _outcome(self, seq: int, kind: str) -> str:

@@ -125,7 +125,7 @@ async def test_receive_path_crash(point: str, pg_server: pg.TestServer, tmp_path
     stored_dups = sum(n - 1 for n in stored.values())
     # A row whose 250 was never written: committed in the after_commit window (of this
     # point, or of a concurrent batch when the crash hit elsewhere).
-    acknowledged = armed.acknowledged() | final.acknowledged()
+    acknowledged = client.acknowledged
     unacknowledged = {q for ids in rows.values() for q in ids if q not in acknowledged}
     # Every copy of a message but one is such a row: none was acknowledged twice.
     twice = [s for s, ids in rows.items() if sum(q in acknowledged for q in ids) > 1]
