@@ -495,9 +495,12 @@ class DeliveryWorker:
             last_reply=d.last_reply,
         )
         decision = verdict(reply, facts, rules)
-        provider = provider_of(result.destination, d.recipient_domain)
-        if self.guardrails is not None and provider_of_mx(result.destination) is not None:
-            self.guardrails.learn(d.recipient_domain, provider)
+        # The MX host's provider, when it is a known one, is what a guardrail learns of the
+        # domain; the report's provider falls back to the domain's own (provider_of).
+        by_mx = provider_of_mx(result.destination)
+        provider = by_mx or provider_of(None, d.recipient_domain)
+        if self.guardrails is not None and by_mx is not None:
+            self.guardrails.learn(d.recipient_domain, by_mx)
         if decision.slow_down_until is not None and decision.hint is not None:
             self.throttle.slow_down(d.recipient_domain, decision.hint, now)
         _log_decision(d, reply, decision, result)

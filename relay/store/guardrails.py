@@ -23,7 +23,7 @@ __all__ = ["GuardrailRow", "GuardrailSample", "GuardrailStore", "Send", "SendToJ
 _GUARDRAIL_LOCK = 0x6272_6772_6472
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Send:
     """What a guardrail watches: a campaign from one sending domain to one provider."""
 

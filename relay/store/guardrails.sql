@@ -7,7 +7,7 @@
 -- every canary (one whose slice's attempts all count under other providers has none), with
 -- their guardrail rows when they have one; campaigns only ('' is mail with no campaign).
 SELECT a.campaign, a.from_domain, a.provider, g.state, g.since, g.canary_slice, g.canary_sent,
-       g.level, g.released_at, g.baseline, g.tripped_at
+       g.level, g.released_at, g.baseline
 FROM (SELECT campaign, from_domain, provider FROM attempt_rollup
       WHERE grain = 'hour' AND bucket >= date_trunc('hour', $1::timestamptz)
         AND campaign <> ''
