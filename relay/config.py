@@ -29,6 +29,7 @@ from policies.classify import ClassifyRule, SuppressOn
 from policies.guardrails import Canary, GuardrailRules, Threshold, Thresholds
 from policies.incidents import IncidentRules
 from policies.retry import RetryPolicy, RetryRule, SourceChoice
+from policies.shaping import ShapingRules
 from policies.verp import MIN_SECRET_LENGTH, ReturnPaths
 from relay.config_keys import (
     MAX_EVENT_PARTITIONS,
@@ -59,6 +60,8 @@ from relay.config_keys import (
     RouteMode,
     Routes,
     Section,
+    Shaping,
+    ShapingGroups,
     Smtp,
     SmtpUsers,
     Store,
@@ -295,6 +298,8 @@ class Rules:
     recipients: RecipientsConfig = RecipientsConfig()
     # [guardrails]: thresholds and canary, reloaded with the rest.
     guardrails: GuardrailRules = field(default_factory=GuardrailRules)
+    # [shaping]: limits per destination group x source IP shared by the relays.
+    shaping: ShapingRules = field(default_factory=ShapingRules)
 
 
 @dataclass(frozen=True)
@@ -732,6 +737,32 @@ def _read_guardrails(r: _Reader) -> GuardrailRules:
     return rules
 
 
+def _read_shaping(r: _Reader) -> ShapingRules:
+    groups: dict[str, tuple[int | None, float | None]] = {}
+    for t in r.each(Shaping.groups):
+        name = t.get(ShapingGroups.name)
+        if name in groups:
+            t.error(("name",), f"group {name!r} is given twice")
+        groups[name] = (
+            t.get(ShapingGroups.connections) or None,
+            float(t.get(ShapingGroups.messages_per_minute)) or None,
+        )
+        t.finish()
+    rate = r.get(Shaping.messages_per_minute)
+    rules = ShapingRules(
+        enabled=r.get(Shaping.enabled),
+        connections=r.get(Shaping.connections),
+        rate=float(rate) if rate else None,
+        groups=groups,
+        min_rate=float(r.get(Shaping.min_messages_per_minute)),
+        sync_every=r.get(Shaping.sync_every),
+        calm=r.get(Shaping.calm),
+        grow_every=r.get(Shaping.grow_every),
+    )
+    r.finish()
+    return rules
+
+
 def _read_webhooks(root: _Reader) -> tuple[WebhookConfig, ...]:
     hooks: list[WebhookConfig] = []
     for r in root.each(Root.webhooks):
@@ -886,6 +917,7 @@ def _read(data: dict[str, Any], path: Path, text: str) -> Config:
     webhooks = _read_webhooks(root)
     delivery = _read_delivery(root.sub(Root.delivery))
     recipients = _read_recipients(root.sub(Root.recipients), delivery)
+    shaping = _read_shaping(root.sub(Root.shaping))
     admin = _read_admin(root.sub(Root.admin))
     dsn = _read_dsn(root.sub(Root.dsn))
     retention = _read_retention(root.sub(Root.retention))
@@ -905,6 +937,7 @@ def _read(data: dict[str, Any], path: Path, text: str) -> Config:
         incidents=incidents,
         recipients=recipients,
         guardrails=guardrails,
+        shaping=shaping,
     )
     return Config(
         path=path,

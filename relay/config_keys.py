@@ -812,6 +812,59 @@ class Delivery(Section):
     )
 
 
+class ShapingGroups(Section):
+    """Ceilings of one destination group, above which nothing is learned: a provider's name
+    (`gmail`, `microsoft`, `yahoo`, as `bounce-relay shaping show` and the reports name
+    them) or an MX or smarthost host name."""
+
+    name = Key(
+        STRING.then(str.strip).then(str.lower),
+        required("every [[shaping.groups]] needs a name: a provider or a host", ""),
+        "the provider or host",
+    )
+    connections = Key(
+        POSITIVE_INT, unset(0, "`[shaping]`'s"), "open connections per source IP, all relays"
+    )
+    messages_per_minute = Key(
+        POSITIVE_INT, unset(0, "`[shaping]`'s"), "messages a minute per source IP, all relays"
+    )
+
+
+class Shaping(Section):
+    """Limits per destination group (a mailbox provider's MX hosts, or one host) and source
+    IP that every relay on the database respects together, lowered when the upstream
+    refuses a connection or a message for too much traffic and raised again while it
+    accepts (see docs/shaping.md)."""
+
+    enabled = Key(BOOL, True, "share and learn the limits (`false`: each relay on its own)")
+    connections = Key(
+        POSITIVE_INT,
+        20,
+        "open connections per destination group and source IP, all relays together; "
+        "`[delivery] connections_per_destination` still caps each relay per host",
+    )
+    messages_per_minute = Key(
+        NON_NEGATIVE_INT,
+        unset(0, "none until an upstream asks for less"),
+        "messages a minute per destination group and source IP, all relays together",
+    )
+    min_messages_per_minute = Key(
+        POSITIVE_INT, 6, "a learned rate never goes below this (one every ten seconds)"
+    )
+    sync_every = Key(
+        POSITIVE_DURATION, "1s", "how often each relay settles its shares with the others"
+    )
+    calm = Key(
+        POSITIVE_DURATION,
+        "10s",
+        "after a limit is lowered, replies to what was sent before are not news for this long",
+    )
+    grow_every = Key(
+        POSITIVE_DURATION, "30s", "a learned limit in use grows one step this often"
+    )
+    groups = Table(ShapingGroups, array=True)
+
+
 class RecipientAction(StrEnum):
     """``[recipients]`` typo and no_mail_domain: what RCPT does with such a recipient."""
 
@@ -1020,6 +1073,7 @@ class Root(Section):
     webhooks = Table(Webhooks, array=True)
     delivery = Table(Delivery)
     recipients = Table(Recipients)
+    shaping = Table(Shaping)
     admin = Table(Admin)
     dsn = Table(Dsn)
     retention = Table(Retention)

@@ -46,6 +46,7 @@ import contextlib
 import re
 import ssl
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -57,13 +58,14 @@ import structlog
 
 from policies.addresses import AddressError, ascii_domain, is_address_literal
 from policies.classify import Category, category_of
+from policies.shaping import Key, group_of
 from policies.smtp_reply import Reply, domain_absent_reply, reply_from_smtp, synthetic_reply
 from relay.config import DeliveryConfig, RouteConfig
 from relay.delivery.routing import literal_ip
 from relay.resolver import can_vouch_absent, make_resolver
 from relay.wire import wire_form
 
-__all__ = ["Destination", "Transaction", "TransactionResult", "Upstream"]
+__all__ = ["Destination", "Transaction", "TransactionResult", "Upstream", "shaping_key"]
 
 log = structlog.get_logger("relay.upstream")
 
@@ -82,6 +84,11 @@ class Destination:
     @property
     def name(self) -> str:
         return f"{self.server_name or self.host}:{self.port}"
+
+
+def shaping_key(destination: Destination, source_ip: str) -> Key:
+    """The shaping key (``policies.shaping``) a connection to ``destination`` counts in."""
+    return Key(group_of(destination.server_name or destination.host), source_ip)
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,8 @@ class TransactionResult:
     # Recipients whose reply answered the end of data: the server had accepted them at RCPT,
     # so its "user unknown" then is no evidence that the mailbox does not exist.
     after_data: set[str] = field(default_factory=set)
+    # The replies are the server's greeting: it refused the connection itself.
+    at_greeting: bool = False
 
 
 # What an SMTP reply line starts with: three digits, the first 1-5, then a space, a hyphen
@@ -190,6 +199,7 @@ class _Connection:
     idle_since: float = 0.0
     reused: bool = False
     replies_read: int = 0  # replies read since ``lines`` started counting
+    key: Key | None = None  # counted in Upstream._open while not None
 
     def out_of_step(self) -> str | None:
         """Why the replies that arrived are not the ones we read, or None when in step."""
@@ -242,6 +252,10 @@ class Upstream:
         self.hostname = hostname
         self._idle: dict[tuple[str, int, str], list[_Connection]] = {}
         self._per_destination: dict[tuple[str, int], asyncio.Semaphore] = {}
+        # Open connections (busy or idle) per shaping key, and how many this relay may keep
+        # (relay.delivery.shaping sets it; None: no cap beyond connections_per_destination).
+        self._open: Counter[Key] = Counter()
+        self.connection_cap: Callable[[Key], int | None] = lambda key: None
         # Answers kept for their TTLs: without a cache every delivery asked again for its
         # domain's MX and the MX host's A and AAAA, 1.0 ms of CPU a delivery of the 1.7 ms
         # the relay spent on each (bench/delivery_bench.py, BENCHMARKS.md).
@@ -255,8 +269,12 @@ class Upstream:
     async def close(self) -> None:
         for conns in self._idle.values():
             for conn in conns:
-                await _quit(conn.client)
+                await self._close(conn)
         self._idle.clear()
+
+    def open_connections(self, key: Key) -> int:
+        """This relay's open connections (busy or idle) counted in shaping key ``key``."""
+        return self._open.get(key, 0)
 
     # -- destinations ---------------------------------------------------------------------------
 
@@ -379,16 +397,17 @@ class Upstream:
                         {r: failed.reply for r in transaction.recipients},
                         source_ip,
                         destination.name,
+                        at_greeting=failed.at_greeting,
                     )
                 result = TransactionResult(source_ip=conn.source_ip, destination=destination.name)
                 try:
                     await self._run(conn, transaction, result)
                     break
                 except _Stale:
-                    await _quit(conn.client, polite=False)
+                    await self._close(conn, polite=False)
                     fresh = True  # once, on a new connection
                 except _ProtocolError as error:
-                    await _quit(conn.client, polite=False)
+                    await self._close(conn, polite=False)
                     _protocol_failure(result, transaction, destination, conn, error)
                     return result
                 except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
@@ -400,12 +419,12 @@ class Upstream:
                     )
                     for r in transaction.recipients:
                         result.replies.setdefault(r, reply)
-                    await _quit(conn.client, polite=False)
+                    await self._close(conn, polite=False)
                     return result
                 except BaseException:
                     # Anything else (an encoding error, a bug, a cancel) leaves the session in
                     # an unknown state: close it rather than leak the socket, and let it rise.
-                    await _quit(conn.client, polite=False)
+                    await self._close(conn, polite=False)
                     raise
             self._release(destination, conn)
             return result
@@ -501,8 +520,30 @@ class Upstream:
             ):
                 conn.reused = True
                 return conn
-            await _quit(conn.client, polite=False)
+            await self._close(conn, polite=False)
+        key = shaping_key(destination, source_ip)
+        cap = self.connection_cap(key)
+        if cap is not None and self._open[key] >= cap:
+            await self._close_idle(key)  # another host of the group's, kept idle
         return await self._connect(destination, source_ip)
+
+    async def _close_idle(self, key: Key) -> None:
+        for idle in self._idle.values():
+            if idle and idle[0].key == key:
+                await self._close(idle.pop(0), polite=False)
+                return
+
+    async def _close(self, conn: _Connection, *, polite: bool = True) -> None:
+        self._forget(conn)
+        await _quit(conn.client, polite=polite)
+
+    def _forget(self, conn: _Connection) -> None:
+        """``conn`` is closing: it no longer counts in its shaping key."""
+        if conn.key is not None:
+            self._open[conn.key] -= 1
+            if self._open[conn.key] <= 0:
+                del self._open[conn.key]
+            conn.key = None
 
     async def _connect(self, destination: Destination, source_ip: str) -> _Connection:
         cfg = self.config
@@ -527,7 +568,7 @@ class Upstream:
             lines = _ReplyLines.install(client)
         except aiosmtplib.SMTPConnectResponseError as exc:
             # The server itself spoke (e.g. 421 or 554 at greeting): a real reply.
-            raise _ConnectFailed(reply_from_smtp(exc.code, exc.message)) from exc
+            raise _ConnectFailed(reply_from_smtp(exc.code, exc.message), at_greeting=True) from exc
         except aiosmtplib.SMTPAuthenticationError as exc:
             await _quit(client, polite=False)
             raise _ConnectFailed(
@@ -541,7 +582,9 @@ class Upstream:
             raise _ConnectFailed(_failure_reply(where, exc)) from exc
         sockname = client.get_transport_info("sockname")
         used_ip = str(sockname[0]) if sockname else source_ip
-        return _Connection(client, used_ip, lines)
+        key = shaping_key(destination, source_ip)
+        self._open[key] += 1
+        return _Connection(client, used_ip, lines, key=key)
 
     async def _secure(self, client: aiosmtplib.SMTP, destination: Destination, where: str) -> None:
         await client.ehlo()  # learn the extensions (STARTTLS, AUTH, SIZE, SMTPUTF8)
@@ -573,13 +616,17 @@ class Upstream:
         key = (destination.host, destination.port, conn.source_ip)
         idle = self._idle.setdefault(key, [])
         if not _in_step(destination, conn, "release"):
+            self._forget(conn)
             conn.client.close()
             return
+        cap = self.connection_cap(conn.key) if conn.key is not None else None
         if (
             conn.used >= self.config.messages_per_connection
             or not conn.client.is_connected
             or len(idle) >= self.config.connections_per_destination
+            or (cap is not None and conn.key is not None and self._open[conn.key] > cap)
         ):
+            self._forget(conn)
             task = asyncio.create_task(_quit(conn.client), name="upstream.quit")
             _background.add(task)
             task.add_done_callback(_background.discard)
@@ -592,9 +639,10 @@ _background: set[asyncio.Task[None]] = set()
 
 
 class _ConnectFailed(Exception):
-    def __init__(self, reply: Reply) -> None:
+    def __init__(self, reply: Reply, *, at_greeting: bool = False) -> None:
         super().__init__(reply.text)
         self.reply = reply
+        self.at_greeting = at_greeting
 
 
 def _describe(exc: BaseException) -> str:

@@ -30,6 +30,7 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import structlog
@@ -40,6 +41,7 @@ from policies.outcome import Decision, ProbationStep
 from policies.probation import OnProbation
 from policies.providers import provider_of, provider_of_mx
 from policies.retry import doubling
+from policies.shaping import Key, Signal, signal_of
 from policies.smtp_reply import Reply, synthetic_reply
 from policies.states import DeliveryState, EventType
 from policies.verdict import Attempt, Protection, refuses_suppressed, verdict
@@ -51,8 +53,15 @@ from relay.config import DeliveryConfig, Rules
 from relay.delivery.guardrails import GuardrailGate
 from relay.delivery.heartbeat import Heartbeat
 from relay.delivery.routing import SourceIPs, pool_for, route_for
+from relay.delivery.shaping import Shaper
 from relay.delivery.throttle import DestinationThrottle
-from relay.delivery.upstream import Transaction, TransactionResult, Upstream
+from relay.delivery.upstream import (
+    Destination,
+    Transaction,
+    TransactionResult,
+    Upstream,
+    shaping_key,
+)
 from relay.errors import StoreError, StoreUnavailable
 from relay.metrics import Metrics
 from relay.store import ClaimedDelivery, OutcomeRecord, Store
@@ -123,6 +132,9 @@ class DeliveryWorker:
         self.throttle = DestinationThrottle(config.connections_per_destination)
         # Campaign sends held by a guardrail (relay.delivery.guardrails); None: none checked.
         self.guardrails: GuardrailGate | None = None
+        # Limits per destination group x source IP shared with the other relays
+        # (relay.delivery.shaping); None: not shaped (tests of other things, commands).
+        self.shaper: Shaper | None = None
 
     def wake(self, *_: object) -> None:
         """Look for due work now (called after each intake commit)."""
@@ -304,15 +316,13 @@ class DeliveryWorker:
                 if guarded:
                     recheck = self.clock() + self.guardrails.rules().recheck
                     await self._defer(guarded, [recheck] * len(guarded), why="guardrail")
-            if live:
-                destination = live[0].recipient_domain
-                until = self.throttle.admit(destination, self.clock())
-                if until is not None:  # a provider asked for less: wait, untried
-                    await self._defer(live, [until] * len(live), why="throttle")
-                else:
-                    going = await self._note_sends(live)
-                    if going:
-                        outcomes += await self._attempt(going, group, body, rules, destination)
+            plan = await self._admitted(live, body, rules) if live else None
+            if plan is not None:
+                going = await self._note_sends(live)
+                if going:
+                    outcomes += await self._attempt(going, group, plan, rules)
+                elif plan.key is not None and self.shaper is not None:
+                    self.shaper.unused(plan.key)
             if not outcomes:
                 return
             fenced = await self._record(outcomes)
@@ -322,6 +332,24 @@ class DeliveryWorker:
                     deliveries=fenced,
                     why="another relay took over after our lease ran out",
                 )
+
+    async def _admitted(
+        self, live: list[ClaimedDelivery], body: bytes | None, rules: Rules
+    ) -> _Plan | None:
+        """The plan of ``live``'s transaction when it may go now; None when it waits,
+        handed back untried: a destination that asked for less (provider hints), or a
+        shaping key whose share is in use."""
+        until = self.throttle.admit(live[0].recipient_domain, self.clock())
+        if until is not None:
+            await self._defer(live, [until] * len(live), why="throttle")
+            return None
+        plan = await self._plan(live, body, rules)
+        if plan.key is not None and self.shaper is not None:
+            until = await self.shaper.admit(plan.key, [d.id for d in live], self.clock())
+            if until is not None:
+                await self._defer(live, [until] * len(live), why="shaping")
+                return None
+        return plan
 
     async def _note_sends(self, live: list[ClaimedDelivery]) -> list[ClaimedDelivery]:
         """Those of ``live`` that go. One whose last claim ended with nothing recorded is
@@ -388,18 +416,23 @@ class DeliveryWorker:
         self,
         live: list[ClaimedDelivery],
         group: list[ClaimedDelivery],
-        body: bytes | None,
+        plan: _Plan,
         rules: Rules,
-        destination: str,
     ) -> list[OutcomeRecord]:
         """Send one transaction and decide each recipient's outcome."""
+        destination = live[0].recipient_domain
         self.throttle.started(destination, self.clock())
+        shaped = plan.key if self.shaper is not None else None
+        if shaped is not None and self.shaper is not None:
+            self.shaper.started(shaped, self.clock())
         try:
-            result = await self._send(live, body, rules)
+            result = await self._send(live, plan)
         except asyncio.CancelledError:
             # Shutdown cut this transaction: hand the work back at once rather than
             # after the lease (the upstream may have it already: at-least-once).
             self.throttle.finished(destination, self.clock(), ok=False)
+            if shaped is not None and self.shaper is not None:
+                self.shaper.finished(shaped, self.clock(), accepted=False)
             await asyncio.shield(self._release(group))
             raise
         except Exception as exc:  # a bug or an encoding error: this delivery only
@@ -414,9 +447,19 @@ class DeliveryWorker:
             faults.crash_point("delivery.after_upstream_250")
         self.throttle.finished(destination, now, ok=delivered)
         outcomes = []
+        signals: list[tuple[Signal, str]] = []
         for d in live:
             reply = result.replies.get(d.recipient) or _no_reply()
-            outcomes.append(self._outcome(d, reply, result, rules, now))
+            outcomes.append(self._outcome(d, reply, result, rules, now, signals))
+        if shaped is not None and self.shaper is not None:
+            signal, text = signals[0] if signals else (None, "")
+            self.shaper.finished(
+                shaped,
+                now,
+                accepted=delivered,
+                signal=signal,
+                reply=text,
+            )
         return outcomes
 
     async def _apply_outcomes(self, batches: list[list[OutcomeRecord]]) -> list[int]:
@@ -430,37 +473,50 @@ class DeliveryWorker:
             for outcomes in batches
         ]
 
-    async def _send(
-        self, live: list[ClaimedDelivery], body: bytes | None, rules: Rules
-    ) -> TransactionResult:
+    async def _plan(self, live: list[ClaimedDelivery], body: bytes | None, rules: Rules) -> _Plan:
+        """Where the transaction goes and from which source IP, or the reply that ends it
+        before it goes (no route, no body, DNS)."""
         first = live[0]
-        for d in live:  # tests/chaos: a bug that hits one recipient's sends
-            faults.raise_point("delivery.send", d.recipient_key)
         route = route_for(rules.routes, first.recipient_domain)
         if route is None:
-            return _everyone(
-                live,
+            return _Plan.ended(
                 synthetic_reply(
                     550, "5.4.4", f"no route in config.toml matches {first.recipient_domain}"
-                ),
+                )
             )
         if body is None:
-            return _everyone(
-                live, synthetic_reply(451, "4.3.0", "message body already released; cannot send")
+            return _Plan.ended(
+                synthetic_reply(451, "4.3.0", "message body already released; cannot send")
             )
         destinations = await self.upstream.destinations(route, first.recipient_domain)
         if isinstance(destinations, Reply):
-            return _everyone(live, destinations)
+            return _Plan.ended(destinations)
+        if not destinations:
+            return _Plan.ended(synthetic_reply(451, "4.4.3", "no destination to send to"))
         pool = pool_for(rules, route, first.from_domain, first.campaign)
         avoid = {d.avoid_source_ip for d in live if d.avoid_source_ip}
         source_ip = self._sources.pick(pool, avoid)
+        return _Plan(
+            destinations=destinations,
+            source_ip=source_ip,
+            body=body,
+            key=shaping_key(destinations[0], source_ip),
+        )
+
+    async def _send(self, live: list[ClaimedDelivery], plan: _Plan) -> TransactionResult:
+        for d in live:  # tests/chaos: a bug that hits one recipient's sends
+            faults.raise_point("delivery.send", d.recipient_key)
+        if plan.ended_with is not None:
+            return _everyone(live, plan.ended_with)
+        assert plan.body is not None
+        first = live[0]
         transaction = Transaction(
             sender=self._return_path(first),
             recipients=tuple(d.recipient for d in live),
-            body=body,
+            body=plan.body,
             smtputf8=first.smtputf8,
         )
-        return await self.upstream.send(destinations, source_ip, transaction)
+        return await self.upstream.send(plan.destinations, plan.source_ip, transaction)
 
     def _return_path(self, d: ClaimedDelivery) -> str:
         """The envelope sender upstream sees; a null sender stays null (never VERP a bounce)."""
@@ -475,7 +531,9 @@ class DeliveryWorker:
         result: TransactionResult,
         rules: Rules,
         now: datetime,
+        signals: list[tuple[Signal, str]] | None = None,
     ) -> OutcomeRecord:
+        """``signals`` collects what the reply says to shaping (policies.shaping)."""
         probation = d.probation
         facts = Attempt(
             recipient_domain=d.recipient_domain,
@@ -503,6 +561,16 @@ class DeliveryWorker:
             self.guardrails.learn(d.recipient_domain, by_mx)
         if decision.slow_down_until is not None and decision.hint is not None:
             self.throttle.slow_down(d.recipient_domain, decision.hint, now)
+        if signals is not None and not 200 <= reply.code < 300:
+            signal = signal_of(
+                reply.code,
+                decision.verdict.category,
+                at_greeting=result.at_greeting,
+                synthetic=reply.synthetic,
+                slow_down_hint=decision.hint is not None and decision.hint.slow_down,
+            )
+            if signal is not None:
+                signals.append((signal, _first_line(reply.text)))
         _log_decision(d, reply, decision, result)
         self._count(d, decision, now)
         step = decision.probation
@@ -560,10 +628,10 @@ class DeliveryWorker:
         except StoreError as exc:
             log.warning("delivery.defer_failed", error=str(exc), action="the leases run out")
             return
-        # One line per group; a guardrail's holds at debug: a held campaign hands back
-        # thousands a minute, which its guardrail.tripped line and the held-deliveries
-        # metric already tell.
-        say = log.debug if why == "guardrail" else log.info
+        # One line per group; a guardrail's holds and shaping's waits at debug: a held
+        # campaign, or a backlog for a busy destination, hands back thousands a minute,
+        # which the guardrail.tripped and shaping.limit_changed lines already tell.
+        say = log.debug if why in ("guardrail", "shaping") else log.info
         if len(group) == 1:
             say("delivery.deferred", why=why, recipient=group[0].recipient_key, until=until[0])
         else:
@@ -628,6 +696,22 @@ class DeliveryWorker:
             event=EventType.SUPPRESSED.value,
             counts_attempt=False,
         )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Where a transaction goes (``destinations`` from ``source_ip``, counted in shaping
+    ``key``), or the reply that ended it before it went (``ended_with``)."""
+
+    destinations: list[Destination] = field(default_factory=list)
+    source_ip: str = ""
+    body: bytes | None = None
+    key: Key | None = None
+    ended_with: Reply | None = None
+
+    @classmethod
+    def ended(cls, reply: Reply) -> _Plan:
+        return cls(ended_with=reply)
 
 
 def _group(

@@ -20,6 +20,7 @@ from relay.clock import Clock, utc_now
 from relay.config import Config, Rules, load_config
 from relay.delivery.guardrails import GuardrailGate, GuardrailWatch
 from relay.delivery.incidents import IncidentWatch
+from relay.delivery.shaping import Shaper
 from relay.delivery.upstream import Upstream
 from relay.delivery.worker import DeliveryWorker
 from relay.errors import ConfigErrors
@@ -196,6 +197,17 @@ class Relay:
             )
             guard = asyncio.create_task(guardrail_watch.run(), name="guardrails.watch")
             self._stack.push_async_callback(_cancel, guard)
+            shaper = Shaper(
+                self.store,
+                self.worker.owner,
+                lambda: self.rules.shaping,
+                clock=self._clock,
+                open_connections=upstream.open_connections,
+            )
+            upstream.connection_cap = shaper.connection_cap
+            self.worker.shaper = shaper
+            shaping = asyncio.create_task(shaper.run(), name="shaping.rounds")
+            self._stack.push_async_callback(_cancel, shaping)
         committer = GroupCommitter(
             self.store,
             max_batch=config.store.commit_batch,

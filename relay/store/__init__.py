@@ -9,6 +9,7 @@
     suppression.py  suppressions, scoped entries, allowlist, evidence, audit, one address
     incidents.py    provider incidents
     guardrails.py   campaign sends watched, paused, released; canaries
+    shaping.py      limits per destination x source IP shared by the relays, their use
     reports.py      bounce rollup, the bounces report, stats, recorded bounces for replay
     accounts.py     admin accounts and the admin page's sessions
     lifecycle.py    events' time partitions, retention deletes, the lifecycle's lock
@@ -39,6 +40,7 @@ from relay.store.lifecycle import LifecycleStore
 from relay.store.queue import QueueStore
 from relay.store.records import *  # noqa: F403  (the Store's values are part of its interface)
 from relay.store.reports import ReportStore, roll_up_bounces
+from relay.store.shaping import ShapingStore
 from relay.store.suppression import SuppressionStore
 
 __all__ = [
@@ -61,6 +63,7 @@ class Store(
     SuppressionStore,
     IncidentStore,
     GuardrailStore,
+    ShapingStore,
     ReportStore,
     AccountStore,
     LifecycleStore,

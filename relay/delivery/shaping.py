@@ -1,0 +1,401 @@
+"""Shaping in the worker: each transaction asks its key (destination group x source IP) for
+a connection and a start before it goes; a round with the other relays, every
+``[shaping] sync_every``, moves the shared limits and this relay's shares of them.
+``policies.shaping`` decides everything; this module counts, waits and asks.
+
+Where the state lives:
+
+- the *limits* (and why they are what they are) in PostgreSQL, so every relay honours them
+  and a restart keeps what was learned;
+- each relay's *use* (connections held and open, transactions a minute started, accepted,
+  asking) in PostgreSQL too, rewritten each round: it is how the others compute their
+  shares;
+- this relay's *shares*, counters and pending throttling replies here, in memory.
+
+Admission (``admit``): a transaction goes when the key's token clock allows a start (one
+every ``60 / rate`` seconds of this relay's share, with a second's burst) and this relay
+holds fewer transactions in flight for its key than its connection share. For a
+connection it waits here, as it would for the upstream's per-host limit (handed back
+after 30 seconds). For a start it is handed back untried, due at a start slot of its own
+a minute ahead at most: the k-th transaction turned away waits k slots, so a backlog
+comes back spread over time rather than all at once, and goes when it comes back. Beyond
+a minute it comes back then and asks again: a share that grows meanwhile is not held to a
+schedule made for a smaller one.
+
+A key this relay has not yet settled with the others has no share: its first transaction
+waits for a round (``sync_every`` at most) rather than open a connection the others may
+already hold.
+
+The upstream asks ``connection_cap`` when a connection comes free: one over this relay's
+share is closed rather than kept idle, which is how a smaller share takes effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import structlog
+
+from policies.shaping import Key, Limit, RelayUse, Settled, ShapingRules, Signal, settle
+from relay.clock import Clock, utc_now
+from relay.errors import StoreError
+from relay.store import Store
+from relay.store.shaping import ShapingWrite
+
+__all__ = ["Shaper"]
+
+log = structlog.get_logger("relay.shaping")
+
+_MINUTE = timedelta(minutes=1)
+# A rate measured over less than this is not a rate yet.
+_SHORTEST_MEASURE = timedelta(seconds=5)
+# A key with nothing in flight and no start for this long is forgotten (its use row goes).
+_IDLE = timedelta(minutes=2)
+# Use rows of relays quiet this long are deleted; changes are kept this long.
+_QUIET = timedelta(minutes=5)
+_KEEP_CHANGES = timedelta(days=30)
+_PRUNE_EVERY = timedelta(minutes=1)
+# A start may come this much earlier than its token clock says: a second's burst.
+_BURST = timedelta(seconds=1)
+# A turned-away transaction waits at least this, however fast its key's transactions are.
+_SHORTEST_WAIT = timedelta(milliseconds=250)
+# The longest a transaction waits here for one of its key's connections.
+_CONNECTION_WAIT = timedelta(seconds=30)
+# Start slots are given this far ahead at most, and this many at once.
+_FURTHEST_SLOT = timedelta(seconds=60)
+_MAX_SLOTS = 100_000
+
+
+@dataclass
+class _PerMinute:
+    """Events a minute over a sliding minute (two buckets), measured from the key's first
+    event while it is younger than a minute."""
+
+    since: datetime
+    window_start: datetime
+    current: int = 0
+    previous: int = 0
+
+    def add(self, now: datetime, n: int = 1) -> None:
+        self._roll(now)
+        self.current += n
+
+    def rate(self, now: datetime) -> float:
+        self._roll(now)
+        age = now - self.since
+        if age < _MINUTE:
+            return (self.current + self.previous) / (max(age, _SHORTEST_MEASURE) / _MINUTE)
+        left = 1.0 - (now - self.window_start) / _MINUTE
+        return self.previous * max(left, 0.0) + self.current
+
+    def _roll(self, now: datetime) -> None:
+        elapsed = now - self.window_start
+        if elapsed < _MINUTE:
+            return
+        if elapsed < 2 * _MINUTE:
+            self.previous, self.current = self.current, 0
+            self.window_start += _MINUTE
+        else:
+            self.previous = self.current = 0
+            self.window_start = now
+
+
+@dataclass
+class _KeyState:
+    sent: _PerMinute
+    accepted: _PerMinute
+    wanted: _PerMinute
+    last_active: datetime
+    in_flight: int = 0
+    settled: bool = False  # has had a round since it appeared
+    connections: int = 0  # this relay's share
+    rate: float | None = None  # ... in transactions a minute; None: no limit
+    limit: Limit | None = None
+    next_start: datetime | None = None  # the token clock
+    start_horizon: datetime | None = None  # the last slot given to a turned-away one
+    freed: asyncio.Event = field(default_factory=asyncio.Event)  # a connection came free
+    signals: list[tuple[Signal, str]] = field(default_factory=list)
+
+
+class Shaper:
+    """This relay's side of the shared limits (see the module docstring).
+
+    ``open_connections(key)`` is the upstream's count of this relay's open connections
+    (busy or idle) for a key."""
+
+    def __init__(
+        self,
+        store: Store,
+        owner: str,
+        rules: Callable[[], ShapingRules],
+        *,
+        clock: Clock = utc_now,
+        open_connections: Callable[[Key], int] = lambda key: 0,
+    ) -> None:
+        self.store = store
+        self.owner = owner
+        self.rules = rules
+        self.clock = clock
+        self.open_connections = open_connections
+        self._keys: dict[Key, _KeyState] = {}
+        self._round_done = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._pruned_at: datetime | None = None
+        # Start slots given to turned-away deliveries (by id, oldest first): such a delivery
+        # goes when it comes back, on the start it was given.
+        self._slots: dict[int, datetime] = {}
+
+    # -- the worker's questions -----------------------------------------------------------------
+
+    async def admit(self, key: Key, deliveries: Sequence[int], now: datetime) -> datetime | None:
+        """None when a transaction of ``deliveries`` for ``key`` may start now, else when to
+        try it again. Admitted, it holds one of this relay's connections for ``key`` until
+        ``finished`` (or ``unused``, when it does not go after all); it may wait here a
+        while for one, as it would for the upstream's per-host limit."""
+        rules = self.rules()
+        if not rules.enabled:
+            return None
+        state = self._state(key, now)
+        state.wanted.add(now)
+        if not state.settled:
+            await self._await_round(rules)
+            if not state.settled:  # the database did not answer: try again after a round
+                return now + rules.sync_every
+        slot = None
+        for delivery in deliveries:
+            slot = self._slots.pop(delivery, None) or slot
+        if state.rate is not None and slot is None:
+            start = self._start_slot(state, deliveries, now)
+            if start is not None:
+                return start
+        if not await self._connection(state):
+            return self.clock() + _CONNECTION_WAIT
+        state.in_flight += 1
+        state.last_active = self.clock()
+        return None
+
+    def started(self, key: Key, now: datetime) -> None:
+        """An admitted transaction for ``key`` starts: it counts in the key's rate."""
+        state = self._state(key, now)
+        state.sent.add(now)
+        state.last_active = now
+
+    def unused(self, key: Key) -> None:
+        """An admitted transaction for ``key`` did not go (another relay took it over)."""
+        state = self._keys.get(key)
+        if state is not None:
+            state.in_flight = max(0, state.in_flight - 1)
+            state.freed.set()
+
+    def finished(
+        self,
+        key: Key,
+        now: datetime,
+        *,
+        accepted: bool,
+        signal: Signal | None = None,
+        reply: str = "",
+    ) -> None:
+        """A transaction for ``key`` ended; ``accepted`` when the upstream
+        took it; ``signal`` when its reply asked for less (``policies.shaping.signal_of``)."""
+        state = self._keys.get(key)
+        if state is None:
+            return
+        state.in_flight = max(0, state.in_flight - 1)
+        state.freed.set()
+        state.last_active = now
+        if accepted:
+            state.accepted.add(now)
+        if signal is not None:
+            state.signals.append((signal, reply))
+            # Slow down here at once; the round makes it the cluster's.
+            if signal is Signal.RATE and state.rate is not None:
+                state.rate *= self.rules().backoff
+            elif signal is Signal.CONNECTIONS:
+                state.connections = max(0, min(state.connections, state.in_flight))
+            self._wake.set()
+
+    def connection_cap(self, key: Key) -> int | None:
+        """How many connections this relay may keep open for ``key`` (None: no limit)."""
+        if not self.rules().enabled:
+            return None
+        state = self._keys.get(key)
+        return state.connections if state is not None and state.settled else None
+
+    def shares(self, key: Key) -> tuple[int, float | None, Limit | None] | None:
+        """This relay's connection and rate shares of ``key`` and its limit (tests, logs)."""
+        state = self._keys.get(key)
+        if state is None or not state.settled:
+            return None
+        return state.connections, state.rate, state.limit
+
+    # -- rounds ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """A round every ``sync_every`` (sooner when a key is new or a reply asked for less)."""
+        while True:
+            rules = self.rules()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), rules.sync_every.total_seconds())
+            self._wake.clear()
+            if rules.enabled:
+                await self.sync()
+
+    async def sync(self) -> None:
+        """One round with the other relays (``policies.shaping.settle`` per key)."""
+        now = self.clock()
+        rules = self.rules()
+        for key, state in list(self._keys.items()):
+            idle = now - state.last_active > _IDLE
+            if idle and state.in_flight == 0 and not state.signals:
+                del self._keys[key]
+        keys = list(self._keys)
+        signals = {key: list(self._keys[key].signals) for key in keys}
+        settled: dict[Key, Settled] = {}
+
+        def decide(
+            limits: dict[Key, Limit], others: dict[Key, dict[str, RelayUse]]
+        ) -> ShapingWrite:
+            use: dict[Key, RelayUse] = {}
+            for key in keys:
+                state = self._keys[key]
+                mine = self._use(key, state, now)
+                result = settle(
+                    limits.get(key),
+                    signals[key],
+                    self.owner,
+                    mine,
+                    others.get(key, {}),
+                    now,
+                    rules,
+                    key.group,
+                )
+                settled[key] = result
+                held = max(result.connections, mine.open_connections, state.in_flight)
+                use[key] = RelayUse(
+                    held, mine.open_connections, mine.sent, mine.accepted, mine.wanted
+                )
+            return ShapingWrite(
+                limits={k: s.limit for k, s in settled.items() if s.changed},
+                changes=[(k, c) for k, s in settled.items() for c in s.changes],
+                use=use,
+            )
+
+        try:
+            await self.store.shaping_round(
+                self.owner, now, now - 3 * max(rules.sync_every, timedelta(seconds=1)), keys, decide
+            )
+        except StoreError as exc:
+            log.warning(
+                "shaping.round_failed",
+                error=str(exc),
+                action="the shares stay as they are; trying again at the next round",
+            )
+            self._round_done.set()
+            return
+        for key, result in settled.items():
+            kept = self._keys.get(key)
+            if kept is None:
+                continue
+            state = kept
+            del state.signals[: len(signals[key])]
+            state.settled = True
+            state.connections = result.connections
+            state.freed.set()  # a larger share lets waiting transactions go
+            state.rate = result.rate
+            state.limit = result.limit
+            for change in result.changes:
+                log.info(
+                    "shaping.limit_changed",
+                    group=key.group,
+                    source_ip=key.source_ip,
+                    what=change.what,
+                    old=change.old,
+                    new=change.new,
+                    cause=change.cause,
+                    reply=change.reply,
+                )
+        self._round_done.set()
+        await self._prune(now)
+
+    async def _await_round(self, rules: ShapingRules) -> None:
+        self._round_done.clear()
+        self._wake.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                self._round_done.wait(), 2 * rules.sync_every.total_seconds() + 1
+            )
+
+    async def _prune(self, now: datetime) -> None:
+        if self._pruned_at is not None and now - self._pruned_at < _PRUNE_EVERY:
+            return
+        self._pruned_at = now
+        try:
+            await self.store.prune_shaping(now - _QUIET, now - _KEEP_CHANGES)
+        except StoreError as exc:
+            log.warning("shaping.prune_failed", error=str(exc), action="tried again in a minute")
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _state(self, key: Key, now: datetime) -> _KeyState:
+        state = self._keys.get(key)
+        if state is None:
+            state = self._keys[key] = _KeyState(
+                sent=_PerMinute(now, now),
+                accepted=_PerMinute(now, now),
+                wanted=_PerMinute(now, now),
+                last_active=now,
+            )
+        return state
+
+    def _use(self, key: Key, state: _KeyState, now: datetime) -> RelayUse:
+        return RelayUse(
+            held=state.connections,
+            open_connections=self.open_connections(key),
+            sent=state.sent.rate(now),
+            accepted=state.accepted.rate(now),
+            wanted=state.wanted.rate(now),
+        )
+
+    def _start_slot(
+        self, state: _KeyState, deliveries: Sequence[int], now: datetime
+    ) -> datetime | None:
+        """None when the key's token clock allows a start now (and takes it), else the
+        start slot to come back at."""
+        assert state.rate is not None
+        if state.rate <= 0:
+            return now + self.rules().sync_every  # no share at all until a round gives one
+        gap = _MINUTE / state.rate
+        next_start = max(state.next_start or now, now - _BURST)
+        if next_start <= now:
+            state.next_start = next_start + gap
+            return None
+        if next_start - now > _FURTHEST_SLOT:
+            # A backlog: comes back later and asks again, without a slot of its own (a share
+            # that grows meanwhile is not held to a schedule made for a smaller one).
+            return now + _FURTHEST_SLOT
+        state.next_start = next_start + gap
+        for delivery in deliveries:
+            self._slots[delivery] = next_start
+        while len(self._slots) > _MAX_SLOTS:
+            del self._slots[next(iter(self._slots))]
+        return max(next_start, now + _SHORTEST_WAIT)
+
+    @staticmethod
+    async def _connection(state: _KeyState) -> bool:
+        """Wait until this relay holds fewer transactions for the key than its connection
+        share; False after ``_CONNECTION_WAIT`` (the transaction is handed back)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _CONNECTION_WAIT.total_seconds()
+        while state.in_flight >= state.connections:
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            state.freed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.freed.wait(), left)
+        return True
