@@ -32,6 +32,7 @@ from relay.cli import (
     report,
     retention,
     serve,
+    shaping,
     suppression,
 )
 from relay.cli.arguments import PROG, Parser
@@ -58,6 +59,7 @@ _MODULES = (
     allowlist,
     incidents,
     guardrails,
+    shaping,
     profile,
     classify,
     dsn,
