@@ -859,9 +859,7 @@ class Shaping(Section):
         "10s",
         "after a limit is lowered, replies to what was sent before are not news for this long",
     )
-    grow_every = Key(
-        POSITIVE_DURATION, "30s", "a learned limit in use grows one step this often"
-    )
+    grow_every = Key(POSITIVE_DURATION, "30s", "a learned limit in use grows one step this often")
     groups = Table(ShapingGroups, array=True)
 
 

@@ -84,6 +84,24 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.shaping_changes = Counter(
+            "bounce_relay_shaping_changes",
+            "Changes of a shared shaping limit (docs/shaping.md), by limit and cause",
+            ["what", "cause"],
+            registry=r,
+        )
+        self.shaping_waits = Counter(
+            "bounce_relay_shaping_waits",
+            "Transactions that waited for shaping: for a connection (in the worker), for a start "
+            "slot or after 30 s without a connection (handed back untried)",
+            ["reason"],
+            registry=r,
+        )
+        self.shaping_rounds_failed = Counter(
+            "bounce_relay_shaping_rounds_failed",
+            "Shaping rounds the database did not take (shares kept as they were)",
+            registry=r,
+        )
         self.leased = Counter(
             "bounce_relay_deliveries_leased",
             "Deliveries leased: as they were committed (sent at once, from memory) or by a claim",

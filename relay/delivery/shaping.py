@@ -43,6 +43,7 @@ import structlog
 from policies.shaping import Key, Limit, RelayUse, Settled, ShapingRules, Signal, settle
 from relay.clock import Clock, utc_now
 from relay.errors import StoreError
+from relay.metrics import Metrics
 from relay.store import Store
 from relay.store.shaping import ShapingWrite
 
@@ -135,7 +136,9 @@ class Shaper:
         *,
         clock: Clock = utc_now,
         open_connections: Callable[[Key], int] = lambda key: 0,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
         self.store = store
         self.owner = owner
         self.rules = rules
@@ -171,9 +174,13 @@ class Shaper:
         if state.rate is not None and slot is None:
             start = self._start_slot(state, deliveries, now)
             if start is not None:
+                self.metrics.shaping_waits.labels("start").inc()
                 return start
-        if not await self._connection(state):
-            return self.clock() + _CONNECTION_WAIT
+        if state.in_flight >= state.connections:
+            self.metrics.shaping_waits.labels("connection").inc()
+            if not await self._connection(state):
+                self.metrics.shaping_waits.labels("no_connection").inc()
+                return self.clock() + _CONNECTION_WAIT
         state.in_flight += 1
         state.last_active = self.clock()
         return None
@@ -290,6 +297,7 @@ class Shaper:
                 self.owner, now, now - 3 * max(rules.sync_every, timedelta(seconds=1)), keys, decide
             )
         except StoreError as exc:
+            self.metrics.shaping_rounds_failed.inc()
             log.warning(
                 "shaping.round_failed",
                 error=str(exc),
@@ -309,6 +317,7 @@ class Shaper:
             state.rate = result.rate
             state.limit = result.limit
             for change in result.changes:
+                self.metrics.shaping_changes.labels(change.what, change.cause).inc()
                 log.info(
                     "shaping.limit_changed",
                     group=key.group,

@@ -203,6 +203,7 @@ class Relay:
                 lambda: self.rules.shaping,
                 clock=self._clock,
                 open_connections=upstream.open_connections,
+                metrics=self.metrics,
             )
             upstream.connection_cap = shaper.connection_cap
             self.worker.shaper = shaper
