@@ -57,6 +57,7 @@ async def main() -> None:
             '[retry]\nschedule = ["1h"]\nmax_age = "3d"\n'
             "[delivery]\nconcurrency = 200\nconnections_per_destination = 100\n"
             'connect_timeout = "2s"\n'
+            "[shaping]\nconnections = 200\n"
             '[admin]\nlisten = "127.0.0.1:0"\n[log]\nlevel = "warning"\n'
         )
         with relay_process(config) as relay:

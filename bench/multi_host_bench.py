@@ -80,6 +80,8 @@ tls = "off"
 concurrency = 200
 connections_per_destination = 100
 messages_per_connection = 100000
+[shaping]
+connections = 200
 [admin]
 listen = "{host}:0"
 [log]

@@ -43,6 +43,8 @@ if [[ $PROFILE == tuned ]]; then
 concurrency = 200
 connections_per_destination = 100
 messages_per_connection = 100000
+[shaping]
+connections = 200
 [log]
 level = "warning"
 TOML

@@ -165,9 +165,9 @@ class Shaper:
         state = self._state(key, now)
         state.wanted.add(now)
         if not state.settled:
-            await self._await_round(rules)
+            await self._await_round(state, rules)
             if not state.settled:  # the database did not answer: try again after a round
-                return now + rules.sync_every
+                return self.clock() + rules.sync_every
         slot = None
         for delivery in deliveries:
             slot = self._slots.pop(delivery, None) or slot
@@ -249,8 +249,13 @@ class Shaper:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), rules.sync_every.total_seconds())
             self._wake.clear()
-            if rules.enabled:
+            if not rules.enabled:
+                continue
+            try:
                 await self.sync()
+            except Exception as exc:  # a bug: log it and keep the rounds going
+                log.exception("shaping.round_error", error_type=type(exc).__name__)
+                self._round_done.set()
 
     async def sync(self) -> None:
         """One round with the other relays (``policies.shaping.settle`` per key)."""
@@ -331,13 +336,16 @@ class Shaper:
         self._round_done.set()
         await self._prune(now)
 
-    async def _await_round(self, rules: ShapingRules) -> None:
-        self._round_done.clear()
-        self._wake.set()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(
-                self._round_done.wait(), 2 * rules.sync_every.total_seconds() + 1
-            )
+    async def _await_round(self, state: _KeyState, rules: ShapingRules) -> None:
+        """Wait for a round that settles ``state``'s key (one that began before the key
+        appeared does not), two rounds and a second at most."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 2 * rules.sync_every.total_seconds() + 1
+        while not state.settled and (left := deadline - loop.time()) > 0:
+            self._round_done.clear()
+            self._wake.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._round_done.wait(), left)
 
     async def _prune(self, now: datetime) -> None:
         if self._pruned_at is not None and now - self._pruned_at < _PRUNE_EVERY:
