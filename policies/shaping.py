@@ -21,8 +21,9 @@ How a limit moves (``after_signal``, ``grow``), "additive increase, multiplicati
 or better":
 
 - **Too many connections** (a 421 or a rate-limit reply at the greeting, before any
-  command): the limit becomes what the cluster had open when it was refused, less one,
-  never more than it was less one. The upstream has just told us its limit.
+  command): the limit becomes what the cluster had open when it was refused (the refused
+  one not counted), and never more than it was less one. The upstream has just told us
+  its limit.
 - **Too many messages** (a rate-limit reply after the greeting, ``Category.RATE_LIMITED``,
   or a provider hint asking for less traffic): the limit becomes ``backoff`` (0.95) of
   what the upstream accepted over the last minute, never more than ``backoff`` of the
@@ -301,8 +302,10 @@ def after_signal(
     if limit.changed_at is not None and now - limit.changed_at < rules.calm:
         return None
     if signal is Signal.CONNECTIONS:
+        # What was open when the upstream refused one more is what it allows (the refused
+        # connection never counted); and a limit that was just probed one higher goes back.
         refused_at = max(1, use.open_connections)
-        connections = max(1, min(limit.connections, refused_at) - 1)
+        connections = max(1, min(limit.connections - 1, refused_at))
         return replace(
             limit, connections=connections, refused_connections=refused_at, changed_at=now
         )

@@ -60,6 +60,8 @@ _IDLE = timedelta(minutes=2)
 _QUIET = timedelta(minutes=5)
 _KEEP_CHANGES = timedelta(days=30)
 _PRUNE_EVERY = timedelta(minutes=1)
+# Throttling replies kept per key for the next round.
+_MAX_SIGNALS = 10
 # A start may come this much earlier than its token clock says: a second's burst.
 _BURST = timedelta(seconds=1)
 # A turned-away transaction waits at least this, however fast its key's transactions are.
@@ -120,6 +122,9 @@ class _KeyState:
     start_horizon: datetime | None = None  # the last slot given to a turned-away one
     freed: asyncio.Event = field(default_factory=asyncio.Event)  # a connection came free
     signals: list[tuple[Signal, str]] = field(default_factory=list)
+    # This relay's open connections when a connection was last refused (0: none since the
+    # last round): what the upstream allowed, not what is open by the round.
+    open_at_refusal: int = 0
 
 
 class Shaper:
@@ -218,7 +223,12 @@ class Shaper:
         if accepted:
             state.accepted.add(now)
         if signal is not None:
-            state.signals.append((signal, reply))
+            # Kept until a round takes them; a database that refuses rounds for long must
+            # not grow them without end (the latest say the most).
+            state.signals = [*state.signals[-(_MAX_SIGNALS - 1) :], (signal, reply)]
+            if signal is Signal.CONNECTIONS:
+                opened = self.open_connections(key)
+                state.open_at_refusal = max(state.open_at_refusal, opened)
             # Slow down here at once; the round makes it the cluster's.
             if signal is Signal.RATE and state.rate is not None:
                 state.rate *= self.rules().backoff
@@ -315,7 +325,9 @@ class Shaper:
             if kept is None:
                 continue
             state = kept
-            del state.signals[: len(signals[key])]
+            taken = signals[key]
+            state.signals = [s for s in state.signals if s not in taken] if taken else state.signals
+            state.open_at_refusal = 0
             state.settled = True
             state.connections = result.connections
             state.freed.set()  # a larger share lets waiting transactions go
@@ -335,6 +347,14 @@ class Shaper:
                 )
         self._round_done.set()
         await self._prune(now)
+
+    async def leave(self) -> None:
+        """This relay stops: its use rows go, so the others need not wait for them to age
+        out before they take its connections."""
+        try:
+            await self.store.forget_shaping_use(self.owner)
+        except StoreError as exc:
+            log.warning("shaping.leave_failed", error=str(exc), action="its rows age out")
 
     async def _await_round(self, state: _KeyState, rules: ShapingRules) -> None:
         """Wait for a round that settles ``state``'s key (one that began before the key
@@ -372,7 +392,7 @@ class Shaper:
     def _use(self, key: Key, state: _KeyState, now: datetime) -> RelayUse:
         return RelayUse(
             held=state.connections,
-            open_connections=self.open_connections(key),
+            open_connections=max(self.open_connections(key), state.open_at_refusal),
             sent=state.sent.rate(now),
             accepted=state.accepted.rate(now),
             wanted=state.wanted.rate(now),

@@ -197,18 +197,7 @@ class Relay:
             )
             guard = asyncio.create_task(guardrail_watch.run(), name="guardrails.watch")
             self._stack.push_async_callback(_cancel, guard)
-            shaper = Shaper(
-                self.store,
-                self.worker.owner,
-                lambda: self.rules.shaping,
-                clock=self._clock,
-                open_connections=upstream.open_connections,
-                metrics=self.metrics,
-            )
-            upstream.connection_cap = shaper.connection_cap
-            self.worker.shaper = shaper
-            shaping = asyncio.create_task(shaper.run(), name="shaping.rounds")
-            self._stack.push_async_callback(_cancel, shaping)
+            self._start_shaping(upstream)
         committer = GroupCommitter(
             self.store,
             max_batch=config.store.commit_batch,
@@ -256,6 +245,23 @@ class Relay:
         log.info(
             "intake.listening", address=self.server.sockets[0].getsockname()[0], port=self.port
         )
+
+    def _start_shaping(self, upstream: Upstream) -> None:
+        """The worker's side of the limits shared with the other relays (docs/shaping.md)."""
+        assert self.worker is not None
+        shaper = Shaper(
+            self.store,
+            self.worker.owner,
+            lambda: self.rules.shaping,
+            clock=self._clock,
+            open_connections=upstream.open_connections,
+            metrics=self.metrics,
+        )
+        upstream.connection_cap = shaper.connection_cap
+        self.worker.shaper = shaper
+        self._stack.push_async_callback(shaper.leave)
+        shaping = asyncio.create_task(shaper.run(), name="shaping.rounds")
+        self._stack.push_async_callback(_cancel, shaping)
 
     async def _stop_intake(self) -> None:
         """Stop accepting mail, give sessions in DATA time to hear their 250, then close.

@@ -135,6 +135,22 @@ class ShapingStore(StoreBase):
             )
         return write
 
+    async def forget_shaping_use(self, owner: str) -> None:
+        """Relay ``owner`` stops: its use rows go."""
+        await self._status(
+            "shaping_save_use",
+            owner,
+            [],
+            [],
+            [],
+            [],
+            [],
+            [],
+            [],
+            None,
+            what="forget a relay's shaping use",
+        )
+
     async def prune_shaping(self, quiet_before: datetime, changes_before: datetime) -> None:
         """Forget the use of relays quiet since ``quiet_before`` and older changes."""
         await self._status(

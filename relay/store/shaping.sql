@@ -33,9 +33,9 @@ SET connections = excluded.connections, rate = excluded.rate,
     updated_at = excluded.updated_at;
 
 -- shaping_log_changes --
--- Why they changed ($1..$8 per change), by relay $9 at $10.
+-- Why they changed ($1..$7 per change), by relay $8 at $9.
 INSERT INTO shaping_changes (grp, source_ip, what, old_value, new_value, cause, reply, at, relay)
-SELECT grp, source_ip, what, old_value, new_value, cause, reply, $10, $9
+SELECT grp, source_ip, what, old_value, new_value, cause, reply, $9, $8
 FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::float8[], $6::text[],
             $7::text[])
     AS c (grp, source_ip, what, old_value, new_value, cause, reply);
