@@ -246,3 +246,65 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+
+
+# -- relays on several loopback addresses (bench/shaping_bench.py) ----------------------------
+
+
+def free_port_on(host: str) -> int:
+    """A free port on ``host`` (a loopback address standing in for a machine)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_listening(host: str, port: int, timeout: float = 120) -> None:
+    """Until something accepts connections on ``host``:``port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            await asyncio.sleep(0.1)
+            continue
+        writer.close()
+        return
+    raise SystemExit(f"nothing listens on {host}:{port} after {timeout:.0f} s")
+
+
+async def load_on(
+    host: str,
+    port: int,
+    clients: int,
+    messages: int,
+    body: bytes,
+    recipient: Callable[[int, int], str],
+) -> int:
+    """Send ``messages`` (spread over ``clients`` sessions, the remainder to the first) to
+    ``host``:``port``, one recipient each; how many were sent."""
+    counts = [messages // clients + (1 if n < messages % clients else 0) for n in range(clients)]
+
+    async def one(n: int) -> None:
+        client = aiosmtplib.SMTP(hostname=host, port=port, start_tls=False, timeout=60)
+        await client.connect()
+        for i in range(counts[n]):
+            await client.sendmail("bench@example.com", [recipient(n, i)], body)
+        await client.quit()
+
+    await asyncio.gather(*(one(n) for n in range(clients)))
+    return sum(counts)
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]], timeout: float = 60) -> None:
+    """SIGTERM to every process at once, then wait for each (killed after ``timeout``): they
+    drain in parallel."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
