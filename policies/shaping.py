@@ -343,7 +343,9 @@ def grow(
     ):
         connections += 1
         grew = True
-        if connections >= rules.lift_at * refused_connections:
+        # Lifted at lift_at times the refusal level, and never on the first probe above it
+        # (at one connection, twice the level is the probe itself).
+        if connections >= max(rules.lift_at * refused_connections, refused_connections + 2):
             connections, refused_connections = ceiling_connections, None
     if (
         refused_rate is not None
@@ -383,7 +385,9 @@ def connection_share(
     wanting = {relay: w for relay, w in wanted.items() if w > 0}
     if me not in wanting:
         return 0
-    total = sum(wanting.values())
+    # fsum: the same total whatever order the relays are listed in, so every relay computes
+    # the same shares (a plain sum's last bit can decide who gets the spare connection).
+    total = math.fsum(wanting.values())
     # One each first while there are enough (a relay with a little to send still sends),
     # then the rest in proportion.
     base = 1 if limit >= len(wanting) else 0
