@@ -26,15 +26,18 @@ or better":
   its limit.
 - **Too many messages** (a rate-limit reply after the greeting, ``Category.RATE_LIMITED``,
   or a provider hint asking for less traffic): the limit becomes ``backoff`` (0.95) of
-  what the upstream accepted over the last minute, never more than ``backoff`` of the
-  limit it had. A minute of accepted messages is the upstream's own measure of what it
-  allows; cutting by half (TCP's rule) would leave a sawtooth averaging three quarters of
-  it. A first limit, set while nothing limited the key, starts from the same measure.
+  what the upstream accepted over the last minute. A minute of accepted messages is the
+  upstream's own measure of what it allows; cutting by half (TCP's rule) would leave a
+  sawtooth averaging three quarters of it. A limit already below that is left alone: the
+  refusals answer what was sent before it came down (an upstream counting a sliding
+  minute goes on refusing for up to a minute after a burst), and cutting again on each
+  would compound to a fraction of the real limit. A first limit, set while nothing
+  limited the key, starts from the same measure.
 - After a change the key is left alone for ``calm`` (replies to messages already sent are
   not news), then **grows** every ``grow_every`` while the cluster uses at least
   ``busy_share`` of it: fast (x ``fast_growth``) while below ``near`` of the level it was
-  refused at (a deep cut, or a provider that relaxed), slowly (+``slow_growth``) near it
-  and beyond, probing. Rates grow by a share, connections by one.
+  refused at (a deep cut, or a provider that relaxed), slowly (+``slow_growth``, at least
+  one message a minute) near it and beyond, probing. Connections grow by one.
 - A learned limit that has grown to ``lift_at`` times the level it was refused at no
   longer holds anything back, and is lifted (back to the configured ceiling).
 
@@ -311,10 +314,12 @@ def after_signal(
         )
     accepted = use.accepted_per_minute
     current = limit.rate if limit.rate is not None else max(use.sent_per_minute, accepted)
-    rate = max(rules.min_rate, rules.backoff * min(current, accepted) if accepted else 0.0)
-    if limit.rate is not None:
-        rate = min(rate, rules.backoff * limit.rate)
-    rate = max(rules.min_rate, rate)
+    rate = max(rules.min_rate, min(current, rules.backoff * accepted))
+    if limit.rate is not None and rate >= limit.rate:
+        # Already below what the upstream takes: these refusals answer what was sent before
+        # the limit came down (an upstream counting a sliding minute refuses for up to a
+        # minute after a burst). Cutting again would compound down to a fraction of it.
+        return None
     return replace(limit, rate=rate, refused_rate=max(accepted, rate), changed_at=now)
 
 
@@ -355,7 +360,7 @@ def grow(
         if rate < rules.near * refused_rate:
             rate = min(rate * rules.fast_growth, rules.near * refused_rate)
         else:
-            rate *= 1 + rules.slow_growth
+            rate += max(rate * rules.slow_growth, 1.0)  # at least a message a minute more
         grew = True
         lifted = rate >= rules.lift_at * refused_rate
         if lifted or (ceiling_rate is not None and rate >= ceiling_rate):

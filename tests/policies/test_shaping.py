@@ -163,23 +163,38 @@ def test_too_many_messages_drops_to_backoff_of_what_was_accepted():
     assert lowered.connections == LEARNED_RATE.connections  # connections are another matter
 
 
-def test_too_many_messages_drops_to_at_most_backoff_of_the_limit_it_had():
-    """Accepted above the limit (another relay's minute, a lagging measure): still a cut."""
-    use = ClusterUse(sent_per_minute=900, accepted_per_minute=900)
-    lowered = after_signal(LEARNED_RATE, Signal.RATE, use, T0, RULES)
-    assert lowered is not None
-    assert lowered.rate == pytest.approx(RULES.backoff * 600)
+@pytest.mark.parametrize("accepted", [600.0 / RULES.backoff, 700.0, 900.0])
+def test_a_limit_already_below_what_was_accepted_is_left_alone(accepted):
+    """The upstream took more than the limit allows now: its refusals answer what was sent
+    before the limit came down (a sliding minute refuses for up to a minute after a burst),
+    and cutting on each would compound."""
+    use = ClusterUse(sent_per_minute=accepted, accepted_per_minute=accepted)
+    assert after_signal(LEARNED_RATE, Signal.RATE, use, T0, RULES) is None
+
+
+def test_refusals_while_a_sliding_minute_drains_do_not_compound():
+    """Refused every calm period while the upstream's minute still holds the burst: one cut
+    to backoff of what it accepted, and no more."""
+    limit, use = LEARNED_RATE, ClusterUse(sent_per_minute=640, accepted_per_minute=600)
+    rates = []
+    for step in range(6):
+        lowered = after_signal(limit, Signal.RATE, use, T0 + step * RULES.calm, RULES)
+        limit = lowered or limit
+        rates.append(limit.rate)
+    assert rates == [pytest.approx(RULES.backoff * 600)] * 6
 
 
 @pytest.mark.parametrize("accepted", [0.0, 1.0, RULES.min_rate])
 def test_too_many_messages_never_drops_below_min_rate(accepted):
     use = ClusterUse(sent_per_minute=40, accepted_per_minute=accepted)
-    for limit in (LEARNED_RATE, Limit(20, None), Limit(20, RULES.min_rate)):
+    for limit in (LEARNED_RATE, Limit(20, None)):
         lowered = after_signal(limit, Signal.RATE, use, T0, RULES)
         assert lowered is not None
         assert lowered.rate == RULES.min_rate
         assert lowered.refused_rate is not None
         assert lowered.refused_rate >= lowered.rate
+    # At the floor already: nothing lower to go to.
+    assert after_signal(Limit(20, RULES.min_rate), Signal.RATE, use, T0, RULES) is None
 
 
 def test_a_first_rate_limit_is_learned_from_what_an_unlimited_key_had_accepted():
