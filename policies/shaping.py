@@ -32,7 +32,8 @@ or better":
   refusals answer what was sent before it came down (an upstream counting a sliding
   minute goes on refusing for up to a minute after a burst), and cutting again on each
   would compound to a fraction of the real limit. A first limit, set while nothing
-  limited the key, starts from the same measure.
+  limited the key, starts from the same measure, and needs something accepted to start
+  from.
 - After a change the key is left alone for ``calm`` (replies to messages already sent are
   not news), then **grows** every ``grow_every`` while the cluster uses at least
   ``busy_share`` of it: fast (x ``fast_growth``) while below ``near`` of the level it was
@@ -313,6 +314,11 @@ def after_signal(
             limit, connections=connections, refused_connections=refused_at, changed_at=now
         )
     accepted = use.accepted_per_minute
+    if limit.rate is None and accepted <= 0:
+        # Refused before it accepted anything: there is no rate to learn (a provider's
+        # pause for one reply is the throttle's, relay.delivery.throttle), and a first
+        # limit at the floor would take hours to grow back.
+        return None
     current = limit.rate if limit.rate is not None else max(use.sent_per_minute, accepted)
     rate = max(rules.min_rate, min(current, rules.backoff * accepted))
     if limit.rate is not None and rate >= limit.rate:

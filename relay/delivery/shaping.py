@@ -16,11 +16,10 @@ Admission (``admit``): a transaction goes when the key's token clock allows a st
 every ``60 / rate`` seconds of this relay's share, with a second's burst) and this relay
 holds fewer transactions in flight for its key than its connection share. For a
 connection it waits here, as it would for the upstream's per-host limit (handed back
-after 30 seconds). For a start it is handed back untried, due at a start slot of its own
-a minute ahead at most: the k-th transaction turned away waits k slots, so a backlog
-comes back spread over time rather than all at once, and goes when it comes back. Beyond
-a minute it comes back then and asks again: a share that grows meanwhile is not held to a
-schedule made for a smaller one.
+after 30 seconds). For a start it is handed back untried, due after the next free start,
+the k-th turned away k starts later (a minute ahead at most): a backlog comes back at
+this relay's pace, spread over time rather than all at once. Nothing is reserved for it:
+what comes back may be claimed by another relay, which admits it on its own clock.
 
 A key this relay has not yet settled with the others has no share: its first transaction
 waits for a round (``sync_every`` at most) rather than open a connection the others may
@@ -34,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -68,9 +67,8 @@ _BURST = timedelta(seconds=1)
 _SHORTEST_WAIT = timedelta(milliseconds=250)
 # The longest a transaction waits here for one of its key's connections.
 _CONNECTION_WAIT = timedelta(seconds=30)
-# Start slots are given this far ahead at most, and this many at once.
+# Turned-away transactions are spread this far ahead at most.
 _FURTHEST_SLOT = timedelta(seconds=60)
-_MAX_SLOTS = 100_000
 
 
 @dataclass
@@ -153,14 +151,11 @@ class Shaper:
         self._round_done = asyncio.Event()
         self._wake = asyncio.Event()
         self._pruned_at: datetime | None = None
-        # Start slots given to turned-away deliveries (by id, oldest first): such a delivery
-        # goes when it comes back, on the start it was given.
-        self._slots: dict[int, datetime] = {}
 
     # -- the worker's questions -----------------------------------------------------------------
 
-    async def admit(self, key: Key, deliveries: Sequence[int], now: datetime) -> datetime | None:
-        """None when a transaction of ``deliveries`` for ``key`` may start now, else when to
+    async def admit(self, key: Key, now: datetime) -> datetime | None:
+        """None when a transaction for ``key`` may start now, else when to
         try it again. Admitted, it holds one of this relay's connections for ``key`` until
         ``finished`` (or ``unused``, when it does not go after all); it may wait here a
         while for one, as it would for the upstream's per-host limit."""
@@ -173,11 +168,8 @@ class Shaper:
             await self._await_round(state, rules)
             if not state.settled:  # the database did not answer: try again after a round
                 return self.clock() + rules.sync_every
-        slot = None
-        for delivery in deliveries:
-            slot = self._slots.pop(delivery, None) or slot
-        if state.rate is not None and slot is None:
-            start = self._start_slot(state, deliveries, now)
+        if state.rate is not None:
+            start = self._start_slot(state, now)
             if start is not None:
                 self.metrics.shaping_waits.labels("start").inc()
                 return start
@@ -398,11 +390,10 @@ class Shaper:
             wanted=state.wanted.rate(now),
         )
 
-    def _start_slot(
-        self, state: _KeyState, deliveries: Sequence[int], now: datetime
-    ) -> datetime | None:
-        """None when the key's token clock allows a start now (and takes it), else the
-        start slot to come back at."""
+    def _start_slot(self, state: _KeyState, now: datetime) -> datetime | None:
+        """None when the key's token clock allows a start now (and takes it), else when to
+        come back: the next free start, or the k-th after it for the k-th turned away, so
+        that what comes back comes at this relay's pace (a minute ahead at most)."""
         assert state.rate is not None
         if state.rate <= 0:
             return now + self.rules().sync_every  # no share at all until a round gives one
@@ -411,16 +402,12 @@ class Shaper:
         if next_start <= now:
             state.next_start = next_start + gap
             return None
-        if next_start - now > _FURTHEST_SLOT:
-            # A backlog: comes back later and asks again, without a slot of its own (a share
-            # that grows meanwhile is not held to a schedule made for a smaller one).
-            return now + _FURTHEST_SLOT
-        state.next_start = next_start + gap
-        for delivery in deliveries:
-            self._slots[delivery] = next_start
-        while len(self._slots) > _MAX_SLOTS:
-            del self._slots[next(iter(self._slots))]
-        return max(next_start, now + _SHORTEST_WAIT)
+        spread = state.start_horizon
+        spread = next_start if spread is None or spread < next_start else spread + gap
+        if spread - now > _FURTHEST_SLOT:
+            spread = next_start  # a backlog longer than a minute starts over
+        state.start_horizon = spread
+        return max(spread, now + _SHORTEST_WAIT)
 
     @staticmethod
     async def _connection(state: _KeyState) -> bool:

@@ -345,7 +345,7 @@ class DeliveryWorker:
             return None
         plan = await self._plan(live, body, rules)
         if plan.key is not None and self.shaper is not None:
-            until = await self.shaper.admit(plan.key, [d.id for d in live], self.clock())
+            until = await self.shaper.admit(plan.key, self.clock())
             if until is not None:
                 await self._defer(live, [until] * len(live), why="shaping")
                 return None
