@@ -71,38 +71,34 @@ _CONNECTION_WAIT = timedelta(seconds=30)
 _FURTHEST_SLOT = timedelta(seconds=60)
 
 
-@dataclass
 class _PerMinute:
-    """Events a minute over a sliding minute (two buckets), measured from the key's first
-    event while it is younger than a minute."""
+    """Events over the last minute, counted per second (60 buckets): the measure an
+    upstream counting a sliding minute uses, to within a second. While the key is younger
+    than a minute, what it did so far scaled to a minute (after five seconds at least)."""
 
-    since: datetime
-    window_start: datetime
-    current: int = 0
-    previous: int = 0
+    def __init__(self, since: datetime) -> None:
+        self.since = since
+        self._counts = [0] * 60
+        self._seconds = [-1] * 60
 
     def add(self, now: datetime, n: int = 1) -> None:
-        self._roll(now)
-        self.current += n
+        second = int(now.timestamp())
+        slot = second % 60
+        if self._seconds[slot] != second:
+            self._seconds[slot], self._counts[slot] = second, 0
+        self._counts[slot] += n
 
     def rate(self, now: datetime) -> float:
-        self._roll(now)
+        second = int(now.timestamp())
+        total = sum(
+            count
+            for count, at in zip(self._counts, self._seconds, strict=True)
+            if second - 60 < at <= second
+        )
         age = now - self.since
         if age < _MINUTE:
-            return (self.current + self.previous) / (max(age, _SHORTEST_MEASURE) / _MINUTE)
-        left = 1.0 - (now - self.window_start) / _MINUTE
-        return self.previous * max(left, 0.0) + self.current
-
-    def _roll(self, now: datetime) -> None:
-        elapsed = now - self.window_start
-        if elapsed < _MINUTE:
-            return
-        if elapsed < 2 * _MINUTE:
-            self.previous, self.current = self.current, 0
-            self.window_start += _MINUTE
-        else:
-            self.previous = self.current = 0
-            self.window_start = now
+            return total / (max(age, _SHORTEST_MEASURE) / _MINUTE)
+        return float(total)
 
 
 @dataclass
@@ -374,9 +370,9 @@ class Shaper:
         state = self._keys.get(key)
         if state is None:
             state = self._keys[key] = _KeyState(
-                sent=_PerMinute(now, now),
-                accepted=_PerMinute(now, now),
-                wanted=_PerMinute(now, now),
+                sent=_PerMinute(now),
+                accepted=_PerMinute(now),
+                wanted=_PerMinute(now),
                 last_active=now,
             )
         return state
