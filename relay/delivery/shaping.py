@@ -23,7 +23,8 @@ what comes back may be claimed by another relay, which admits it on its own cloc
 
 A key this relay has not yet settled with the others has no share: its first transaction
 waits for a round (``sync_every`` at most) rather than open a connection the others may
-already hold.
+already hold. A round that does not come in time (the database is slow or away) leaves it
+one connection until one does: the least any relay is given.
 
 The upstream asks ``connection_cap`` when a connection comes free: one over this relay's
 share is closed rather than kept idle, which is how a smaller share takes effect.
@@ -162,8 +163,17 @@ class Shaper:
         state.wanted.add(now)
         if not state.settled:
             await self._await_round(state, rules)
-            if not state.settled:  # the database did not answer: try again after a round
-                return self.clock() + rules.sync_every
+            if not state.settled:
+                # No round in time (the database is slow or away): one connection and no
+                # rate until one comes, rather than hold the mail back. One connection is
+                # the least any relay is given, and the next round corrects it.
+                state.settled, state.connections = True, 1
+                log.warning(
+                    "shaping.unsettled",
+                    group=key.group,
+                    source_ip=key.source_ip,
+                    action="sending on one connection until a shaping round gets through",
+                )
         if state.rate is not None:
             start = self._start_slot(state, now)
             if start is not None:
@@ -346,9 +356,9 @@ class Shaper:
 
     async def _await_round(self, state: _KeyState, rules: ShapingRules) -> None:
         """Wait for a round that settles ``state``'s key (one that began before the key
-        appeared does not), two rounds and a second at most."""
+        appeared does not), two rounds and five seconds at most."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + 2 * rules.sync_every.total_seconds() + 1
+        deadline = loop.time() + 2 * rules.sync_every.total_seconds() + 5
         while not state.settled and (left := deadline - loop.time()) > 0:
             self._round_done.clear()
             self._wake.set()
