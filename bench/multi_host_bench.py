@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,15 +44,18 @@ from pathlib import Path
 
 import aiosmtplib
 import asyncpg
-from support import DEFAULT_DSN, body_of, free_port, scratch_database, sink_process, stop
+from support import (
+    DEFAULT_DSN,
+    body_of,
+    free_port,
+    free_port_on,
+    scratch_database,
+    sink_process,
+    stop,
+    wait_listening,
+)
 
 HOSTS = ("127.0.0.2", "127.0.0.3")
-
-
-def _port_on(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def _config(host: str, port: int, sink_port: int, dsn: str) -> str:
@@ -87,19 +89,6 @@ listen = "{host}:0"
 [log]
 level = "warning"
 """
-
-
-async def _wait_listening(host: str, port: int, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            _, writer = await asyncio.open_connection(host, port)
-        except OSError:
-            await asyncio.sleep(0.1)
-            continue
-        writer.close()
-        return
-    raise SystemExit(f"nothing listens on {host}:{port}")
 
 
 async def _load(host: str, port: int, clients: int, messages: int, body: bytes, tag: str) -> None:
@@ -142,7 +131,7 @@ async def _run(
             listeners = []
             try:
                 for host in HOSTS[:relays]:
-                    port = _port_on(host)
+                    port = free_port_on(host)
                     path = Path(tmp) / f"{host}.toml"
                     path.write_text(_config(host, port, sink_port, dsn), encoding="utf-8")
                     procs.append(
@@ -151,7 +140,7 @@ async def _run(
                         )
                     )
                     # One at a time: the first migrates the new database.
-                    await _wait_listening(host, port)
+                    await wait_listening(host, port)
                     listeners.append((host, port))
                 total = messages * relays
                 started = time.perf_counter()
@@ -192,7 +181,7 @@ async def main() -> None:
     cores = os.cpu_count()
     rates: dict[int, list[tuple[float, float]]] = {1: [], 2: []}
     with sink_process(sink_port, data_delay=args.data_delay):
-        await _wait_listening("127.0.0.1", sink_port)
+        await wait_listening("127.0.0.1", sink_port)
         for round_ in range(args.rounds):
             # Interleaved, the order turned each round: a machine busy for a while weighs
             # on both.
