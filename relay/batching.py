@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import structlog
 
@@ -76,14 +76,17 @@ class GroupBatcher(Generic[T, R]):
         loop = asyncio.get_running_loop()
         if self._collector is None or self._collector.done():
             self._collector = loop.create_task(self._collect(), name=f"{self._name}.collector")
+        # The caller's own future: each item has one, so a caller that goes away mid-batch
+        # cancels only its own (the batch still runs; _settle and _fail skip what is done)
+        # and never its batch-mates'. No shield around it: that was a second future and two
+        # callbacks per item on the hot path, for the same outcome.
         future: asyncio.Future[R] = loop.create_future()
         # Retrieve the outcome even when the caller is gone, so no error goes unobserved.
-        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        future.add_done_callback(_observe)
         self._queue.put_nowait((item, future))
         if self._held and self._batch_full():
             self._full.set()  # a full batch goes now, window or not
-        # shield: a caller that goes away mid-batch must not cancel its batch-mates.
-        return await asyncio.shield(future)
+        return await future
 
     async def close(self) -> None:
         """Stop collecting. Batches already sent to the database finish first, and the one
@@ -110,8 +113,10 @@ class GroupBatcher(Generic[T, R]):
         while True:
             self._held = [await self._queue.get()]
             if self._window and not self._batch_full():
+                # asyncio.timeout rather than wait_for: no task of its own per batch.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), self._window)
+                    async with asyncio.timeout(self._window):
+                        await self._full.wait()
             await self._slots.acquire()
             batch, self._held = self._held, []
             self._full.clear()
@@ -157,6 +162,12 @@ class GroupBatcher(Generic[T, R]):
         except Exception as exc:
             log.exception("batch.failed", batch=self._name, size=1)
             _fail([one], StoreError(f"{self._name} failed unexpectedly ({type(exc).__name__})"))
+
+
+def _observe(future: asyncio.Future[Any]) -> None:
+    """Retrieve a finished future's exception, so that none is reported as unobserved."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _settle(batch: list[tuple[T, asyncio.Future[R]]], results: Sequence[R]) -> None:
