@@ -492,8 +492,13 @@ async def vacuum_while_autovacuum_is_off(store: Store, interval: float = 30.0) -
         "turn autovacuum on in postgresql.conf",
     )
     while True:
+        # Sleep first: a vacuum as the relay starts ANALYZEs the queue before its traffic. On a
+        # fresh database that records an empty messages table, and each connection then
+        # keeps a sequential-scan plan for the deliveries' foreign-key check until the next
+        # vacuum: 2,350 rows read per message, 40-55% of PostgreSQL's CPU per message in a
+        # benchmark (BENCHMARKS.md, "Where the CPU goes").
+        await asyncio.sleep(interval)
         try:
             await store.vacuum_queue()
         except StoreError as exc:
             log.warning("maintenance.vacuum_failed", error=str(exc), action="retrying later")
-        await asyncio.sleep(interval)
