@@ -285,9 +285,12 @@ class DeliveryWorker:
         self, group: list[ClaimedDelivery], body: bytes | None, rules: Rules
     ) -> None:
         first = group[0]
-        with structlog.contextvars.bound_contextvars(
+        # Bound for every line of this transaction; tokens put back what was there (as
+        # bound_contextvars does, without its context copy and generator: a hot path).
+        bound = structlog.contextvars.bind_contextvars(
             message_id=first.queue_id, campaign=first.campaign
-        ):
+        )
+        try:
             # dry_run: a suppressed recipient is logged and counted, and still sent to.
             cancel = [d for d in group if d.suppressed and refuses_suppressed(rules)]
             rest = [d for d in group if d not in cancel]
@@ -332,6 +335,8 @@ class DeliveryWorker:
                     deliveries=fenced,
                     why="another relay took over after our lease ran out",
                 )
+        finally:
+            structlog.contextvars.reset_contextvars(**bound)
 
     async def _admitted(
         self, live: list[ClaimedDelivery], body: bytes | None, rules: Rules
