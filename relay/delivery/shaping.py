@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -115,7 +116,8 @@ class _KeyState:
     limit: Limit | None = None
     next_start: datetime | None = None  # the token clock
     start_horizon: datetime | None = None  # the last slot given to a turned-away one
-    freed: asyncio.Event = field(default_factory=asyncio.Event)  # a connection came free
+    # Transactions waiting for one of this relay's connections, first come first served.
+    waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
     signals: list[tuple[Signal, str]] = field(default_factory=list)
     # This relay's open connections when a connection was last refused (0: none since the
     # last round): what the upstream allowed, not what is open by the round.
@@ -179,12 +181,13 @@ class Shaper:
             if start is not None:
                 self.metrics.shaping_waits.labels("start").inc()
                 return start
-        if state.in_flight >= state.connections:
+        if state.in_flight < state.connections and not state.waiters:
+            state.in_flight += 1
+        else:
             self.metrics.shaping_waits.labels("connection").inc()
-            if not await self._connection(state):
+            if not await _connection(state):
                 self.metrics.shaping_waits.labels("no_connection").inc()
                 return self.clock() + _CONNECTION_WAIT
-        state.in_flight += 1
         state.last_active = self.clock()
         return None
 
@@ -198,8 +201,7 @@ class Shaper:
         """An admitted transaction for ``key`` did not go (another relay took it over)."""
         state = self._keys.get(key)
         if state is not None:
-            state.in_flight = max(0, state.in_flight - 1)
-            state.freed.set()
+            _release(state)
 
     def finished(
         self,
@@ -215,8 +217,7 @@ class Shaper:
         state = self._keys.get(key)
         if state is None:
             return
-        state.in_flight = max(0, state.in_flight - 1)
-        state.freed.set()
+        _release(state)
         state.last_active = now
         if accepted:
             state.accepted.add(now)
@@ -328,7 +329,7 @@ class Shaper:
             state.open_at_refusal = 0
             state.settled = True
             state.connections = result.connections
-            state.freed.set()  # a larger share lets waiting transactions go
+            _hand_on(state)  # a larger share lets waiting transactions go
             state.rate = result.rate
             state.limit = result.limit
             for change in result.changes:
@@ -415,17 +416,40 @@ class Shaper:
         state.start_horizon = spread
         return max(spread, now + _SHORTEST_WAIT)
 
-    @staticmethod
-    async def _connection(state: _KeyState) -> bool:
-        """Wait until this relay holds fewer transactions for the key than its connection
-        share; False after ``_CONNECTION_WAIT`` (the transaction is handed back)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + _CONNECTION_WAIT.total_seconds()
-        while state.in_flight >= state.connections:
-            left = deadline - loop.time()
-            if left <= 0:
-                return False
-            state.freed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(state.freed.wait(), left)
+
+async def _connection(state: _KeyState) -> bool:
+    """Wait, first come first served, for one of this relay's connections for the key:
+    True with it taken (``_hand_on`` counted it), False after ``_CONNECTION_WAIT`` (the
+    transaction is handed back). One waiter is woken per connection that comes free: with
+    a hundred transactions waiting, waking them all for each would cost more than the
+    sending."""
+    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    state.waiters.append(waiter)
+    _hand_on(state)  # room already (those ahead of it gave up waiting): at once
+    if waiter.done():
         return True
+    try:
+        async with asyncio.timeout(_CONNECTION_WAIT.total_seconds()):
+            await waiter
+    except TimeoutError:
+        return waiter.done() and not waiter.cancelled()  # handed on just as time ran out
+    except asyncio.CancelledError:
+        if waiter.done() and not waiter.cancelled():
+            _release(state)  # handed on, but this transaction will not go
+        raise
+    return True
+
+
+def _release(state: _KeyState) -> None:
+    """A transaction's connection comes free: to the first waiting, else back."""
+    state.in_flight = max(0, state.in_flight - 1)
+    _hand_on(state)
+
+
+def _hand_on(state: _KeyState) -> None:
+    """Give the connections this relay's share has free to the transactions waiting."""
+    while state.waiters and state.in_flight < state.connections:
+        waiter = state.waiters.popleft()
+        if not waiter.done():  # a waiter whose time ran out is gone
+            state.in_flight += 1
+            waiter.set_result(None)
