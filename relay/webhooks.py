@@ -185,8 +185,10 @@ class WebhookSender:
                 purge_at = now + _PURGE_EVERY
                 await self._purge(now - self._keep)
             await self._start_due(now)
+            # asyncio.timeout, not wait_for: see DeliveryWorker.run.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval)
+                async with asyncio.timeout(self._interval):
+                    await self._wake.wait()
             self._wake.clear()
 
     async def stop(self, run_task: asyncio.Task[None], grace: float = 5.0) -> None:

@@ -255,8 +255,10 @@ class Shaper:
         """A round every ``sync_every`` (sooner when a key is new or a reply asked for less)."""
         while True:
             rules = self.rules()
+            # asyncio.timeout, not wait_for: see DeliveryWorker.run.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), rules.sync_every.total_seconds())
+                async with asyncio.timeout(rules.sync_every.total_seconds()):
+                    await self._wake.wait()
             self._wake.clear()
             if not rules.enabled:
                 continue
@@ -364,7 +366,8 @@ class Shaper:
             self._round_done.clear()
             self._wake.set()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._round_done.wait(), left)
+                async with asyncio.timeout(left):
+                    await self._round_done.wait()
 
     async def _prune(self, now: datetime) -> None:
         if self._pruned_at is not None and now - self._pruned_at < _PRUNE_EVERY:

@@ -145,10 +145,12 @@ class DeliveryWorker:
         self._running = True
         try:
             while True:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel
+                # that lands as the wait ends, and this loop then never stops (a shutdown
+                # waited on it for good in CI).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._wake.wait(), self.config.poll_interval.total_seconds()
-                    )
+                    async with asyncio.timeout(self.config.poll_interval.total_seconds()):
+                        await self._wake.wait()
                 self._wake.clear()
                 await self._claim_while_due()
         finally:
