@@ -28,8 +28,10 @@ the rate from 10 % to 90 % done, start and tail left out), connections the sinks
 message delivered, DNS queries per message, CPU per message delivered of the relay (all
 its processes), PostgreSQL (all its processes), the sinks and the DNS server (from /proc,
 over the drain), how busy the machine was, the relay's peak RSS, and `ceiling`: what
-the delivery slots allow, slots / (4 replies x the sinks' mean delay) (MAIL, RCPT, DATA,
-end of data on a reused connection); `of_ceiling` is the rate over it.
+the delivery slots allow, slots / (round trips x the sinks' mean delay): 2 round trips a
+message on a reused connection with PIPELINING (MAIL+RCPT+DATA together, then the end of
+data), 4 without (`--no-pipelining`: the sinks do not offer it); `of_ceiling` is the rate
+over it.
 
     python bench/delivery_bench.py --messages 100000 --domains 1000 --tls on
     python bench/delivery_bench.py --messages 500 --domains 50          # smoke
@@ -411,6 +413,7 @@ async def run(args: argparse.Namespace) -> str:
             "--processes", str(args.sink_processes),
             "--min-delay", str(args.min_delay), "--max-delay", str(args.max_delay),
             "--tempfail", str(args.tempfail), "--unknown", str(args.unknown), *tls_args,
+            "--pipelining" if args.pipelining else "--no-pipelining",
         ]  # fmt: skip
         sinks: list[subprocess.Popen[str]] = []
         sink_port = 0
@@ -458,7 +461,8 @@ def _line(
     per_destination = args.connections_per_destination or 10
     delivered = max(1, int(r["delivered"]))
     slots = processes * concurrency
-    ceiling = slots / (4 * (args.min_delay + args.max_delay) / 2)
+    round_trips = 2 if args.pipelining else 4
+    ceiling = slots / (round_trips * (args.min_delay + args.max_delay) / 2)
     first_seconds = r["first_seconds"]
     attempts = max(1, int(r["attempts"]))  # by the end of the first pass
 
@@ -475,6 +479,7 @@ def _line(
         "domains": args.domains,
         "hosts": args.hosts,
         "tls": args.tls,
+        "pipelining": "on" if args.pipelining else "off",
         "processes": processes,
         "concurrency": concurrency,
         "connections_per_destination": per_destination,
@@ -539,6 +544,12 @@ def main() -> None:
         help="share of addresses the sinks refuse with 550 5.1.1 (a list this stale)",
     )
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--pipelining",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the sinks offer PIPELINING, as the big providers' servers do (default: on)",
+    )
     parser.add_argument("--poll", type=float, default=1.0, help="seconds between progress checks")
     parser.add_argument("--timeout", type=float, default=3600, help="give up on the drain")
     parser.add_argument("--log", default="", help="keep the relay's log (stderr) in this file")

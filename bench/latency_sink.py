@@ -11,8 +11,11 @@ It is a bare asyncio protocol on uvloop rather than aiosmtpd: the relay, Postgre
 the DNS server and this share the machine's cores, and an aiosmtpd sink costs several
 times the CPU per message (it was the bottleneck of bench/backlog.py at 928 msgs/s with no
 delay at all). It speaks the subset a relay uses: EHLO/HELO, STARTTLS, MAIL, RCPT, DATA,
-RSET, NOOP, QUIT; no pipelining is offered, and it handles one command at a time in any
-case, so its replies come in order. Lines are cut at 1,000 bytes; the end of data is
+RSET, NOOP, QUIT. With ``--pipelining`` EHLO offers PIPELINING (RFC 2920), as the big
+mailbox providers' servers do, and the commands that arrived together are answered together
+after one delay, as a pipelining server flushes its replies when its input runs dry: the
+delay stands for the network's round trip and the server's checks. Commands are handled in
+order, one at a time, so the replies come in order. Lines are cut at 1,000 bytes; the end of data is
 looked for only in what is new (linear in what arrives).
 
     python bench/latency_sink.py --hosts 50 --cert c.pem --key k.pem --stats /tmp/s.json
@@ -49,6 +52,7 @@ class Sink:
         self.min_delay = args.min_delay
         self.max_delay = args.max_delay
         self.tempfail = args.tempfail
+        self.pipelining = args.pipelining
         self.unknown = args.unknown
         self.random = random.Random(args.seed)
         self.counts: Counter[str] = Counter()
@@ -80,6 +84,7 @@ class Session(asyncio.Protocol):
         self.in_data = False
         self.scanned = 0  # in DATA: where the search for its end goes on from
         self.busy = False  # a reply is on its way: the next command waits for it
+        self.pending = bytearray()  # replies to a pipelined batch, sent with its last
         self.secure = False
         self.recipients = 0
         self.closing = False
@@ -102,9 +107,20 @@ class Session(asyncio.Protocol):
     # -- the dialogue ---------------------------------------------------------------------------
 
     def _reply(self, line: bytes, then: Any = None) -> None:
-        """Answer ``line`` after the delay; ``then`` runs once it is written."""
+        """Answer ``line`` after the delay; ``then`` runs once it is written. With
+        pipelining, while another whole command waits in the buffer the reply waits for it."""
+        self.pending += line
+        if (
+            self.sink.pipelining
+            and then is None
+            and not self.in_data
+            and self.buffer.find(b"\n") != -1
+        ):
+            return
+        replies = bytes(self.pending)
+        self.pending.clear()
         self.busy = True
-        self.loop.call_later(self.sink.delay(), self._send, line, then)
+        self.loop.call_later(self.sink.delay(), self._send, replies, then)
 
     def _send(self, line: bytes, then: Any) -> None:
         if self.transport is None or self.closing:
@@ -160,6 +176,8 @@ class Session(asyncio.Protocol):
     def _hello(self, verb: bytes) -> None:
         self.recipients = 0
         offers = [b"sink.bench.test", b"8BITMIME", b"ENHANCEDSTATUSCODES", b"SIZE 52428800"]
+        if self.sink.pipelining:
+            offers.append(b"PIPELINING")
         if self._offers_tls() and verb == b"EHLO":
             offers.append(b"STARTTLS")
         text = b"".join(b"250-" + o + b"\r\n" for o in offers[:-1])
@@ -302,6 +320,12 @@ def main(argv: list[str]) -> None:
         "--unknown", type=float, default=0.0, help="share of addresses given 550 5.1.1"
     )
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--pipelining",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="offer PIPELINING and answer a batch of commands together (default: on)",
+    )
     parser.add_argument("--cert", default="", help="PEM certificate: offer STARTTLS")
     parser.add_argument("--key", default="")
     parser.add_argument("--stats", default="", help="write the counters here on SIGTERM")

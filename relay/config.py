@@ -192,6 +192,7 @@ class DeliveryConfig:
     concurrency: int = Delivery.concurrency.default
     connections_per_destination: int = Delivery.connections_per_destination.default
     messages_per_connection: int = Delivery.messages_per_connection.default
+    pipelining: bool = Delivery.pipelining.default
     connect_timeout: timedelta = Delivery.connect_timeout.default
     command_timeout: timedelta = Delivery.command_timeout.default
     data_timeout: timedelta = Delivery.data_timeout.default
@@ -793,6 +794,7 @@ def _read_delivery(r: _Reader) -> DeliveryConfig:
         concurrency=r.get(Delivery.concurrency),
         connections_per_destination=r.get(Delivery.connections_per_destination),
         messages_per_connection=r.get(Delivery.messages_per_connection),
+        pipelining=r.get(Delivery.pipelining),
         connect_timeout=r.get(Delivery.connect_timeout),
         command_timeout=r.get(Delivery.command_timeout),
         data_timeout=r.get(Delivery.data_timeout),

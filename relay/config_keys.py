@@ -763,6 +763,13 @@ class Delivery(Section):
     messages_per_connection = Key(
         POSITIVE_INT, 100, "then the connection is closed and a new one opened"
     )
+    pipelining = Key(
+        BOOL,
+        True,
+        "to a server that offers PIPELINING (RFC 2920), send MAIL, the RCPTs and DATA "
+        "together and read their replies in order: two round trips a message instead of four; "
+        "`false`: one command, one reply",
+    )
     connect_timeout = Key(
         DURATION,
         "30s",
