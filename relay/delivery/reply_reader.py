@@ -24,7 +24,7 @@ from typing import cast
 
 import aiosmtplib
 
-__all__ = ["MAX_REPLY_BYTES", "MalformedReply", "ReplyReader"]
+__all__ = ["MAX_REPLY_BYTES", "MAX_UNREAD_BYTES", "MalformedReply", "ReplyReader"]
 
 # "ddd" then a space, a hyphen (more lines follow) or the line's end (RFC 5321 §4.2).
 _REPLY_HEAD = re.compile(rb"[1-5][0-9]{2}(?:[ \-\r\n]|$)")
@@ -32,6 +32,10 @@ _REPLY_HEAD = re.compile(rb"[1-5][0-9]{2}(?:[ \-\r\n]|$)")
 # One reply, all its lines: RFC 5321 §4.5.3.1.5 allows 512 octets a line; a multi-line
 # EHLO-sized answer fits many times over. Past this a reply is an attack or a broken peer.
 MAX_REPLY_BYTES = 64 * 1024
+# Replies that arrived and are not read yet, all together: a pipelined batch's (a few
+# hundred bytes a recipient) fit. A server flooding a connection with replies nobody asked
+# for (while it sits in the pool, say) is cut off here rather than held in memory.
+MAX_UNREAD_BYTES = 1024 * 1024
 
 
 class MalformedReply(Exception):
@@ -48,7 +52,8 @@ class ReplyReader(asyncio.Protocol):
         self.inner = inner
         self.replies_read = 0
         self.malformed: bytes | None = None  # the start of the first line that is no reply
-        self._ready: deque[aiosmtplib.SMTPResponse] = deque()
+        self._ready: deque[tuple[aiosmtplib.SMTPResponse, int]] = deque()  # with its size
+        self._unread_bytes = 0
         self._partial = bytearray()  # a line whose end has not arrived
         self._code = 0  # the code of the reply whose lines are arriving (0: none)
         self._lines: list[str] = []
@@ -88,22 +93,22 @@ class ReplyReader(asyncio.Protocol):
     async def next_reply(self, timeout: float) -> aiosmtplib.SMTPResponse:
         """The oldest reply not yet taken, waiting up to ``timeout`` seconds for it."""
         if not self._ready:
-            self._raise_if_broken()
-            loop = asyncio.get_running_loop()
-            self._waiter = waiter = loop.create_future()
             try:
                 async with asyncio.timeout(timeout):
-                    await waiter
+                    while not self._ready:
+                        self._raise_if_broken()
+                        self._waiter = asyncio.get_running_loop().create_future()
+                        await self._waiter
             except TimeoutError as exc:
                 raise aiosmtplib.SMTPReadTimeoutError(
                     "Timed out waiting for server response"
                 ) from exc
             finally:
                 self._waiter = None
-            if not self._ready:
-                self._raise_if_broken()
         self.replies_read += 1
-        return self._ready.popleft()
+        response, size = self._ready.popleft()
+        self._unread_bytes -= size
+        return response
 
     def _raise_if_broken(self) -> None:
         if self.malformed is not None:
@@ -161,8 +166,12 @@ class ReplyReader(asyncio.Protocol):
         # after the reader took over compare equal.
         self._lines.append(line[4:].strip(b" \t\r\n").decode("utf-8", "surrogateescape"))
         if head[3:4] != b"-":
-            self._ready.append(aiosmtplib.SMTPResponse(code, "\n".join(self._lines)))
+            self._ready.append((aiosmtplib.SMTPResponse(code, "\n".join(self._lines)), self._size))
+            self._unread_bytes += self._size
             self._code, self._lines, self._size = 0, [], 0
+            if self._unread_bytes > MAX_UNREAD_BYTES:
+                self._break(head, "flood: more unread replies than any command asked for")
+                return False
         return True
 
     def _break(self, head: bytes, why: str) -> None:

@@ -11,7 +11,10 @@ came from; ``commands`` keeps every MAIL and RCPT line as it came over the wire
 the exact bytes a test gives it, so it can misbehave on purpose: malformed
 lines, two replies to one command, unsolicited lines while the client is idle,
 no reply at all, a 250 to DATA. Its ``received`` holds only the messages whose
-end of data it acknowledged with a 2xx: what it actually got.
+end of data it acknowledged with a 2xx: what it actually got. With
+``pipelining`` it advertises PIPELINING (RFC 2920); with ``hold_until_data`` it
+answers MAIL, RCPT and DATA only once it has read DATA, which only a client that
+pipelines ever gets to.
 """
 
 from __future__ import annotations
@@ -255,6 +258,10 @@ _DEFAULT_ANSWERS = {
 }
 
 
+# What ``RawUpstream(hold_until_data=True)`` answers only once it has read a DATA line.
+_HELD_VERBS = frozenset({"MAIL", "RCPT", "DATA", "RSET"})
+
+
 @dataclass
 class _RawSession:
     number: int
@@ -262,6 +269,7 @@ class _RawSession:
     sender: str | None = None
     recipients: list[str] = field(default_factory=list)
     tls: bool = False
+    transactions: int = 0  # ends of data answered on this connection
 
 
 class RawUpstream:
@@ -275,6 +283,17 @@ class RawUpstream:
     commands (``500``), and ``commands`` shows it. With ``byte_by_byte`` every
     reply is written one byte at a time, each its own write; with ``tls`` it offers
     STARTTLS.
+
+    With ``pipelining`` its own EHLO answers (before and after TLS; not scripted ones)
+    advertise PIPELINING. With ``hold_until_data`` it answers none of MAIL, RCPT,
+    DATA and RSET until it has read a DATA line (any command after a held one waits
+    too, to keep the order); then it writes the answers to every command it read, in
+    order, in one write (unless ``byte_by_byte``), and records their verbs in
+    ``batches``. A client that waits for the reply to MAIL before it sends RCPT gets
+    no answer at all. (A lone RSET waits for the next DATA: a holding server suits
+    transactions that end with DATA.) ``drop_reused_mail`` closes that many
+    connections, with no reply, at a MAIL after an earlier transaction on them: the
+    server gave up on an idle connection just as the client reused it.
     """
 
     def __init__(
@@ -283,10 +302,17 @@ class RawUpstream:
         *,
         byte_by_byte: bool = False,
         tls: ssl.SSLContext | None = None,
+        pipelining: bool = False,
+        hold_until_data: bool = False,
     ) -> None:
         self.host = host
         self.byte_by_byte = byte_by_byte
         self.tls = tls  # offer STARTTLS with this context
+        self.pipelining = pipelining
+        self.hold_until_data = hold_until_data
+        self.drop_reused_mail = 0
+        # hold_until_data: (connection number, verbs answered together), one per write
+        self.batches: list[tuple[int, tuple[str, ...]]] = []
         self.tls_sessions = 0
         self.port = 0
         self.connections = 0
@@ -331,15 +357,27 @@ class RawUpstream:
         self.connections += 1
         self._writers.add(writer)
         session = _RawSession(self.connections, str(writer.get_extra_info("peername")[0]))
+        held: list[tuple[str, Answer]] = []  # hold_until_data: read, not answered yet
         try:
             await self._write(writer, Answer(b"220 raw.test ESMTP ready\r\n"))
             while line := await reader.readline():
                 text = line.decode("utf-8", "replace").rstrip("\r\n")
                 self.commands.append((session.number, text))
                 verb = text.split(" ", 1)[0].split(":", 1)[0].upper()
+                if verb == "MAIL" and session.transactions and self.drop_reused_mail:
+                    self.drop_reused_mail -= 1
+                    break  # closed in ``finally``, the MAIL unanswered
                 answer = self._answer(verb, session)
-                await self._write(writer, answer)
                 self._follow(session, verb, text, answer)
+                if self.hold_until_data and (held or verb in _HELD_VERBS):
+                    held.append((verb, answer))
+                    if verb != "DATA":
+                        continue
+                    self.batches.append((session.number, tuple(v for v, _ in held)))
+                    await self._write(writer, *(a for _, a in held))
+                    held = []
+                else:
+                    await self._write(writer, answer)
                 if verb == "QUIT":
                     break
                 if verb == "STARTTLS" and self.tls is not None and answer.now.startswith(b"220"):
@@ -347,14 +385,17 @@ class RawUpstream:
                     session.tls = True
                     self.tls_sessions += 1
                 if verb == "DATA" and _has_line(answer.now, b"354"):
-                    body = await reader.readuntil(b"\r\n.\r\n")
+                    body = await _read_body(reader)
                     end = self._answer(".", session)
                     await self._write(writer, end)
+                    session.transactions += 1
                     if end.now[:1] == b"2":
-                        self._keep(session, body[: -len(b".\r\n")])
+                        self._keep(session, body)
                     session.sender, session.recipients = None, []
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            pass  # the client went away (or cut TLS short): this connection is over
+        except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            # The client went away (or cut TLS short), or sent a line longer than the
+            # stream's limit (ValueError from readline): this connection is over.
+            pass
         finally:
             self._writers.discard(writer)
             writer.close()
@@ -364,12 +405,16 @@ class RawUpstream:
         if scripted:
             answer = scripted.pop(0)
             return answer if isinstance(answer, Answer) else Answer(answer)
+        default = _DEFAULT_ANSWERS.get(verb, b"500 5.5.2 command not recognized\r\n")
         if self.tls is not None and not session.tls:
             if verb == "EHLO":
-                return Answer(b"250-raw.test greets you\r\n250-STARTTLS\r\n250 8BITMIME\r\n")
+                default = b"250-raw.test greets you\r\n250-STARTTLS\r\n250 8BITMIME\r\n"
             if verb == "STARTTLS":
                 return Answer(b"220 2.0.0 Ready to start TLS\r\n")
-        return Answer(_DEFAULT_ANSWERS.get(verb, b"500 5.5.2 command not recognized\r\n"))
+        if verb == "EHLO" and self.pipelining:
+            first, rest = default.split(b"\r\n", 1)
+            default = first + b"\r\n250-PIPELINING\r\n" + rest
+        return Answer(default)
 
     def _follow(self, session: _RawSession, verb: str, text: str, answer: Answer) -> None:
         """The envelope as the server understood it: a 2xx took the sender or recipient."""
@@ -396,18 +441,19 @@ class RawUpstream:
             )
         )
 
-    async def _write(self, writer: asyncio.StreamWriter, answer: Answer) -> None:
-        await self._send(writer, answer.now)
-        if answer.later:
+    async def _write(self, writer: asyncio.StreamWriter, *answers: Answer) -> None:
+        """Each answer's ``now``, all in one write; then each ``later`` when it is due."""
+        await self._send(writer, b"".join(answer.now for answer in answers))
+        for answer in answers:
+            if answer.later:
+                task = asyncio.create_task(self._later(writer, answer))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
-            async def later() -> None:
-                await asyncio.sleep(answer.delay)
-                with contextlib.suppress(OSError):
-                    await self._send(writer, answer.later)
-
-            task = asyncio.create_task(later())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+    async def _later(self, writer: asyncio.StreamWriter, answer: Answer) -> None:
+        await asyncio.sleep(answer.delay)
+        with contextlib.suppress(OSError):
+            await self._send(writer, answer.later)
 
     async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
         if writer.is_closing():
@@ -418,6 +464,18 @@ class RawUpstream:
             await writer.drain()
             if self.byte_by_byte:
                 await asyncio.sleep(0)  # let the client read each byte on its own
+
+
+async def _read_body(reader: asyncio.StreamReader) -> bytes:
+    """The message data up to the line ".", which ends it: the data's last line break
+    kept, the "." line not. A "." right after DATA is an empty message (RFC 2920 §3.1:
+    what a pipelining client sends when the server took none of its recipients)."""
+    lines: list[bytes] = []
+    while (line := await reader.readline()) != b".\r\n":
+        if not line:
+            raise asyncio.IncompleteReadError(b"".join(lines), None)
+        lines.append(line)
+    return b"".join(lines)
 
 
 def _has_line(data: bytes, code: bytes) -> bool:
