@@ -12,24 +12,29 @@ would be one more round trip), up to
 ``messages_per_connection`` transactions; ``connections_per_destination``
 caps concurrent transactions per host:port.
 
-The in-step rule: one command, one reply, nothing else. A delivery counts as
-delivered only when the end of its data was answered 2xx on a connection that
-was in step before and after that reply. Why: without pipelining each reply is
-paired with the command just sent, so a stale line (a second reply to an earlier
-command, a line the server sent unasked) is read as the answer to the next one;
-a RCPT's ``250`` taken for the answer to DATA marks mail delivered that never
-arrived, the body is then released, and the message is lost. So each command
-checks the connection before and after (``_Connection.ask``). A malformed line,
-a reply the command cannot have (``354`` to MAIL, anything but ``354`` to DATA),
-more reply lines than commands, or bytes left over after a reply fail the
-transaction in progress soft (``451 4.5.0 ... protocol error``, never
-suppressing: its earlier replies may have been stale lines too); no reply in
-time ends it as a lost connection (``421 4.4.2``). Either way the connection is
-closed, never pooled. aiosmtplib silently drops bytes that arrive while no
-command waits, so ``_ReplyLines`` counts the reply lines that arrive; a pooled
-connection that received anything while idle is closed, not reused. A ``2xx``
-to the end of data followed by a surplus line is not trusted either: the
-message is sent again (a duplicate is better than a loss).
+The in-step rule: every reply answers a command we sent, in order, and nothing else
+arrives. A delivery counts as delivered only when the end of its data was answered 2xx
+on a connection that was in step before and after that reply. Why: a stale line (a
+second reply to an earlier command, a line the server sent unasked) would be read as the
+answer to the next command; a RCPT's ``250`` taken for the answer to DATA marks mail
+delivered that never arrived, the body is then released, and the message is lost.
+
+Once a connection is set up (greeting, EHLO, STARTTLS, AUTH: aiosmtplib), a
+``ReplyReader`` (relay.delivery.reply_reader) parses every reply that arrives. To a server
+that offers PIPELINING (RFC 2920, ``[delivery] pipelining``) MAIL, every RCPT and DATA go
+in one write and their replies are read in order; otherwise one command at a time. Either
+way the connection is checked before a command is written and after the last reply it
+waits for (``_Connection.ask_all``): a malformed line, a reply the command cannot have
+(``354`` to MAIL, anything but ``354`` to DATA when a recipient was accepted), a reply
+nobody asked for, or bytes left over fail the transaction in progress soft (``451 4.5.0
+... protocol error``, never suppressing: its earlier replies may have been stale lines
+too); no reply in time ends it as a lost connection (``421 4.4.2``). Either way the
+connection is closed, never pooled. A pooled connection that received anything while
+idle is closed, not reused. A ``2xx`` to the end of data followed by a surplus line is not
+trusted either: the message is sent again (a duplicate is better than a loss). A
+pipelined DATA after a refused MAIL or every RCPT refused must be refused too; a server
+that says ``354`` anyway gets a lone dot (RFC 2920 §3.1), an empty message with no
+recipient.
 
 Address literals (``user@[192.0.2.1]``, ``user@[IPv6:2001:db8::1]``) are never
 looked up in DNS: a route with ``address_literals = true`` sends them to that IP
