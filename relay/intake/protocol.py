@@ -70,6 +70,8 @@ class RelaySMTP(SMTP):
         self._data_read: asyncio.Future[None] | None = None
         self._auth_failures = 0  # wrong passwords in this session
         self._password_refused = False  # the AUTH command being answered had a wrong one
+        self._idle_deadline = 0.0  # loop time at which the session is idle too long
+        self._idle_fired = False
 
     # -- addresses ----------------------------------------------------------------------------
 
@@ -130,6 +132,23 @@ class RelaySMTP(SMTP):
         if self.session is not None:
             self.event_handler.session_closed(self.session)
         super().connection_lost(error)
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """Move the idle deadline. aiosmtpd cancels its timer and arms a new one for every
+        command; here the deadline moves and the one timer, when it fires early, arms itself
+        again for what is left (a timer a session instead of one a command)."""
+        self._idle_deadline = self.loop.time() + (duration or self._timeout_duration)
+        handle = self._timeout_handle
+        if handle is None or handle.cancelled() or self._idle_fired:
+            self._idle_fired = False
+            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_check)
+
+    def _idle_check(self) -> None:
+        if self._idle_deadline > self.loop.time():
+            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_check)
+            return
+        self._idle_fired = True  # (the handle stays: aiosmtpd cancels it at connection_lost)
+        self._timeout_cb()
 
     def _timeout_cb(self) -> None:
         # aiosmtpd closes an idle session without a word; RFC 5321 §3.8 has the server say 421.
