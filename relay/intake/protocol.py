@@ -139,9 +139,12 @@ class RelaySMTP(SMTP):
         again for what is left (a timer a session instead of one a command)."""
         self._idle_deadline = self.loop.time() + (duration or self._timeout_duration)
         handle = self._timeout_handle
-        if handle is None or handle.cancelled() or self._idle_fired:
-            self._idle_fired = False
-            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_check)
+        if handle is not None and not handle.cancelled() and not self._idle_fired:
+            if handle.when() <= self._idle_deadline:
+                return  # it fires first and re-arms for what is left
+            handle.cancel()  # a shorter deadline (the PROXY header's): the timer must move up
+        self._idle_fired = False
+        self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_check)
 
     def _idle_check(self) -> None:
         if self._idle_deadline > self.loop.time():

@@ -31,6 +31,7 @@ from structlog.testing import capture_logs
 from policies.addresses import AddressError, validate_address
 from relay.config import SmtpConfig, load_config
 from relay.errors import ConfigErrors
+from relay.intake.proxy import HEADER_TIMEOUT_SECONDS
 from relay.intake.server import RelaySMTP
 from relay.ops.app import Relay
 from tests.support.delivery import after_our_received, eventually
@@ -841,6 +842,21 @@ async def test_a_listed_proxys_header_names_the_client(relay_with, db, header):
     assert await db.fetchval("SELECT client_address FROM messages") == "198.51.100.7"
     [accepted] = [e for e in logs if e["event"] == "intake.accepted"]
     assert (accepted["peer"], accepted["proxy"]) == ("198.51.100.7", "127.0.0.1")
+
+
+async def test_a_listed_proxy_that_sends_no_header_is_closed_on_the_header_timeout(relay_with):
+    """The PROXY header must come within HEADER_TIMEOUT_SECONDS (10 s), not the minute of
+    session_timeout: the intake's one idle timer moves up when a shorter deadline is set."""
+    async with relay_with(smtp=PROXIED + 'session_timeout = "60s"\n') as relay:
+        loop = asyncio.get_running_loop()
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        start = loop.time()
+        async with asyncio.timeout(HEADER_TIMEOUT_SECONDS + 20):
+            while await reader.read(4096):
+                pass
+        closed_after = loop.time() - start
+        writer.close()
+    assert HEADER_TIMEOUT_SECONDS - 1 <= closed_after < HEADER_TIMEOUT_SECONDS + 10
 
 
 async def test_relaying_is_decided_by_the_proxied_client_not_the_proxy(relay_with, db):
