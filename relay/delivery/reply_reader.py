@@ -5,9 +5,10 @@ command waits; its ``read_response`` must be awaited once per command written. W
 RFC 2920 PIPELINING the replies to MAIL, every RCPT and DATA come back together, often in
 one read, so once a connection is set up (greeting, EHLO, STARTTLS, AUTH: aiosmtplib's
 work) a ``ReplyReader`` takes its place in front of the transport and parses every reply
-that arrives into a queue, in order. ``relay.delivery.upstream`` writes the commands and
-takes the replies one by one; what it has not asked for stays visible (``unread``), which
-is how it tells that an upstream is out of step (see its module docstring).
+that arrives into a queue, in order. ``relay.delivery.upstream`` writes the commands (the
+reader counts the replies they are owed) and takes the replies one by one; a reply nobody
+is owed (``surplus``) or one not taken (``unread``) is how it tells that an upstream is out
+of step (see its module docstring).
 
 Hostile input: the reader looks at each byte once (a ``find`` for the line end, then the
 line's first four bytes), holds at most ``MAX_REPLY_BYTES`` of one reply, and stops at
@@ -18,13 +19,14 @@ or an oversized reply is recorded and handed to the next ``next_reply``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections import deque
 from typing import cast
 
 import aiosmtplib
 
-__all__ = ["MAX_REPLY_BYTES", "MAX_UNREAD_BYTES", "MalformedReply", "ReplyReader"]
+__all__ = ["MAX_REPLY_BYTES", "MalformedReply", "ReplyReader"]
 
 # "ddd" then a space, a hyphen (more lines follow) or the line's end (RFC 5321 §4.2).
 _REPLY_HEAD = re.compile(rb"[1-5][0-9]{2}(?:[ \-\r\n]|$)")
@@ -32,10 +34,6 @@ _REPLY_HEAD = re.compile(rb"[1-5][0-9]{2}(?:[ \-\r\n]|$)")
 # One reply, all its lines: RFC 5321 §4.5.3.1.5 allows 512 octets a line; a multi-line
 # EHLO-sized answer fits many times over. Past this a reply is an attack or a broken peer.
 MAX_REPLY_BYTES = 64 * 1024
-# Replies that arrived and are not read yet, all together: a pipelined batch's (a few
-# hundred bytes a recipient) fit. A server flooding a connection with replies nobody asked
-# for (while it sits in the pool, say) is cut off here rather than held in memory.
-MAX_UNREAD_BYTES = 1024 * 1024
 
 
 class MalformedReply(Exception):
@@ -50,10 +48,10 @@ class ReplyReader(asyncio.Protocol):
     def __init__(self, transport: asyncio.Transport, inner: asyncio.Protocol) -> None:
         self.transport = transport
         self.inner = inner
-        self.replies_read = 0
         self.malformed: bytes | None = None  # the start of the first line that is no reply
-        self._ready: deque[tuple[aiosmtplib.SMTPResponse, int]] = deque()  # with its size
-        self._unread_bytes = 0
+        self.surplus = 0  # replies that arrived when none was owed (then reading stops)
+        self._owed = 0  # replies to the commands written that have not arrived yet
+        self._ready: deque[aiosmtplib.SMTPResponse] = deque()
         self._partial = bytearray()  # a line whose end has not arrived
         self._code = 0  # the code of the reply whose lines are arriving (0: none)
         self._lines: list[str] = []
@@ -85,9 +83,11 @@ class ReplyReader(asyncio.Protocol):
         """Whether part of a reply has arrived without its end."""
         return bool(self._partial) or bool(self._lines)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, replies: int = 1) -> None:
+        """Write ``data``: ``replies`` commands, each owed one reply."""
         if self._lost is not None or self.transport.is_closing():
             raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        self._owed += replies
         self.transport.write(data)
 
     async def next_reply(self, timeout: float) -> aiosmtplib.SMTPResponse:
@@ -105,10 +105,7 @@ class ReplyReader(asyncio.Protocol):
                 ) from exc
             finally:
                 self._waiter = None
-        self.replies_read += 1
-        response, size = self._ready.popleft()
-        self._unread_bytes -= size
-        return response
+        return self._ready.popleft()
 
     def _raise_if_broken(self) -> None:
         if self.malformed is not None:
@@ -124,8 +121,8 @@ class ReplyReader(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self.malformed is not None:
-            return  # nothing after a broken line can be paired with a command
+        if self.malformed is not None or self.surplus:
+            return  # nothing after that can be paired with a command
         start = 0
         size = len(data)
         while start < size:
@@ -166,16 +163,25 @@ class ReplyReader(asyncio.Protocol):
         # after the reader took over compare equal.
         self._lines.append(line[4:].strip(b" \t\r\n").decode("utf-8", "surrogateescape"))
         if head[3:4] != b"-":
-            self._ready.append((aiosmtplib.SMTPResponse(code, "\n".join(self._lines)), self._size))
-            self._unread_bytes += self._size
-            self._code, self._lines, self._size = 0, [], 0
-            if self._unread_bytes > MAX_UNREAD_BYTES:
-                self._break(head, "flood: more unread replies than any command asked for")
+            if not self._owed:
+                # A reply nobody asked for (a second one to a command, a line sent while the
+                # connection sat in the pool): the connection is out of step for good. Stop
+                # reading, so that a server flooding it costs neither memory nor CPU.
+                self.surplus += 1
+                self._stop_reading()
                 return False
+            self._owed -= 1
+            self._ready.append(aiosmtplib.SMTPResponse(code, "\n".join(self._lines)))
+            self._code, self._lines, self._size = 0, [], 0
         return True
+
+    def _stop_reading(self) -> None:
+        with contextlib.suppress(Exception):  # a transport closing already
+            self.transport.pause_reading()
 
     def _break(self, head: bytes, why: str) -> None:
         self.malformed = head if not why else head + b"... (reply " + why.encode() + b")"
+        self._stop_reading()
 
     def eof_received(self) -> bool | None:
         self._lost = self._lost or ConnectionResetError("the server closed the connection")

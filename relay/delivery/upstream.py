@@ -54,6 +54,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import aiosmtplib
 import dns.exception
@@ -148,8 +149,10 @@ class _Connection:
         reader = self.reader
         if reader.malformed is not None:
             return f"malformed reply line starting {reader.malformed!r}"
+        if reader.surplus:
+            return f"{reader.surplus} reply line(s) more than commands sent"
         if reader.unread:
-            return f"{reader.unread} reply line(s) more than commands sent"
+            return f"{reader.unread} reply line(s) sent and never read"
         if reader.partial or _buffered(self.client):
             return "bytes after the last reply that no command asked for"
         return None
@@ -167,7 +170,7 @@ class _Connection:
         pipelined ones). Each reply waits up to ``timeout``."""
         first = commands[0][0]
         self._require_in_step(f"before {first}")
-        self.reader.write(b"".join(line for _, line in commands))
+        self.reader.write(b"".join(line for _, line in commands), replies=len(commands))
         responses = []
         for what, _ in commands:
             try:
@@ -224,10 +227,19 @@ class Upstream:
         reads it again."""
         future = self._tls_contexts.get(verify)
         if future is None:
-            future = asyncio.ensure_future(asyncio.to_thread(_tls_context, verify))
+            future = asyncio.ensure_future(asyncio.to_thread(_build_tls_context, verify))
             self._tls_contexts[verify] = future
+            # One that failed (a CA file that cannot be read, out of file descriptors) is
+            # built again for the next connection, not kept failing every STARTTLS.
+            future.add_done_callback(partial(self._forget_failed_context, verify))
         # Shielded: a caller cancelled while it is built must not cancel it for the others.
         return await asyncio.shield(future)
+
+    def _forget_failed_context(self, verify: bool, future: asyncio.Future[ssl.SSLContext]) -> None:
+        if (future.cancelled() or future.exception() is not None) and self._tls_contexts.get(
+            verify
+        ) is future:
+            del self._tls_contexts[verify]
 
     async def close(self) -> None:
         for conns in self._idle.values():
@@ -799,17 +811,21 @@ async def _refused_data(conn: _Connection, start: aiosmtplib.SMTPResponse, timeo
 
 
 async def _reset(conn: _Connection, timeout: float) -> None:
-    """RSET after an envelope the server refused. A 4xx/5xx to it (a server shutting
+    """RSET after an envelope the server refused. A ``421`` to it (a server shutting
     down) or a lost connection keeps the refusals, which were read in step, and closes
-    the connection; a reply RSET cannot have is a protocol error."""
+    the connection. Any other reply but ``250`` (RFC 5321 §4.1.1.5) is a protocol error:
+    after a pipelined batch it may be a late reply to the batch, every reply before it
+    shifted by one, so the refusals are not kept either."""
     try:
         response = await conn.ask("RSET", b"RSET\r\n", timeout)
     except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError):
         conn.client.close()
         return
-    _expect(response, "RSET", _FINAL_CLASSES)
-    if response.code // 100 != 2:
+    if response.code == aiosmtplib.SMTPStatus.domain_unavailable:  # 421
         conn.client.close()
+        return
+    if response.code // 100 != 2:
+        raise _ProtocolError(f"RSET answered {response.code}{_quoted(response)}")
 
 
 async def _quit(client: aiosmtplib.SMTP, *, polite: bool = True) -> None:
@@ -823,12 +839,16 @@ async def _quit(client: aiosmtplib.SMTP, *, polite: bool = True) -> None:
 
 async def _quit_connection(conn: _Connection, *, polite: bool = True) -> None:
     """End a set-up session: its replies are the reader's."""
-    if polite and conn.is_connected:
-        with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError, MalformedReply):
-            conn.reader.write(b"QUIT\r\n")
-            await conn.reader.next_reply(5)
-    with contextlib.suppress(Exception):
-        conn.client.close()
+    try:
+        if polite and conn.is_connected:
+            with contextlib.suppress(
+                aiosmtplib.SMTPException, OSError, TimeoutError, MalformedReply
+            ):
+                conn.reader.write(b"QUIT\r\n")
+                await conn.reader.next_reply(5)
+    finally:  # a cancel while waiting for the 221 still closes the socket
+        with contextlib.suppress(Exception):
+            conn.client.close()
 
 
 # What may not appear in an address on a command line: a CR or LF would end the command
@@ -847,7 +867,7 @@ def _command(verb: bytes, address: str, options: Sequence[str], encoding: str) -
     return line + b"\r\n"
 
 
-def _tls_context(verify: bool) -> ssl.SSLContext:
+def _build_tls_context(verify: bool) -> ssl.SSLContext:
     """What aiosmtplib would build for ``validate_certs=verify``: the default context
     (system CA store, or SSL_CERT_FILE), checking the certificate and host name or not."""
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)

@@ -4,7 +4,8 @@ Each test sets up a session with aiosmtplib (greeting, EHLO) against a server th
 answers one ``NOOP`` with the exact bytes the test gives it, hands the connection to
 ``ReplyReader`` as relay.delivery.upstream does, and reads. Hostile bytes (a line that never
 ends, a flood of replies nobody asked for, a multi-line reply whose codes differ) end as a
-``MalformedReply`` with memory held to the reader's bounds, never as a hang or a crash.
+``MalformedReply`` or a ``surplus`` with memory held to the reader's bounds, never as a hang
+or a crash.
 """
 
 from __future__ import annotations
@@ -16,12 +17,7 @@ from contextlib import asynccontextmanager
 import aiosmtplib
 import pytest
 
-from relay.delivery.reply_reader import (
-    MAX_REPLY_BYTES,
-    MAX_UNREAD_BYTES,
-    MalformedReply,
-    ReplyReader,
-)
+from relay.delivery.reply_reader import MAX_REPLY_BYTES, MalformedReply, ReplyReader
 
 
 @asynccontextmanager
@@ -77,7 +73,7 @@ async def _session(
 async def test_replies_that_arrive_together_are_read_in_order() -> None:
     batch = b"250 2.1.0 sender ok\r\n550-5.1.1 no such\r\n550 5.1.1 user\r\n354 go ahead\r\n"
     async with _session(batch) as reader:
-        reader.write(b"NOOP\r\n")
+        reader.write(b"NOOP\r\n", replies=3)  # as if three commands went in that write
         got = [await reader.next_reply(2) for _ in range(3)]
     assert got == [
         (250, "2.1.0 sender ok"),
@@ -126,17 +122,35 @@ async def test_a_line_that_never_ends_is_cut_off_at_the_reply_bound() -> None:
         assert len(reader._partial) <= MAX_REPLY_BYTES + len(endless)  # bounded by one read
 
 
-async def test_a_flood_of_replies_nobody_asked_for_is_cut_off() -> None:
+async def test_a_flood_of_replies_nobody_asked_for_is_neither_kept_nor_read() -> None:
+    """One command, one reply owed: the first reply of a flood is kept, the second is the
+    surplus that puts the connection out of step, and the reader stops there (it pauses the
+    transport) instead of holding or parsing the rest."""
     line = b"250 " + b"y" * 96 + b"\r\n"
-    flood = line * (2 * MAX_UNREAD_BYTES // len(line))
+    flood = line * 50_000  # 5 MB
     async with _session(flood) as reader:
         reader.write(b"NOOP\r\n")
+        assert await reader.next_reply(2) == (250, "y" * 96)
         for _ in range(200):
-            if reader.malformed is not None:
+            if reader.surplus:
                 break
             await asyncio.sleep(0.01)
-        assert reader.malformed is not None and b"flood" in reader.malformed
-        assert reader.unread * len(line) <= MAX_UNREAD_BYTES + len(line)
+        assert reader.surplus == 1
+        assert reader.unread == 0
+        assert not reader.transport.is_reading()
+
+
+async def test_a_pipelined_batch_is_owed_one_reply_a_command() -> None:
+    """Three commands in one write are owed three replies; a fourth is surplus."""
+    async with _session(b"250 a\r\n250 b\r\n354 c\r\n250 d\r\n") as reader:
+        reader.write(b"NOOP\r\n", replies=3)
+        got = [await reader.next_reply(2) for _ in range(3)]
+        assert [code for code, _ in got] == [250, 250, 354]
+        for _ in range(200):
+            if reader.surplus:
+                break
+            await asyncio.sleep(0.01)
+        assert (reader.surplus, reader.unread) == (1, 0)
 
 
 async def test_no_reply_in_time_is_a_read_timeout() -> None:

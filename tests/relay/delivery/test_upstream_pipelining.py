@@ -244,6 +244,29 @@ async def test_every_rcpt_refused_and_data_refused_keeps_the_connection(upstream
     await _assert_next_goes_on_the_same_connection(upstream, whole, FIRST)
 
 
+async def test_a_rset_answered_5xx_after_refusals_keeps_none_of_them(upstream, whole):
+    """RSET must be answered 250 (RFC 5321 §4.1.1.5). A 5xx to it after a batch may be a
+    late reply to the batch, every reply before it shifted by one: the refusals are not
+    kept (no 550 that could suppress), the recipient gets the soft protocol error."""
+    whole.on("RCPT", b"550 5.1.1 user unknown\r\n")
+    whole.on("DATA", b"554 5.5.1 no valid recipients\r\n")
+    whole.on("RSET", b"550 5.1.1 user unknown\r\n")
+    result = await _send(upstream, whole, FIRST)
+    _assert_protocol_error(result.replies[FIRST], "RSET answered 550")
+    assert FIRST in result.spared
+
+
+async def test_a_421_to_rset_keeps_the_refusals_and_closes(upstream, whole):
+    """A server shutting down answers RSET 421: the refusals read in step are kept and the
+    next message goes on a new connection."""
+    whole.on("RCPT", b"550 5.1.1 user unknown\r\n")
+    whole.on("DATA", b"554 5.5.1 no valid recipients\r\n")
+    whole.on("RSET", b"421 4.3.2 shutting down\r\n")
+    result = await _send(upstream, whole, FIRST)
+    _assert_refused(result.replies[FIRST], 550, "5.1.1")
+    await _assert_next_goes_on_a_new_connection(upstream, whole)
+
+
 async def test_every_rcpt_refused_but_data_answered_354_sends_an_empty_message(upstream, raw):
     """A broken server says 354 to DATA after refusing every RCPT: the relay ends the
     data at once (RFC 2920 §3.1: a lone "."), the recipients keep their 550, nothing
