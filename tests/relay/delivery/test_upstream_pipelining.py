@@ -24,11 +24,13 @@ import uvloop
 from policies.classify import Kind, classify
 from policies.smtp_reply import Reply
 from relay.config import DeliveryConfig
-from relay.delivery.upstream import Destination, Transaction, TransactionResult, Upstream
+from relay.delivery.upstream import Destination, Transaction, Upstream
 from tests.support.delivery import BODY
 from tests.support.scripted import Answer, RawUpstream
+from tests.support.upstream_checks import SENDER
+from tests.support.upstream_checks import assert_protocol_error as _assert_protocol_error
+from tests.support.upstream_checks import send_through as _send
 
-SENDER = "bounces@mail.example.com"
 # Recipient names that are no substring of one another (RawUpstream.connection_of).
 FIRST, SECOND, THIRD, NEXT = (f"{n}@example.org" for n in ("first", "second", "third", "next"))
 
@@ -70,24 +72,6 @@ async def upstream() -> AsyncIterator[Upstream]:
     up = Upstream(_config(), "relay.test")  # pipelining: the default
     yield up
     await up.close()
-
-
-async def _send(up: Upstream, raw: RawUpstream, *recipients: str) -> TransactionResult:
-    destination = Destination("127.0.0.1", raw.port, tls="off")
-    transaction = Transaction(SENDER, recipients, BODY)
-    # A budget against hangs only: every case here settles in well under two seconds.
-    return await asyncio.wait_for(up.send([destination], "127.0.0.1", transaction), 5)
-
-
-def _assert_protocol_error(reply: Reply, *words: str) -> None:
-    """The synthetic 4xx the relay records for an upstream out of step: soft, never
-    suppressing, naming what went wrong."""
-    assert (reply.code, reply.enhanced, reply.synthetic) == (451, "4.5.0", True), reply
-    assert "protocol error" in reply.text
-    for word in words:
-        assert word in reply.text, reply.text
-    verdict = classify(reply, "example.org")
-    assert (verdict.kind, verdict.suppress) == (Kind.SOFT, False)
 
 
 def _assert_soft_synthetic(reply: Reply) -> None:
