@@ -5,7 +5,9 @@ k = n modulo ``--hosts``, and host k has the A record ``--address-base`` + k + 1
 127.0.1.2, ...): 1,000 domains on 50 hosts, as big
 providers host many domains each. AAAA is answered empty (NOERROR, no record), anything
 else NXDOMAIN, the zone itself an SOA (the relay asks the parent zone before it believes
-an NXDOMAIN).
+an NXDOMAIN). Every TTL is 300 s; an empty answer or an NXDOMAIN carries the zone's SOA
+in its authority section, as RFC 2308 asks of an authoritative server, so it is kept for
+the SOA's minimum, 60 s.
 
 It runs as a process of its own so that answering costs the relay's event loop nothing.
 Each distinct question is answered once through dnspython and its answer kept (without
@@ -65,6 +67,7 @@ class Zone:
         self.zone = zone.rstrip(".").lower()
         self.mx = {domain_name(n, self.zone): mx_host(n % hosts, self.zone) for n in range(domains)}
         self.a = {mx_host(k, self.zone): host_address(k, address_base) for k in range(hosts)}
+        self._soa = f"ns.{self.zone}. hostmaster.{self.zone}. 1 3600 600 86400 60"
 
     def answer(self, query: dns.message.Message) -> dns.message.Message:
         response = dns.message.make_response(query)
@@ -88,10 +91,14 @@ class Zone:
                 )
         elif name == self.zone:
             if rdtype == dns.rdatatype.SOA:
-                soa = f"ns.{self.zone}. hostmaster.{self.zone}. 1 3600 600 86400 60"
-                response.answer.append(dns.rrset.from_text(question.name, _TTL, "IN", "SOA", soa))
+                response.answer.append(
+                    dns.rrset.from_text(question.name, _TTL, "IN", "SOA", self._soa)
+                )
         else:
             response.set_rcode(dns.rcode.NXDOMAIN)
+        if not response.answer:
+            zone = dns.name.from_text(self.zone)
+            response.authority.append(dns.rrset.from_text(zone, _TTL, "IN", "SOA", self._soa))
         return response
 
 

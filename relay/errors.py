@@ -33,6 +33,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "UnsafeDatabase",
+    "describe",
 ]
 
 
@@ -116,3 +117,24 @@ class StoreUnavailable(StoreError):
 
 class UnsafeDatabase(StoreError):
     """The database would acknowledge commits it has not made durable."""
+
+
+def describe(exc: BaseException) -> str:
+    """A short, stable description of a failure outside the relay (a connection, a TLS
+    handshake, a DNS lookup): what an operator greps for, not a traceback. The first
+    cause that says more than its wrapper wins (a refused connection, a timeout, an OS
+    error's text)."""
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(chain) < 5:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    for err in chain:
+        if isinstance(err, ConnectionRefusedError):
+            return "Connection refused"
+        if isinstance(err, TimeoutError):  # aiosmtplib's SMTPTimeoutError is one too
+            return "timed out"
+        if isinstance(err, OSError) and err.strerror:
+            return err.strerror
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]

@@ -1,7 +1,8 @@
-"""Talking to the next hop (aiosmtplib): routes, destinations, one Reply per recipient.
+"""Talking to the next hop (aiosmtplib): connections, transactions, one Reply per recipient.
+(Where the next hop is: ``relay.delivery.destinations``.)
 
 Everything that can go wrong on the way becomes a ``Reply``: a refused
-connection, a timeout, a TLS or DNS failure turn into *synthetic* replies
+connection, a timeout, a TLS failure turn into *synthetic* replies
 whose text names the host and the error, so ``policies.classify`` sees one
 shape and the report never blames a provider for our network.
 
@@ -35,13 +36,6 @@ trusted either: the message is sent again (a duplicate is better than a loss). A
 pipelined DATA after a refused MAIL or every RCPT refused must be refused too; a server
 that says ``354`` anyway gets a lone dot (RFC 2920 §3.1), an empty message with no
 recipient.
-
-Address literals (``user@[192.0.2.1]``, ``user@[IPv6:2001:db8::1]``) are never
-looked up in DNS: a route with ``address_literals = true`` sends them to that IP
-(``mx``, on ``mx_port``) or to its hosts as usual (``smarthost``, ``static``).
-Through a route without it, and for a literal that is no host's address, the
-attempt fails soft (``550 5.4.4`` / ``550 5.1.3``, synthetic: our configuration,
-never "no such domain", which would suppress).
 """
 
 from __future__ import annotations
@@ -57,39 +51,23 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import aiosmtplib
-import dns.exception
-import dns.resolver
 import structlog
 
-from policies.addresses import AddressError, ascii_domain, is_address_literal
+from policies.addresses import AddressError, ascii_domain
 from policies.classify import Category, category_of
 from policies.shaping import Key, group_of
-from policies.smtp_reply import Reply, domain_absent_reply, reply_from_smtp, synthetic_reply
-from relay.config import DeliveryConfig, RouteConfig
+from policies.smtp_reply import Reply, reply_from_smtp, synthetic_reply
+from relay.config import DeliveryConfig
+from relay.delivery.destinations import Destination
 from relay.delivery.reply_reader import MalformedReply, ReplyReader
-from relay.delivery.routing import literal_ip
-from relay.resolver import can_vouch_absent, make_resolver
+from relay.errors import describe
 from relay.wire import wire_form
 
-__all__ = ["Destination", "Transaction", "TransactionResult", "Upstream", "shaping_key"]
+__all__ = ["Transaction", "TransactionResult", "Upstream", "shaping_key"]
 
 log = structlog.get_logger("relay.upstream")
 
 _IDLE_SECONDS = 10.0
-
-
-@dataclass(frozen=True)
-class Destination:
-    host: str  # what we connect to: a name, or the MX host's address we resolved
-    port: int
-    tls: str = "opportunistic"
-    username: str = ""
-    password: str = ""
-    server_name: str = ""  # the MX host name (TLS SNI, the record); "" when host is a name
-
-    @property
-    def name(self) -> str:
-        return f"{self.server_name or self.host}:{self.port}"
 
 
 def shaping_key(destination: Destination, source_ip: str) -> Key:
@@ -190,12 +168,8 @@ class _Stale(Exception):
     """A reused connection the server had closed; nothing of the transaction was sent."""
 
 
-# Names (with their record type) whose answers are kept: a busy relay's destinations fit.
-_DNS_CACHE_ENTRIES = 100_000
-
-
 class Upstream:
-    """Sends transactions to destinations; owns the connection cache and DNS."""
+    """Sends transactions to destinations; owns the connection cache and the TLS contexts."""
 
     def __init__(self, config: DeliveryConfig, hostname: str) -> None:
         self.config = config
@@ -206,15 +180,6 @@ class Upstream:
         # (relay.delivery.shaping sets it; None: no cap beyond connections_per_destination).
         self._open: Counter[Key] = Counter()
         self.connection_cap: Callable[[Key], int | None] = lambda key: None
-        # Answers kept for their TTLs: without a cache every delivery asked again for its
-        # domain's MX and the MX host's A and AAAA, 1.0 ms of CPU a delivery of the 1.7 ms
-        # the relay spent on each (bench/delivery_bench.py, BENCHMARKS.md).
-        self._resolver = make_resolver(
-            config.nameservers,
-            config.dns_port,
-            config.connect_timeout.total_seconds(),
-            cache_entries=_DNS_CACHE_ENTRIES,
-        )
         # One TLS context per kind (verify the certificate or not), shared by every
         # connection. aiosmtplib otherwise builds one per connection, loading the system's
         # CA store each time: 51 ms of CPU and 0.8 MB held for as long as the connection
@@ -250,96 +215,6 @@ class Upstream:
     def open_connections(self, key: Key) -> int:
         """This relay's open connections (busy or idle) counted in shaping key ``key``."""
         return self._open.get(key, 0)
-
-    # -- destinations ---------------------------------------------------------------------------
-
-    async def destinations(self, route: RouteConfig, domain: str) -> list[Destination] | Reply:
-        """Where mail for ``domain`` goes on ``route``, or the Reply that ends the attempt."""
-        if is_address_literal(domain):
-            return _literal_destinations(route, domain)
-        if route.mode != "mx":
-            return _route_hosts(route)
-        return await self._mx_destinations(route, domain)
-
-    async def _mx_destinations(self, route: RouteConfig, domain: str) -> list[Destination] | Reply:
-        port = route.mx_port
-        try:
-            answer = await self._resolver.resolve(domain, "MX")
-        except dns.resolver.NXDOMAIN:
-            return await self._absent(domain, "does not exist (NXDOMAIN)")
-        except dns.resolver.NoAnswer:
-            # RFC 5321 §5.1: no MX -> the domain itself is the implicit MX (if it has A/AAAA).
-            return await self._implicit_mx(route, domain, port)
-        except (dns.exception.DNSException, OSError) as exc:
-            return synthetic_reply(
-                451, "4.4.3", f"DNS: MX lookup for {domain} failed: {_describe(exc)}"
-            )
-        records = sorted(answer, key=lambda r: r.preference)
-        if len(records) == 1 and str(records[0].exchange) == ".":
-            return synthetic_reply(
-                556, "5.1.10", f"DNS: {domain} publishes a null MX (RFC 7505): it accepts no mail"
-            )
-        hosts = [str(r.exchange).rstrip(".") for r in records if str(r.exchange) != "."]
-        destinations: list[Destination] = []
-        failure: Reply | None = None
-        for host in hosts:
-            found = await self._addresses(host)
-            if isinstance(found, Reply):
-                failure = failure or found
-                continue
-            destinations += [Destination(ip, port, route.tls, server_name=host) for ip in found]
-        return (
-            destinations
-            or failure
-            or synthetic_reply(451, "4.4.3", f"DNS: no address for any MX host of {domain}")
-        )
-
-    async def _addresses(self, host: str) -> list[str] | Reply:
-        """A and AAAA of ``host`` through our resolver (the one the operator configured)."""
-        addresses: list[str] = []
-        for rdtype in ("A", "AAAA"):
-            try:
-                answer = await self._resolver.resolve(host, rdtype)
-            except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
-                continue
-            except (dns.exception.DNSException, OSError) as exc:
-                return synthetic_reply(
-                    451, "4.4.3", f"DNS: {rdtype} lookup for {host} failed: {_describe(exc)}"
-                )
-            addresses += [r.to_text() for r in answer]
-        return addresses
-
-    async def _implicit_mx(
-        self, route: RouteConfig, domain: str, port: int
-    ) -> list[Destination] | Reply:
-        """RFC 5321 §5.1: a domain without MX records is its own mail host."""
-        found = await self._addresses(domain)
-        if isinstance(found, Reply):
-            return found
-        if not found:
-            return await self._absent(domain, "has no MX and no address records")
-        return [Destination(ip, port, route.tls, server_name=domain) for ip in found]
-
-    async def _absent(self, domain: str, detail: str) -> Reply:
-        """The reply for a domain our resolver says is absent, if the resolver can vouch
-        for it (``relay.resolver``); otherwise a soft one: nothing is suppressed on the word
-        of a resolver that says the parent zone is absent too."""
-        vouched, parent = await can_vouch_absent(self._resolver, domain)
-        if not vouched:
-            log.warning(
-                "upstream.resolver_unreliable",
-                domain=domain,
-                parent=parent,
-                action="check the resolver ([delivery] nameservers, /etc/resolv.conf): it says "
-                "the parent zone is absent too; nothing is suppressed on its word",
-            )
-            return synthetic_reply(
-                451,
-                "4.4.3",
-                f"DNS: {domain} {detail}, but the resolver cannot vouch for it "
-                f"({parent} does not answer either)",
-            )
-        return domain_absent_reply(domain, detail)
 
     # -- sending --------------------------------------------------------------------------------
 
@@ -390,7 +265,7 @@ class Upstream:
                         421,
                         "4.4.2",
                         f"lost connection with {destination.name} ({conn.source_ip}): "
-                        f"{_describe(exc)}",
+                        f"{describe(exc)}",
                     )
                     for r in transaction.recipients:
                         result.replies.setdefault(r, reply)
@@ -579,9 +454,7 @@ class Upstream:
             )
         except (aiosmtplib.SMTPException, ssl.SSLError, OSError) as exc:
             raise _ConnectFailed(
-                synthetic_reply(
-                    421, "4.7.0", f"TLS handshake with {where} failed: {_describe(exc)}"
-                )
+                synthetic_reply(421, "4.7.0", f"TLS handshake with {where} failed: {describe(exc)}")
             ) from exc
         # RFC 3207 §4.2: what EHLO said before TLS no longer holds, and aiosmtplib forgot
         # it. Ask again now: the extensions decide the MAIL options (8BITMIME, SMTPUTF8),
@@ -622,30 +495,12 @@ class _ConnectFailed(Exception):
         self.at_greeting = at_greeting
 
 
-def _describe(exc: BaseException) -> str:
-    """A short, stable description: what an operator greps for, not a traceback."""
-    chain: list[BaseException] = []
-    cause: BaseException | None = exc
-    while cause is not None and len(chain) < 5:
-        chain.append(cause)
-        cause = cause.__cause__ or cause.__context__
-    for err in chain:
-        if isinstance(err, ConnectionRefusedError):
-            return "Connection refused"
-        if isinstance(err, TimeoutError | aiosmtplib.SMTPTimeoutError):
-            return "timed out"
-        if isinstance(err, OSError) and err.strerror:
-            return err.strerror
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0][:200]
-
-
 def _failure_reply(where: str, exc: BaseException) -> Reply:
     if isinstance(exc, TimeoutError | aiosmtplib.SMTPTimeoutError):
         return synthetic_reply(421, "4.4.2", f"connect to {where}: timed out")
     if isinstance(exc, ssl.SSLError):
-        return synthetic_reply(421, "4.7.0", f"TLS with {where} failed: {_describe(exc)}")
-    return synthetic_reply(421, "4.4.1", f"connect to {where}: {_describe(exc)}")
+        return synthetic_reply(421, "4.7.0", f"TLS with {where} failed: {describe(exc)}")
+    return synthetic_reply(421, "4.4.1", f"connect to {where}: {describe(exc)}")
 
 
 # Replies a MAIL, RCPT or the end of data may have; anything else (1xx, 3xx) is a server
@@ -874,30 +729,6 @@ def _build_tls_context(verify: bool) -> ssl.SSLContext:
     context.check_hostname = verify
     context.verify_mode = ssl.CERT_REQUIRED if verify else ssl.CERT_NONE
     return context
-
-
-def _route_hosts(route: RouteConfig) -> list[Destination]:
-    return [Destination(h, p, route.tls, route.username, route.password) for h, p in route.hosts]
-
-
-def _literal_destinations(route: RouteConfig, domain: str) -> list[Destination] | Reply:
-    """Where a recipient at an address literal goes: never through DNS. Failures are
-    synthetic 5xx the classifier reads as soft (our configuration, not the recipient's
-    fault; never X.1.2, which would suppress the address as a domain that does not exist)."""
-    if not route.address_literals:
-        return synthetic_reply(
-            550,
-            "5.4.4",
-            f"address literal {domain}: the route for it does not allow address literals "
-            "(set address_literals = true on that [[routes]] entry to deliver to the IP)",
-        )
-    if route.mode != "mx":
-        return _route_hosts(route)  # the literal is just a recipient the smarthost routes
-    try:
-        ip = literal_ip(domain)
-    except ValueError as exc:
-        return synthetic_reply(550, "5.1.3", f"address literal {domain} cannot be delivered: {exc}")
-    return [Destination(str(ip), route.mx_port, route.tls)]
 
 
 # What a next hop without SMTPUTF8 / 8BITMIME cannot take: permanent (RFC 6531 §3.5, RFC 6152),

@@ -50,13 +50,13 @@ from relay import faults
 from relay.batching import GroupBatcher
 from relay.clock import Clock, utc_now
 from relay.config import DeliveryConfig, Rules
+from relay.delivery.destinations import Destination, DestinationLookup
 from relay.delivery.guardrails import GuardrailGate
 from relay.delivery.heartbeat import Heartbeat
 from relay.delivery.routing import SourceIPs, pool_for, route_for
 from relay.delivery.shaping import Shaper
 from relay.delivery.throttle import DestinationThrottle
 from relay.delivery.upstream import (
-    Destination,
     Transaction,
     TransactionResult,
     Upstream,
@@ -97,6 +97,7 @@ class DeliveryWorker:
         self.metrics = metrics or Metrics()
         self.store = store
         self.upstream = upstream
+        self.destinations = DestinationLookup(config)
         self.config = config
         self.rules = rules
         self.clock = clock
@@ -495,7 +496,7 @@ class DeliveryWorker:
             return _Plan.ended(
                 synthetic_reply(451, "4.3.0", "message body already released; cannot send")
             )
-        destinations = await self.upstream.destinations(route, first.recipient_domain)
+        destinations = await self.destinations.find(route, first.recipient_domain)
         if isinstance(destinations, Reply):
             return _Plan.ended(destinations)
         if not destinations:

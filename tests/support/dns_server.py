@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from typing import Any, Self
 
 import dns.message
@@ -11,18 +12,26 @@ import dns.rrset
 
 
 class ScriptedDNS(asyncio.DatagramProtocol):
-    """Answers from ``records[(name, type)] = [rdata, ...]``; names in ``nxdomain``
-    get NXDOMAIN, names in ``servfail`` SERVFAIL; anything else NOERROR, empty."""
+    """Answers from ``records[(name, type)] = [rdata, ...]`` with TTL ``ttls[(name, type)]``
+    (60 s unless set); names in ``nxdomain`` get NXDOMAIN, names in ``servfail`` SERVFAIL;
+    anything else NOERROR, empty, with an SOA whose minimum is ``negative_ttl`` in the
+    authority section when that is set (RFC 2308's negative TTL). ``queries`` counts the
+    questions asked, per (name, type)."""
 
     def __init__(self) -> None:
         self.records: dict[tuple[str, str], list[str]] = {}
+        self.ttls: dict[tuple[str, str], int] = {}
+        self.negative_ttl: int | None = None
+        self.queries: Counter[tuple[str, str]] = Counter()
         self.nxdomain: set[str] = set()
         self.servfail: set[str] = set()
         self.port = 0
         self._transport: asyncio.DatagramTransport | None = None
 
-    def add(self, name: str, rdtype: str, *rdatas: str) -> None:
-        self.records[(name.rstrip(".").lower(), rdtype)] = list(rdatas)
+    def add(self, name: str, rdtype: str, *rdatas: str, ttl: int = 60) -> None:
+        key = (name.rstrip(".").lower(), rdtype)
+        self.records[key] = list(rdatas)
+        self.ttls[key] = ttl
 
     def connection_made(self, transport: Any) -> None:
         self._transport = transport
@@ -33,14 +42,24 @@ class ScriptedDNS(asyncio.DatagramProtocol):
         question = query.question[0]
         name = question.name.to_text().rstrip(".").lower()
         rdtype = dns.rdatatype.to_text(question.rdtype)
+        self.queries[(name, rdtype)] += 1
         if name in self.servfail:
             response.set_rcode(dns.rcode.SERVFAIL)
         elif name in self.nxdomain:
             response.set_rcode(dns.rcode.NXDOMAIN)
         elif (name, rdtype) in self.records:
             response.answer.append(
-                dns.rrset.from_text(question.name, 60, "IN", rdtype, *self.records[(name, rdtype)])
+                dns.rrset.from_text(
+                    question.name,
+                    self.ttls[(name, rdtype)],
+                    "IN",
+                    rdtype,
+                    *self.records[(name, rdtype)],
+                )
             )
+        elif self.negative_ttl is not None:
+            soa = f"ns.test. hostmaster.test. 1 3600 600 86400 {self.negative_ttl}"
+            response.authority.append(dns.rrset.from_text("test.", 3600, "IN", "SOA", soa))
         assert self._transport is not None
         self._transport.sendto(response.to_wire(), addr)
 

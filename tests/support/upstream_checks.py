@@ -7,7 +7,8 @@ import asyncio
 
 from policies.classify import Kind, classify
 from policies.smtp_reply import Reply
-from relay.delivery.upstream import Destination, Transaction, TransactionResult, Upstream
+from relay.delivery.destinations import Destination
+from relay.delivery.upstream import Transaction, TransactionResult, Upstream
 from tests.support.delivery import BODY
 from tests.support.scripted import RawUpstream
 

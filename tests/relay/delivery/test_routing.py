@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -14,8 +13,8 @@ from policies.addresses import is_address_literal
 from policies.classify import Kind, classify
 from policies.smtp_reply import Reply
 from relay.config import DeliveryConfig, RouteConfig, RouteMode, load_config
+from relay.delivery.destinations import DestinationLookup
 from relay.delivery.routing import SourceIPs, literal_ip, pool_for, route_for
-from relay.delivery.upstream import Upstream
 
 CONFIG = """
 [[pools]]
@@ -85,8 +84,8 @@ def _literal_route(mode: RouteMode = RouteMode.MX, allowed: bool = True) -> Rout
 
 
 @pytest.fixture
-async def no_dns() -> AsyncIterator[Upstream]:
-    """An Upstream whose resolver points at a port where nothing answers: any DNS lookup
+def no_dns() -> DestinationLookup:
+    """A lookup whose resolver points at a port where nothing answers: any DNS lookup
     ends in a failure Reply (after 1 s), so a Destination proves none was made."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
@@ -94,9 +93,7 @@ async def no_dns() -> AsyncIterator[Upstream]:
     config = DeliveryConfig(
         nameservers=("127.0.0.1",), dns_port=silent_port, connect_timeout=timedelta(seconds=1)
     )
-    up = Upstream(config, "relay.test")
-    yield up
-    await up.close()
+    return DestinationLookup(config)
 
 
 @pytest.mark.parametrize(
@@ -110,7 +107,7 @@ async def no_dns() -> AsyncIterator[Upstream]:
 )
 async def test_an_allowed_literal_on_an_mx_route_is_its_ip_on_mx_port(no_dns, domain, ip):
     """No MX, no A lookup: the literal's IP on the route's mx_port."""
-    [destination] = await no_dns.destinations(_literal_route(), domain)
+    [destination] = await no_dns.find(_literal_route(), domain)
     assert (destination.host, destination.port, destination.name) == (
         ip,
         2525,
@@ -121,9 +118,9 @@ async def test_an_allowed_literal_on_an_mx_route_is_its_ip_on_mx_port(no_dns, do
 async def test_a_literal_on_a_smarthost_route_goes_to_its_hosts_only_when_allowed(no_dns):
     """Allowed, the literal is just a recipient the smarthost routes; not allowed, it goes
     nowhere (the same soft reply as on an mx route)."""
-    [destination] = await no_dns.destinations(_literal_route(RouteMode.SMARTHOST), "[127.0.0.5]")
+    [destination] = await no_dns.find(_literal_route(RouteMode.SMARTHOST), "[127.0.0.5]")
     assert (destination.host, destination.port) == ("127.0.0.1", 2526)
-    refused = await no_dns.destinations(_literal_route(RouteMode.SMARTHOST, False), "[127.0.0.5]")
+    refused = await no_dns.find(_literal_route(RouteMode.SMARTHOST, False), "[127.0.0.5]")
     assert isinstance(refused, Reply)
     assert (refused.code, refused.enhanced) == (550, "5.4.4")
 
@@ -132,7 +129,7 @@ async def test_a_literal_through_a_route_that_does_not_allow_it_is_soft(no_dns):
     """Queued before the route changed (the intake refuses new ones at RCPT): a synthetic
     reply the classifier reads as soft and never suppressing (never X.1.2, which means
     "no such domain" and suppresses)."""
-    reply = await no_dns.destinations(_literal_route(allowed=False), "[127.0.0.5]")
+    reply = await no_dns.find(_literal_route(allowed=False), "[127.0.0.5]")
     assert isinstance(reply, Reply)
     assert (reply.code, reply.enhanced, reply.synthetic) == (550, "5.4.4", True)
     assert "address_literals = true" in reply.text
@@ -153,7 +150,7 @@ async def test_a_literal_through_a_route_that_does_not_allow_it_is_soft(no_dns):
     ],
 )
 async def test_a_literal_that_is_no_host_address_fails_without_dns(no_dns, domain):
-    reply = await no_dns.destinations(_literal_route(), domain)
+    reply = await no_dns.find(_literal_route(), domain)
     assert isinstance(reply, Reply)
     assert (reply.code, reply.enhanced, reply.synthetic) == (550, "5.1.3", True)
     assert domain in reply.text

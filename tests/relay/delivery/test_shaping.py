@@ -17,7 +17,8 @@ from datetime import timedelta
 import asyncpg
 
 from policies.shaping import Key
-from relay.delivery.upstream import Destination, shaping_key
+from relay.delivery.destinations import Destination
+from relay.delivery.upstream import shaping_key
 from relay.ops.app import Relay
 from tests.support.delivery import eventually, incoming
 from tests.support.limits import CONNECTION_REFUSAL, RATE_REFUSAL, LimitingUpstream

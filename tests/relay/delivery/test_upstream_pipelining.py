@@ -24,7 +24,8 @@ import uvloop
 from policies.classify import Kind, classify
 from policies.smtp_reply import Reply
 from relay.config import DeliveryConfig
-from relay.delivery.upstream import Destination, Transaction, Upstream
+from relay.delivery.destinations import Destination
+from relay.delivery.upstream import Transaction, Upstream
 from tests.support.delivery import BODY
 from tests.support.scripted import Answer, RawUpstream
 from tests.support.upstream_checks import SENDER

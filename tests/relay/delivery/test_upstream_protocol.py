@@ -22,7 +22,8 @@ import trustme
 import uvloop
 
 from relay.config import DeliveryConfig
-from relay.delivery.upstream import Destination, Transaction, Upstream
+from relay.delivery.destinations import Destination
+from relay.delivery.upstream import Transaction, Upstream
 from tests.support.delivery import BODY, events_of, eventually, retry_due, send, state_of
 from tests.support.scripted import Answer, RawUpstream
 from tests.support.upstream_checks import SENDER
