@@ -10,20 +10,51 @@ when the parent is absent too, the root does).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from typing import Any
 
 import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
-__all__ = ["can_vouch_absent", "make_resolver", "zone_answers"]
+__all__ = [
+    "MAX_NEGATIVE_TTL",
+    "MAX_TTL",
+    "can_vouch_absent",
+    "expiration_of",
+    "make_resolver",
+    "zone_answers",
+]
+
+# No answer is believed for longer than a day, nor a negative one (no such record, no such
+# name) for longer than an hour: Unbound's cache-max-ttl and cache-max-negative-ttl. A zone
+# that publishes a TTL of decades (2^31 - 1 s is valid, RFC 2181 §8) must not pin a
+# destination until the relay restarts.
+MAX_TTL = 86_400
+MAX_NEGATIVE_TTL = 3_600
+
+
+def expiration_of(answer: dns.resolver.Answer) -> float:
+    """When ``answer`` expires (``time.time()`` terms), its TTL capped at MAX_TTL, or
+    MAX_NEGATIVE_TTL for an answer with no record."""
+    cap = MAX_NEGATIVE_TTL if answer.rrset is None else MAX_TTL
+    return min(answer.expiration, time.time() + cap)
+
+
+class _CappedCache(dns.resolver.LRUCache):
+    """dnspython's LRU cache, keeping no answer past ``expiration_of``."""
+
+    def put(self, key: Any, value: dns.resolver.Answer) -> None:
+        value.expiration = expiration_of(value)
+        super().put(key, value)
 
 
 def make_resolver(
     nameservers: Sequence[str], port: int, lifetime: float, cache_entries: int = 0
 ) -> dns.asyncresolver.Resolver:
     """The configured servers (the system's when none); answers kept for their TTLs in an
-    LRU cache of ``cache_entries`` names (0: none)."""
+    LRU cache of ``cache_entries`` names (0: none), no longer than MAX_TTL."""
     resolver = dns.asyncresolver.Resolver(configure=not nameservers)
     if nameservers:
         resolver.nameservers = list(nameservers)
@@ -31,7 +62,7 @@ def make_resolver(
         resolver.port = port
     resolver.lifetime = lifetime
     if cache_entries:
-        resolver.cache = dns.resolver.LRUCache(cache_entries)
+        resolver.cache = _CappedCache(cache_entries)
     return resolver
 
 

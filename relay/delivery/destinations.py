@@ -15,10 +15,11 @@ A DNS failure is a soft synthetic ``451 4.4.3`` naming the lookup; "no such doma
 believed only when the resolver can vouch for it (``relay.resolver.can_vouch_absent``).
 
 Each domain's resolved hosts are kept until the first of the records they came from
-expires (their TTLs; a missing AAAA by its negative TTL, RFC 2308). Why: asking the
-resolver's own cache again for the MX and two address records of every delivery cost more
-CPU than the delivery's SMTP (bench/delivery_bench.py, BENCHMARKS.md). A lookup that
-failed is never kept: the next delivery asks again.
+expires (their TTLs; a missing record or name by its negative TTL, RFC 2308; no longer
+than ``relay.resolver``'s caps). Why: asking the resolver's own cache again for the MX and
+two address records of every delivery took a fifth of the relay's CPU per attempt in
+bench/delivery_bench.py (BENCHMARKS.md, "Realistic delivery"). A lookup that failed is
+never kept: the next delivery asks again.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import dns.asyncresolver
 import dns.exception
+import dns.message
 import dns.resolver
 import structlog
 
@@ -36,7 +39,8 @@ from policies.addresses import is_address_literal
 from policies.smtp_reply import Reply, domain_absent_reply, synthetic_reply
 from relay.config import DeliveryConfig, RouteConfig
 from relay.delivery.routing import literal_ip
-from relay.resolver import can_vouch_absent, make_resolver
+from relay.errors import describe
+from relay.resolver import MAX_NEGATIVE_TTL, can_vouch_absent, expiration_of, make_resolver
 
 __all__ = ["Destination", "DestinationLookup"]
 
@@ -114,6 +118,8 @@ class DestinationLookup:
 
     def _keep(self, domain: str, resolved: _Resolved) -> None:
         self._cache.pop(domain, None)
+        if resolved.expires <= self._now():
+            return  # nothing to keep: it would only take a live domain's place
         if len(self._cache) >= self._cache_entries:
             # The oldest entry goes (dicts keep insertion order): bounded memory, and a
             # domain still in use is looked up again at most once more.
@@ -127,11 +133,11 @@ class DestinationLookup:
             return await self._absent(domain, "does not exist (NXDOMAIN)")
         except (dns.exception.DNSException, OSError) as exc:
             return synthetic_reply(
-                451, "4.4.3", f"DNS: MX lookup for {domain} failed: {_describe(exc)}"
+                451, "4.4.3", f"DNS: MX lookup for {domain} failed: {describe(exc)}"
             )
         if answer.rrset is None:
             # RFC 5321 §5.1: no MX -> the domain itself is the implicit MX (if it has A/AAAA).
-            return await self._implicit_mx(domain, answer.expiration)
+            return await self._implicit_mx(domain, expiration_of(answer))
         records = sorted(answer.rrset, key=lambda r: r.preference)
         if len(records) == 1 and str(records[0].exchange) == ".":
             return synthetic_reply(
@@ -139,7 +145,7 @@ class DestinationLookup:
             )
         hosts = [str(r.exchange).rstrip(".") for r in records if str(r.exchange) != "."]
         found: list[tuple[str, str]] = []
-        expires = answer.expiration
+        expires = expiration_of(answer)
         failure: Reply | None = None
         for host in hosts:
             addresses = await self._addresses(host)
@@ -166,17 +172,19 @@ class DestinationLookup:
         for rdtype in ("A", "AAAA"):
             try:
                 answer = await self._resolver.resolve(host, rdtype, raise_on_no_answer=False)
-            except dns.resolver.NXDOMAIN:
+            except dns.resolver.NXDOMAIN as absent:
+                # A host that does not exist (a dead backup MX is common) has no addresses
+                # for as long as its negative answer lives.
+                expires = min(expires, _nxdomain_expiration(absent))
                 continue
             except (dns.exception.DNSException, OSError) as exc:
                 return synthetic_reply(
-                    451, "4.4.3", f"DNS: {rdtype} lookup for {host} failed: {_describe(exc)}"
+                    451, "4.4.3", f"DNS: {rdtype} lookup for {host} failed: {describe(exc)}"
                 )
-            expires = min(expires, answer.expiration)
+            expires = min(expires, expiration_of(answer))
             if answer.rrset is not None:
                 addresses += [r.to_text() for r in answer.rrset]
-        # A host that does not exist (NXDOMAIN twice) leaves nothing to keep.
-        return addresses, expires if expires != float("inf") else 0.0
+        return addresses, expires
 
     async def _implicit_mx(self, domain: str, mx_expires: float) -> _Resolved | Reply:
         """RFC 5321 §5.1: a domain without MX records is its own mail host."""
@@ -209,8 +217,17 @@ class DestinationLookup:
         return domain_absent_reply(domain, detail)
 
 
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+def _nxdomain_expiration(absent: dns.resolver.NXDOMAIN) -> float:
+    """When an NXDOMAIN expires: its negative TTL (the SOA it carries, RFC 2308) from now,
+    capped as every answer is; now (keep nothing) when the response cannot say. From the
+    resolver's cache the TTL counts from now again, so a name looked up late in its
+    cached life may be believed absent up to one TTL longer than the zone asked."""
+    try:
+        responses: dict[Any, dns.message.QueryMessage] = absent.responses()  # type: ignore[no-untyped-call]
+        ttl: int = min(r.resolve_chaining().minimum_ttl for r in responses.values())
+    except (dns.exception.DNSException, ValueError, AttributeError):
+        return 0.0
+    return time.time() + min(ttl, MAX_NEGATIVE_TTL)
 
 
 def _route_hosts(route: RouteConfig) -> list[Destination]:

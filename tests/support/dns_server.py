@@ -14,9 +14,9 @@ import dns.rrset
 class ScriptedDNS(asyncio.DatagramProtocol):
     """Answers from ``records[(name, type)] = [rdata, ...]`` with TTL ``ttls[(name, type)]``
     (60 s unless set); names in ``nxdomain`` get NXDOMAIN, names in ``servfail`` SERVFAIL;
-    anything else NOERROR, empty, with an SOA whose minimum is ``negative_ttl`` in the
-    authority section when that is set (RFC 2308's negative TTL). ``queries`` counts the
-    questions asked, per (name, type)."""
+    anything else NOERROR, empty. An empty answer or an NXDOMAIN carries an SOA whose minimum
+    is ``negative_ttl`` in its authority section when that is set (RFC 2308's negative
+    TTL). ``queries`` counts the questions asked, per (name, type)."""
 
     def __init__(self) -> None:
         self.records: dict[tuple[str, str], list[str]] = {}
@@ -47,6 +47,7 @@ class ScriptedDNS(asyncio.DatagramProtocol):
             response.set_rcode(dns.rcode.SERVFAIL)
         elif name in self.nxdomain:
             response.set_rcode(dns.rcode.NXDOMAIN)
+            self._add_soa(response)
         elif (name, rdtype) in self.records:
             response.answer.append(
                 dns.rrset.from_text(
@@ -57,11 +58,16 @@ class ScriptedDNS(asyncio.DatagramProtocol):
                     *self.records[(name, rdtype)],
                 )
             )
-        elif self.negative_ttl is not None:
-            soa = f"ns.test. hostmaster.test. 1 3600 600 86400 {self.negative_ttl}"
-            response.authority.append(dns.rrset.from_text("test.", 3600, "IN", "SOA", soa))
+        else:
+            self._add_soa(response)
         assert self._transport is not None
         self._transport.sendto(response.to_wire(), addr)
+
+    def _add_soa(self, response: dns.message.Message) -> None:
+        """The negative answer's SOA (RFC 2308), when ``negative_ttl`` is set."""
+        if self.negative_ttl is not None:
+            soa = f"ns.test. hostmaster.test. 1 3600 600 86400 {self.negative_ttl}"
+            response.authority.append(dns.rrset.from_text("test.", 3600, "IN", "SOA", soa))
 
     async def __aenter__(self) -> Self:
         loop = asyncio.get_running_loop()

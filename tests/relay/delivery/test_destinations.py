@@ -18,7 +18,7 @@ import pytest
 from policies.smtp_reply import Reply
 from relay.config import DeliveryConfig, RouteConfig
 from relay.delivery.destinations import DestinationLookup
-from relay.resolver import make_resolver
+from relay.resolver import MAX_TTL, make_resolver
 from tests.support.dns_server import ScriptedDNS
 
 ROUTE = RouteConfig(("*",), mode="mx", mx_port=2525)
@@ -189,3 +189,65 @@ async def test_a_null_mx_ends_the_attempt(dns_server, clock):
     reply = await lookup_for(dns_server, clock).find(ROUTE, "nullmx.test")
     assert isinstance(reply, Reply)
     assert (reply.code, reply.enhanced) == (556, "5.1.10")
+
+
+async def test_a_domain_without_mx_is_looked_up_again_after_its_negative_ttl(dns_server, clock):
+    """No MX: the domain is its own host until the "no MX" answer expires; an MX it
+    publishes after that is used."""
+    dns_server.add("moving.test", "A", "127.0.0.7", ttl=3600)
+    dns_server.negative_ttl = 30
+    lookup = lookup_for(dns_server, clock)
+    assert await hosts(lookup, "moving.test") == [("127.0.0.7", "moving.test")]
+    dns_server.add("moving.test", "MX", "10 mail.moving.test.")
+    dns_server.add("mail.moving.test", "A", "127.0.0.8")
+    clock.advance(29)
+    assert await hosts(lookup, "moving.test") == [("127.0.0.7", "moving.test")]
+    clock.advance(2)
+    assert await hosts(lookup, "moving.test") == [("127.0.0.8", "mail.moving.test")]
+
+
+async def test_a_backup_mx_that_does_not_exist_does_not_stop_the_domain_being_kept(
+    dns_server, clock
+):
+    """A dead backup MX host (NXDOMAIN) has no addresses for its negative TTL; the domain's
+    answer is kept that long, not looked up for every delivery."""
+    dns_server.add("mixed.test", "MX", "10 mail.mixed.test.", "20 gone.mixed.test.", ttl=600)
+    dns_server.add("mail.mixed.test", "A", "127.0.0.5", ttl=600)
+    dns_server.nxdomain.add("gone.mixed.test")
+    dns_server.negative_ttl = 120
+    lookup = lookup_for(dns_server, clock)
+    assert await hosts(lookup, "mixed.test") == [("127.0.0.5", "mail.mixed.test")]
+    first = asked(dns_server)
+    clock.advance(119)
+    assert await hosts(lookup, "mixed.test") == [("127.0.0.5", "mail.mixed.test")]
+    assert asked(dns_server) == first
+    dns_server.nxdomain.clear()
+    dns_server.add("gone.mixed.test", "A", "127.0.0.6")
+    clock.advance(2)
+    assert await hosts(lookup, "mixed.test") == [
+        ("127.0.0.5", "mail.mixed.test"),
+        ("127.0.0.6", "gone.mixed.test"),
+    ]
+
+
+async def test_a_ttl_of_decades_is_believed_for_a_day(dns_server, clock):
+    """2^31 - 1 s is a valid TTL (RFC 2181 §8); no answer is kept past MAX_TTL, in the
+    lookup's cache or the resolver's."""
+    forever = 2**31 - 1
+    dns_server.add("forever.test", "MX", "10 mail.forever.test.", ttl=forever)
+    dns_server.add("mail.forever.test", "A", "127.0.0.5", ttl=forever)
+    dns_server.add("mail.forever.test", "AAAA", "::1", ttl=forever)
+    lookup = lookup_for(dns_server, clock)
+    await hosts(lookup, "forever.test")
+    first = asked(dns_server)
+    clock.advance(MAX_TTL - 1)
+    await hosts(lookup, "forever.test")
+    assert asked(dns_server) == first
+    clock.advance(2)
+    await hosts(lookup, "forever.test")
+    assert asked(dns_server) == 2 * first
+    cached = make_resolver(("127.0.0.1",), dns_server.port, 2.0, cache_entries=10)
+    answer = await cached.resolve("forever.test", "MX")
+    assert answer.expiration <= time.time() + MAX_TTL
+    again = await cached.resolve("forever.test", "MX")  # from the resolver's cache
+    assert again.expiration <= time.time() + MAX_TTL
