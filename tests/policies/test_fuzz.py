@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from policies import dsn
 from policies.addresses import AddressError, normalise_address, validate_address
 from policies.classify import SuppressOn, classify
+from policies.dsn import mime
 from policies.hints import hint_for
 from policies.outcome import decide_reported
 from policies.smtp_reply import parse_reply, reply_from_smtp
@@ -228,7 +229,7 @@ def _decoded_by_the_email_package(raw: str) -> str:
     try:
         chunks = email.header.decode_header(raw)
         return "".join(
-            dsn._decode_text(c, charset or "utf-8") if isinstance(c, bytes) else c
+            mime._decode_text(c, charset or "utf-8") if isinstance(c, bytes) else c
             for c, charset in chunks
         )
     except Exception:
@@ -263,5 +264,5 @@ def test_hostile_repetitions_in_bounces_parse_within_the_deadline(where, piece, 
     for recipient in parsed.recipients if parsed else ():
         recipient.reply()
     if len(repeated) <= 2000:
-        assert dsn._header_value(repeated) == _decoded_by_the_email_package(repeated)
-        assert dsn._strip_html(repeated) == _stripped_by_patterns(repeated)
+        assert mime._header_value(repeated) == _decoded_by_the_email_package(repeated)
+        assert mime._strip_html(repeated) == _stripped_by_patterns(repeated)

@@ -16,12 +16,12 @@ from datetime import timedelta
 import pytest
 
 from policies.smtp_reply import Reply
-from relay.config import DeliveryConfig, RouteConfig
+from relay.config import DeliveryConfig, RouteConfig, RouteMode
 from relay.delivery.destinations import DestinationLookup
 from relay.resolver import MAX_TTL, make_resolver
 from tests.support.dns_server import ScriptedDNS
 
-ROUTE = RouteConfig(("*",), mode="mx", mx_port=2525)
+ROUTE = RouteConfig(("*",), mode=RouteMode.MX, mx_port=2525)
 
 
 class Clock:
