@@ -383,10 +383,12 @@ def _steady_rate(progress: list[tuple[float, int]], total: int) -> float:
 async def _postgres_pids(conn: asyncpg.Connection) -> set[int]:
     """PostgreSQL's processes that work for this run: the backends on its database and the
     server's own (WAL writer, checkpointer, ...), not other databases' backends (other
-    work on a shared server)."""
+    work on a shared server), nor this bench's own backend: its progress polls count the
+    deliveries every second, which is no work of the relay's."""
     rows = await conn.fetch(
         "SELECT pid FROM pg_stat_activity"
-        " WHERE datname = current_database() OR backend_type <> 'client backend'"
+        " WHERE (datname = current_database() OR backend_type <> 'client backend')"
+        " AND pid <> pg_backend_pid()"
     )
     return {int(r["pid"]) for r in rows}
 
