@@ -4,6 +4,9 @@
 -- by every claim for its batch of a few. Thousands share one: a guardrail's canary that
 -- passes or a released send makes its held deliveries due at the same instant (wake_held),
 -- as does a bulk retry from the admin page.
+-- The DROP comes first: it takes the table's strongest lock once, up front. Built first, the
+-- index would hold a SHARE lock that a running relay's claim (already holding ROW SHARE)
+-- waits on, and the DROP would then wait on the claim: a deadlock on every rolling upgrade.
+DROP INDEX deliveries_due;
 CREATE INDEX deliveries_due_order ON deliveries (next_attempt_at, message_id)
     WHERE state = 'queued';
-DROP INDEX deliveries_due;
