@@ -8,14 +8,17 @@ an index on next_attempt_at alone made every claim read and sort the whole group
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
+import relay.store
 from relay.store import Store, create_store
 from relay.store.base import QUERIES
 from tests.support.delivery import incoming_to
@@ -23,6 +26,7 @@ from tests.support.delivery import incoming_to
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 DUE_TOGETHER = 4000
 BATCH = 10
+MIGRATIONS = Path(relay.store.__file__).parent / "migrations"
 
 
 @pytest.fixture
@@ -71,3 +75,60 @@ async def test_a_claim_reads_its_batch_not_everything_due_at_that_instant(
     assert not any(n["Node Type"] == "Sort" for n in nodes), "no sort of the due group"
     read = sum(n["Actual Rows"] * n.get("Actual Loops", 1) for n in queued_scans)
     assert read <= 5 * BATCH, f"read {read} queued rows for a batch of {BATCH}"
+
+
+async def test_the_migration_never_deadlocks_with_a_running_claim(
+    store: Store, db: asyncpg.Connection, db_dsn: str
+):
+    """A rolling upgrade: another relay claims (rows locked FOR UPDATE, then updated, in one
+    statement) while this one runs migration 0023. The migration waits for the claim and
+    the claim finishes; built before the old index was dropped, the new index's lock and
+    the claim's waited on each other until PostgreSQL killed one."""
+    await store.accept_messages(T0, [incoming_to("Q1", ["a@example.org"])])
+    # The schema as it was before 0023.
+    await db.execute(
+        "DROP INDEX deliveries_due_order;"
+        " CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE state = 'queued'"
+    )
+    migration = (MIGRATIONS / "0023_deliveries_due_order.sql").read_text(encoding="utf-8")
+    claimer = await asyncpg.connect(db_dsn)
+    upgrader = await asyncpg.connect(db_dsn)
+    try:
+        claim = claimer.transaction()
+        await claim.start()
+        [row] = await claimer.fetch(
+            "SELECT id FROM deliveries WHERE state = 'queued' FOR UPDATE"
+        )  # the claim's first step: ROW SHARE on the table
+        upgrading = asyncio.create_task(_run_in_transaction(upgrader, migration))
+        async with asyncio.timeout(10):
+            while not await _waiting(db, upgrader):
+                await asyncio.sleep(0.05)
+        async with asyncio.timeout(10):  # its second step: ROW EXCLUSIVE
+            await claimer.execute(
+                "UPDATE deliveries SET state = 'inflight' WHERE id = $1", row["id"]
+            )
+        await claim.commit()
+        async with asyncio.timeout(10):
+            await upgrading
+    finally:
+        await claimer.close()
+        await upgrader.close()
+    assert await db.fetchval("SELECT state FROM deliveries WHERE id = $1", row["id"]) == "inflight"
+    indexes = await db.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'deliveries'")
+    names = {r["indexname"] for r in indexes}
+    assert "deliveries_due_order" in names and "deliveries_due" not in names
+
+
+async def _run_in_transaction(conn: asyncpg.Connection, sql: str) -> None:
+    async with conn.transaction():
+        await conn.execute(sql)
+
+
+async def _waiting(db: asyncpg.Connection, conn: asyncpg.Connection) -> bool:
+    """Whether ``conn``'s backend waits for a lock."""
+    pid = conn.get_server_pid()
+    return bool(
+        await db.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = $1 AND NOT granted)", pid
+        )
+    )
