@@ -3,8 +3,9 @@ that ends its attempt before any connection.
 
 - A ``smarthost`` or ``static`` route: the route's own hosts.
 - An ``mx`` route: the domain's MX hosts, best preference first, each host's A and AAAA
-  addresses through the configured resolver (``relay.resolver``); a domain without MX
-  records is its own mail host (RFC 5321 §5.1); a null MX (RFC 7505) accepts no mail.
+  addresses through the configured resolver (``relay.resolver``), at most MAX_ADDRESSES of
+  them; a domain without MX records is its own mail host (RFC 5321 §5.1); a null MX
+  (RFC 7505) accepts no mail.
 - An address literal (``user@[192.0.2.1]``) is never looked up in DNS: a route with
   ``address_literals = true`` sends it to that IP (``mx``, on ``mx_port``) or to its hosts
   as usual (``smarthost``, ``static``). Through a route without it, and for a literal that
@@ -50,6 +51,11 @@ log = structlog.get_logger("relay.destinations")
 # resolved hosts this lookup keeps: a busy relay's destinations fit in either.
 _DNS_CACHE_ENTRIES = 100_000
 _DOMAIN_CACHE_ENTRIES = 100_000
+# How many addresses one delivery attempt may try, best MX first, and how many MX hosts are
+# looked up to find them: each address that does not answer holds a delivery slot for up to
+# connect_timeout, and a domain may publish hundreds (Postfix: smtp_mx_address_limit = 5).
+MAX_ADDRESSES = 5
+MAX_MX_HOSTS = 10
 
 
 @dataclass(frozen=True)
@@ -147,13 +153,15 @@ class DestinationLookup:
         found: list[tuple[str, str]] = []
         expires = expiration_of(answer)
         failure: Reply | None = None
-        for host in hosts:
+        for host in hosts[:MAX_MX_HOSTS]:
             addresses = await self._addresses(host)
             if isinstance(addresses, Reply):
                 failure = failure or addresses
                 continue
             found += [(ip, host) for ip in addresses[0]]
             expires = min(expires, addresses[1])
+            if len(found) >= MAX_ADDRESSES:
+                break  # the hosts after these are never tried: their records do not matter
         if failure is not None:
             # Deliver to the hosts that resolved, but keep nothing: the one that failed is
             # asked again by the next delivery, not forgotten for the others' TTL.
@@ -162,7 +170,7 @@ class DestinationLookup:
             return failure or synthetic_reply(
                 451, "4.4.3", f"DNS: no address for any MX host of {domain}"
             )
-        return _Resolved(tuple(found), expires)
+        return _Resolved(tuple(found[:MAX_ADDRESSES]), expires)
 
     async def _addresses(self, host: str) -> tuple[list[str], float] | Reply:
         """A and AAAA of ``host`` through our resolver (the one the operator configured),
@@ -193,7 +201,8 @@ class DestinationLookup:
             return addresses
         if not addresses[0]:
             return await self._absent(domain, "has no MX and no address records")
-        return _Resolved(tuple((ip, domain) for ip in addresses[0]), min(mx_expires, addresses[1]))
+        hosts = tuple((ip, domain) for ip in addresses[0][:MAX_ADDRESSES])
+        return _Resolved(hosts, min(mx_expires, addresses[1]))
 
     async def _absent(self, domain: str, detail: str) -> Reply:
         """The reply for a domain our resolver says is absent, if the resolver can vouch

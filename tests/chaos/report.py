@@ -519,6 +519,19 @@ COVERED = (
         ),
     ),
     Covered(
+        "A domain that publishes hundreds of MX hosts or addresses (none answering): an "
+        "attempt tries at most 5 addresses, found among the 10 best MX hosts, so a delivery "
+        "slot is held for at most 5 connect timeouts; the rest are never looked up. DNS "
+        "answers are believed for their TTLs, at most a day (a negative one an hour): a TTL "
+        "of decades cannot pin a destination",
+        (
+            "tests/relay/delivery/test_destinations.py::"
+            "test_an_attempt_tries_a_bounded_number_of_addresses",
+            "tests/relay/delivery/test_destinations.py::test_a_ttl_of_decades_is_believed_for_a_day",
+            "tests/relay/delivery/test_destinations.py::test_a_failed_lookup_is_never_kept",
+        ),
+    ),
+    Covered(
         "A resolver that says NXDOMAIN for many distinct domains at once while the parent "
         "zones answer (split horizon, a bad forwarder) opens a resolver incident: second "
         "looks defer and suppress nobody",

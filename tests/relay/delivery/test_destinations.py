@@ -17,7 +17,7 @@ import pytest
 
 from policies.smtp_reply import Reply
 from relay.config import DeliveryConfig, RouteConfig, RouteMode
-from relay.delivery.destinations import DestinationLookup
+from relay.delivery.destinations import MAX_ADDRESSES, MAX_MX_HOSTS, DestinationLookup
 from relay.resolver import MAX_TTL, make_resolver
 from tests.support.dns_server import ScriptedDNS
 
@@ -251,3 +251,29 @@ async def test_a_ttl_of_decades_is_believed_for_a_day(dns_server, clock):
     assert answer.expiration <= time.time() + MAX_TTL
     again = await cached.resolve("forever.test", "MX")  # from the resolver's cache
     assert again.expiration <= time.time() + MAX_TTL
+
+
+async def test_an_attempt_tries_a_bounded_number_of_addresses(dns_server, clock):
+    """A domain publishing many MX hosts and addresses: the best MAX_ADDRESSES addresses,
+    found among at most MAX_MX_HOSTS hosts, and the hosts after them are not even looked
+    up (each address that does not answer would hold a slot for connect_timeout)."""
+    many = [f"{10 + n} mx{n}.many.test." for n in range(30)]
+    dns_server.add("many.test", "MX", *many)
+    for n in range(30):
+        dns_server.add(f"mx{n}.many.test", "A", f"127.0.2.{n + 1}")
+    dns_server.add("wide.test", "MX", "10 wide.mx.test.")
+    dns_server.add("wide.mx.test", "A", *[f"127.0.3.{n + 1}" for n in range(40)])
+    dns_server.add("plain.test", "A", *[f"127.0.4.{n + 1}" for n in range(40)])
+    dns_server.nxdomain.update(f"gone{n}.test" for n in range(30))
+    dns_server.add("dead.test", "MX", *[f"{n} gone{n}.test." for n in range(30)])
+    lookup = lookup_for(dns_server, clock)
+    assert await hosts(lookup, "many.test") == [
+        (f"127.0.2.{n + 1}", f"mx{n}.many.test") for n in range(MAX_ADDRESSES)
+    ]
+    assert not any(dns_server.queries[(f"mx{n}.many.test", "A")] for n in range(5, 30))
+    assert len(await hosts(lookup, "wide.test")) == MAX_ADDRESSES
+    assert len(await hosts(lookup, "plain.test")) == MAX_ADDRESSES
+    reply = await lookup.find(ROUTE, "dead.test")
+    assert isinstance(reply, Reply)
+    looked_up = {name for (name, _) in dns_server.queries if name.startswith("gone")}
+    assert len(looked_up) == MAX_MX_HOSTS
