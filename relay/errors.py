@@ -14,6 +14,9 @@
         └── UnsafeDatabase   fsync/synchronous_commit off: a 250 would not be durable
 
 Driver errors stay in ``__cause__``; callers never match on asyncpg types.
+
+``describe`` turns a failure outside the relay (a connection, TLS, DNS) into the short text
+the synthetic replies and logs quote.
 """
 
 from __future__ import annotations
